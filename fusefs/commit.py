@@ -1,0 +1,91 @@
+"""Turning a finished file into a witness: validate, link without replacing, record.
+
+One path for both ways of completing a task (`mv tmp/X done/REL` and a direct write closed in
+done/). The blocking part (read for validation, fsync, link, fsync of the directory) runs in a
+worker thread; the state update happens on the trio thread right after, so a listing made after
+the committing call returns never shows the task as pending.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .index import FactIndex
+from .state import MissionState
+from .status import StatusBoard
+from .store import LocalStore
+from .witness import InvalidWitness, check_csv
+
+log = logging.getLogger("missionfs")
+
+
+@dataclass
+class CommitRefused(Exception):
+    errno: int
+    reason: str
+    final: bool = True  # False: the writer may still fix it (more writes before the last close)
+
+
+class Committer:
+    def __init__(
+        self, state: MissionState, store: LocalStore, index: FactIndex, status: StatusBoard
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.index = index
+        self.status = status
+        self.reconciled = False
+        self._in_flight: set[int] = set()
+
+    async def commit(
+        self, path: Path, task: int, *, synced: bool, source: str, final: bool = True
+    ) -> int:
+        """Commit `path` as the witness of `task`; returns its data row count.
+
+        With final=False (a close that may not be the last one) an invalid CSV is not reported:
+        the writer may still complete it.
+        """
+        rel = self.state.space.rel(task)
+        where = f"done/{rel}"
+        if task not in self.state.intent:
+            raise self._refuse(errno.EACCES, where, "not a task of the mission plan")
+        if task in self.state.fact or task in self._in_flight:
+            raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable")
+        self._in_flight.add(task)
+        try:
+            rows = await trio.to_thread.run_sync(self._commit_blocking, path, rel, not synced)
+        except InvalidWitness as e:
+            reason = f"not a well-formed CSV: {e}"
+            if not final:
+                raise CommitRefused(errno.EBADMSG, reason, final=False) from None
+            raise self._refuse(errno.EBADMSG, where, reason) from None
+        except FileExistsError:
+            self.learn_local_fact(task)
+            raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
+        finally:
+            self._in_flight.discard(task)
+        self.state.add_fact(task)
+        self.index.append((rel,))
+        self.status.committed(source)
+        return rows
+
+    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> int:
+        with open(path, "rb") as f:
+            rows = check_csv(f.read())
+        self.store.commit(path, rel, fsync_file=fsync_file)
+        return rows
+
+    def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
+        log.warning("refused commit of %s: %s", where, reason)
+        self.status.refused(where, reason)
+        return CommitRefused(code, reason, final)
+
+    def learn_local_fact(self, task: int) -> None:
+        """A witness was found on disk that the index did not know (crash or offline copy)."""
+        if self.state.add_fact(task):
+            self.index.append((self.state.space.rel(task),))

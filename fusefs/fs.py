@@ -1,0 +1,763 @@
+"""The pyfuse3 Operations: translate kernel requests into calls on MissionState and LocalStore.
+
+Handlers stay thin: name/inode decoding, a call into the state model or the store, and the
+errno. See SEMANTICS.md for what each operation means to a user. All handlers run on the trio
+thread; code between two awaits is atomic, so the claim path (check pending, claim) and the
+commit path (check fact, commit, add fact) need no locks. Only fsync, link and reading a whole
+witness for validation go to worker threads; small pread/pwrite/stat on the state directory run
+inline because they hit the page cache and a thread hop would cost more than they do.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from . import inodes
+from .codec import TaskSpace
+from .commit import CommitRefused, Committer
+from .inodes import Kind
+from .state import MissionState, NotClaimed, NotPending, View
+from .status import StatusBoard
+from .store import LocalStore
+
+log = logging.getLogger("missionfs")
+
+DIR_TIMEOUT = 60.0
+FILE_TIMEOUT = 60.0
+WITNESS_TIMEOUT = 300.0
+TMP_TIMEOUT = 1.0
+DIR_MODE = stat.S_IFDIR | 0o755
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
+def fuse_error(code: int, message: str | None = None) -> pyfuse3.FUSEError:
+    if message:
+        log.warning("%s (%s)", message, errno.errorcode.get(code, code))
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass
+class Handle:
+    """An open file: either fixed bytes (descriptors, status) or a real file descriptor."""
+
+    ino: int
+    data: bytes | None = None
+    fd: int = -1
+    path: Path | None = None
+    target: int | None = None  # task of a direct write into done/
+    writer_pid: int = 0
+    dirty: bool = False
+    committed: bool = False
+    rejected: bool = False
+    parent: int = 0
+    name: bytes = b""
+
+
+class MissionFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        state: MissionState,
+        store: LocalStore,
+        committer: Committer,
+        status: StatusBoard,
+        lease: float,
+    ) -> None:
+        super().__init__()
+        self.state = state
+        self.space: TaskSpace = state.space
+        self.store = store
+        self.committer = committer
+        self.status = status
+        self.lease = lease
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.started_ns = time.time_ns()
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._tmp_ino: dict[str, int] = {}  # tmp/ name -> inode
+        self._tmp_name: dict[int, str] = {}
+        self._staged: dict[int, Handle] = {}  # inode of a direct write in progress
+        self._alias: dict[int, int] = {}  # tmp/staged inode committed -> task
+        self._next_tmp = 1
+        self._dir_lists: dict[int, list[str]] = {}
+        self.invalidate = True  # off in handler tests without a mount
+        state.subscribe(self._on_change)
+
+    # -- attributes ---------------------------------------------------------------------------
+    def _attr(
+        self, ino: int, mode: int, size: int, mtime_ns: int, timeout: float
+    ) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.st_mode = mode
+        a.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_size = size
+        a.st_blksize = 4096
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+        return a
+
+    def _dir_attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        return self._attr(ino, DIR_MODE, 0, self.started_ns, DIR_TIMEOUT)
+
+    def _task_attr(self, view: View, task: int) -> pyfuse3.EntryAttributes:
+        ino = inodes.make(Kind.FILE, view, task)
+        if view is View.DONE:
+            return self._witness_attr(ino, task)
+        claim = self.state.claims.get(task)
+        if claim is not None:
+            mtime = int(claim.claimed_at * 1e9)
+            return self._attr(
+                ino, stat.S_IFREG | 0o644, self.space.descriptor_size(task), mtime, FILE_TIMEOUT
+            )
+        return self._attr(
+            ino,
+            stat.S_IFREG | 0o444,
+            self.space.descriptor_size(task),
+            self.started_ns,
+            FILE_TIMEOUT,
+        )
+
+    def _witness_attr(self, ino: int, task: int) -> pyfuse3.EntryAttributes:
+        try:
+            st = os.stat(self.store.witness_path(self.space.rel(task)))
+        except FileNotFoundError:
+            raise fuse_error(errno.ENOENT) from None
+        return self._attr(ino, stat.S_IFREG | 0o444, st.st_size, st.st_mtime_ns, WITNESS_TIMEOUT)
+
+    def _real_attr(self, ino: int, path: Path, fd: int = -1) -> pyfuse3.EntryAttributes:
+        try:
+            st = os.fstat(fd) if fd >= 0 else os.lstat(path)
+        except FileNotFoundError:
+            raise fuse_error(errno.ENOENT) from None
+        a = self._attr(
+            ino, stat.S_IFREG | (st.st_mode & 0o777), st.st_size, st.st_mtime_ns, TMP_TIMEOUT
+        )
+        a.st_atime_ns = st.st_atime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        return a
+
+    def _staged_attr(self, ino: int, h: Handle) -> pyfuse3.EntryAttributes:
+        # Never cached: the name must resolve afresh once the write is committed or refused.
+        a = self._real_attr(ino, h.path or Path(), h.fd)
+        a.entry_timeout = a.attr_timeout = 0
+        return a
+
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        kind, view, payload = inodes.split(inode)
+        if kind is Kind.FIXED:
+            if inode == inodes.STATUS:
+                size = len(self.status.render())
+                return self._attr(inode, stat.S_IFREG | 0o444, size, time.time_ns(), 0)
+            return self._dir_attr(inode)
+        if kind in (Kind.ROW, Kind.TILE):
+            return self._dir_attr(inode)
+        if kind is Kind.FILE:
+            assert view is not None
+            if payload >= self.space.size:
+                raise fuse_error(errno.ENOENT)
+            return self._task_attr(view, payload)
+        return self._tmp_attr(inode)
+
+    def _tmp_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        task = self._alias.get(inode)
+        if task is not None:
+            return self._witness_attr(inode, task)
+        staged = self._staged.get(inode)
+        if staged is not None:
+            return self._staged_attr(inode, staged)
+        name = self._tmp_name.get(inode)
+        if name is None:
+            raise fuse_error(errno.ENOENT)
+        return self._real_attr(inode, self.store.tmp / name)
+
+    # -- lookup -------------------------------------------------------------------------------
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        kind, view, payload = inodes.split(parent_inode)
+        if parent_inode == inodes.ROOT:
+            ino = inodes.ROOT_NAMES.get(name)
+            if ino is None:
+                raise fuse_error(errno.ENOENT)
+            return await self.getattr(ino)
+        if parent_inode == inodes.TMP_DIR:
+            return self._tmp_lookup(name)
+        if parent_inode in inodes.VIEW_OF_ROOT:
+            v = inodes.VIEW_OF_ROOT[parent_inode]
+            row = self.space.row_of(name.decode("utf-8", "surrogateescape"))
+            if row is None or not self._row_visible(v, row):
+                raise fuse_error(errno.ENOENT)
+            return self._dir_attr(inodes.make(Kind.ROW, v, row))
+        if kind is Kind.ROW:
+            assert view is not None
+            col = self.space.col_of(name.decode("utf-8", "surrogateescape"))
+            if col is None or not self._tile_visible(view, payload, col):
+                raise fuse_error(errno.ENOENT)
+            return self._dir_attr(inodes.make(Kind.TILE, view, payload * self.space.lon.n + col))
+        if kind is Kind.TILE:
+            assert view is not None
+            task = self._task_in_tile(payload, name)
+            if task is None or task not in self.state.bitmap(view):
+                raise fuse_error(errno.ENOENT)
+            return self._task_attr(view, task)
+        raise fuse_error(errno.ENOTDIR if kind is not Kind.FIXED else errno.ENOENT)
+
+    def _row_visible(self, view: View, row: int) -> bool:
+        if view is View.PENDING:
+            return self.state.row_has(view, row)
+        return self.state.row_planned(row)
+
+    def _tile_visible(self, view: View, row: int, col: int) -> bool:
+        if view is View.PENDING:
+            return self.state.tile_has(view, row, col)
+        return self.state.tile_planned(row, col)
+
+    def _task_in_tile(self, tile: int, name: bytes) -> int | None:
+        phrase = self.space.phrase_of(name.decode("utf-8", "surrogateescape"))
+        if phrase is None:
+            return None
+        return tile * self.space.nphr + phrase
+
+    def _tmp_lookup(self, name: bytes) -> pyfuse3.EntryAttributes:
+        fname = os.fsdecode(name)
+        path = self.store.tmp / fname
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise fuse_error(errno.ENOENT)
+        return self._real_attr(self._tmp_inode(fname), path)
+
+    def _tmp_inode(self, fname: str) -> int:
+        ino = self._tmp_ino.get(fname)
+        if ino is None:
+            ino = inodes.make(Kind.TMP, None, self._next_tmp)
+            self._next_tmp += 1
+            self._tmp_ino[fname] = ino
+            self._tmp_name[ino] = fname
+        return ino
+
+    async def forget(self, inode_list: Iterable[tuple[int, int]]) -> None:
+        # Computed inodes need no bookkeeping; aliases of committed tmp files are dropped
+        # once the kernel forgets them (tmp/ names are kept while the file exists).
+        for ino, _ in inode_list:
+            if ino in self._alias and not any(h.ino == ino for h in self._handles.values()):
+                del self._alias[ino]
+
+    # -- directories --------------------------------------------------------------------------
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        kind, _, _ = inodes.split(inode)
+        if kind in (Kind.FILE, Kind.TMP) or inode == inodes.STATUS:
+            raise fuse_error(errno.ENOTDIR)
+        if inode == inodes.TMP_DIR:
+            fh = self._new_fh(Handle(inode))
+            self._dir_lists[fh] = sorted(os.listdir(self.store.tmp))
+            return fh
+        return inode
+
+    async def releasedir(self, fh: int) -> None:
+        if self._dir_lists.pop(fh, None) is not None:
+            self._handles.pop(fh, None)
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for name, attr, next_id in self._entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, attr, next_id):
+                return
+
+    def _entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]]:
+        if fh in self._dir_lists:
+            names = self._dir_lists[fh]
+            for i in range(start, len(names)):
+                try:
+                    attr = self._tmp_lookup(os.fsencode(names[i]))
+                except pyfuse3.FUSEError:
+                    continue
+                yield os.fsencode(names[i]), attr, i + 1
+            return
+        kind, view, payload = inodes.split(fh)
+        sp = self.space
+        if fh == inodes.ROOT:
+            items = list(inodes.ROOT_NAMES.items())
+            for i in range(start, len(items)):
+                name, ino = items[i]
+                yield name, self._attr_sync(ino), i + 1
+        elif fh in inodes.VIEW_OF_ROOT:
+            v = inodes.VIEW_OF_ROOT[fh]
+            for row in self.state.rows(v, start):
+                yield (
+                    sp.lat.name(row).encode(),
+                    self._dir_attr(inodes.make(Kind.ROW, v, row)),
+                    row + 1,
+                )
+        elif kind is Kind.ROW:
+            assert view is not None
+            base = payload * sp.lon.n
+            for col in self.state.tiles(view, payload, start):
+                yield (
+                    sp.lon.name(col).encode(),
+                    self._dir_attr(inodes.make(Kind.TILE, view, base + col)),
+                    col + 1,
+                )
+        elif kind is Kind.TILE:
+            assert view is not None
+            row, col = divmod(payload, sp.lon.n)
+            for task in self.state.tasks(view, row, col, start):
+                phrase = task - payload * sp.nphr
+                try:
+                    attr = self._task_attr(view, task)
+                except pyfuse3.FUSEError:
+                    continue
+                yield sp.phrase_names[phrase].encode("utf-8", "surrogatepass"), attr, phrase + 1
+
+    def _attr_sync(self, ino: int) -> pyfuse3.EntryAttributes:
+        if ino == inodes.STATUS:
+            return self._attr(
+                ino, stat.S_IFREG | 0o444, len(self.status.render()), time.time_ns(), 0
+            )
+        return self._dir_attr(ino)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        kind, view, _ = inodes.split(parent_inode)
+        view = inodes.VIEW_OF_ROOT.get(parent_inode, view)
+        if view in (View.DONE, View.CLAIMED) and kind in (Kind.FIXED, Kind.ROW):
+            try:
+                await self.lookup(parent_inode, name, ctx)
+            except pyfuse3.FUSEError:
+                raise fuse_error(
+                    errno.EACCES, f"refused mkdir {name!r}: not a tile of the mission plan"
+                ) from None
+            raise fuse_error(errno.EEXIST)
+        raise fuse_error(errno.EPERM, f"refused mkdir {name!r}: only plan directories exist here")
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise fuse_error(errno.EPERM, f"refused rmdir {name!r}: plan directories cannot be removed")
+
+    # -- files --------------------------------------------------------------------------------
+    def _new_fh(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        kind, view, payload = inodes.split(inode)
+        writing = bool(flags & _WRITE_FLAGS)
+        if inode == inodes.STATUS:
+            if writing:
+                raise fuse_error(errno.EACCES)
+            return pyfuse3.FileInfo(
+                fh=self._new_fh(Handle(inode, data=self.status.render())), direct_io=True
+            )
+        if kind is Kind.FILE:
+            assert view is not None
+            if view is View.DONE:
+                return self._open_witness(inode, payload, writing)
+            if writing:
+                raise fuse_error(
+                    errno.EPERM,
+                    f"refused write to {view.value}/{self.space.rel(payload)}:"
+                    " task descriptors are read-only; write results into done/",
+                )
+            return pyfuse3.FileInfo(
+                fh=self._new_fh(Handle(inode, data=self.space.descriptor(payload)))
+            )
+        if kind is Kind.TMP:
+            if inode in self._alias:
+                return self._open_witness(inode, self._alias[inode], writing)
+            if inode in self._staged:
+                raise fuse_error(errno.EBUSY, "refused open: another writer is writing this task")
+            name = self._tmp_name.get(inode)
+            if name is None:
+                raise fuse_error(errno.ENOENT)
+            fd = os.open(self.store.tmp / name, flags & ~(os.O_CREAT | os.O_EXCL))
+            return pyfuse3.FileInfo(
+                fh=self._new_fh(Handle(inode, fd=fd, path=self.store.tmp / name))
+            )
+        raise fuse_error(errno.EISDIR)
+
+    def _open_witness(self, inode: int, task: int, writing: bool) -> pyfuse3.FileInfo:
+        rel = self.space.rel(task)
+        if writing:
+            raise fuse_error(
+                errno.EPERM, f"refused overwrite of done/{rel}: a witness is immutable"
+            )
+        try:
+            fd = os.open(self.store.witness_path(rel), os.O_RDONLY)
+        except FileNotFoundError:
+            raise fuse_error(errno.ENOENT) from None
+        return pyfuse3.FileInfo(fh=self._new_fh(Handle(inode, fd=fd)), keep_cache=True)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        kind, view, payload = inodes.split(parent_inode)
+        if parent_inode == inodes.TMP_DIR:
+            fname = os.fsdecode(name)
+            path = self.store.tmp / fname
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode & 0o777)
+            ino = self._tmp_inode(fname)
+            fh = self._new_fh(Handle(ino, fd=fd, path=path))
+            return pyfuse3.FileInfo(fh=fh), self._real_attr(ino, path, fd)
+        if kind is Kind.TILE and view is View.DONE:
+            task = self._writable_task(payload, name)
+            path = self.store.staging / f"{os.getpid()}.{self._next_fh}.{task}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            ino = inodes.make(Kind.TMP, None, self._next_tmp)
+            self._next_tmp += 1
+            h = Handle(
+                ino,
+                fd=fd,
+                path=path,
+                target=task,
+                writer_pid=ctx.pid,
+                parent=parent_inode,
+                name=name,
+            )
+            self._staged[ino] = h
+            return pyfuse3.FileInfo(fh=self._new_fh(h)), self._staged_attr(ino, h)
+        where = (
+            "pending/ and claimed/ are read-only"
+            if view is not None
+            else "write results into done/"
+        )
+        raise fuse_error(errno.EPERM, f"refused create of {name!r}: {where}")
+
+    def _writable_task(self, tile: int, name: bytes) -> int:
+        task = self._task_in_tile(tile, name)
+        row, col = divmod(tile, self.space.lon.n)
+        where = f"done/{self.space.lat.name(row)}/{self.space.lon.name(col)}/{os.fsdecode(name)}"
+        if task is None or task not in self.state.intent:
+            self.status.refused(where, "not a task of the mission plan")
+            raise fuse_error(
+                errno.EACCES, f"refused write of {where}: not a task of the mission plan"
+            )
+        if task in self.state.fact:
+            self.status.refused(where, "a witness exists and is immutable")
+            raise fuse_error(
+                errno.EEXIST, f"refused write of {where}: a witness exists and is immutable"
+            )
+        return task
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles[fh]
+        if h.data is not None:
+            return h.data[off : off + size]
+        return os.pread(h.fd, size, off)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles[fh]
+        if h.committed or h.rejected:
+            raise fuse_error(
+                errno.EPERM, "refused write: this result was already committed or refused"
+            )
+        if h.fd < 0:
+            raise fuse_error(errno.EBADF)
+        h.dirty = True
+        return os.pwrite(h.fd, buf, off)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles[fh]
+        if h.fd >= 0:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+            h.dirty = False
+
+    async def flush(self, fh: int) -> None:
+        h = self._handles[fh]
+        if h.target is None or h.committed or h.rejected:
+            return
+        if writer_was_killed(h.writer_pid):
+            await self._reject(h, "the writer was killed before it closed the file")
+            raise fuse_error(errno.EIO)
+        try:
+            await self._commit_staged(h, final=False)
+        except CommitRefused as e:
+            if e.final:
+                await self._reject(h, e.reason)
+            raise fuse_error(e.errno) from None
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh)
+        if h.target is not None and not h.committed and not h.rejected:
+            try:
+                await self._commit_staged(h, final=True)
+            except CommitRefused as e:
+                await self._reject(h, e.reason)
+        if h.fd >= 0:
+            os.close(h.fd)
+        if h.target is not None:
+            self._staged.pop(h.ino, None)
+
+    async def _commit_staged(self, h: Handle, *, final: bool) -> None:
+        assert h.target is not None and h.path is not None
+        await self.committer.commit(
+            h.path, h.target, synced=not h.dirty, source="write", final=final
+        )
+        h.committed = True
+        self._alias[h.ino] = h.target
+        self._staged.pop(h.ino, None)
+
+    async def _reject(self, h: Handle, reason: str) -> None:
+        assert h.target is not None and h.path is not None
+        h.rejected = True
+        rel = self.space.rel(h.target)
+        kept = await trio.to_thread.run_sync(self.store.reject, h.path, rel, reason)
+        self.status.refused(f"done/{rel}", f"{reason}; bytes kept in {kept}")
+        log.warning(
+            "refused direct write of done/%s: %s; the task stays pending; bytes kept in %s",
+            rel,
+            reason,
+            kept,
+        )
+        self._staged.pop(h.ino, None)
+        self._invalidate(h.parent, h.name)
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        kind, view, payload = inodes.split(inode)
+        if kind is Kind.FILE and view is not View.DONE:
+            if payload in self.state.claims and not fields.update_size:
+                self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
+            elif fields.update_size or payload not in self.state.claims:
+                raise fuse_error(
+                    errno.EPERM,
+                    f"refused change of {self.space.rel(payload)}:"
+                    " only `touch claimed/REL` (renew a lease) is allowed",
+                )
+            return await self.getattr(inode)
+        if kind is Kind.FILE or inode in self._alias:
+            task = payload if kind is Kind.FILE else self._alias[inode]
+            raise fuse_error(
+                errno.EPERM,
+                f"refused change of done/{self.space.rel(task)}: a witness is immutable",
+            )
+        if kind is Kind.TMP:
+            return self._setattr_real(inode, attr, fields, fh)
+        return await self.getattr(inode)
+
+    def _setattr_real(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+    ) -> pyfuse3.EntryAttributes:
+        h = self._handles.get(fh) if fh is not None else None
+        staged = self._staged.get(inode)
+        fd = h.fd if h is not None else (staged.fd if staged is not None else -1)
+        path = staged.path if staged is not None else self.store.tmp / self._tmp_name.get(inode, "")
+        if path is None or (fd < 0 and inode not in self._tmp_name):
+            raise fuse_error(errno.ENOENT)
+        target: int | str | Path = fd if fd >= 0 else path
+        if fields.update_size:
+            os.truncate(target, attr.st_size)
+        if fields.update_mode:
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
+        if fields.update_atime or fields.update_mtime:
+            st = os.stat(target)
+            at = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mt = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(target, ns=(at, mt))
+        return self._real_attr(inode, path, fd)
+
+    # -- namespace changes --------------------------------------------------------------------
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        kind, view, payload = inodes.split(parent_inode)
+        if parent_inode == inodes.TMP_DIR:
+            fname = os.fsdecode(name)
+            try:
+                os.unlink(self.store.tmp / fname)
+            except FileNotFoundError:
+                raise fuse_error(errno.ENOENT) from None
+            ino = self._tmp_ino.pop(fname, None)
+            if ino is not None:
+                self._tmp_name.pop(ino, None)
+            return
+        if kind is Kind.TILE:
+            task = self._task_in_tile(payload, name)
+            if task is None:
+                raise fuse_error(errno.ENOENT)
+            rel = self.space.rel(task)
+            if view is View.CLAIMED:
+                try:
+                    self.state.release(task)  # `rm claimed/REL` gives the task back
+                except NotClaimed:
+                    raise fuse_error(errno.ENOENT) from None
+                return
+            if view is View.DONE and task in self.state.fact:
+                self.status.refused(f"done/{rel}", "delete of a witness")
+                raise fuse_error(
+                    errno.EPERM, f"refused delete of done/{rel}: a witness is immutable"
+                )
+            if view is View.PENDING and task in self.state.pending:
+                raise fuse_error(errno.EPERM, f"refused delete of pending/{rel}: claim it with mv")
+            raise fuse_error(errno.ENOENT)
+        raise fuse_error(errno.EPERM, f"refused delete of {name!r}")
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise fuse_error(errno.EINVAL, "refused rename: RENAME_EXCHANGE is not supported")
+        k_old, v_old, p_old = inodes.split(parent_inode_old)
+        k_new, v_new, p_new = inodes.split(parent_inode_new)
+        if parent_inode_old == inodes.TMP_DIR:
+            if parent_inode_new == inodes.TMP_DIR:
+                return self._rename_tmp(name_old, name_new, flags)
+            if k_new is Kind.TILE and v_new is View.DONE:
+                return await self._commit_tmp(name_old, p_new, name_new)
+        if k_old is Kind.TILE and k_new is Kind.TILE and p_old == p_new and name_old == name_new:
+            task = self._task_in_tile(p_old, name_old)
+            if task is None:
+                raise fuse_error(errno.ENOENT)
+            if v_old is View.PENDING and v_new is View.CLAIMED:
+                return await self._claim(task, ctx)
+            if v_old is View.CLAIMED and v_new is View.PENDING:
+                try:
+                    return self.state.release(task)
+                except NotClaimed:
+                    raise fuse_error(errno.ENOENT) from None
+        if v_old is View.DONE:
+            raise fuse_error(
+                errno.EPERM, f"refused rename of done/…/{name_old!r}: a witness is immutable"
+            )
+        raise fuse_error(
+            errno.EPERM,
+            f"refused rename {name_old!r} -> {name_new!r}: claim with"
+            " `mv pending/REL claimed/REL`, commit with `mv tmp/NAME done/REL`",
+        )
+
+    async def _claim(self, task: int, ctx: pyfuse3.RequestContext) -> None:
+        # The start-up index may lag the files until the reconcile walk ends: check the file.
+        if (
+            task in self.state.pending
+            and not self.committer.reconciled
+            and await trio.to_thread.run_sync(self.store.exists, self.space.rel(task))
+        ):
+            self.committer.learn_local_fact(task)
+        try:
+            self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
+        except NotPending:
+            raise fuse_error(errno.ENOENT) from None
+
+    def _rename_tmp(self, old: bytes, new: bytes, flags: int) -> None:
+        src, dst = os.fsdecode(old), os.fsdecode(new)
+        if flags & pyfuse3.RENAME_NOREPLACE and os.path.lexists(self.store.tmp / dst):
+            raise fuse_error(errno.EEXIST)
+        os.rename(self.store.tmp / src, self.store.tmp / dst)
+        ino = self._tmp_ino.pop(src, None)
+        old_ino = self._tmp_ino.pop(dst, None)
+        if old_ino is not None:
+            self._tmp_name.pop(old_ino, None)
+        if ino is not None:
+            self._tmp_ino[dst] = ino
+            self._tmp_name[ino] = dst
+
+    async def _commit_tmp(self, name_old: bytes, tile: int, name_new: bytes) -> None:
+        fname = os.fsdecode(name_old)
+        task = self._writable_task(tile, name_new)
+        path = self.store.tmp / fname
+        if not os.path.isfile(path):
+            raise fuse_error(errno.ENOENT)
+        ino = self._tmp_ino.get(fname)
+        synced = ino is not None and not any(
+            h.dirty for h in self._handles.values() if h.ino == ino
+        )
+        try:
+            await self.committer.commit(path, task, synced=synced, source="rename")
+        except CommitRefused as e:
+            raise fuse_error(e.errno) from None
+        ino = self._tmp_ino.pop(fname, None)
+        if ino is not None:
+            self._tmp_name.pop(ino, None)
+            self._alias[ino] = task
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.store.root)
+        s = pyfuse3.StatvfsData()
+        for f in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
+            setattr(s, f, getattr(st, f))
+        return s
+
+    # -- kernel cache -------------------------------------------------------------------------
+    def _on_change(self, tasks: Iterable[int]) -> None:
+        """A task changed view: drop every cached name of it so no listing or lookup is stale."""
+        if not self.invalidate:
+            return
+        sp = self.space
+        tiles_seen: set[int] = set()
+        for task in tasks:
+            tile, phrase = divmod(task, sp.nphr)
+            name = sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
+            for v in (View.PENDING, View.CLAIMED, View.DONE):
+                self._invalidate(inodes.make(Kind.TILE, v, tile), name)
+            if tile not in tiles_seen:
+                tiles_seen.add(tile)
+                row, col = divmod(tile, sp.lon.n)
+                if not self.state.tile_has(View.PENDING, row, col):
+                    self._invalidate(
+                        inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode()
+                    )
+                    if not self.state.row_has(View.PENDING, row):
+                        self._invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
+
+    def _invalidate(self, parent: int, name: bytes) -> None:
+        if self.invalidate and parent:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+
+def writer_was_killed(pid: int) -> bool:
+    """True if process `pid` is exiting because of a signal (its close is not a real end)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    # fields[0] is field 3 (state); exit_code is field 52 (Linux >= 3.5).
+    if len(fields) < 50:
+        return False
+    return (int(fields[49]) & 0x7F) != 0

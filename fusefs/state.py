@@ -1,0 +1,230 @@
+"""The pure state model: Intent, Fact, Claims and the live difference Pending.
+
+Nothing here knows about FUSE, files or S3. All sets are roaring bitmaps of task ids, so a
+national-scale mission fits in a few MiB and "which rows/tiles/tasks of this directory are
+pending" is answered by range queries, never by scanning the mission.
+
+Invariant kept by every method: pending == intent - fact - claimed.
+Every method runs without awaiting, so on the trio thread each call is atomic.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from pyroaring import BitMap
+
+from .codec import TaskSpace
+
+
+class View(Enum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+
+
+class StateError(Exception):
+    """A refused state transition; `reason` is for the log, the subclass picks the errno."""
+
+
+class NotPending(StateError):
+    pass
+
+
+class NotClaimed(StateError):
+    pass
+
+
+@dataclass
+class Claim:
+    task: int
+    claimed_at: float
+    expires_at: float
+    owner: str
+
+
+Listener = Callable[[Iterable[int]], None]
+
+
+class MissionState:
+    def __init__(self, space: TaskSpace, intent: BitMap, fact: BitMap | None = None) -> None:
+        self.space = space
+        self.intent = intent
+        self.fact = BitMap() if fact is None else fact
+        self.claimed = BitMap()
+        self.claims: dict[int, Claim] = {}
+        self._expiry: list[tuple[float, int]] = []
+        self.pending = intent - self.fact
+        self._listeners: list[Listener] = []
+
+    # -- observation ---------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(tasks)` is called after tasks change view (e.g. to invalidate caches)."""
+        self._listeners.append(listener)
+
+    def _changed(self, tasks: Iterable[int]) -> None:
+        for listener in self._listeners:
+            listener(tasks)
+
+    def bitmap(self, view: View) -> BitMap:
+        if view is View.PENDING:
+            return self.pending
+        if view is View.CLAIMED:
+            return self.claimed
+        return self.fact
+
+    def counts(self) -> dict[str, int]:
+        done = self.fact.intersection_cardinality(self.intent)
+        return {
+            "intent": len(self.intent),
+            "done": done,
+            "pending": len(self.pending),
+            "claimed": len(self.claimed),
+            "facts_outside_intent": len(self.fact) - done,
+        }
+
+    # -- transitions ---------------------------------------------------------------------------
+    def claim(self, task: int, now: float, lease: float, owner: str = "") -> Claim:
+        if task not in self.pending:
+            reason = (
+                "already claimed"
+                if task in self.claimed
+                else ("already done" if task in self.fact else "not in the plan")
+            )
+            raise NotPending(reason)
+        c = Claim(task, now, now + lease, owner)
+        self.pending.remove(task)
+        self.claimed.add(task)
+        self.claims[task] = c
+        heapq.heappush(self._expiry, (c.expires_at, task))
+        self._changed((task,))
+        return c
+
+    def renew(self, task: int, now: float, lease: float) -> Claim:
+        c = self.claims.get(task)
+        if c is None:
+            raise NotClaimed("not claimed")
+        c.claimed_at = now
+        c.expires_at = now + lease
+        heapq.heappush(self._expiry, (c.expires_at, task))
+        return c
+
+    def release(self, task: int) -> None:
+        if self.claims.pop(task, None) is None:
+            raise NotClaimed("not claimed")
+        self.claimed.remove(task)
+        if task in self.intent and task not in self.fact:
+            self.pending.add(task)
+        self._changed((task,))
+
+    def expire(self, now: float) -> list[int]:
+        """Release every claim whose lease ended at or before `now`."""
+        expired = []
+        while self._expiry and self._expiry[0][0] <= now:
+            when, task = heapq.heappop(self._expiry)
+            c = self.claims.get(task)
+            if c is not None and c.expires_at == when:
+                self.release(task)
+                expired.append(task)
+        return expired
+
+    def next_expiry(self) -> float | None:
+        while self._expiry:
+            when, task = self._expiry[0]
+            c = self.claims.get(task)
+            if c is not None and c.expires_at == when:
+                return when
+            heapq.heappop(self._expiry)
+        return None
+
+    def add_fact(self, task: int) -> bool:
+        """A witness exists for `task`; ends its claim. Returns False if it was already known."""
+        if task in self.fact:
+            return False
+        self.fact.add(task)
+        self.pending.discard(task)
+        if self.claims.pop(task, None) is not None:
+            self.claimed.remove(task)
+        self._changed((task,))
+        return True
+
+    def add_facts(self, tasks: BitMap) -> BitMap:
+        """Merge many facts at once (start-up reconcile, remote listing); returns the new ones."""
+        new = tasks - self.fact
+        if not new:
+            return new
+        self.fact |= new
+        self.pending -= new
+        ended = new & self.claimed
+        if ended:
+            self.claimed -= ended
+            for t in ended:
+                del self.claims[t]
+        self._changed(new)
+        return new
+
+    def remove_facts(self, tasks: BitMap) -> BitMap:
+        """Forget facts whose witness turned out not to exist (files are the truth)."""
+        gone = tasks & self.fact
+        if not gone:
+            return gone
+        self.fact -= gone
+        self.pending |= (gone & self.intent) - self.claimed
+        self._changed(gone)
+        return gone
+
+    # -- per-directory queries (cost grows with the answer, not with the mission) -------------
+    def rows(self, view: View, start: int = 0) -> Iterator[int]:
+        """Rows (lat indices) >= start that hold at least one task of `view`."""
+        return _groups(
+            self.bitmap(view), start * self.space.row_size, self.space.size, self.space.row_size, 0
+        )
+
+    def tiles(self, view: View, row: int, start_col: int = 0) -> Iterator[int]:
+        """Columns >= start_col of `row` whose tile holds at least one task of `view`."""
+        lo, hi = self.space.row_range(row)
+        return _groups(
+            self.bitmap(view), lo + start_col * self.space.tile_size, hi, self.space.tile_size, lo
+        )
+
+    def tasks(self, view: View, row: int, col: int, start_phrase: int = 0) -> Iterator[int]:
+        """Task ids of tile (row, col), phrase >= start_phrase, that are in `view`."""
+        lo, hi = self.space.tile_range(row, col)
+        bm = self.bitmap(view)
+        for t in bm.iter_equal_or_larger(lo + start_phrase):
+            if t >= hi:
+                return
+            yield t
+
+    def row_has(self, view: View, row: int) -> bool:
+        lo, hi = self.space.row_range(row)
+        return self.bitmap(view).range_cardinality(lo, hi) > 0
+
+    def tile_has(self, view: View, row: int, col: int) -> bool:
+        lo, hi = self.space.tile_range(row, col)
+        return self.bitmap(view).range_cardinality(lo, hi) > 0
+
+    def row_planned(self, row: int) -> bool:
+        lo, hi = self.space.row_range(row)
+        return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
+
+    def tile_planned(self, row: int, col: int) -> bool:
+        lo, hi = self.space.tile_range(row, col)
+        return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
+
+
+def _groups(bm: BitMap, pos: int, end: int, size: int, base: int) -> Iterator[int]:
+    """Indices (relative to base, in units of `size`) of the groups in [pos, end) that hold a bit."""
+    while pos < end:
+        try:
+            t = bm.next_set_bit(pos)
+        except ValueError:
+            return
+        if t >= end:
+            return
+        g = (t - base) // size
+        yield g
+        pos = base + (g + 1) * size

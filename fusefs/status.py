@@ -1,0 +1,54 @@
+"""The `status` file: one JSON object with counts, sync state and recent errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from typing import Any
+
+from .state import MissionState
+
+
+class StatusBoard:
+    def __init__(self, mission: str, state: MissionState, state_dir: str, lease: float) -> None:
+        self.mission = mission
+        self.state = state
+        self.state_dir = state_dir
+        self.lease = lease
+        self.started = time.time()
+        self.commits = {"rename": 0, "write": 0}
+        self.refusals = 0
+        self.expired = 0
+        self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
+        self.reconcile = "pending"
+        self.outside_plan = 0
+
+    def committed(self, source: str) -> None:
+        self.commits[source] = self.commits.get(source, 0) + 1
+
+    def refused(self, where: str, reason: str) -> None:
+        self.refusals += 1
+        self.recent_errors.append({"time": round(time.time(), 3), "path": where, "error": reason})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "mission": self.mission,
+            "pid": os.getpid(),
+            "state_dir": self.state_dir,
+            "store": "local",
+            "counts": self.state.counts(),
+            "lease_seconds": self.lease,
+            "commits": dict(self.commits),
+            "expired_leases": self.expired,
+            "refused": self.refusals,
+            "witnesses_outside_plan": self.outside_plan,
+            "reconcile": self.reconcile,
+            "sync": {"enabled": False, "state": "local only"},
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "errors": list(self.recent_errors),
+        }
+
+    def render(self) -> bytes:
+        return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,123 @@
+"""Where witness files live. `Store` is the small interface; `LocalStore` the embedded default.
+
+The local store is a state directory of plain files, readable without the daemon:
+
+    STATE/scraped-tiles/{lat}/{lon}/{phrase}.csv   the Fact tree (witness files only)
+    STATE/tmp/        the mount's tmp/ (Maildir-style scratch)
+    STATE/staging/    direct writes to done/ until they are committed
+    STATE/rejected/   refused direct writes, kept with a note (nothing is ever dropped)
+    STATE/index/      start-up index of the Fact tree (see index.py)
+
+Commit = fsync the file, hard-link it under its witness name (link never replaces, so an existing
+witness cannot be overwritten, not even by a racing commit), fsync the directory, drop the
+staging name. All methods block: the daemon calls them through trio.to_thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+WITNESS_DIR = "scraped-tiles"
+
+
+class Store(Protocol):
+    def commit(self, staged: Path, rel: str) -> None:
+        """Make `staged` the witness of `rel`; FileExistsError if a witness exists."""
+
+    def exists(self, rel: str) -> bool: ...
+
+    def scan(self) -> Iterator[str]:
+        """Relative paths of all witnesses in the store."""
+        ...
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tiles = root / WITNESS_DIR
+        self.tmp = root / "tmp"
+        self.staging = root / "staging"
+        self.rejected = root / "rejected"
+        self.index_dir = root / "index"
+
+    def prepare(self) -> None:
+        for d in (self.root, self.tiles, self.tmp, self.staging, self.rejected, self.index_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def witness_path(self, rel: str) -> Path:
+        return self.tiles / rel
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.tiles / rel)
+
+    def commit(self, staged: Path, rel: str, *, fsync_file: bool = True) -> None:
+        dst = self.tiles / rel
+        self._ensure_dir(dst.parent)
+        if fsync_file:
+            fd = os.open(staged, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.link(staged, dst)  # FileExistsError: never replaces a witness
+        fsync_dir(dst.parent)
+        os.unlink(staged)
+
+    def _ensure_dir(self, d: Path) -> None:
+        if d.is_dir():
+            return
+        created = []
+        p = d
+        while not p.is_dir():
+            created.append(p)
+            p = p.parent
+        d.mkdir(parents=True, exist_ok=True)
+        for c in reversed(created):
+            fsync_dir(c.parent)
+
+    def reject(self, staged: Path, rel: str, reason: str) -> Path:
+        """Keep a refused result under rejected/ with a note of why; returns its new path."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        name = rel.replace("/", "_")
+        dst = self.rejected / f"{stamp}.{os.getpid()}.{staged.name}.{name}"
+        os.replace(staged, dst)
+        dst.with_name(dst.name + ".why").write_text(f"{rel}: {reason}\n", encoding="utf-8")
+        return dst
+
+    def scan(self) -> Iterator[str]:
+        try:
+            lat_entries = list(os.scandir(self.tiles))
+        except FileNotFoundError:
+            return
+        for lat in lat_entries:
+            if not lat.is_dir(follow_symlinks=False):
+                continue
+            for lon in os.scandir(lat.path):
+                if not lon.is_dir(follow_symlinks=False):
+                    continue
+                prefix = f"{lat.name}/{lon.name}/"
+                for f in os.scandir(lon.path):
+                    if f.is_file(follow_symlinks=False):
+                        yield prefix + f.name
+
+    def clean_tmp_leftovers(self) -> int:
+        """Drop tmp/ names left behind by a crash between link and unlink (still witnesses)."""
+        n = 0
+        for d in (self.tmp, self.staging):
+            for e in os.scandir(d):
+                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_nlink > 1:
+                    os.unlink(e.path)
+                    n += 1
+        return n

@@ -1,0 +1,162 @@
+"""The pure state model, against a naive reference built from plain Python sets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from pyroaring import BitMap
+
+from fusefs.codec import Axis, TaskSpace
+from fusefs.state import MissionState, NotClaimed, NotPending, View
+
+SPACE = TaskSpace(Axis(0, 1, 4, 2), Axis(100, 1, 5, 2), ("a", "b", "c"))
+LEASE = 10.0
+
+
+def _intent() -> BitMap:
+    # A ragged intent: not every tile, not every phrase, so row/tile queries see gaps.
+    return BitMap(t for t in range(SPACE.size) if (t * 7) % 5 != 0)
+
+
+def expected_views(
+    intent: set[int], facts: set[int], claims: dict[int, float], now: float
+) -> dict[View, set[int]]:
+    live = {t for t, exp in claims.items() if exp > now and t not in facts}
+    return {View.PENDING: intent - facts - live, View.CLAIMED: live, View.DONE: set(facts)}
+
+
+class StateMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = MissionState(SPACE, _intent())
+        self.intent = set(_intent())
+        self.facts: set[int] = set()
+        self.claims: dict[int, float] = {}
+        self.now = 1000.0
+
+    tasks = st.integers(0, SPACE.size - 1)
+
+    @rule(task=tasks)
+    def claim(self, task: int) -> None:
+        pending = expected_views(self.intent, self.facts, self.claims, self.now)[View.PENDING]
+        if task in pending:
+            self.state.claim(task, self.now, LEASE)
+            self.claims[task] = self.now + LEASE
+        else:
+            with pytest.raises(NotPending):
+                self.state.claim(task, self.now, LEASE)
+
+    @rule(task=tasks)
+    def renew(self, task: int) -> None:
+        if task in self.claims:
+            self.state.renew(task, self.now, LEASE)
+            self.claims[task] = self.now + LEASE
+        else:
+            with pytest.raises(NotClaimed):
+                self.state.renew(task, self.now, LEASE)
+
+    @rule(task=tasks)
+    def release(self, task: int) -> None:
+        if task in self.claims:
+            self.state.release(task)
+            del self.claims[task]
+        else:
+            with pytest.raises(NotClaimed):
+                self.state.release(task)
+
+    @rule(task=tasks)
+    def commit(self, task: int) -> None:
+        assert self.state.add_fact(task) == (task not in self.facts)
+        self.facts.add(task)
+        self.claims.pop(task, None)
+
+    @rule(batch=st.sets(tasks, max_size=8))
+    def remote_facts(self, batch: set[int]) -> None:
+        new = self.state.add_facts(BitMap(batch))
+        assert set(new) == batch - self.facts
+        self.facts |= batch
+        for t in batch:
+            self.claims.pop(t, None)
+
+    @rule(batch=st.sets(tasks, max_size=4))
+    def facts_vanish(self, batch: set[int]) -> None:
+        self.state.remove_facts(BitMap(batch))
+        self.facts -= batch
+
+    @rule(dt=st.floats(0, 8))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        expired = self.state.expire(self.now)
+        gone = {t for t, exp in self.claims.items() if exp <= self.now}
+        assert set(expired) == gone
+        for t in gone:
+            del self.claims[t]
+
+    @invariant()
+    def views_match_reference(self) -> None:
+        ref = expected_views(self.intent, self.facts, self.claims, self.now)
+        for view, tasks in ref.items():
+            assert set(self.state.bitmap(view)) == tasks, view
+        assert set(self.state.pending) == self.intent - self.facts - set(self.claims)
+
+    @invariant()
+    def directory_queries_match_reference(self) -> None:
+        ref = expected_views(self.intent, self.facts, self.claims, self.now)
+        for view, tasks in ref.items():
+            rows = {SPACE.split(t).row for t in tasks}
+            assert list(self.state.rows(view)) == sorted(rows)
+            for row in range(SPACE.lat.n):
+                cols = sorted({SPACE.split(t).col for t in tasks if SPACE.split(t).row == row})
+                assert list(self.state.tiles(view, row)) == cols
+                assert self.state.row_has(view, row) == bool(cols)
+                for col in cols[:2]:
+                    expect = sorted(
+                        t for t in tasks if SPACE.split(t).row == row and SPACE.split(t).col == col
+                    )
+                    assert list(self.state.tasks(view, row, col)) == expect
+
+    @precondition(lambda self: bool(self.claims))
+    @invariant()
+    def next_expiry_is_the_earliest_lease(self) -> None:
+        assert self.state.next_expiry() == min(self.claims.values())
+
+
+TestStateMachine = StateMachine.TestCase
+TestStateMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_queries_resume_from_a_start_position() -> None:
+    state = MissionState(SPACE, _intent())
+    rows = list(state.rows(View.PENDING))
+    assert list(state.rows(View.PENDING, rows[1])) == rows[1:]
+    cols = list(state.tiles(View.PENDING, 0))
+    assert list(state.tiles(View.PENDING, 0, cols[-1])) == cols[-1:]
+    assert list(state.tiles(View.PENDING, 0, cols[-1] + 1)) == []
+
+
+def test_listeners_hear_every_change() -> None:
+    state = MissionState(SPACE, _intent())
+    heard: list[int] = []
+    state.subscribe(lambda tasks: heard.extend(tasks))
+    t = next(iter(state.pending))
+    state.claim(t, 0.0, 1.0)
+    state.expire(5.0)
+    state.add_fact(t)
+    assert heard == [t, t, t]
+
+
+def test_national_scale_memory() -> None:
+    # 10M tasks, half done at random: the bitmaps stay within a few MiB.
+    import random
+
+    space = TaskSpace(Axis(0, 1, 3163, 3), Axis(0, 1, 3163, 3), ("x",))
+    intent = BitMap()
+    intent.add_range(0, space.size)
+    rng = random.Random(1)
+    facts = BitMap(rng.sample(range(space.size), space.size // 2))
+    state = MissionState(space, intent, facts)
+    size = sum(len(b.serialize()) for b in (state.intent, state.fact, state.pending))
+    assert len(state.pending) == space.size - len(facts)
+    assert size < 8 * 2**20
