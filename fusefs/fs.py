@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+from pyroaring import BitMap
 
 from . import inodes
 from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .inodes import Kind
-from .state import MissionState, NotClaimed, NotPending, View
+from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
 
@@ -36,6 +37,7 @@ DIR_TIMEOUT = 60.0
 FILE_TIMEOUT = 60.0
 WITNESS_TIMEOUT = 300.0
 TMP_TIMEOUT = 1.0
+BULK_INVALIDATION = 256  # above this many changed tasks, invalidate rows, not names
 DIR_MODE = stat.S_IFDIR | 0o755
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
@@ -435,12 +437,15 @@ class MissionFS(pyfuse3.Operations):
             )
             self._staged[ino] = h
             return pyfuse3.FileInfo(fh=self._new_fh(h)), self._staged_attr(ino, h)
-        where = (
-            "pending/ and claimed/ are read-only"
-            if view is not None
-            else "write results into done/"
-        )
-        raise fuse_error(errno.EPERM, f"refused create of {name!r}: {where}")
+        if (
+            kind is Kind.TILE and view is not None
+        ):  # pending/ or claimed/: name not (or no longer) there
+            raise fuse_error(
+                errno.ENOENT,
+                f"refused create of {name!r} in {view.value}/: tasks appear"
+                " here by claiming (mv pending/REL claimed/REL), never by writing",
+            )
+        raise fuse_error(errno.EPERM, f"refused create of {name!r}: write results into done/")
 
     def _writable_task(self, tile: int, name: bytes) -> int:
         task = self._task_in_tile(tile, name)
@@ -726,6 +731,13 @@ class MissionFS(pyfuse3.Operations):
         if not self.invalidate:
             return
         sp = self.space
+        if isinstance(tasks, BitMap) and len(tasks) > BULK_INVALIDATION:
+            # Bulk change (reconcile, remote facts): drop whole rows, which drops their subtrees.
+            for row in groups(tasks, 0, sp.size, sp.row_size, 0):
+                name = sp.lat.name(row).encode()
+                for v in (View.PENDING, View.CLAIMED, View.DONE):
+                    self._invalidate(inodes.VIEW_ROOTS[v], name)
+            return
         tiles_seen: set[int] = set()
         for task in tasks:
             tile, phrase = divmod(task, sp.nphr)

@@ -179,14 +179,14 @@ class MissionState:
     # -- per-directory queries (cost grows with the answer, not with the mission) -------------
     def rows(self, view: View, start: int = 0) -> Iterator[int]:
         """Rows (lat indices) >= start that hold at least one task of `view`."""
-        return _groups(
+        return groups(
             self.bitmap(view), start * self.space.row_size, self.space.size, self.space.row_size, 0
         )
 
     def tiles(self, view: View, row: int, start_col: int = 0) -> Iterator[int]:
         """Columns >= start_col of `row` whose tile holds at least one task of `view`."""
         lo, hi = self.space.row_range(row)
-        return _groups(
+        return groups(
             self.bitmap(view), lo + start_col * self.space.tile_size, hi, self.space.tile_size, lo
         )
 
@@ -216,7 +216,7 @@ class MissionState:
         return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
 
 
-def _groups(bm: BitMap, pos: int, end: int, size: int, base: int) -> Iterator[int]:
+def groups(bm: BitMap, pos: int, end: int, size: int, base: int) -> Iterator[int]:
     """Indices (relative to base, in units of `size`) of the groups in [pos, end) that hold a bit."""
     while pos < end:
         try:

@@ -1,0 +1,155 @@
+"""The command line: mount/umount as a daemon, status, pending, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import MISSIONFS, ROOT, wait_for, write_mission
+
+
+def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([*MISSIONFS, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def _one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("missionfs: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_background_mount_status_pending_umount(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml")
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    mnt.mkdir()
+    try:
+        run("mount", str(mission), str(mnt), "--state", str(state), check=True)
+        assert os.path.ismount(mnt)
+        rel = "40.70/-74.02/plumber.csv"
+        (mnt / "done" / rel).write_text("a\n1\n")
+        st = json.loads(run("status", str(mnt), "--json", check=True).stdout)
+        assert st["counts"]["done"] == 1 and st["counts"]["pending"] == 23
+        human = run("status", str(mnt), check=True).stdout
+        assert "1/24 done" in human
+        pid = st["pid"]
+        run("umount", str(mnt), check=True)
+        assert not os.path.ismount(mnt)
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+        # Without a mount, the same answers come from the state directory.
+        st2 = json.loads(
+            run("status", str(mission), "--state", str(state), "--json", check=True).stdout
+        )
+        assert st2["counts"]["done"] == 1 and st2["counts"]["pending"] == 23
+        pending = run(
+            "pending", str(mission), "--state", str(state), check=True
+        ).stdout.splitlines()
+        assert len(pending) == 23 and rel not in pending
+        assert "40.70/-74.02/coffee shop.csv" in pending
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def test_pending_without_any_state_lists_the_whole_intent(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml")
+    out = run(
+        "pending", str(mission), "--state", str(tmp_path / "s"), check=True
+    ).stdout.splitlines()
+    assert len(out) == 24 == len(set(out))
+
+
+def test_bad_mission_is_refused_before_mounting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'name = "x"\n[grid]\nsouth = 1\nwest = 1\nnorth = 2\neast = 2\nstep = 0\nphrases = ["a"]\n'
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _one_line_error(run("mount", str(bad), str(mnt)), "grid.step = 0", "must be positive")
+    assert not os.path.ismount(mnt)
+
+
+def test_missing_mountpoint_and_double_mount(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml")
+    _one_line_error(run("mount", str(mission), str(tmp_path / "nope")), "mkdir -p")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        run("mount", str(mission), str(mnt), "--state", str(tmp_path / "s"), check=True)
+        _one_line_error(
+            run("mount", str(mission), str(mnt), "--state", str(tmp_path / "s")),
+            "already a mount point",
+        )
+    finally:
+        run("umount", str(mnt))
+    assert not os.path.ismount(mnt)
+    _one_line_error(run("umount", str(mnt)), "is not mounted")
+
+
+def test_s3_store_is_refused_clearly_until_supported(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml", extra='[store]\ns3 = "s3://bucket/prefix"\n')
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _one_line_error(run("mount", str(mission), str(mnt)), "[store] s3")
+
+
+def test_umount_releases_a_dead_mount(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [
+            *MISSIONFS,
+            "mount",
+            str(mission),
+            str(mnt),
+            "--state",
+            str(tmp_path / "s"),
+            "--foreground",
+            "--quiet",
+        ],
+        cwd=ROOT,
+    )
+    try:
+        wait_for(lambda: os.path.ismount(mnt), what="mount")
+        proc.kill()
+        proc.wait(timeout=30)
+        res = run("umount", str(mnt))
+        assert res.returncode == 0, res.stderr
+        assert "dead mount" in res.stderr
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+def test_state_dir_defaults_to_xdg_data_home(tmp_path: Path) -> None:
+    mission = write_mission(tmp_path / "m.toml", name="xdg-test")
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "xdg"))
+    res = subprocess.run(
+        [*MISSIONFS, "status", str(mission), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["state_dir"] == str(tmp_path / "xdg" / "missionfs" / "xdg-test")
+    assert (tmp_path / "xdg" / "missionfs" / "xdg-test" / "scraped-tiles").is_dir()
