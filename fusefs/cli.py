@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ log = logging.getLogger("missionfs")
 
 DEFAULT_LEASE = 15 * 60.0
 MOUNT_WAIT_SECONDS = 120.0
+SYNC_WAIT_SECONDS = 600.0
 
 
 class UserError(Exception):
@@ -37,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3 endpoint URL for non-AWS servers (MinIO, Ceph, ...)")
+    p.add_argument(
+        "--worker",
+        help="worker id used in conflict and manifest names "
+        "(default: hostname + random suffix, kept in the state dir)",
+    )
+    p.add_argument("--uploaders", type=int, default=16, help="parallel S3 requests (16)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="missionfs", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,14 +60,26 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--state", type=Path, help="state directory (default: XDG data dir/missionfs/NAME)"
     )
-    m.add_argument("--endpoint-url", help="S3 endpoint for non-AWS servers")
     m.add_argument(
         "--foreground", action="store_true", help="stay in the foreground, log to stderr"
     )
     m.add_argument(
         "--lease", type=float, default=DEFAULT_LEASE, help="claim lease in seconds (900)"
     )
+    m.add_argument(
+        "--refresh",
+        type=float,
+        default=15.0,
+        help="seconds between looks for other workers' witnesses in S3 (15)",
+    )
+    m.add_argument(
+        "--full-refresh",
+        type=float,
+        default=600.0,
+        help="seconds between full listings of the bucket, the truth (600)",
+    )
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    _s3_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     m.set_defaults(func=cmd_mount)
@@ -66,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="counts and progress of a mission or a mount")
     s.add_argument("target", type=Path, help="MISSION.toml or a mountpoint")
     s.add_argument("--state", type=Path)
+    s.add_argument("--endpoint-url")
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_status)
@@ -73,13 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     pe = sub.add_parser("pending", help="print intent - fact, one relative path a line")
     pe.add_argument("mission", type=Path)
     pe.add_argument("--state", type=Path)
+    pe.add_argument("--endpoint-url")
     pe.add_argument("--quiet", action="store_true")
     pe.set_defaults(func=cmd_pending)
 
-    sy = sub.add_parser("sync", help="batch push and pull with the S3 store, without a mount")
+    sy = sub.add_parser(
+        "sync",
+        help="push local witnesses to S3 and pull the remote listing "
+        "(without a mount; on a mounted state dir, asks the daemon to do it now)",
+    )
     sy.add_argument("mission", type=Path)
     sy.add_argument("--state", type=Path)
-    sy.add_argument("--endpoint-url")
+    _s3_options(sy)
     sy.add_argument("--quiet", action="store_true")
     sy.set_defaults(func=cmd_sync)
     return p
@@ -87,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- helpers ------------------------------------------------------------------------------------
 def _state_dir(mission: Mission, state: Path | None) -> Path:
-    from .daemon import default_state_dir
+    from .workspace import default_state_dir
 
     return state.resolve() if state else default_state_dir(mission)
 
@@ -108,23 +139,63 @@ def _walk_progress(quiet: bool, what: str) -> Iterator[Callable[[int], None]]:
         bar.close()
 
 
-def _load(args: argparse.Namespace, mission: Mission) -> Any:
-    from .daemon import load_state
+def _sync_options(args: argparse.Namespace) -> Any:
+    from .workspace import SyncOptions
+
+    worker = getattr(args, "worker", None)
+    if worker is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", worker):
+        raise UserError(f"--worker {worker!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return SyncOptions(
+        endpoint_url=getattr(args, "endpoint_url", None),
+        worker=worker,
+        uploaders=max(1, getattr(args, "uploaders", 16)),
+        refresh=getattr(args, "refresh", 15.0),
+        full_refresh=getattr(args, "full_refresh", 600.0),
+    )
+
+
+def _open(
+    args: argparse.Namespace, mission: Mission, *, lock: bool, lease: float = DEFAULT_LEASE
+) -> Any:
+    from .s3store import S3ConfigError
+    from .workspace import StateDirBusy, open_workspace
 
     state_dir = _state_dir(mission, getattr(args, "state", None))
     with _walk_progress(getattr(args, "quiet", False), "indexing witnesses") as progress:
         try:
-            return load_state(mission, state_dir, progress), state_dir
+            return open_workspace(
+                mission,
+                state_dir,
+                lease=lease,
+                sync=_sync_options(args),
+                lock=lock,
+                progress=progress,
+            )
         except PermissionError as e:
             raise UserError(f"cannot use state directory {state_dir}: {e.strerror}") from None
+        except StateDirBusy as busy:
+            raise UserError(
+                f"state directory {state_dir} is in use by missionfs pid {busy.pid}; "
+                "unmount it first (missionfs umount MNT)"
+            ) from None
+        except S3ConfigError as e:
+            raise UserError(f"{mission.s3}: {e}") from None
 
 
-def _check_s3(mission: Mission, endpoint: str | None) -> None:
-    if mission.s3 or endpoint:
-        raise UserError(
-            f"{mission.path}: [store] s3 is not supported by this build yet "
-            "(local store only); remove the [store] table to run locally"
-        )
+def _check_s3(ws: Any, quiet: bool) -> None:
+    """Refuse settings that cannot work; an unreachable endpoint only warns (work offline)."""
+    from .s3store import S3ConfigError, S3Unavailable
+
+    if ws.sync is None:
+        return
+    try:
+        ws.sync.conditional = ws.sync.s3.check()
+    except S3ConfigError as e:
+        ws.close()
+        raise UserError(f"{ws.mission.s3}: {e}") from None
+    except S3Unavailable as e:
+        if not quiet:
+            print(f"missionfs: warning: {e}; working offline, uploads are queued", file=sys.stderr)
 
 
 # -- mount / umount -----------------------------------------------------------------------------
@@ -132,7 +203,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .daemon import Daemon, release_dead_mount
 
     mission = load_mission(args.mission)
-    _check_s3(mission, args.endpoint_url)
+    if args.endpoint_url and not mission.s3:
+        raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
     mnt: Path = args.mountpoint.resolve()
     if release_dead_mount(mnt):
         print(f"missionfs: released a dead mount left on {mnt}", file=sys.stderr)
@@ -140,18 +212,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(f"mountpoint {mnt} is not a directory; create it with: mkdir -p {mnt}")
     if os.path.ismount(mnt):
         raise UserError(f"{mnt} is already a mount point; unmount it first: missionfs umount {mnt}")
-    if args.lease <= 0:
-        raise UserError(f"--lease {args.lease}: must be a positive number of seconds")
-    loaded, state_dir = _load(args, mission)
+    if args.lease <= 0 or args.refresh <= 0 or args.full_refresh <= 0:
+        raise UserError("--lease, --refresh and --full-refresh must be positive numbers of seconds")
+    ws = _open(args, mission, lock=True, lease=args.lease)
+    _check_s3(ws, args.quiet)
     if not args.foreground:
+        state_dir = ws.store.root
+        ws.close()  # the daemon takes the state dir over
         return _spawn_daemon(args, mnt, state_dir)
-    _setup_logging(state_dir, args.debug, to_stderr=not args.quiet)
+    _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
     try:
-        Daemon(mission, loaded, mnt, args.lease, args.allow_other).run()
+        Daemon(ws, mnt, args.allow_other).run()
     except RuntimeError as e:
         raise UserError(
             f"cannot mount on {mnt}: {e} (is /dev/fuse usable and fuse3 installed?)"
         ) from None
+    finally:
+        ws.close()
     return 0
 
 
@@ -180,7 +257,16 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         "--quiet",
         "--lease",
         str(args.lease),
+        "--refresh",
+        str(args.refresh),
+        "--full-refresh",
+        str(args.full_refresh),
+        "--uploaders",
+        str(args.uploaders),
     ]
+    for flag in ("endpoint_url", "worker"):
+        if getattr(args, flag):
+            cmd += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     if args.allow_other:
         cmd.append("--allow-other")
     err_path = state_dir / "daemon.err"
@@ -224,10 +310,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if not os.path.ismount(mnt):
         raise UserError(f"{mnt} is not mounted")
     pid = None
-    try:
+    with suppress(OSError, ValueError, KeyError):
         pid = int(json.loads((mnt / "status").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        pass
     res = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, text=True)
     if res.returncode != 0:
         msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "fusermount3 failed"
@@ -262,7 +346,7 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-# -- status / pending / sync --------------------------------------------------------------------
+# -- status / pending ---------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     target: Path = args.target
     if target.is_dir():
@@ -274,15 +358,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise UserError(f"cannot read {target}/status: {e.strerror}") from None
     else:
         mission = load_mission(target)
-        (loaded, state_dir) = _load(args, mission)
-        info = {
-            "mission": mission.name,
-            "state_dir": str(state_dir),
-            "store": "local",
-            "counts": loaded.state.counts(),
-            "mounted": False,
-            "witnesses_outside_plan": len(loaded.outside_plan),
-        }
+        ws = _open(args, mission, lock=False)
+        info = ws.status.snapshot()
+        info.pop("pid", None)
+        info["mounted"] = False
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
     else:
@@ -301,6 +380,12 @@ def _print_status(info: dict[str, Any]) -> None:
     )
     print(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({pct:.1f}%)")
     print(f"pending {c['pending']}  claimed {c['claimed']}")
+    sync = info.get("sync", {})
+    if sync.get("enabled"):
+        print(
+            f"s3 {sync['url']}: {sync['state']}; upload queue {sync['queue']}, "
+            f"remote facts {sync['remote_facts']}, conflicts {sync['conflicts']}"
+        )
     if info.get("witnesses_outside_plan"):
         print(f"witnesses outside the plan: {info['witnesses_outside_plan']}")
     for err in info.get("errors", [])[-5:]:
@@ -309,11 +394,11 @@ def _print_status(info: dict[str, Any]) -> None:
 
 def cmd_pending(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
-    loaded, _ = _load(args, mission)
-    space = loaded.state.space
+    ws = _open(args, mission, lock=False)
+    space = ws.state.space
     out = sys.stdout
     try:
-        for task in loaded.state.pending:
+        for task in ws.state.pending:
             out.write(space.rel(task) + "\n")
         out.flush()
     except BrokenPipeError:  # `missionfs pending M | head`
@@ -321,13 +406,110 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sync ---------------------------------------------------------------------------------------
 def cmd_sync(args: argparse.Namespace) -> int:
+    from .workspace import daemon_pid
+
     mission = load_mission(args.mission)
     if not mission.s3:
         print(f"missionfs: {mission.name} has no [store] s3; nothing to sync (local store only)")
         return 0
-    _check_s3(mission, args.endpoint_url)
-    return 2
+    state_dir = _state_dir(mission, args.state)
+    pid = daemon_pid(state_dir)
+    if pid is not None:
+        return _sync_through_daemon(state_dir, pid, args.quiet)
+    ws = _open(args, mission, lock=True)
+    try:
+        return _batch_sync(ws, args.quiet)
+    finally:
+        ws.close()
+
+
+def _sync_through_daemon(state_dir: Path, pid: int, quiet: bool) -> int:
+    from .daemon import SYNC_RESULT
+
+    result = state_dir / SYNC_RESULT
+    before = result.stat().st_mtime_ns if result.exists() else 0
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except (ProcessLookupError, PermissionError) as e:
+        raise UserError(f"cannot signal the daemon (pid {pid}) of {state_dir}: {e}") from None
+    deadline = time.monotonic() + SYNC_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if result.exists() and result.stat().st_mtime_ns != before:
+            info = json.loads(result.read_text())
+            if not quiet:
+                _print_sync_summary(info, "the mounted daemon")
+            return 0 if info["queue"] == 0 and info["online"] else 1
+        time.sleep(0.05)
+    raise UserError(
+        f"the daemon (pid {pid}) did not finish the sync within {SYNC_WAIT_SECONDS:.0f} s"
+    )
+
+
+def _print_sync_summary(info: dict[str, Any], who: str) -> None:
+    print(f"sync by {who}: {info['state']}")
+    print(
+        f"uploaded {info['uploaded']}, already in s3 {info['already_in_s3']}, "
+        f"learned from listings {info['learned_remote']}, conflicts {info['conflicts']}, "
+        f"errors {info['errors']}, left to upload {info['queue']}"
+    )
+
+
+def _batch_sync(ws: Any, quiet: bool) -> int:
+    """The air-gapped worker's batch: connect, list the bucket, upload everything, report."""
+    import trio
+    from tqdm import tqdm
+
+    from .s3store import S3ConfigError
+
+    engine = ws.sync
+    total = engine.queue_size()
+
+    async def run() -> None:
+        if not await engine.connect():
+            return
+        await engine.refresh(full=True)
+        with tqdm(
+            total=total,
+            desc="uploading",
+            unit=" witnesses",
+            disable=quiet or None,
+            file=sys.stderr,
+            delay=0.5,
+        ) as bar:
+            async with trio.open_nursery() as nursery:
+
+                async def progress() -> None:
+                    while True:
+                        c = engine.counters
+                        bar.update(c.uploaded + c.already_there + c.conflicts - bar.n)
+                        await trio.sleep(0.2)
+
+                nursery.start_soon(progress)
+                await engine.drain()
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    except S3ConfigError as e:
+        raise UserError(f"{ws.mission.s3}: {e}") from None
+    finally:
+        engine.save()
+        ws.index.snapshot(ws.committer.local, ws.index.rotate())
+        ws.index.close()
+        engine.close()
+    info = engine.info()
+    if not quiet or info["queue"] or not info["online"]:
+        _print_sync_summary(info, "missionfs sync")
+    if not info["online"]:
+        print(
+            f"missionfs: S3 unreachable ({info['last_error']}); {info['queue']} witness(es) "
+            "still to upload: run missionfs sync again when online",
+            file=sys.stderr,
+        )
+        return 1
+    return 0 if info["queue"] == 0 and info["errors"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from pyroaring import BitMap
 
 from .index import FactIndex
 from .state import MissionState
@@ -32,14 +34,25 @@ class CommitRefused(Exception):
 
 
 class Committer:
+    """Owns the set of local witnesses (`local`), the start-up index that persists it, and the
+    hooks (the S3 upload queue) that hear about every new local witness."""
+
     def __init__(
-        self, state: MissionState, store: LocalStore, index: FactIndex, status: StatusBoard
+        self,
+        state: MissionState,
+        store: LocalStore,
+        index: FactIndex,
+        status: StatusBoard,
+        local: BitMap,
     ) -> None:
         self.state = state
         self.store = store
         self.index = index
         self.status = status
+        self.local = local
         self.reconciled = False
+        self.hooks: list[Callable[[], None]] = []  # called after new local witnesses
+        self.remote: BitMap = BitMap()  # facts known from S3 (the sync engine's set)
         self._in_flight: set[int] = set()
 
     async def commit(
@@ -69,10 +82,16 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
         finally:
             self._in_flight.discard(task)
-        self.state.add_fact(task)
-        self.index.append((rel,))
+        self._record(task)
         self.status.committed(source)
         return rows
+
+    def _record(self, task: int) -> None:
+        self.local.add(task)
+        self.index.append((self.state.space.rel(task),))
+        self.state.add_fact(task)
+        for hook in self.hooks:
+            hook()
 
     def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> int:
         with open(path, "rb") as f:
@@ -87,5 +106,20 @@ class Committer:
 
     def learn_local_fact(self, task: int) -> None:
         """A witness was found on disk that the index did not know (crash or offline copy)."""
-        if self.state.add_fact(task):
-            self.index.append((self.state.space.rel(task),))
+        if task not in self.local:
+            self._record(task)
+
+    def reconcile(self, found: BitMap, loaded: BitMap) -> tuple[BitMap, BitMap]:
+        """Make `local` agree with a walk of the files; returns (new, gone)."""
+        new = found - self.local
+        if new:
+            self.local |= new
+            self.index.append(self.state.space.rel(t) for t in new)
+            self.state.add_facts(new)
+            for hook in self.hooks:
+                hook()
+        gone = loaded - found
+        if gone:
+            self.local -= gone
+            self.state.remove_facts(gone - self.remote)
+        return new, gone

@@ -1,4 +1,4 @@
-"""Builds the state, store and Operations, mounts them and runs the background loops.
+"""Mounts a Workspace and runs its background loops until unmounted or signalled.
 
 Shape (after S3QL's mount.py): everything is built outside the Operations class and injected;
 background work are small loops in one trio nursery; SIGINT/SIGTERM call pyfuse3.terminate(),
@@ -9,86 +9,44 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from .commit import Committer
 from .fs import MissionFS
-from .index import FactIndex, walk_facts
-from .mission import Mission
-from .state import MissionState
-from .status import StatusBoard
+from .index import walk_facts
 from .store import LocalStore
+from .workspace import Workspace
 
 log = logging.getLogger("missionfs")
 
 SNAPSHOT_EVERY_COMMITS = 20_000
 SNAPSHOT_EVERY_SECONDS = 60.0
-
-
-def default_state_dir(mission: Mission) -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "missionfs" / mission.name
-
-
-@dataclass
-class Loaded:
-    state: MissionState
-    store: LocalStore
-    index: FactIndex
-    outside_plan: list[str]
-    from_index: bool
-
-
-def load_state(
-    mission: Mission, state_dir: Path, progress: Callable[[int], None] | None = None
-) -> Loaded:
-    """Facts from the start-up index if usable, else from a full walk (then indexed)."""
-    store = LocalStore(state_dir)
-    store.prepare()
-    index = FactIndex(store.index_dir, mission.space)
-    facts = index.load()
-    outside: list[str] = []
-    from_index = facts is not None
-    if facts is None:
-        facts, outside = walk_facts(store.scan(), mission.space, progress)
-        gen = index.rotate()
-        index.snapshot(facts, gen)
-    state = MissionState(mission.space, mission.intent, facts)
-    return Loaded(state, store, index, outside, from_index)
+SYNC_RESULT = "sync-result.json"
 
 
 class Daemon:
-    def __init__(
-        self,
-        mission: Mission,
-        loaded: Loaded,
-        mountpoint: Path,
-        lease: float,
-        allow_other: bool = False,
-    ) -> None:
-        self.mission = mission
-        self.loaded = loaded
-        self.state = loaded.state
-        self.store = loaded.store
-        self.index = loaded.index
+    def __init__(self, ws: Workspace, mountpoint: Path, allow_other: bool = False) -> None:
+        self.ws = ws
+        self.mission = ws.mission
+        self.state = ws.state
+        self.store: LocalStore = ws.store
+        self.index = ws.index
         self.mountpoint = mountpoint
-        self.lease = lease
         self.allow_other = allow_other
-        self.status = StatusBoard(mission.name, self.state, str(self.store.root), lease)
-        self.status.outside_plan = len(loaded.outside_plan)
-        self.committer = Committer(self.state, self.store, self.index, self.status)
-        self.ops = MissionFS(self.state, self.store, self.committer, self.status, lease)
+        self.status = ws.status
+        self.committer = ws.committer
+        self.sync = ws.sync
+        self.ops = MissionFS(ws.state, ws.store, ws.committer, ws.status, ws.lease, ws.sync)
         self._snapshot_lock = trio.Lock()
+        self._forced = 0
 
     def run(self) -> None:
         self._recover_staging()
@@ -98,14 +56,13 @@ class Daemon:
             options.add("allow_other")
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         log.info("mounted %s on %s (state %s)", self.mission.name, self.mountpoint, self.store.root)
-        unmount = True
         try:
             trio.run(self._main)
         except BaseException:
             log.exception("daemon failed; unmounting")
             raise
         finally:
-            pyfuse3.close(unmount=unmount)
+            pyfuse3.close(unmount=True)
             self._final_snapshot()
             log.info("unmounted %s", self.mountpoint)
 
@@ -115,18 +72,40 @@ class Daemon:
             nursery.start_soon(self._expiry_loop)
             nursery.start_soon(self._reconcile)
             nursery.start_soon(self._snapshot_loop)
+            if self.sync is not None:
+                nursery.start_soon(self.sync.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+        with trio.open_signal_receiver(*sigs) as signals:
             async for sig in signals:
+                if sig == signal.SIGUSR1:
+                    self._force_sync()
+                    continue
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
                 pyfuse3.terminate()
                 return
 
+    def _force_sync(self) -> None:
+        """`missionfs sync` on a mounted state dir: refresh + drain, then report in a file."""
+        if self.sync is None:
+            return
+        self._forced += 1
+        generation = self._forced
+        sync = self.sync
+
+        def done() -> None:
+            result = {"generation": generation, "pid": os.getpid(), **sync.info()}
+            tmp = self.store.root / (SYNC_RESULT + ".tmp")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, self.store.root / SYNC_RESULT)
+
+        sync.force(done)
+
     async def _expiry_loop(self) -> None:
-        """Return tasks whose lease ended; sleeps until the next expiry (or a new claim)."""
+        """Return tasks whose lease ended; sleeps until the next expiry (at most a second)."""
         while True:
             now = time.time()
             expired = self.state.expire(now)
@@ -139,14 +118,11 @@ class Daemon:
     async def _reconcile(self) -> None:
         """Compare the index with the files (the truth) in the background after mounting."""
         self.status.reconcile = "running"
-        loaded_facts = self.state.fact.copy()
+        loaded = self.committer.local.copy()
         found, outside = await trio.to_thread.run_sync(
             lambda: walk_facts(self.store.scan(), self.mission.space)
         )
-        new = self.state.add_facts(found)
-        gone = self.state.remove_facts(loaded_facts - found)
-        if new:
-            self.index.append(self.mission.space.rel(t) for t in new)
+        new, gone = self.committer.reconcile(found, loaded)
         self.status.outside_plan = len(outside)
         self.committer.reconciled = True
         self.status.reconcile = "done"
@@ -172,14 +148,19 @@ class Daemon:
     async def _snapshot(self) -> None:
         async with self._snapshot_lock:
             gen = self.index.rotate()
-            facts = self.state.fact.copy()  # taken together with the rotation: atomic here
+            facts = self.committer.local.copy()  # taken together with the rotation: atomic here
             await trio.to_thread.run_sync(self.index.snapshot, facts, gen)
+            if self.sync is not None:
+                await trio.to_thread.run_sync(self.sync.save)
 
     def _final_snapshot(self) -> None:
         try:
             gen = self.index.rotate()
-            self.index.snapshot(self.state.fact, gen)
+            self.index.snapshot(self.committer.local, gen)
             self.index.close()
+            if self.sync is not None:
+                self.sync.save()
+                self.sync.close()
         except OSError as e:
             log.error("could not save the start-up index (%s); next mount will walk the tree", e)
 
@@ -187,6 +168,9 @@ class Daemon:
         """Direct writes cut short by a daemon crash are kept under rejected/, never dropped."""
         self.store.clean_tmp_leftovers()
         for entry in os.scandir(self.store.staging):
+            if entry.name.startswith("fetch."):
+                os.unlink(entry.path)  # an interrupted download: S3 still has it
+                continue
             kept = self.store.reject(
                 Path(entry.path),
                 entry.name,

@@ -27,9 +27,11 @@ from . import inodes
 from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .inodes import Kind
+from .s3store import S3ConfigError, S3Unavailable
 from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
+from .sync import SyncEngine
 
 log = logging.getLogger("missionfs")
 
@@ -77,8 +79,10 @@ class MissionFS(pyfuse3.Operations):
         committer: Committer,
         status: StatusBoard,
         lease: float,
+        sync: SyncEngine | None = None,
     ) -> None:
         super().__init__()
+        self.sync = sync
         self.state = state
         self.space: TaskSpace = state.space
         self.store = store
@@ -142,6 +146,9 @@ class MissionFS(pyfuse3.Operations):
         try:
             st = os.stat(self.store.witness_path(self.space.rel(task)))
         except FileNotFoundError:
+            if self.sync is not None and task in self.sync.remote:
+                # Remote only: size unknown until fetched (reads use direct I/O, see open).
+                return self._attr(ino, stat.S_IFREG | 0o444, 0, time.time_ns(), TMP_TIMEOUT)
             raise fuse_error(errno.ENOENT) from None
         return self._attr(ino, stat.S_IFREG | 0o444, st.st_size, st.st_mtime_ns, WITNESS_TIMEOUT)
 
@@ -373,7 +380,7 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.FILE:
             assert view is not None
             if view is View.DONE:
-                return self._open_witness(inode, payload, writing)
+                return await self._open_witness(inode, payload, writing)
             if writing:
                 raise fuse_error(
                     errno.EPERM,
@@ -385,7 +392,7 @@ class MissionFS(pyfuse3.Operations):
             )
         if kind is Kind.TMP:
             if inode in self._alias:
-                return self._open_witness(inode, self._alias[inode], writing)
+                return await self._open_witness(inode, self._alias[inode], writing)
             if inode in self._staged:
                 raise fuse_error(errno.EBUSY, "refused open: another writer is writing this task")
             name = self._tmp_name.get(inode)
@@ -397,17 +404,25 @@ class MissionFS(pyfuse3.Operations):
             )
         raise fuse_error(errno.EISDIR)
 
-    def _open_witness(self, inode: int, task: int, writing: bool) -> pyfuse3.FileInfo:
+    async def _open_witness(self, inode: int, task: int, writing: bool) -> pyfuse3.FileInfo:
         rel = self.space.rel(task)
         if writing:
             raise fuse_error(
                 errno.EPERM, f"refused overwrite of done/{rel}: a witness is immutable"
             )
+        fetched = False
+        if self.sync is not None and task in self.sync.remote and task not in self.committer.local:
+            try:
+                await self.sync.fetch(task)  # remote only: fetch once, keep it locally
+            except (S3Unavailable, S3ConfigError) as e:
+                raise fuse_error(errno.EIO, f"cannot read done/{rel} from S3: {e}") from None
+            fetched = True
         try:
             fd = os.open(self.store.witness_path(rel), os.O_RDONLY)
         except FileNotFoundError:
             raise fuse_error(errno.ENOENT) from None
-        return pyfuse3.FileInfo(fh=self._new_fh(Handle(inode, fd=fd)), keep_cache=True)
+        # No keep_cache: a lost race may replace the content (see sync.SyncEngine._resolve).
+        return pyfuse3.FileInfo(fh=self._new_fh(Handle(inode, fd=fd)), direct_io=fetched)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext

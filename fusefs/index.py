@@ -1,9 +1,11 @@
-"""Start-up index of the local Fact tree: a roaring snapshot plus append-only commit logs.
+"""Durable task sets: a roaring snapshot plus append-only logs of additions.
 
-The witness files are the truth; the index only makes mounting fast. Layout in STATE/index/:
+Used for the start-up index of the local Fact tree ("facts") and, with S3, for what is known to
+be in the bucket ("remote") and which local witnesses are confirmed there ("synced"). The
+witness files are the truth; these sets only make mounting fast. Layout in STATE/index/:
 
-    facts.roaring     header line (JSON: universe fingerprint, log generation) + bitmap
-    commits-{g}.log   relative paths committed since snapshot generation g, one a line
+    {name}.roaring    header line (JSON: universe fingerprint, log generation) + bitmap
+    {name}-{g}.log    relative paths added since snapshot generation g, one a line
 
 Loading = snapshot + every log of generation >= the snapshot's (about a millisecond for 1M
 facts). A witness linked just before a `kill -9` but not yet logged is found by the reconcile
@@ -23,13 +25,13 @@ from pyroaring import BitMap
 from .codec import OutOfPlan, TaskSpace
 from .store import fsync_dir
 
-SNAPSHOT = "facts.roaring"
-
 
 class FactIndex:
-    def __init__(self, directory: Path, space: TaskSpace) -> None:
+    def __init__(self, directory: Path, space: TaskSpace, name: str = "facts") -> None:
         self.dir = directory
         self.space = space
+        self.name = name
+        self.snapshot_name = f"{name}.roaring"
         self.generation = 0
         self._log: IO[str] | None = None
         self.appended = 0
@@ -38,7 +40,7 @@ class FactIndex:
     def load(self) -> BitMap | None:
         """The indexed facts, or None if there is no usable snapshot (walk the tree instead)."""
         try:
-            raw = (self.dir / SNAPSHOT).read_bytes()
+            raw = (self.dir / self.snapshot_name).read_bytes()
             header, _, body = raw.partition(b"\n")
             meta = json.loads(header)
             if meta.get("fingerprint") != self.space.fingerprint():
@@ -55,16 +57,18 @@ class FactIndex:
     def _log_generations(self) -> list[int]:
         gens = []
         for name in os.listdir(self.dir):
-            if name.startswith("commits-") and name.endswith(".log"):
+            if name.startswith(f"{self.name}-") and name.endswith(".log"):
                 try:
-                    gens.append(int(name[len("commits-") : -len(".log")]))
+                    gens.append(int(name[len(self.name) + 1 : -len(".log")]))
                 except ValueError:
                     continue
         return sorted(gens)
 
     def _read_log(self, gen: int) -> BitMap:
         ids = BitMap()
-        with open(self.dir / f"commits-{gen}.log", encoding="utf-8", errors="surrogateescape") as f:
+        with open(
+            self.dir / f"{self.name}-{gen}.log", encoding="utf-8", errors="surrogateescape"
+        ) as f:
             for line in f:
                 if not line.endswith("\n"):
                     break  # torn last line of a crash
@@ -79,7 +83,7 @@ class FactIndex:
         """Record commits (no fsync: a lost line is recovered by the reconcile walk)."""
         if self._log is None:
             self._log = open(  # noqa: SIM115 - kept open across appends
-                self.dir / f"commits-{self.generation}.log",
+                self.dir / f"{self.name}-{self.generation}.log",
                 "a",
                 encoding="utf-8",
                 errors="surrogateescape",
@@ -103,17 +107,17 @@ class FactIndex:
         facts = facts.copy()
         facts.run_optimize()
         header = json.dumps({"fingerprint": self.space.fingerprint(), "generation": generation})
-        tmp = self.dir / (SNAPSHOT + ".tmp")
+        tmp = self.dir / (self.snapshot_name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(header.encode() + b"\n")
             f.write(facts.serialize())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.dir / SNAPSHOT)
+        os.replace(tmp, self.dir / self.snapshot_name)
         fsync_dir(self.dir)
         for gen in self._log_generations():
             if gen < generation:
-                os.unlink(self.dir / f"commits-{gen}.log")
+                os.unlink(self.dir / f"{self.name}-{gen}.log")
 
     def close(self) -> None:
         if self._log is not None:

@@ -48,10 +48,9 @@ class Mission:
     s3: str | None = None
     intent_dir: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def scale(self) -> int:
-        return self.space.lat.scale
+    tree: list[tuple[int, int, str]] = field(default_factory=list)
+    step: int = 1
+    scale: int = 0
 
 
 def load_mission(path: str | os.PathLike[str]) -> Mission:
@@ -96,8 +95,13 @@ def parse_mission(text: str, path: Path) -> Mission:
             ctx.fail("intent.dir", str(d), f"is not a directory (looked at {intent_dir})")
         if "step" in intent:
             intent_step = ctx.decimal(intent, "intent", "step")
-    if grid is None and intent_dir is None:
-        ctx.fail("grid", "(missing)", "a mission needs a [grid] table or an [intent] dir")
+    if grid is None and intent_dir is None and not (s3 and intent_step is not None):
+        ctx.fail(
+            "grid",
+            "(missing)",
+            "a mission needs a [grid] table or an [intent] dir"
+            " (or [intent] step with an intent/ tree in the [store] s3 bucket)",
+        )
     if grid is not None:
         step, scale = grid.step, grid.scale
         if intent_step is not None and _scaled(intent_step, scale) != step:
@@ -112,7 +116,53 @@ def parse_mission(text: str, path: Path) -> Mission:
             ctx.fail("intent.step", intent_step, "must be positive")
     tree = list(_walk_intent(ctx, intent_dir, scale, step, grid)) if intent_dir else []
     space, intent_bm = _build_universe(ctx, grid, tree, scale, step)
-    return Mission(name, path, space, intent_bm, grid, s3, intent_dir, doc)
+    return Mission(name, path, space, intent_bm, grid, s3, intent_dir, doc, tree, step, scale)
+
+
+def extend_intent(mission: Mission, rels: Iterable[str], source: str) -> Mission:
+    """The mission united with more intent-tree entries (e.g. the bucket's intent/ prefix)."""
+    ctx = _Ctx(mission.path)
+    origin_lat = mission.grid.south if mission.grid else 0
+    origin_lon = mission.grid.west if mission.grid else 0
+    extra = []
+    for rel in rels:
+        parts = rel.split("/")
+        lat = parse_scaled(parts[0], mission.scale) if len(parts) == 3 else None
+        lon = parse_scaled(parts[1], mission.scale) if len(parts) == 3 else None
+        stem = (
+            parts[2].removesuffix(SUFFIX) if len(parts) == 3 and parts[2].endswith(SUFFIX) else None
+        )
+        phrase = decode_phrase(stem) if stem is not None else None
+        if lat is None or lon is None or phrase is None:
+            ctx.fail(
+                "intent", source, f"{rel} is not LAT/LON/PHRASE.csv with {mission.scale} decimals"
+            )
+        assert lat is not None and lon is not None and phrase is not None
+        if (lat - origin_lat) % mission.step or (lon - origin_lon) % mission.step:
+            ctx.fail("intent", source, f"{rel} is not a tile corner of the grid")
+        if not (
+            -90 * 10**mission.scale <= lat < 90 * 10**mission.scale
+            and -180 * 10**mission.scale <= lon < 180 * 10**mission.scale
+        ):
+            ctx.fail("intent", source, f"{rel} is outside the globe")
+        extra.append((lat, lon, phrase))
+    if not extra:
+        return mission
+    tree = mission.tree + extra
+    space, intent_bm = _build_universe(ctx, mission.grid, tree, mission.scale, mission.step)
+    return Mission(
+        mission.name,
+        mission.path,
+        space,
+        intent_bm,
+        mission.grid,
+        mission.s3,
+        mission.intent_dir,
+        mission.raw,
+        tree,
+        mission.step,
+        mission.scale,
+    )
 
 
 class _Ctx:
@@ -288,6 +338,8 @@ def _build_universe(
 ) -> tuple[TaskSpace, BitMap]:
     lats = [t[0] for t in tree]
     lons = [t[1] for t in tree]
+    if grid is None and not tree:  # intent comes later (from the bucket): an empty universe
+        return TaskSpace(Axis(0, step, 0, scale), Axis(0, step, 0, scale), ()), BitMap()
     phrases = list(grid.phrases) if grid else []
     known = set(phrases)
     for _, _, ph in tree:

@@ -65,6 +65,10 @@ class MissionState:
         """`listener(tasks)` is called after tasks change view (e.g. to invalidate caches)."""
         self._listeners.append(listener)
 
+    def notify(self, tasks: Iterable[int]) -> None:
+        """Tell listeners that tasks changed although their view did not (e.g. new content)."""
+        self._changed(tasks)
+
     def _changed(self, tasks: Iterable[int]) -> None:
         for listener in self._listeners:
             listener(tasks)

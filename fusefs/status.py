@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .state import MissionState
@@ -24,6 +25,7 @@ class StatusBoard:
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
         self.reconcile = "pending"
         self.outside_plan = 0
+        self.sync_info: Callable[[], dict[str, Any]] | None = None
 
     def committed(self, source: str) -> None:
         self.commits[source] = self.commits.get(source, 0) + 1
@@ -37,7 +39,7 @@ class StatusBoard:
             "mission": self.mission,
             "pid": os.getpid(),
             "state_dir": self.state_dir,
-            "store": "local",
+            "store": "s3" if self.sync_info else "local",
             "counts": self.state.counts(),
             "lease_seconds": self.lease,
             "commits": dict(self.commits),
@@ -45,7 +47,9 @@ class StatusBoard:
             "refused": self.refusals,
             "witnesses_outside_plan": self.outside_plan,
             "reconcile": self.reconcile,
-            "sync": {"enabled": False, "state": "local only"},
+            "sync": self.sync_info()
+            if self.sync_info
+            else {"enabled": False, "state": "local only"},
             "uptime_seconds": round(time.time() - self.started, 1),
             "errors": list(self.recent_errors),
         }

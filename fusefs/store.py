@@ -25,8 +25,13 @@ WITNESS_DIR = "scraped-tiles"
 
 
 class Store(Protocol):
-    def commit(self, staged: Path, rel: str) -> None:
-        """Make `staged` the witness of `rel`; FileExistsError if a witness exists."""
+    """What every witness store offers: write-once witnesses named by relative path."""
+
+    def create(self, rel: str, body: bytes) -> bool:
+        """Make `body` the witness of `rel` unless one exists; True if it was created."""
+        ...
+
+    def read(self, rel: str) -> bytes: ...
 
     def exists(self, rel: str) -> bool: ...
 
@@ -95,6 +100,46 @@ class LocalStore:
         os.replace(staged, dst)
         dst.with_name(dst.name + ".why").write_text(f"{rel}: {reason}\n", encoding="utf-8")
         return dst
+
+    def _write_staged(self, body: bytes) -> Path:
+        tmp = self.staging / f"fetch.{os.getpid()}.{os.urandom(6).hex()}"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def create(self, rel: str, body: bytes) -> bool:
+        tmp = self._write_staged(body)
+        try:
+            self.commit(tmp, rel, fsync_file=False)
+        except FileExistsError:
+            os.unlink(tmp)
+            return False
+        return True
+
+    def adopt(self, rel: str, body: bytes) -> None:
+        """Store a witness fetched from S3 as the local one (never over an existing witness)."""
+        self.create(rel, body)
+
+    def read(self, rel: str) -> bytes:
+        return (self.tiles / rel).read_bytes()
+
+    def replace_with_winner(self, rel: str, winner: bytes, worker: str) -> Path:
+        """After a lost race: keep our result under conflicts/, make the winner's the witness.
+
+        The only replacement of a witness there is, done by the daemon, never through the mount.
+        """
+        local = self.tiles / rel
+        keep = self.root / "conflicts" / f"{rel.removesuffix('.csv')}.{worker}.csv"
+        self._ensure_dir(keep.parent)
+        if not keep.exists():
+            os.link(local, keep)
+            fsync_dir(keep.parent)
+        tmp = self._write_staged(winner)
+        os.replace(tmp, local)
+        fsync_dir(local.parent)
+        return keep
 
     def scan(self) -> Iterator[str]:
         try:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_servers import MotoServer, SeaweedServer, Server
+
 ROOT = Path(__file__).resolve().parent.parent
 MISSIONFS = [sys.executable, "-m", "fusefs"]
 
@@ -55,6 +57,7 @@ class Mount:
     state: Path
     proc: subprocess.Popen[bytes] | None = None
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
     def p(self, rel: str) -> Path:
         return self.mnt / rel
@@ -83,6 +86,7 @@ class Mount:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env=self.env,
         )
 
         def up() -> bool:
@@ -108,6 +112,7 @@ class Mount:
         """The real CLI unmount; the daemon must exit cleanly."""
         res = subprocess.run(
             [*MISSIONFS, "umount", str(self.mnt)],
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -158,9 +163,15 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     mounts: list[Mount] = []
 
     def make(
-        mission: Path, name: str = "m", args: tuple[str, ...] = (), start: bool = True
+        mission: Path,
+        name: str = "m",
+        args: tuple[str, ...] = (),
+        start: bool = True,
+        env: dict[str, str] | None = None,
     ) -> Mount:
-        m = Mount(mission, tmp_path / f"{name}.mnt", tmp_path / f"{name}.state", args=list(args))
+        m = Mount(
+            mission, tmp_path / f"{name}.mnt", tmp_path / f"{name}.state", args=list(args), env=env
+        )
         mounts.append(m)
         if start:
             m.start()
@@ -174,3 +185,28 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
 @pytest.fixture
 def mount(make_mount: Callable[..., Mount], mission: Path) -> Mount:
     return make_mount(mission)
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+_buckets = iter(range(1, 1_000_000))
+
+
+def new_bucket(server: Server) -> str:
+    return server.bucket(f"mfs-test-{os.getpid()}-{next(_buckets)}")

@@ -101,13 +101,6 @@ def test_missing_mountpoint_and_double_mount(tmp_path: Path) -> None:
     _one_line_error(run("umount", str(mnt)), "is not mounted")
 
 
-def test_s3_store_is_refused_clearly_until_supported(tmp_path: Path) -> None:
-    mission = write_mission(tmp_path / "m.toml", extra='[store]\ns3 = "s3://bucket/prefix"\n')
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    _one_line_error(run("mount", str(mission), str(mnt)), "[store] s3")
-
-
 def test_umount_releases_a_dead_mount(tmp_path: Path) -> None:
     mission = write_mission(tmp_path / "m.toml")
     mnt = tmp_path / "mnt"

@@ -58,10 +58,10 @@ def test_index_snapshot_plus_logs(tmp_path: Path) -> None:
     fresh.snapshot(BitMap([1, 2, 7]), gen)
     fresh.append([SPACE.rel(9)])
     fresh.close()
-    with open(tmp_path / f"commits-{gen}.log", "a") as f:
+    with open(tmp_path / f"facts-{gen}.log", "a") as f:
         f.write("40.70/-74.0")
     assert set(FactIndex(tmp_path, SPACE).load() or []) == {1, 2, 7, 9}
-    assert sorted(p.name for p in tmp_path.glob("commits-*.log")) == [f"commits-{gen}.log"]
+    assert sorted(p.name for p in tmp_path.glob("facts-*.log")) == [f"facts-{gen}.log"]
 
 
 def test_index_of_another_universe_is_not_used(tmp_path: Path) -> None:

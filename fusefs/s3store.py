@@ -1,0 +1,304 @@
+"""The S3 side of a mission: witness, conflict, manifest and intent keys under one base prefix.
+
+Blocking boto3 calls only (the daemon runs them in worker threads). The same code talks to AWS
+S3, MinIO, Ceph, SeaweedFS or moto: only the endpoint URL differs; credentials come from the
+standard boto3 chain and never appear in messages.
+
+    {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
+    {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
+    {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
+    {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from .codec import SUFFIX
+
+WITNESSES = "scraped-tiles"
+CONFLICTS = "conflicts"
+MANIFESTS = "manifests"
+INTENT = "intent"
+SHA_META = "sha256"
+
+
+class S3ConfigError(Exception):
+    """Settings that will not work until the user changes them (bucket, credentials)."""
+
+
+class S3Unavailable(Exception):
+    """The endpoint cannot be reached or answers with a temporary error: retry later."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str  # without leading/trailing slash; may be ""
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        rest = url.removeprefix("s3://")
+        bucket, _, prefix = rest.partition("/")
+        return cls(bucket, prefix.strip("/"))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def classify(e: Exception, where: str) -> Exception:
+    """Map a boto error to S3ConfigError / S3Unavailable with a one-line message."""
+    if isinstance(e, S3ConfigError | S3Unavailable):
+        return e
+    if isinstance(e, botocore.exceptions.NoCredentialsError):
+        return S3ConfigError(
+            "no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        )
+    if isinstance(e, botocore.exceptions.ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in ("NoSuchBucket",) or (code == "404" and where == "bucket"):
+            return S3ConfigError(f"{where}: no such bucket (check [store] s3 and --endpoint-url)")
+        if (
+            code
+            in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "InvalidClientTokenId",
+                "ExpiredToken",
+                "403",
+            )
+            or status == 403
+        ):
+            return S3ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
+        if status >= 500 or code in (
+            "SlowDown",
+            "ServiceUnavailable",
+            "InternalError",
+            "RequestTimeout",
+        ):
+            return S3Unavailable(f"{where}: server error {code or status}; will retry")
+        return S3ConfigError(f"{where}: {code or status}: {err.get('Message', '')}".strip())
+    if isinstance(e, botocore.exceptions.BotoCoreError | OSError):
+        return S3Unavailable(f"{where}: {type(e).__name__}: endpoint unreachable; will retry")
+    return e
+
+
+class S3Store:
+    """One mission's keys in one bucket; thread-safe (one boto3 client, pooled connections)."""
+
+    def __init__(
+        self, url: str, mission: str, endpoint_url: str | None = None, pool: int = 32
+    ) -> None:
+        self.loc = S3Location.parse(url)
+        self.url = url
+        self.endpoint_url = endpoint_url
+        self.base = "/".join(p for p in (self.loc.prefix, mission) if p)
+        cfg = Config(
+            max_pool_connections=pool,
+            connect_timeout=3,
+            read_timeout=20,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        self.client: Any = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, config=cfg
+        )
+        self.requests: dict[str, int] = {}
+        self.conditional = True  # set by check(): does the server honour If-None-Match?
+
+    def _count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+
+    def key(self, area: str, rel: str) -> str:
+        return f"{self.base}/{area}/{rel}"
+
+    def conflict_rel(self, rel: str, worker: str) -> str:
+        return f"{rel.removesuffix(SUFFIX)}.{worker}{SUFFIX}"
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self) -> bool:
+        """Verify bucket and credentials; return whether conditional create is atomic-capable.
+
+        Raises S3ConfigError (refuse to start) or S3Unavailable (start offline, retry later).
+        """
+        where = f"s3://{self.loc.bucket}"
+        try:
+            self._count("HEAD")
+            self.client.head_bucket(Bucket=self.loc.bucket)
+        except Exception as e:
+            raise classify(e, "bucket" if _is_404(e) else where) from None
+        probe = f"{self.base}/.missionfs/probe-{uuid.uuid4().hex}"
+        try:
+            self._put(probe, b"1", if_none_match=True)
+            try:
+                self._put(probe, b"2", if_none_match=True)
+                supported = False  # the header was ignored: the second create succeeded
+            except Precondition:
+                supported = True
+            except S3ConfigError:
+                supported = False  # e.g. 501 NotImplemented
+            self._count("DELETE")
+            self.client.delete_object(Bucket=self.loc.bucket, Key=probe)
+        except Exception as e:
+            raise classify(e, where) from None
+        self.conditional = supported
+        return supported
+
+    # -- objects ------------------------------------------------------------------------------
+    def _put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Key": key, "Body": body}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if metadata:
+            kwargs["Metadata"] = metadata
+        self._count("PUT")
+        try:
+            self.client.put_object(**kwargs)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise Precondition(key) from None
+            raise classify(e, f"PUT {key}") from None
+        except Exception as e:
+            raise classify(e, f"PUT {key}") from None
+
+    def create_witness(self, rel: str, body: bytes, conditional: bool) -> bool:
+        """Create the witness unless one exists; True if ours is now the witness."""
+        key = self.key(WITNESSES, rel)
+        meta = {SHA_META: sha256_hex(body)}
+        if not conditional and self.head(key) is not None:
+            return False  # check-then-put: racy, the self-test said so
+        try:
+            self._put(key, body, if_none_match=conditional, metadata=meta)
+        except Precondition:
+            return False
+        return True
+
+    # -- the Store interface (same as LocalStore) ----------------------------------------------
+    def create(self, rel: str, body: bytes) -> bool:
+        return self.create_witness(rel, body, self.conditional)
+
+    def read(self, rel: str) -> bytes:
+        return self.get(self.key(WITNESSES, rel))[0]
+
+    def exists(self, rel: str) -> bool:
+        return self.head(self.key(WITNESSES, rel)) is not None
+
+    def scan(self) -> Iterator[str]:
+        for shard in self.witness_shards():
+            yield from self.rels_under(shard)
+
+    def put_conflict(self, rel: str, worker: str, body: bytes) -> str:
+        key = self.key(CONFLICTS, self.conflict_rel(rel, worker))
+        self._put(key, body, metadata={SHA_META: sha256_hex(body)})
+        return key
+
+    def put_manifest(self, name: str, body: bytes) -> None:
+        self._put(f"{self.base}/{MANIFESTS}/{name}", body)
+
+    def head(self, key: str) -> dict[str, str] | None:
+        """Object metadata, or None if there is no such object."""
+        self._count("HEAD")
+        try:
+            r = self.client.head_object(Bucket=self.loc.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if _is_404(e):
+                return None
+            raise classify(e, f"HEAD {key}") from None
+        except Exception as e:
+            raise classify(e, f"HEAD {key}") from None
+        return dict(r.get("Metadata", {}))
+
+    def get(self, key: str) -> tuple[bytes, dict[str, str]]:
+        self._count("GET")
+        try:
+            r = self.client.get_object(Bucket=self.loc.bucket, Key=key)
+            return r["Body"].read(), dict(r.get("Metadata", {}))
+        except Exception as e:
+            raise classify(e, f"GET {key}") from None
+
+    def witness_sha(self, rel: str) -> str | None:
+        """SHA-256 of the remote witness (from metadata, else by reading it); None if absent."""
+        meta = self.head(self.key(WITNESSES, rel))
+        if meta is None:
+            return None
+        if SHA_META in meta:
+            return meta[SHA_META]
+        body, _ = self.get(self.key(WITNESSES, rel))
+        return sha256_hex(body)
+
+    # -- listings -----------------------------------------------------------------------------
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under prefix, in key order."""
+        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        try:
+            while True:
+                self._count("LIST")
+                r = self.client.list_objects_v2(**kwargs)
+                for obj in r.get("Contents", []):
+                    yield obj["Key"], int(obj.get("Size", 0))
+                if not r.get("IsTruncated"):
+                    return
+                kwargs["ContinuationToken"] = r["NextContinuationToken"]
+        except Exception as e:
+            raise classify(e, f"LIST {prefix}") from None
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Immediate 'subdirectory' prefixes of prefix (CommonPrefixes)."""
+        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": prefix, "Delimiter": "/"}
+        out: list[str] = []
+        try:
+            while True:
+                self._count("LIST")
+                r = self.client.list_objects_v2(**kwargs)
+                out += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+                if not r.get("IsTruncated"):
+                    return out
+                kwargs["ContinuationToken"] = r["NextContinuationToken"]
+        except Exception as e:
+            raise classify(e, f"LIST {prefix}") from None
+
+    def witness_shards(self) -> list[str]:
+        """The per-latitude prefixes of the witness tree: the unit of parallel listing."""
+        return self.list_dirs(f"{self.base}/{WITNESSES}/")
+
+    def rels_under(self, prefix: str) -> list[str]:
+        root = f"{self.base}/{WITNESSES}/"
+        return [k[len(root) :] for k, _ in self.list_keys(prefix)]
+
+    def intent_rels(self) -> list[str]:
+        root = f"{self.base}/{INTENT}/"
+        return [k[len(root) :] for k, _ in self.list_keys(root)]
+
+
+class Precondition(Exception):
+    """412: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+def _is_404(e: Exception) -> bool:
+    if isinstance(e, botocore.exceptions.ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket") or status == 404
+    return False

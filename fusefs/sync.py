@@ -1,0 +1,478 @@
+"""Background sync with the mission's S3 prefix: uploads, remote facts, conflicts.
+
+Sets (roaring bitmaps of task ids, persisted like the local index):
+    local   witnesses present in STATE/scraped-tiles (the durable upload queue's source)
+    synced  local witnesses confirmed in S3 with this content
+    remote  tasks known to have a witness in S3 (ours or other workers')
+The upload queue is `local - synced`: it needs no file of its own, so it survives `kill -9` by
+construction; a lost `synced` log line only causes a harmless re-upload (a conditional create
+answers 412, the SHA-256 in the object's metadata matches, the task is marked synced).
+
+Remote discovery costs what changed, not what the bucket holds: every worker writes small
+manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, the rels it just uploaded); a refresh is
+one LIST after the last seen manifest key (minus a clock-skew window) plus one GET per new
+manifest. A full listing of `scraped-tiles/`, per latitude shard in parallel, is the truth: at
+start-up without a cursor, every `full_refresh` seconds and on `missionfs sync`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import trio
+from cachetools import TTLCache
+from pyroaring import BitMap
+
+from .codec import OutOfPlan, TaskSpace
+from .index import FactIndex
+from .s3store import (
+    MANIFESTS,
+    WITNESSES,
+    S3ConfigError,
+    S3Store,
+    S3Unavailable,
+    sha256_hex,
+)
+from .state import MissionState
+from .store import LocalStore
+
+log = logging.getLogger("missionfs")
+
+SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
+UPLOAD_BATCH = 256
+MAX_BACKOFF = 15.0
+
+
+@dataclass
+class SyncCounters:
+    uploaded: int = 0
+    already_there: int = 0
+    conflicts: int = 0
+    learned: int = 0
+    fetched: int = 0
+    errors: int = 0
+    refreshes: int = 0
+    full_refreshes: int = 0
+    last_error: str = ""
+    last_refresh: float = 0.0
+    last_full_refresh: float = 0.0
+    conflict_keys: list[str] = field(default_factory=list)
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        state: MissionState,
+        store: LocalStore,
+        s3: S3Store,
+        local: BitMap,
+        index_dir: Path,
+        worker: str,
+        *,
+        uploaders: int = 16,
+        refresh: float = 15.0,
+        full_refresh: float = 600.0,
+    ) -> None:
+        self.state = state
+        self.space: TaskSpace = state.space
+        self.store = store
+        self.s3 = s3
+        self.local = local
+        self.worker = worker
+        self.uploaders = uploaders
+        self.refresh_interval = refresh
+        self.full_refresh_interval = full_refresh
+        self.remote_index = FactIndex(index_dir, self.space, "remote")
+        self.synced_index = FactIndex(index_dir, self.space, "synced")
+        self.remote = self.remote_index.load() or BitMap()
+        self.synced = self.synced_index.load() or BitMap()
+        self.cursor_path = index_dir / "manifest-cursor.json"
+        self.cursor_ms, self.seen = self._load_cursor()
+        self.shard_fresh: TTLCache[str, bool] = TTLCache(maxsize=1 << 16, ttl=full_refresh)
+        self.counters = SyncCounters()
+        self.online: bool | None = None  # None: not checked yet
+        self.conditional: bool | None = None
+        self.state_msg = "starting"
+        self._inflight: set[int] = set()
+        self._manifest: list[str] = []
+        self._manifest_seq = 0
+        self._wake = trio.Event()
+        self._force = trio.Event()
+        self._forced_done: list[Callable[[], None]] = []
+        self.on_local_fact: Callable[[int], None] | None = None
+
+    # -- persistence --------------------------------------------------------------------------
+    def _load_cursor(self) -> tuple[int, dict[str, int]]:
+        try:
+            data = json.loads(self.cursor_path.read_text())
+            return int(data["cursor_ms"]), {k: int(v) for k, v in data.get("seen", {}).items()}
+        except (OSError, ValueError, KeyError):
+            return 0, {}
+
+    def _save_cursor(self) -> None:
+        tmp = self.cursor_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen}))
+        os.replace(tmp, self.cursor_path)
+
+    def save(self) -> None:
+        """Snapshot the sets (blocking; on clean exit and from the daemon's snapshot loop)."""
+        for idx, bm in ((self.remote_index, self.remote), (self.synced_index, self.synced)):
+            gen = idx.rotate()
+            idx.snapshot(bm, gen)
+        self._save_cursor()
+
+    def close(self) -> None:
+        self.remote_index.close()
+        self.synced_index.close()
+
+    # -- what the rest of the daemon sees -----------------------------------------------------
+    def queue_size(self) -> int:
+        return self.local.difference_cardinality(self.synced)
+
+    def info(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "enabled": True,
+            "url": self.s3.url,
+            "endpoint": self.s3.endpoint_url or "(AWS default)",
+            "worker": self.worker,
+            "state": self.state_msg,
+            "online": bool(self.online),
+            "conditional_writes": self.conditional,
+            "queue": self.queue_size(),
+            "uploaded": c.uploaded,
+            "already_in_s3": c.already_there,
+            "conflicts": c.conflicts,
+            "remote_facts": len(self.remote),
+            "learned_remote": c.learned,
+            "fetched": c.fetched,
+            "errors": c.errors,
+            "last_error": c.last_error,
+            "last_refresh": round(c.last_refresh, 3),
+            "last_full_refresh": round(c.last_full_refresh, 3),
+            "requests": dict(self.s3.requests),
+        }
+
+    def wake(self) -> None:
+        """New local witnesses (in the shared `local` set): the uploader should look now."""
+        self._wake.set()
+
+    def force(self, done: Callable[[], None] | None = None) -> None:
+        """`missionfs sync` on a mounted state dir: a full refresh and a drain, now."""
+        if done is not None:
+            self._forced_done.append(done)
+        self._force.set()
+        self._wake.set()
+
+    # -- connection ---------------------------------------------------------------------------
+    async def connect(self) -> bool:
+        """Check bucket, credentials and conditional-write support; False while unreachable."""
+        try:
+            self.conditional = await _s3(self.s3.check)
+        except S3Unavailable as e:
+            self._offline(str(e))
+            return False
+        self.online = True
+        self.state_msg = (
+            "ok"
+            if self.conditional
+            else ("ok (server ignores If-None-Match: check-then-put, races possible)")
+        )
+        if not self.conditional:
+            log.warning("%s does not honour conditional writes: using check-then-put", self.s3.url)
+        return True
+
+    def _offline(self, msg: str) -> None:
+        if self.online is not False:
+            log.warning("S3 unreachable, working locally and queueing uploads: %s", msg)
+        self.online = False
+        self.state_msg = f"unreachable: {msg}"
+        self.counters.last_error = msg
+
+    # -- the loops ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._upload_loop)
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self._manifest_loop)
+
+    async def _upload_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            if not self.online and not await self.connect():
+                await self._sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            batch = list(
+                islice(iter(self.local - self.synced - BitMap(self._inflight)), UPLOAD_BATCH)
+            )
+            if not batch:
+                self._wake = trio.Event()
+                with trio.move_on_after(1.0):
+                    await self._wake.wait()
+                continue
+            failures = await self.upload(batch)
+            if failures:
+                await self._sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            else:
+                backoff = 1.0
+
+    async def _sleep(self, seconds: float) -> None:
+        with trio.move_on_after(seconds * random.uniform(0.5, 1.0)):
+            await self._force.wait()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            forced = self._force.is_set()
+            self._force = trio.Event()
+            full = (
+                forced
+                or not self.cursor_ms
+                or (time.time() - self.counters.last_full_refresh > self.full_refresh_interval)
+            )
+            try:
+                if self.online or await self.connect():
+                    await self.refresh(full=full)
+                    if forced:
+                        await self.drain()
+            except S3Unavailable as e:
+                self._offline(str(e))
+            except S3ConfigError as e:
+                self.counters.errors += 1
+                self.counters.last_error = str(e)
+                self.state_msg = f"error: {e}"
+                log.error("sync: %s", e)
+            if forced:
+                done, self._forced_done = self._forced_done, []
+                for cb in done:
+                    cb()
+            with trio.move_on_after(self.refresh_interval):
+                await self._force.wait()
+
+    async def _manifest_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            await self.flush_manifest()
+
+    # -- uploads ------------------------------------------------------------------------------
+    async def upload(self, batch: Iterable[int]) -> int:
+        """Upload tasks in parallel; returns how many could not be done now (S3 unavailable)."""
+        limiter = trio.CapacityLimiter(self.uploaders)
+        failures = 0
+
+        async def one(task: int) -> None:
+            nonlocal failures
+            async with limiter:
+                try:
+                    await self._upload_one(task)
+                except S3Unavailable as e:
+                    failures += 1
+                    self._offline(str(e))
+                except (S3ConfigError, OSError) as e:
+                    failures += 1
+                    self.counters.errors += 1
+                    self.counters.last_error = str(e)
+                    log.error("upload of %s failed: %s", self.space.rel(task), e)
+                finally:
+                    self._inflight.discard(task)
+
+        async with trio.open_nursery() as nursery:
+            for task in batch:
+                if task in self._inflight:
+                    continue
+                self._inflight.add(task)
+                nursery.start_soon(one, task)
+        return failures
+
+    async def drain(self) -> int:
+        """Upload the whole queue now; returns what is left (0 when everything is in S3)."""
+        while True:
+            batch = list(islice(iter(self.local - self.synced), UPLOAD_BATCH * 4))
+            if not batch:
+                break
+            if await self.upload(batch):
+                break
+        await self.flush_manifest()
+        return self.queue_size()
+
+    async def _upload_one(self, task: int) -> None:
+        rel = self.space.rel(task)
+        path = self.store.witness_path(rel)
+        body = await trio.to_thread.run_sync(path.read_bytes)
+        created = await _s3(self.s3.create, rel, body)
+        if created:
+            self.counters.uploaded += 1
+            self._manifest.append(rel)
+            self._mark_synced(task, rel)
+            return
+        await self._resolve(task, rel, body)
+
+    async def _resolve(self, task: int, rel: str, body: bytes) -> None:
+        """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?"""
+        remote_sha = await _s3(self.s3.witness_sha, rel)
+        if remote_sha is None:
+            raise S3Unavailable(f"{rel}: witness vanished between create and check; will retry")
+        if remote_sha == sha256_hex(body):
+            self.counters.already_there += 1  # a re-upload after a crash: harmless
+            self._mark_synced(task, rel)
+            return
+        key = await _s3(self.s3.put_conflict, rel, self.worker, body)
+        winner, _ = await _s3(self.s3.get, self.s3.key(WITNESSES, rel))
+        kept = await trio.to_thread.run_sync(
+            self.store.replace_with_winner, rel, winner, self.worker
+        )
+        self.counters.conflicts += 1
+        self.counters.conflict_keys.append(key)
+        log.warning(
+            "conflict on %s: another worker's witness came first; ours is kept as "
+            "s3 %s and %s, the winner's is now the local witness",
+            rel,
+            key,
+            kept,
+        )
+        self._mark_synced(task, rel)
+        self.state.notify((task,))  # the content of done/REL changed
+
+    def _mark_synced(self, task: int, rel: str) -> None:
+        if task not in self.synced:
+            self.synced.add(task)
+            self.synced_index.append((rel,))
+        self._learn((task,))
+
+    async def flush_manifest(self) -> None:
+        if not self._manifest:
+            return
+        rels, self._manifest = self._manifest, []
+        self._manifest_seq += 1
+        name = f"{int(time.time() * 1000):013d}-{self.worker}-{self._manifest_seq:08d}.txt"
+        try:
+            await _s3(self.s3.put_manifest, name, ("\n".join(rels) + "\n").encode())
+        except (S3Unavailable, S3ConfigError) as e:
+            self._manifest = rels + self._manifest  # retry with the next flush
+            log.info("manifest not written yet (%s)", e)
+
+    # -- remote facts -------------------------------------------------------------------------
+    def _learn(self, tasks: Iterable[int]) -> BitMap:
+        new = BitMap(tasks) - self.remote
+        if new:
+            self.remote |= new
+            self.remote_index.append(self.space.rel(t) for t in new)
+            self.state.add_facts(new)
+        return new
+
+    def _learn_rels(self, rels: Iterable[str]) -> int:
+        ids = []
+        for rel in rels:
+            try:
+                ids.append(self.space.parse_rel(rel))
+            except OutOfPlan:
+                continue
+        new = self._learn(ids)
+        self.counters.learned += len(new)
+        return len(new)
+
+    async def refresh(self, *, full: bool) -> int:
+        """Learn other workers' witnesses; returns how many new facts were learned."""
+        started_ms = int(time.time() * 1000)
+        learned = await self._refresh_manifests() if self.cursor_ms else 0
+        if full:
+            learned += await self._refresh_full()
+            self.cursor_ms = max(self.cursor_ms, started_ms)
+            self.counters.full_refreshes += 1
+            self.counters.last_full_refresh = time.time()
+        self.counters.refreshes += 1
+        self.counters.last_refresh = time.time()
+        await trio.to_thread.run_sync(self._save_cursor)
+        return learned
+
+    async def _refresh_manifests(self) -> int:
+        root = f"{self.s3.base}/{MANIFESTS}/"
+        start = root + f"{max(0, self.cursor_ms - SKEW_MS):013d}"
+        listed = await _s3(lambda: list(self.s3.list_keys(root, start)))
+        new_keys = []
+        for key, _ in listed:
+            name = key[len(root) :]
+            ms_text, _, rest = name.partition("-")
+            if key in self.seen or not ms_text.isdigit():
+                continue
+            self.seen[key] = int(ms_text)
+            self.cursor_ms = max(self.cursor_ms, int(ms_text))
+            if not rest.startswith(f"{self.worker}-"):
+                new_keys.append(key)
+        horizon = self.cursor_ms - 2 * SKEW_MS
+        self.seen = {k: ms for k, ms in self.seen.items() if ms >= horizon}
+        learned = 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+
+        async def read(key: str) -> None:
+            nonlocal learned
+            async with limiter:
+                body, _ = await _s3(self.s3.get, key)
+            learned += self._learn_rels(body.decode("utf-8", "surrogateescape").splitlines())
+
+        async with trio.open_nursery() as nursery:
+            for key in new_keys:
+                nursery.start_soon(read, key)
+        return learned
+
+    async def _refresh_full(self) -> int:
+        shards = await _s3(self.s3.witness_shards)
+        learned = 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+
+        async def one(shard: str) -> None:
+            nonlocal learned
+            async with limiter:
+                rels = await _s3(self.s3.rels_under, shard)
+            learned += self._learn_rels(rels)
+            self.shard_fresh[shard] = True
+
+        async with trio.open_nursery() as nursery:
+            for shard in shards:
+                nursery.start_soon(one, shard)
+        return learned
+
+    # -- remote-only witnesses ----------------------------------------------------------------
+    async def fetch(self, task: int) -> None:
+        """Bring a remote-only witness into the local store (once); raises S3Unavailable."""
+        rel = self.space.rel(task)
+        body, meta = await _s3(self.s3.get, self.s3.key(WITNESSES, rel))
+        expected = meta.get("sha256")
+        if expected and expected != sha256_hex(body):
+            raise S3Unavailable(f"{rel}: downloaded bytes do not match their SHA-256; will retry")
+        await trio.to_thread.run_sync(self.store.adopt, rel, body)
+        self.counters.fetched += 1
+        self._mark_synced(task, rel)
+        if self.on_local_fact is not None:
+            self.on_local_fact(task)  # records it in `local` and the start-up index
+
+
+async def _s3(fn: Callable[..., Any], *args: Any) -> Any:
+    """A blocking S3 call in a worker thread; on shutdown it is abandoned, not awaited (every
+    S3 effect here is idempotent: an upload whose result is lost is redone at next start)."""
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+
+def worker_id(state_dir: Path, override: str | None = None) -> str:
+    """A stable id for this state dir (used in manifest and conflict names)."""
+    path = state_dir / "worker-id"
+    if override:
+        path.write_text(override + "\n")
+        return override
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        host = "".join(c if c.isalnum() or c in "-." else "-" for c in os.uname().nodename)
+        wid = f"{host}-{os.urandom(3).hex()}"
+        path.write_text(wid + "\n")
+        return wid

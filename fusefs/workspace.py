@@ -1,0 +1,180 @@
+"""Everything one node knows about a mission, built once and injected everywhere.
+
+A Workspace is the state dir opened for a mission: local store, start-up index, the state model,
+the commit path and, with `[store] s3`, the sync engine. The daemon mounts one; `missionfs sync`,
+`status` and `pending` use one without FUSE.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .commit import Committer
+from .index import FactIndex, walk_facts
+from .mission import Mission, extend_intent
+from .s3store import S3Store, S3Unavailable
+from .state import MissionState
+from .status import StatusBoard
+from .store import LocalStore
+from .sync import SyncEngine, worker_id
+
+log = logging.getLogger("missionfs")
+
+INTENT_CACHE = "intent-s3.txt"
+
+
+def default_state_dir(mission: Mission) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "missionfs" / mission.name
+
+
+@dataclass
+class SyncOptions:
+    endpoint_url: str | None = None
+    worker: str | None = None
+    uploaders: int = 16
+    refresh: float = 15.0
+    full_refresh: float = 600.0
+
+
+@dataclass
+class Workspace:
+    mission: Mission
+    store: LocalStore
+    index: FactIndex
+    state: MissionState
+    status: StatusBoard
+    committer: Committer
+    sync: SyncEngine | None
+    outside_plan: list[str]
+    from_index: bool
+    lease: float
+    _lock: IO[str] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+class StateDirBusy(Exception):
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """One daemon per state dir: an flock held for the daemon's life, with its pid inside."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    f = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        text = f.read().strip()
+        f.close()
+        raise StateDirBusy(int(text) if text.isdigit() else None) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon holding this state dir, or None if no daemon runs on it."""
+    try:
+        lock_state_dir(state_dir).close()
+    except StateDirBusy as busy:
+        return busy.pid or -1
+    return None
+
+
+def with_bucket_intent(mission: Mission, s3: S3Store, state_dir: Path) -> Mission:
+    """Unite the bucket's intent/ tree; use the last copy seen when S3 is unreachable."""
+    cache = state_dir / "index" / INTENT_CACHE
+    try:
+        rels = s3.intent_rels()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in rels), encoding="utf-8")
+        os.replace(tmp, cache)
+    except S3Unavailable as e:
+        log.warning("bucket intent/ not listed (%s); using the last copy seen", e)
+        rels = cache.read_text(encoding="utf-8").splitlines() if cache.exists() else []
+    return extend_intent(mission, rels, f"{s3.url}/{mission.name}/intent/")
+
+
+def open_workspace(
+    mission: Mission,
+    state_dir: Path,
+    *,
+    lease: float = 900.0,
+    sync: SyncOptions | None = None,
+    lock: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Workspace:
+    """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError."""
+    lock_file = lock_state_dir(state_dir) if lock else None
+    try:
+        store = LocalStore(state_dir)
+        store.prepare()
+        s3 = None
+        if mission.s3:
+            opts = sync or SyncOptions()
+            s3 = S3Store(mission.s3, mission.name, opts.endpoint_url, pool=opts.uploaders + 8)
+            mission = with_bucket_intent(mission, s3, state_dir)
+        index = FactIndex(store.index_dir, mission.space)
+        local = index.load()
+        outside: list[str] = []
+        from_index = local is not None
+        if local is None:
+            local, outside = walk_facts(store.scan(), mission.space, progress)
+            index.snapshot(local, index.rotate())
+        state = MissionState(mission.space, mission.intent, local.copy())
+        status = StatusBoard(mission.name, state, str(state_dir), lease)
+        status.outside_plan = len(outside)
+        committer = Committer(state, store, index, status, local)
+        engine = None
+        if s3 is not None:
+            opts = sync or SyncOptions()
+            wid = worker_id(state_dir, opts.worker)
+            engine = SyncEngine(
+                state,
+                store,
+                s3,
+                local,
+                store.index_dir,
+                wid,
+                uploaders=opts.uploaders,
+                refresh=opts.refresh,
+                full_refresh=opts.full_refresh,
+            )
+            state.add_facts(engine.remote)
+            committer.remote = engine.remote
+            committer.hooks.append(engine.wake)
+            engine.on_local_fact = committer.learn_local_fact
+            status.sync_info = engine.info
+    except BaseException:
+        if lock_file is not None:
+            lock_file.close()
+        raise
+    return Workspace(
+        mission,
+        store,
+        index,
+        state,
+        status,
+        committer,
+        engine,
+        outside,
+        from_index,
+        lease,
+        lock_file,
+    )
