@@ -111,6 +111,8 @@ class Daemon:
             expired = self.state.expire(now)
             if expired:
                 self.status.expired += len(expired)
+                if self.sync is not None:
+                    self.sync.forget_claims(expired)
                 log.info("lease expired for %d task(s), back to pending", len(expired))
             nxt = self.state.next_expiry()
             await trio.sleep(min(1.0, max(0.0, nxt - now)) if nxt is not None else 1.0)

@@ -31,7 +31,7 @@ from .s3store import S3ConfigError, S3Unavailable
 from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
-from .sync import SyncEngine
+from .sync import ClaimUnavailable, SyncEngine
 
 log = logging.getLogger("missionfs")
 
@@ -563,6 +563,12 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.FILE and view is not View.DONE:
             if payload in self.state.claims and not fields.update_size:
                 self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
+                if self.sync is not None and not await self.sync.renew_remote(payload):
+                    raise fuse_error(
+                        errno.ENOENT,
+                        f"lease of {self.space.rel(payload)} was taken"
+                        " over by another worker after it expired",
+                    )
             elif fields.update_size or payload not in self.state.claims:
                 raise fuse_error(
                     errno.EPERM,
@@ -624,11 +630,7 @@ class MissionFS(pyfuse3.Operations):
                 raise fuse_error(errno.ENOENT)
             rel = self.space.rel(task)
             if view is View.CLAIMED:
-                try:
-                    self.state.release(task)  # `rm claimed/REL` gives the task back
-                except NotClaimed:
-                    raise fuse_error(errno.ENOENT) from None
-                return
+                return await self._release(task)
             if view is View.DONE and task in self.state.fact:
                 self.status.refused(f"done/{rel}", "delete of a witness")
                 raise fuse_error(
@@ -664,10 +666,7 @@ class MissionFS(pyfuse3.Operations):
             if v_old is View.PENDING and v_new is View.CLAIMED:
                 return await self._claim(task, ctx)
             if v_old is View.CLAIMED and v_new is View.PENDING:
-                try:
-                    return self.state.release(task)
-                except NotClaimed:
-                    raise fuse_error(errno.ENOENT) from None
+                return await self._release(task)
         if v_old is View.DONE:
             raise fuse_error(
                 errno.EPERM, f"refused rename of done/…/{name_old!r}: a witness is immutable"
@@ -690,6 +689,26 @@ class MissionFS(pyfuse3.Operations):
             self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
         except NotPending:
             raise fuse_error(errno.ENOENT) from None
+        if self.sync is not None:
+            try:
+                won = await self.sync.claim_remote(task)  # the fleet-wide lease (S3)
+            except ClaimUnavailable as e:
+                raise fuse_error(
+                    errno.EAGAIN,
+                    f"refused claim of {self.space.rel(task)}: strict"
+                    f" claims need S3 ({e}); retry later",
+                ) from None
+            if not won:
+                raise fuse_error(errno.ENOENT)
+
+    async def _release(self, task: int) -> None:
+        """`rm claimed/REL` or `mv claimed/REL pending/REL`: give the task back."""
+        try:
+            self.state.release(task)
+        except NotClaimed:
+            raise fuse_error(errno.ENOENT) from None
+        if self.sync is not None:
+            await self.sync.release_remote(task)
 
     def _rename_tmp(self, old: bytes, new: bytes, flags: int) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)

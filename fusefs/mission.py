@@ -19,6 +19,7 @@ from pyroaring import BitMap
 
 from .codec import NAME_MAX, SUFFIX, Axis, TaskSpace, decode_phrase, encode_phrase, parse_scaled
 
+CLAIM_MODES = ("strict", "optimistic", "local")
 MAX_TASKS = 2**32 - 1  # task ids live in 32-bit roaring bitmaps
 _NAME_RE = re.compile(r"^[a-z0-9-]+$")
 
@@ -51,6 +52,7 @@ class Mission:
     tree: list[tuple[int, int, str]] = field(default_factory=list)
     step: int = 1
     scale: int = 0
+    claims: str = "strict"  # with S3: "strict" | "optimistic" fleet leases, or "local" only
 
 
 def load_mission(path: str | os.PathLike[str]) -> Mission:
@@ -80,11 +82,18 @@ def parse_mission(text: str, path: Path) -> Mission:
     s3 = None
     if "store" in doc:
         store = ctx.table(doc, "store")
-        ctx.allowed(store, "store", {"s3"})
+        ctx.allowed(store, "store", {"s3", "claims"})
         if "s3" in store:
             s3 = ctx.string(store, "store", "s3")
             if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", s3):
                 ctx.fail("store.s3", s3, "must look like s3://bucket/optional/prefix")
+        if "claims" in store:
+            claims = ctx.string(store, "store", "claims")
+            if claims not in CLAIM_MODES:
+                ctx.fail("store.claims", claims, f"must be one of {', '.join(CLAIM_MODES)}")
+    claims = "strict"
+    if "store" in doc and "claims" in doc["store"]:
+        claims = doc["store"]["claims"]
     intent_dir, intent_step = None, None
     if "intent" in doc:
         intent = ctx.table(doc, "intent")
@@ -116,7 +125,9 @@ def parse_mission(text: str, path: Path) -> Mission:
             ctx.fail("intent.step", intent_step, "must be positive")
     tree = list(_walk_intent(ctx, intent_dir, scale, step, grid)) if intent_dir else []
     space, intent_bm = _build_universe(ctx, grid, tree, scale, step)
-    return Mission(name, path, space, intent_bm, grid, s3, intent_dir, doc, tree, step, scale)
+    return Mission(
+        name, path, space, intent_bm, grid, s3, intent_dir, doc, tree, step, scale, claims
+    )
 
 
 def extend_intent(mission: Mission, rels: Iterable[str], source: str) -> Mission:
@@ -162,6 +173,7 @@ def extend_intent(mission: Mission, rels: Iterable[str], source: str) -> Mission
         tree,
         mission.step,
         mission.scale,
+        mission.claims,
     )
 
 

@@ -4,7 +4,8 @@ Nothing here knows about FUSE, files or S3. All sets are roaring bitmaps of task
 national-scale mission fits in a few MiB and "which rows/tiles/tasks of this directory are
 pending" is answered by range queries, never by scanning the mission.
 
-Invariant kept by every method: pending == intent - fact - claimed.
+Invariant kept by every method: pending == intent - fact - claimed - foreign, where `claimed`
+are this node's claims and `foreign` the tasks under other workers' live leases.
 Every method runs without awaiting, so on the trio thread each call is atomic.
 """
 
@@ -55,6 +56,7 @@ class MissionState:
         self.intent = intent
         self.fact = BitMap() if fact is None else fact
         self.claimed = BitMap()
+        self.foreign = BitMap()
         self.claims: dict[int, Claim] = {}
         self._expiry: list[tuple[float, int]] = []
         self.pending = intent - self.fact
@@ -87,17 +89,21 @@ class MissionState:
             "done": done,
             "pending": len(self.pending),
             "claimed": len(self.claimed),
+            "claimed_elsewhere": self.foreign.difference_cardinality(self.fact),
             "facts_outside_intent": len(self.fact) - done,
         }
 
     # -- transitions ---------------------------------------------------------------------------
     def claim(self, task: int, now: float, lease: float, owner: str = "") -> Claim:
         if task not in self.pending:
-            reason = (
-                "already claimed"
-                if task in self.claimed
-                else ("already done" if task in self.fact else "not in the plan")
-            )
+            if task in self.claimed:
+                reason = "already claimed"
+            elif task in self.fact:
+                reason = "already done"
+            elif task in self.foreign:
+                reason = "claimed by another worker"
+            else:
+                reason = "not in the plan"
             raise NotPending(reason)
         c = Claim(task, now, now + lease, owner)
         self.pending.remove(task)
@@ -120,9 +126,28 @@ class MissionState:
         if self.claims.pop(task, None) is None:
             raise NotClaimed("not claimed")
         self.claimed.remove(task)
-        if task in self.intent and task not in self.fact:
+        if task in self.intent and task not in self.fact and task not in self.foreign:
             self.pending.add(task)
         self._changed((task,))
+
+    def claim_lost(self, task: int) -> None:
+        """Our claim turned out to be another worker's lease: the task is theirs now."""
+        if self.claims.pop(task, None) is not None:
+            self.claimed.remove(task)
+        self.foreign.add(task)
+        self.pending.discard(task)
+        self._changed((task,))
+
+    def set_foreign(self, tasks: BitMap) -> None:
+        """Replace the set of tasks leased by other workers (from a listing of live leases)."""
+        added = tasks - self.foreign
+        removed = self.foreign - tasks
+        if not added and not removed:
+            return
+        self.foreign = tasks.copy()
+        self.pending -= added
+        self.pending |= ((removed & self.intent) - self.fact) - self.claimed
+        self._changed(added | removed)
 
     def expire(self, now: float) -> list[int]:
         """Release every claim whose lease ended at or before `now`."""
@@ -176,7 +201,7 @@ class MissionState:
         if not gone:
             return gone
         self.fact -= gone
-        self.pending |= (gone & self.intent) - self.claimed
+        self.pending |= ((gone & self.intent) - self.claimed) - self.foreign
         self._changed(gone)
         return gone
 

@@ -34,6 +34,7 @@ from pyroaring import BitMap
 
 from .codec import OutOfPlan, TaskSpace
 from .index import FactIndex
+from .leases import LeaseBook
 from .s3store import (
     MANIFESTS,
     WITNESSES,
@@ -66,6 +67,11 @@ class SyncCounters:
     last_refresh: float = 0.0
     last_full_refresh: float = 0.0
     conflict_keys: list[str] = field(default_factory=list)
+    lost_claims: int = 0
+
+
+class ClaimUnavailable(Exception):
+    """Strict claims need S3 and it cannot be reached: the claim is refused, try again later."""
 
 
 class SyncEngine:
@@ -81,6 +87,8 @@ class SyncEngine:
         uploaders: int = 16,
         refresh: float = 15.0,
         full_refresh: float = 600.0,
+        claims: str = "local",
+        lease_seconds: float = 900.0,
     ) -> None:
         self.state = state
         self.space: TaskSpace = state.space
@@ -109,6 +117,10 @@ class SyncEngine:
         self._force = trio.Event()
         self._forced_done: list[Callable[[], None]] = []
         self.on_local_fact: Callable[[int], None] | None = None
+        self.claims_mode = claims
+        self.leases = LeaseBook(s3, worker, lease_seconds) if claims != "local" else None
+        self.held: dict[int, str] = {}  # task -> ETag of our lease object
+        self.unconfirmed: set[int] = set()  # optimistic claims made while offline
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -160,6 +172,10 @@ class SyncEngine:
             "last_refresh": round(c.last_refresh, 3),
             "last_full_refresh": round(c.last_full_refresh, 3),
             "requests": dict(self.s3.requests),
+            "claims": self.claims_mode,
+            "leases_held": len(self.held),
+            "claims_unconfirmed": len(self.unconfirmed),
+            "claims_lost": c.lost_claims,
         }
 
     def wake(self) -> None:
@@ -243,6 +259,7 @@ class SyncEngine:
             try:
                 if self.online or await self.connect():
                     await self.refresh(full=full)
+                    await self.refresh_leases()
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
@@ -308,14 +325,19 @@ class SyncEngine:
     async def _upload_one(self, task: int) -> None:
         rel = self.space.rel(task)
         path = self.store.witness_path(rel)
-        body = await trio.to_thread.run_sync(path.read_bytes)
-        created = await _s3(self.s3.create, rel, body)
+
+        def read_and_create() -> tuple[bytes, bool]:  # one thread hop for both
+            body = path.read_bytes()
+            return body, self.s3.create(rel, body)
+
+        body, created = await _s3(read_and_create)
         if created:
             self.counters.uploaded += 1
             self._manifest.append(rel)
             self._mark_synced(task, rel)
-            return
-        await self._resolve(task, rel, body)
+        else:
+            await self._resolve(task, rel, body)
+        await self._drop_lease(task)  # the witness is in S3: the lease has done its job
 
     async def _resolve(self, task: int, rel: str, body: bytes) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?"""
@@ -348,6 +370,7 @@ class SyncEngine:
             self.synced.add(task)
             self.synced_index.append((rel,))
         self._learn((task,))
+        self.unconfirmed.discard(task)
 
     async def flush_manifest(self) -> None:
         if not self._manifest:
@@ -441,6 +464,101 @@ class SyncEngine:
             for shard in shards:
                 nursery.start_soon(one, shard)
         return learned
+
+    # -- fleet leases (see leases.py) -----------------------------------------------------------
+    async def claim_remote(self, task: int) -> bool:
+        """Make a local claim fleet-wide. False: another worker holds the task (now foreign)."""
+        if self.leases is None:
+            return True
+        rel = self.space.rel(task)
+        try:
+            etag = await _s3(self.leases.acquire, rel)
+        except S3Unavailable as e:
+            self._offline(str(e))
+            if self.claims_mode == "optimistic":
+                self.unconfirmed.add(task)  # reconciled when S3 is back
+                return True
+            if task in self.state.claims:
+                self.state.release(task)
+            raise ClaimUnavailable(str(e)) from None
+        if etag is None:
+            self.counters.lost_claims += 1
+            self.state.claim_lost(task)
+            return False
+        if await _s3(self.s3.exists, rel):
+            # Done by a worker that already dropped its lease, not yet in our listing: no
+            # duplicate work (one HEAD per claim, the cheapest request there is).
+            await _s3(self.leases.release, rel, etag)
+            self._learn((task,))
+            return False
+        if task not in self.state.claims:  # released or completed while we waited
+            await _s3(self.leases.release, rel, etag)
+            return task in self.state.fact
+        self.held[task] = etag
+        return True
+
+    async def renew_remote(self, task: int) -> bool:
+        """`touch claimed/REL`: extend our lease. False: it was taken over (we lost the task)."""
+        etag = self.held.get(task)
+        if self.leases is None or etag is None:
+            return True
+        try:
+            new = await _s3(self.leases.renew, self.space.rel(task), etag)
+        except S3Unavailable as e:
+            self._offline(str(e))
+            return True  # keep working; the lease is renewed at the next touch
+        if new is None:
+            self.held.pop(task, None)
+            self.counters.lost_claims += 1
+            self.state.claim_lost(task)
+            return False
+        self.held[task] = new
+        return True
+
+    async def release_remote(self, task: int) -> None:
+        """`rm claimed/REL`: give the task back to the fleet."""
+        self.unconfirmed.discard(task)
+        await self._drop_lease(task)
+
+    async def _drop_lease(self, task: int) -> None:
+        etag = self.held.pop(task, None)
+        if self.leases is None or etag is None:
+            return
+        try:
+            await _s3(self.leases.release, self.space.rel(task), etag)
+        except (S3Unavailable, S3ConfigError) as e:
+            log.info("lease of %s not deleted (%s); it will expire", self.space.rel(task), e)
+
+    def forget_claims(self, tasks: Iterable[int]) -> None:
+        """Local leases ended: our lease objects expire too, nothing to delete."""
+        for task in tasks:
+            self.held.pop(task, None)
+            self.unconfirmed.discard(task)
+
+    async def refresh_leases(self) -> None:
+        """Hide tasks under other workers' live leases; adopt ours after a restart; confirm
+        optimistic claims made while offline."""
+        if self.leases is None:
+            return
+        for task in sorted(self.unconfirmed):
+            self.unconfirmed.discard(task)
+            if task in self.state.claims:
+                await self.claim_remote(task)
+        live = await _s3(self.leases.live)
+        foreign = BitMap()
+        for lease in live:
+            try:
+                task = self.space.parse_rel(lease.rel)
+            except OutOfPlan:
+                continue
+            if lease.worker != self.worker:
+                foreign.add(task)
+            elif task not in self.held:
+                self.held[task] = lease.etag  # ours, from before a restart
+                if task in self.state.pending:
+                    remaining = lease.expires - self.leases.server_now()
+                    self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
+        self.state.set_foreign(foreign)
 
     # -- remote-only witnesses ----------------------------------------------------------------
     async def fetch(self, task: int) -> None:

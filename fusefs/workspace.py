@@ -155,6 +155,8 @@ def open_workspace(
                 uploaders=opts.uploaders,
                 refresh=opts.refresh,
                 full_refresh=opts.full_refresh,
+                claims=mission.claims,
+                lease_seconds=lease,
             )
             state.add_facts(engine.remote)
             committer.remote = engine.remote

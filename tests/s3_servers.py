@@ -110,8 +110,19 @@ class Server:
         self.proc = None
 
     def bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
-        return name
+        """Create a bucket and wait until it takes writes (SeaweedFS needs a moment)."""
+        c = self.client()
+        c.create_bucket(Bucket=name)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c.put_object(Bucket=name, Key=".ready", Body=b"x" * 4096)  # needs a volume
+                c.delete_object(Bucket=name, Key=".ready")
+                return name
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 class MotoServer(Server):
@@ -176,6 +187,8 @@ class SeaweedServer(Server):
             "-master.telemetry=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            "-volume.max=400",  # every bucket is a collection with volumes of its own
+            "-master.volumeSizeLimitMB=64",
         ]
         with open(self.data / "weed.log", "ab") as out:
             self.proc = subprocess.Popen(

@@ -21,10 +21,15 @@ def _intent() -> BitMap:
 
 
 def expected_views(
-    intent: set[int], facts: set[int], claims: dict[int, float], now: float
+    intent: set[int],
+    facts: set[int],
+    claims: dict[int, float],
+    now: float,
+    foreign: set[int] | None = None,
 ) -> dict[View, set[int]]:
     live = {t for t, exp in claims.items() if exp > now and t not in facts}
-    return {View.PENDING: intent - facts - live, View.CLAIMED: live, View.DONE: set(facts)}
+    others = foreign or set()
+    return {View.PENDING: intent - facts - live - others, View.CLAIMED: live, View.DONE: set(facts)}
 
 
 class StateMachine(RuleBasedStateMachine):
@@ -34,13 +39,16 @@ class StateMachine(RuleBasedStateMachine):
         self.intent = set(_intent())
         self.facts: set[int] = set()
         self.claims: dict[int, float] = {}
+        self.foreign: set[int] = set()
         self.now = 1000.0
 
     tasks = st.integers(0, SPACE.size - 1)
 
     @rule(task=tasks)
     def claim(self, task: int) -> None:
-        pending = expected_views(self.intent, self.facts, self.claims, self.now)[View.PENDING]
+        pending = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)[
+            View.PENDING
+        ]
         if task in pending:
             self.state.claim(task, self.now, LEASE)
             self.claims[task] = self.now + LEASE
@@ -85,6 +93,17 @@ class StateMachine(RuleBasedStateMachine):
         self.state.remove_facts(BitMap(batch))
         self.facts -= batch
 
+    @rule(batch=st.sets(tasks, max_size=6))
+    def other_workers_leases(self, batch: set[int]) -> None:
+        self.state.set_foreign(BitMap(batch))
+        self.foreign = set(batch)
+
+    @rule(task=tasks)
+    def claim_lost_to_another_worker(self, task: int) -> None:
+        self.state.claim_lost(task)
+        self.claims.pop(task, None)
+        self.foreign.add(task)
+
     @rule(dt=st.floats(0, 8))
     def time_passes(self, dt: float) -> None:
         self.now += dt
@@ -96,14 +115,14 @@ class StateMachine(RuleBasedStateMachine):
 
     @invariant()
     def views_match_reference(self) -> None:
-        ref = expected_views(self.intent, self.facts, self.claims, self.now)
+        ref = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)
         for view, tasks in ref.items():
             assert set(self.state.bitmap(view)) == tasks, view
-        assert set(self.state.pending) == self.intent - self.facts - set(self.claims)
+        assert set(self.state.pending) == self.intent - self.facts - set(self.claims) - self.foreign
 
     @invariant()
     def directory_queries_match_reference(self) -> None:
-        ref = expected_views(self.intent, self.facts, self.claims, self.now)
+        ref = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)
         for view, tasks in ref.items():
             rows = {SPACE.split(t).row for t in tasks}
             assert list(self.state.rows(view)) == sorted(rows)
