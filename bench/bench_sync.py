@@ -37,16 +37,19 @@ BODY = b"source,source_id,name,category,lat,lon\nsynthetic,1,Cafe,coffee,40.71,-
 
 def write_mission(path: Path, bucket: str, rows: int, cols: int, phrases: int) -> Path:
     ph = ", ".join(f'"p{i:02d}"' for i in range(phrases))
-    path.write_text(f'name = "bench"\n[grid]\nsouth = 0\nwest = 0\nnorth = {rows / 100}\n'
-                    f"east = {cols / 100}\nstep = 0.01\nphrases = [{ph}]\n"
-                    f'[store]\ns3 = "s3://{bucket}/runs"\n')
+    path.write_text(
+        f'name = "bench"\n[grid]\nsouth = 0\nwest = 0\nnorth = {rows / 100}\n'
+        f"east = {cols / 100}\nstep = 0.01\nphrases = [{ph}]\n"
+        f'[store]\ns3 = "s3://{bucket}/runs"\n'
+    )
     return path
 
 
 def workspace(mission: Path, state: Path, endpoint: str, uploaders: int, worker: str) -> Any:
     m = load_mission(mission)
-    return open_workspace(m, state, sync=SyncOptions(endpoint_url=endpoint, worker=worker,
-                                                     uploaders=uploaders))
+    return open_workspace(
+        m, state, sync=SyncOptions(endpoint_url=endpoint, worker=worker, uploaders=uploaders)
+    )
 
 
 def seed_local(ws: Any, tasks: list[int]) -> None:
@@ -57,8 +60,13 @@ def seed_local(ws: Any, tasks: list[int]) -> None:
 
 def bench_missionfs_upload(tmp: Path, endpoint: str, bucket: str, n: int, uploaders: int) -> float:
     mission = write_mission(tmp / f"up{uploaders}.toml", bucket, 40, 40, 4)
-    ws = workspace(mission, tmp / f"up-state-{uploaders}-{time.monotonic_ns()}", endpoint,
-                   uploaders, f"bench{uploaders}")
+    ws = workspace(
+        mission,
+        tmp / f"up-state-{uploaders}-{time.monotonic_ns()}",
+        endpoint,
+        uploaders,
+        f"bench{uploaders}",
+    )
     seed_local(ws, list(range(n)))
     engine = ws.sync
 
@@ -79,8 +87,9 @@ def bench_missionfs_upload(tmp: Path, endpoint: str, bucket: str, n: int, upload
 def _delete_prefix(s3: Any, prefix: str) -> None:
     keys = [k for k, _ in s3.list_keys(prefix)]
     for i in range(0, len(keys), 1000):
-        s3.client.delete_objects(Bucket=s3.loc.bucket,
-                                 Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+        s3.client.delete_objects(
+            Bucket=s3.loc.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
+        )
 
 
 def bench_boto3_upload(client: Any, bucket: str, n: int, threads: int) -> float:
@@ -130,19 +139,32 @@ def bench_discovery(tmp: Path, server: SeaweedServer, bucket: str, existing: int
         before = dict(ea.s3.requests)
         t = time.perf_counter()
         learned = await ea.refresh(full=True)  # the first full listing (bootstrap)
-        rows.append(("bootstrap full list", learned, *_delta(ea.s3.requests, before),
-                     time.perf_counter() - t))
+        rows.append(
+            (
+                "bootstrap full list",
+                learned,
+                *_delta(ea.s3.requests, before),
+                time.perf_counter() - t,
+            )
+        )
         assert await eb.drain() == 0  # the other worker uploads 100 (+ its manifest)
         before = dict(ea.s3.requests)
         t = time.perf_counter()
         learned = await ea.refresh(full=False)
-        rows.append(("incremental (manifests)", learned, *_delta(ea.s3.requests, before),
-                     time.perf_counter() - t))
+        rows.append(
+            (
+                "incremental (manifests)",
+                learned,
+                *_delta(ea.s3.requests, before),
+                time.perf_counter() - t,
+            )
+        )
         before = dict(ea.s3.requests)
         t = time.perf_counter()
-        learned = await ea.refresh(full=True)
-        rows.append(("full re-list", learned, *_delta(ea.s3.requests, before),
-                     time.perf_counter() - t))
+        learned = await ea.refresh(full=True, force=True)
+        rows.append(
+            ("full re-list", learned, *_delta(ea.s3.requests, before), time.perf_counter() - t)
+        )
         return rows
 
     rows = trio.run(run)
@@ -153,9 +175,11 @@ def bench_discovery(tmp: Path, server: SeaweedServer, bucket: str, existing: int
     for name, learned, lists, gets, secs in rows:
         print(f"  {name:<26}{learned:>8}{lists:>7}{gets:>6}{secs:>9.3f}")
     inc, full = rows[1], rows[2]
-    print(f"  incremental/full: requests {(inc[2] + inc[3]) / max(1, full[2] + full[3]):.4f}, "
-          f"time {inc[4] / full[4]:.4f}  (the full re-list grows with the bucket; the "
-          "incremental cost with the change)")
+    print(
+        f"  incremental/full: requests {(inc[2] + inc[3]) / max(1, full[2] + full[3]):.4f}, "
+        f"time {inc[4] / full[4]:.4f}  (the full re-list grows with the bucket; the "
+        "incremental cost with the change)"
+    )
 
 
 def _delta(now: dict[str, int], before: dict[str, int]) -> tuple[int, int]:
@@ -176,14 +200,18 @@ def main() -> None:
     try:
         bucket = server.bucket("bench-sync")
         client = server.client()
-        print(f"Upload throughput: {n} witnesses of {len(BODY)} bytes, SeaweedFS on loopback, "
-              "median of 3")
+        print(
+            f"Upload throughput: {n} witnesses of {len(BODY)} bytes, SeaweedFS on loopback, "
+            "median of 3"
+        )
         print(f"  {'threads':>7}{'boto3 put/s':>14}{'missionfs/s':>14}{'ratio':>8}")
         for threads in (1, 16):
-            plain = statistics.median(bench_boto3_upload(client, bucket, n, threads)
-                                      for _ in range(3))
-            ours = statistics.median(bench_missionfs_upload(tmp, server.endpoint, bucket, n, threads)
-                                     for _ in range(3))
+            plain = statistics.median(
+                bench_boto3_upload(client, bucket, n, threads) for _ in range(3)
+            )
+            ours = statistics.median(
+                bench_missionfs_upload(tmp, server.endpoint, bucket, n, threads) for _ in range(3)
+            )
             print(f"  {threads:>7}{plain:>14.0f}{ours:>14.0f}{ours / plain:>8.2f}")
         bench_discovery(tmp, server, bucket, existing)
     finally:

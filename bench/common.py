@@ -212,7 +212,7 @@ class FuseProc:
             else:
                 cmd = ["fusermount3", "-u", str(self.mnt)]
             with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+                subprocess.run(cmd, capture_output=True, timeout=90, check=False, cwd=BENCH)
         if _mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         try:
@@ -243,7 +243,8 @@ def _start(cmd: list[str], mnt: Path, err_path: Path, kind: str, timeout: float)
     mnt.mkdir(parents=True, exist_ok=True)
     with open(err_path, "ab") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT)
+        # cwd=bench/: `-m fusefs` then imports the installed package (or PYTHONPATH), not ./fusefs
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=BENCH)
     fp = FuseProc(proc, mnt, err_path, 0.0, kind)
     try:
         wait_mounted(mnt, proc, time.monotonic() + timeout, err_path)

@@ -157,7 +157,7 @@ def _sync_options(args: argparse.Namespace) -> Any:
 def _open(
     args: argparse.Namespace, mission: Mission, *, lock: bool, lease: float = DEFAULT_LEASE
 ) -> Any:
-    from .s3store import S3ConfigError
+    from .errors import S3ConfigError
     from .workspace import StateDirBusy, open_workspace
 
     state_dir = _state_dir(mission, getattr(args, "state", None))
@@ -184,7 +184,7 @@ def _open(
 
 def _check_s3(ws: Any, quiet: bool) -> None:
     """Refuse settings that cannot work; an unreachable endpoint only warns (work offline)."""
-    from .s3store import S3ConfigError, S3Unavailable
+    from .errors import S3ConfigError, S3Unavailable
 
     if ws.sync is None:
         return
@@ -461,7 +461,7 @@ def _batch_sync(ws: Any, quiet: bool) -> int:
     import trio
     from tqdm import tqdm
 
-    from .s3store import S3ConfigError
+    from .errors import S3ConfigError
 
     engine = ws.sync
     total = engine.queue_size()
@@ -469,7 +469,7 @@ def _batch_sync(ws: Any, quiet: bool) -> int:
     async def run() -> None:
         if not await engine.connect():
             return
-        await engine.refresh(full=True)
+        await engine.refresh(full=True, force=True)
         with tqdm(
             total=total,
             desc="uploading",

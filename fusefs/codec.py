@@ -138,6 +138,7 @@ class TaskSpace:
         self.size = lat.n * self.row_size
         self.phrase_names = tuple(phrase_filename(p) for p in phrases)
         self._phrase_index = {name: i for i, name in enumerate(self.phrase_names)}
+        self._phrase_len: tuple[int, ...] | None = None
 
     # -- ids -------------------------------------------------------------------------------
     def task_id(self, row: int, col: int, phrase: int) -> int:
@@ -209,12 +210,18 @@ class TaskSpace:
         )
 
     def descriptor_size(self, task: int) -> int:
-        t = self.split(task)
+        """len(descriptor(task)) without building it (readdir asks for every listed task)."""
+        if self._phrase_len is None:
+            self._phrase_len = tuple(
+                len(_phrase_part(self, p)) + _phrase_done_len(self, p) for p in range(self.nphr)
+            )
+        tile, phrase = divmod(task, self.nphr)
+        row, col = divmod(tile, self.lon.n)
         return (
-            len(_row_part(self, t.row))
-            + len(_col_part(self, t.col))
-            + len(_phrase_part(self, t.phrase))
-            + _done_len(self, t.row, t.col, t.phrase)
+            _row_len(self, row)
+            + _col_len(self, col)
+            + self._phrase_len[phrase]
+            + 2 * (len(self.lat.name(row)) + len(self.lon.name(col)))
         )
 
 
@@ -255,7 +262,14 @@ def _phrase_done_len(space: TaskSpace, phrase: int) -> int:
     return 2 * (len(_json_str(name).encode()) - 2)
 
 
-def _done_len(space: TaskSpace, row: int, col: int, phrase: int) -> int:
-    coords = len(space.lat.name(row)) + len(space.lon.name(col)) + 2  # "lat/lon/"
-    fixed = len('"rel": "", "done": "done/"}\n')
-    return fixed + 2 * coords + _phrase_done_len(space, phrase)
+_DONE_FIXED = len('"rel": "", "done": "done/"}\n') + 4  # + the two "/" of each path
+
+
+@lru_cache(maxsize=1 << 14)
+def _row_len(space: TaskSpace, row: int) -> int:
+    return len(_row_part(space, row)) + _DONE_FIXED
+
+
+@lru_cache(maxsize=1 << 14)
+def _col_len(space: TaskSpace, col: int) -> int:
+    return len(_col_part(space, col))

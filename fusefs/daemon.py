@@ -50,10 +50,11 @@ class Daemon:
 
     def run(self) -> None:
         self._recover_staging()
-        options = set(pyfuse3.default_options)
-        options |= {f"fsname=missionfs:{self.mission.name}", "subtype=missionfs"}
+        # Without allow_other only the mounting user can reach the mount, so the kernel's
+        # permission checks (default_permissions) would only add GETATTR round trips.
+        options = {f"fsname=missionfs:{self.mission.name}", "subtype=missionfs"}
         if self.allow_other:
-            options.add("allow_other")
+            options |= {"allow_other", "default_permissions"}
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         log.info("mounted %s on %s (state %s)", self.mission.name, self.mountpoint, self.store.root)
         try:
@@ -70,7 +71,11 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
             nursery.start_soon(self._expiry_loop)
-            nursery.start_soon(self._reconcile)
+            if self.ws.from_index:
+                nursery.start_soon(self._reconcile)
+            else:  # the tree was walked just before mounting: nothing to reconcile
+                self.committer.reconciled = True
+                self.status.reconcile = "done"
             nursery.start_soon(self._snapshot_loop)
             if self.sync is not None:
                 nursery.start_soon(self.sync.run)
@@ -122,7 +127,7 @@ class Daemon:
         self.status.reconcile = "running"
         loaded = self.committer.local.copy()
         found, outside = await trio.to_thread.run_sync(
-            lambda: walk_facts(self.store.scan(), self.mission.space)
+            lambda: walk_facts(self.store.scan_tiles(), self.mission.space)
         )
         new, gone = self.committer.reconcile(found, loaded)
         self.status.outside_plan = len(outside)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -26,12 +27,14 @@ from pyroaring import BitMap
 from . import inodes
 from .codec import TaskSpace
 from .commit import CommitRefused, Committer
+from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
 from .inodes import Kind
-from .s3store import S3ConfigError, S3Unavailable
 from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
-from .sync import ClaimUnavailable, SyncEngine
+
+if TYPE_CHECKING:
+    from .sync import SyncEngine
 
 log = logging.getLogger("missionfs")
 
@@ -98,6 +101,7 @@ class MissionFS(pyfuse3.Operations):
         self._tmp_name: dict[int, str] = {}
         self._staged: dict[int, Handle] = {}  # inode of a direct write in progress
         self._alias: dict[int, int] = {}  # tmp/staged inode committed -> task
+        self._synced: set[int] = set()  # tmp inodes fsync'd since their last write
         self._next_tmp = 1
         self._dir_lists: dict[int, list[str]] = {}
         self.invalidate = True  # off in handler tests without a mount
@@ -493,6 +497,7 @@ class MissionFS(pyfuse3.Operations):
         if h.fd < 0:
             raise fuse_error(errno.EBADF)
         h.dirty = True
+        self._synced.discard(h.ino)
         return os.pwrite(h.fd, buf, off)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -500,6 +505,7 @@ class MissionFS(pyfuse3.Operations):
         if h.fd >= 0:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
             h.dirty = False
+            self._synced.add(h.ino)  # a commit of this file need not fsync it again
 
     async def flush(self, fh: int) -> None:
         h = self._handles[fh]
@@ -602,6 +608,7 @@ class MissionFS(pyfuse3.Operations):
         target: int | str | Path = fd if fd >= 0 else path
         if fields.update_size:
             os.truncate(target, attr.st_size)
+            self._synced.discard(inode)
         if fields.update_mode:
             os.chmod(target, stat.S_IMODE(attr.st_mode))
         if fields.update_atime or fields.update_mtime:
@@ -623,6 +630,7 @@ class MissionFS(pyfuse3.Operations):
             ino = self._tmp_ino.pop(fname, None)
             if ino is not None:
                 self._tmp_name.pop(ino, None)
+                self._synced.discard(ino)
             return
         if kind is Kind.TILE:
             task = self._task_in_tile(payload, name)
@@ -730,9 +738,7 @@ class MissionFS(pyfuse3.Operations):
         if not os.path.isfile(path):
             raise fuse_error(errno.ENOENT)
         ino = self._tmp_ino.get(fname)
-        synced = ino is not None and not any(
-            h.dirty for h in self._handles.values() if h.ino == ino
-        )
+        synced = ino is not None and ino in self._synced
         try:
             await self.committer.commit(path, task, synced=synced, source="rename")
         except CommitRefused as e:
@@ -740,6 +746,7 @@ class MissionFS(pyfuse3.Operations):
         ino = self._tmp_ino.pop(fname, None)
         if ino is not None:
             self._tmp_name.pop(ino, None)
+            self._synced.discard(ino)
             self._alias[ino] = task
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -126,19 +126,33 @@ class FactIndex:
 
 
 def walk_facts(
-    scan: Iterable[str], space: TaskSpace, progress: Callable[[int], None] | None = None
+    tiles: Iterable[tuple[str, str, list[str]]],
+    space: TaskSpace,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[BitMap, list[str]]:
-    """Facts found by a full walk of the store, and the witness paths outside the universe."""
+    """Facts found by a full walk of the store, and the witness paths outside the universe.
+
+    Takes (lat, lon, file names) per tile directory so coordinates are parsed once per tile,
+    not once per file (a 1M-witness walk is bound by this loop).
+    """
     ids: list[int] = []
     outside: list[str] = []
     n = 0
-    for rel in scan:
-        try:
-            ids.append(space.parse_rel(rel))
-        except OutOfPlan:
-            outside.append(rel)
-        n += 1
-        if progress is not None and n % 4096 == 0:
+    phrase_of = space.phrase_of
+    for lat, lon, names in tiles:
+        row, col = space.row_of(lat), space.col_of(lon)
+        n += len(names)
+        if row is None or col is None:
+            outside += [f"{lat}/{lon}/{name}" for name in names]
+            continue
+        base = space.task_id(row, col, 0)
+        for name in names:
+            p = phrase_of(name)
+            if p is None:
+                outside.append(f"{lat}/{lon}/{name}")
+            else:
+                ids.append(base + p)
+        if progress is not None and n >= 4096 and n % 4096 < len(names):
             progress(n)
     if progress is not None:
         progress(n)

@@ -22,7 +22,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from .s3store import Precondition, S3Store, classify
+from .errors import Precondition
+from .s3store import S3Store, classify
 
 CLAIMS = "claims"
 GRACE = 5.0  # seconds of slack beyond a lease's end before another worker may take it over

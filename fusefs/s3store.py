@@ -23,20 +23,13 @@ import botocore.exceptions
 from botocore.config import Config
 
 from .codec import SUFFIX
+from .errors import Precondition, S3ConfigError, S3Unavailable
 
 WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
 MANIFESTS = "manifests"
 INTENT = "intent"
 SHA_META = "sha256"
-
-
-class S3ConfigError(Exception):
-    """Settings that will not work until the user changes them (bucket, credentials)."""
-
-
-class S3Unavailable(Exception):
-    """The endpoint cannot be reached or answers with a temporary error: retry later."""
 
 
 @dataclass(frozen=True)
@@ -290,10 +283,6 @@ class S3Store:
     def intent_rels(self) -> list[str]:
         root = f"{self.base}/{INTENT}/"
         return [k[len(root) :] for k, _ in self.list_keys(root)]
-
-
-class Precondition(Exception):
-    """412: the object exists (If-None-Match) or changed (If-Match)."""
 
 
 def _is_404(e: Exception) -> bool:

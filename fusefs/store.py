@@ -142,6 +142,12 @@ class LocalStore:
         return keep
 
     def scan(self) -> Iterator[str]:
+        for lat, lon, names in self.scan_tiles():
+            for name in names:
+                yield f"{lat}/{lon}/{name}"
+
+    def scan_tiles(self) -> Iterator[tuple[str, str, list[str]]]:
+        """(lat, lon, witness file names) for every tile directory of the Fact tree."""
         try:
             lat_entries = list(os.scandir(self.tiles))
         except FileNotFoundError:
@@ -150,12 +156,11 @@ class LocalStore:
             if not lat.is_dir(follow_symlinks=False):
                 continue
             for lon in os.scandir(lat.path):
-                if not lon.is_dir(follow_symlinks=False):
-                    continue
-                prefix = f"{lat.name}/{lon.name}/"
-                for f in os.scandir(lon.path):
-                    if f.is_file(follow_symlinks=False):
-                        yield prefix + f.name
+                if lon.is_dir(follow_symlinks=False):
+                    names = [
+                        f.name for f in os.scandir(lon.path) if f.is_file(follow_symlinks=False)
+                    ]
+                    yield lat.name, lon.name, names
 
     def clean_tmp_leftovers(self) -> int:
         """Drop tmp/ names left behind by a crash between link and unlink (still witnesses)."""

@@ -33,6 +33,7 @@ from cachetools import TTLCache
 from pyroaring import BitMap
 
 from .codec import OutOfPlan, TaskSpace
+from .errors import ClaimUnavailable
 from .index import FactIndex
 from .leases import LeaseBook
 from .s3store import (
@@ -68,10 +69,6 @@ class SyncCounters:
     last_full_refresh: float = 0.0
     conflict_keys: list[str] = field(default_factory=list)
     lost_claims: int = 0
-
-
-class ClaimUnavailable(Exception):
-    """Strict claims need S3 and it cannot be reached: the claim is refused, try again later."""
 
 
 class SyncEngine:
@@ -258,7 +255,7 @@ class SyncEngine:
             )
             try:
                 if self.online or await self.connect():
-                    await self.refresh(full=full)
+                    await self.refresh(full=full, force=forced)
                     await self.refresh_leases()
                     if forced:
                         await self.drain()
@@ -404,12 +401,15 @@ class SyncEngine:
         self.counters.learned += len(new)
         return len(new)
 
-    async def refresh(self, *, full: bool) -> int:
-        """Learn other workers' witnesses; returns how many new facts were learned."""
+    async def refresh(self, *, full: bool, force: bool = False) -> int:
+        """Learn other workers' witnesses; returns how many new facts were learned.
+
+        A full refresh skips shards listed less than `full_refresh` seconds ago (a TTL cache)
+        unless forced (`missionfs sync`)."""
         started_ms = int(time.time() * 1000)
         learned = await self._refresh_manifests() if self.cursor_ms else 0
         if full:
-            learned += await self._refresh_full()
+            learned += await self._refresh_full(force)
             self.cursor_ms = max(self.cursor_ms, started_ms)
             self.counters.full_refreshes += 1
             self.counters.last_full_refresh = time.time()
@@ -448,8 +448,10 @@ class SyncEngine:
                 nursery.start_soon(read, key)
         return learned
 
-    async def _refresh_full(self) -> int:
+    async def _refresh_full(self, force: bool) -> int:
         shards = await _s3(self.s3.witness_shards)
+        if not force:
+            shards = [s for s in shards if s not in self.shard_fresh]
         learned = 0
         limiter = trio.CapacityLimiter(self.uploaders)
 

@@ -13,16 +13,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .commit import Committer
 from .index import FactIndex, walk_facts
 from .mission import Mission, extend_intent
-from .s3store import S3Store, S3Unavailable
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore
-from .sync import SyncEngine, worker_id
+
+if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
+    from .s3store import S3Store
+    from .sync import SyncEngine
 
 log = logging.getLogger("missionfs")
 
@@ -98,6 +100,8 @@ def daemon_pid(state_dir: Path) -> int | None:
 
 def with_bucket_intent(mission: Mission, s3: S3Store, state_dir: Path) -> Mission:
     """Unite the bucket's intent/ tree; use the last copy seen when S3 is unreachable."""
+    from .errors import S3Unavailable
+
     cache = state_dir / "index" / INTENT_CACHE
     try:
         rels = s3.intent_rels()
@@ -127,6 +131,8 @@ def open_workspace(
         store.prepare()
         s3 = None
         if mission.s3:
+            from .s3store import S3Store
+
             opts = sync or SyncOptions()
             s3 = S3Store(mission.s3, mission.name, opts.endpoint_url, pool=opts.uploaders + 8)
             mission = with_bucket_intent(mission, s3, state_dir)
@@ -135,7 +141,7 @@ def open_workspace(
         outside: list[str] = []
         from_index = local is not None
         if local is None:
-            local, outside = walk_facts(store.scan(), mission.space, progress)
+            local, outside = walk_facts(store.scan_tiles(), mission.space, progress)
             index.snapshot(local, index.rotate())
         state = MissionState(mission.space, mission.intent, local.copy())
         status = StatusBoard(mission.name, state, str(state_dir), lease)
@@ -143,6 +149,8 @@ def open_workspace(
         committer = Committer(state, store, index, status, local)
         engine = None
         if s3 is not None:
+            from .sync import SyncEngine, worker_id
+
             opts = sync or SyncOptions()
             wid = worker_id(state_dir, opts.worker)
             engine = SyncEngine(

@@ -78,8 +78,9 @@ def test_two_mounts_sixteen_workers_each_task_done_once(
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    for m in mounts:
-        wait_for(lambda m=m: m.status()["sync"]["queue"] == 0, timeout=120, what="uploads")
+    wait_for(
+        lambda: all(m.status()["sync"]["queue"] == 0 for m in mounts), timeout=120, what="uploads"
+    )
     done = Counter(line for log in logs if log.exists() for line in log.read_text().splitlines())
     assert set(done) == set(todo)
     assert max(done.values()) == 1, [r for r, n in done.items() if n > 1]  # no duplicate work

@@ -78,7 +78,7 @@ def test_walk_finds_witnesses_and_strays(tmp_path: Path) -> None:
         store.commit(_staged(store, str(t), b"h\n"), SPACE.rel(t))
     stray = store.tiles / "40.70" / "-74.02" / "tea.csv"
     stray.write_text("h\n")
-    facts, outside = walk_facts(store.scan(), SPACE)
+    facts, outside = walk_facts(store.scan_tiles(), SPACE)
     assert set(facts) == {0, 3, 11}
     assert outside == ["40.70/-74.02/tea.csv"]
 

@@ -1,0 +1,17 @@
+"""Exceptions shared by the layers, in a module that imports nothing heavy (no boto3)."""
+
+
+class S3ConfigError(Exception):
+    """Settings that will not work until the user changes them (bucket, credentials)."""
+
+
+class S3Unavailable(Exception):
+    """The endpoint cannot be reached or answers with a temporary error: retry later."""
+
+
+class Precondition(Exception):
+    """412: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class ClaimUnavailable(Exception):
+    """Strict claims need S3 and it cannot be reached: the claim is refused, try again later."""
