@@ -256,11 +256,15 @@ def _start(cmd: list[str], mnt: Path, err_path: Path, kind: str, timeout: float)
 
 
 def start_missionfs(
-    mission: Path, mnt: Path, state: Path, timeout: float = MOUNT_DEADLINE
+    mission: Path,
+    mnt: Path,
+    state: Path,
+    timeout: float = MOUNT_DEADLINE,
+    extra: tuple[str, ...] = (),
 ) -> FuseProc:
     """`missionfs mount --foreground` as our child; mount_seconds = spawn -> mounted."""
     cmd = [PYTHON, "-m", "fusefs", "mount", str(mission), str(mnt), "--state", str(state)]
-    cmd += ["--foreground", "--quiet"]
+    cmd += ["--foreground", "--quiet", *extra]
     state.parent.mkdir(parents=True, exist_ok=True)
     return _start(cmd, mnt, state.parent / f"{state.name}.daemon.err", "missionfs", timeout)
 

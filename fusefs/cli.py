@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between full listings of the bucket, the truth (600)",
     )
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    m.add_argument(
+        "--durability",
+        choices=("strict", "batched"),
+        default="strict",
+        help="strict: a commit returns after the witness and its directory are fsync'd; "
+        "batched: directory fsyncs are grouped every 0.25 s (a power loss may forget the last "
+        "commits; a killed daemon never does)",
+    )
     _s3_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
@@ -221,6 +229,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ws.close()  # the daemon takes the state dir over
         return _spawn_daemon(args, mnt, state_dir)
     _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
+    ws.committer.batched = args.durability == "batched"
+    ws.status.durability = args.durability
     try:
         Daemon(ws, mnt, args.allow_other).run()
     except RuntimeError as e:
@@ -263,6 +273,8 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         str(args.full_refresh),
         "--uploaders",
         str(args.uploaders),
+        "--durability",
+        args.durability,
     ]
     for flag in ("endpoint_url", "worker"):
         if getattr(args, flag):

@@ -51,6 +51,7 @@ class Committer:
         self.status = status
         self.local = local
         self.reconciled = False
+        self.batched = False  # durability "batched": directory fsyncs grouped by the daemon
         self.hooks: list[Callable[[], None]] = []  # called after new local witnesses
         self.remote: BitMap = BitMap()  # facts known from S3 (the sync engine's set)
         self._in_flight: set[int] = set()
@@ -96,7 +97,7 @@ class Committer:
     def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> int:
         with open(path, "rb") as f:
             rows = check_csv(f.read())
-        self.store.commit(path, rel, fsync_file=fsync_file)
+        self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
         return rows
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:

@@ -29,6 +29,7 @@ log = logging.getLogger("missionfs")
 
 SNAPSHOT_EVERY_COMMITS = 20_000
 SNAPSHOT_EVERY_SECONDS = 60.0
+DIR_SYNC_SECONDS = 0.25
 SYNC_RESULT = "sync-result.json"
 
 
@@ -77,6 +78,8 @@ class Daemon:
                 self.committer.reconciled = True
                 self.status.reconcile = "done"
             nursery.start_soon(self._snapshot_loop)
+            if self.committer.batched:
+                nursery.start_soon(self._dir_sync_loop)
             if self.sync is not None:
                 nursery.start_soon(self.sync.run)
             await pyfuse3.main()
@@ -142,6 +145,13 @@ class Daemon:
             )
             await self._snapshot()
 
+    async def _dir_sync_loop(self) -> None:
+        """Durability "batched": new witness links become durable within DIR_SYNC_SECONDS."""
+        while True:
+            await trio.sleep(DIR_SYNC_SECONDS)
+            if self.store.dirty_dirs:
+                await trio.to_thread.run_sync(self.store.flush_dirs)
+
     async def _snapshot_loop(self) -> None:
         last = time.monotonic()
         while True:
@@ -158,10 +168,11 @@ class Daemon:
             facts = self.committer.local.copy()  # taken together with the rotation: atomic here
             await trio.to_thread.run_sync(self.index.snapshot, facts, gen)
             if self.sync is not None:
-                await trio.to_thread.run_sync(self.sync.save)
+                await trio.to_thread.run_sync(self.sync.write_save, self.sync.prepare_save())
 
     def _final_snapshot(self) -> None:
         try:
+            self.store.flush_dirs()
             gen = self.index.rotate()
             self.index.snapshot(self.committer.local, gen)
             self.index.close()

@@ -26,6 +26,7 @@ class StatusBoard:
         self.reconcile = "pending"
         self.outside_plan = 0
         self.sync_info: Callable[[], dict[str, Any]] | None = None
+        self.durability = "strict"
 
     def committed(self, source: str) -> None:
         self.commits[source] = self.commits.get(source, 0) + 1
@@ -42,6 +43,7 @@ class StatusBoard:
             "store": "s3" if self.sync_info else "local",
             "counts": self.state.counts(),
             "lease_seconds": self.lease,
+            "durability": self.durability,
             "commits": dict(self.commits),
             "expired_leases": self.expired,
             "refused": self.refusals,

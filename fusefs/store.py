@@ -56,6 +56,7 @@ class LocalStore:
         self.staging = root / "staging"
         self.rejected = root / "rejected"
         self.index_dir = root / "index"
+        self.dirty_dirs: set[Path] = set()  # witness dirs whose new links await an fsync
 
     def prepare(self) -> None:
         for d in (self.root, self.tiles, self.tmp, self.staging, self.rejected, self.index_dir):
@@ -67,7 +68,10 @@ class LocalStore:
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.tiles / rel)
 
-    def commit(self, staged: Path, rel: str, *, fsync_file: bool = True) -> None:
+    def commit(
+        self, staged: Path, rel: str, *, fsync_file: bool = True, sync_dir: bool = True
+    ) -> None:
+        """sync_dir=False defers the directory fsync to flush_dirs() (batched durability)."""
         dst = self.tiles / rel
         self._ensure_dir(dst.parent)
         if fsync_file:
@@ -77,8 +81,19 @@ class LocalStore:
             finally:
                 os.close(fd)
         os.link(staged, dst)  # FileExistsError: never replaces a witness
-        fsync_dir(dst.parent)
+        if sync_dir:
+            fsync_dir(dst.parent)
+        else:
+            self.dirty_dirs.add(dst.parent)
         os.unlink(staged)
+
+    def flush_dirs(self) -> int:
+        """fsync the directories of commits made with sync_dir=False; returns how many."""
+        n = 0
+        while self.dirty_dirs:
+            fsync_dir(self.dirty_dirs.pop())
+            n += 1
+        return n
 
     def _ensure_dir(self, d: Path) -> None:
         if d.is_dir():

@@ -127,17 +127,32 @@ class SyncEngine:
         except (OSError, ValueError, KeyError):
             return 0, {}
 
-    def _save_cursor(self) -> None:
+    def _cursor_json(self) -> str:
+        return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})
+
+    def _write_cursor(self, text: str) -> None:
         tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen}))
+        tmp.write_text(text)
         os.replace(tmp, self.cursor_path)
 
-    def save(self) -> None:
-        """Snapshot the sets (blocking; on clean exit and from the daemon's snapshot loop)."""
-        for idx, bm in ((self.remote_index, self.remote), (self.synced_index, self.synced)):
-            gen = idx.rotate()
+    def prepare_save(self) -> tuple[list[tuple[FactIndex, int, BitMap]], str]:
+        """Copies of the sets and the cursor, taken on the trio thread (atomic there)."""
+        parts = [
+            (idx, idx.rotate(), bm.copy())
+            for idx, bm in ((self.remote_index, self.remote), (self.synced_index, self.synced))
+        ]
+        return parts, self._cursor_json()
+
+    def write_save(self, prepared: tuple[list[tuple[FactIndex, int, BitMap]], str]) -> None:
+        """Write what prepare_save() took (blocking: run it in a worker thread)."""
+        parts, cursor = prepared
+        for idx, gen, bm in parts:
             idx.snapshot(bm, gen)
-        self._save_cursor()
+        self._write_cursor(cursor)
+
+    def save(self) -> None:
+        """Snapshot everything now (blocking; when no other thread touches the engine)."""
+        self.write_save(self.prepare_save())
 
     def close(self) -> None:
         self.remote_index.close()
@@ -415,7 +430,7 @@ class SyncEngine:
             self.counters.last_full_refresh = time.time()
         self.counters.refreshes += 1
         self.counters.last_refresh = time.time()
-        await trio.to_thread.run_sync(self._save_cursor)
+        await trio.to_thread.run_sync(self._write_cursor, self._cursor_json())
         return learned
 
     async def _refresh_manifests(self) -> int:

@@ -310,3 +310,18 @@ def test_large_directory_listing_pages_correctly(
     assert len(names) == 1500 == len(set(names))
     sh(f"mv 'pending/1.0/2.0/{phrases[700]}.csv' 'claimed/1.0/2.0/{phrases[700]}.csv'", m.mnt)
     assert len(os.listdir(m.p("pending/1.0/2.0"))) == 1499
+
+
+def test_batched_durability_commits_the_same_way(
+    make_mount: Callable[..., Mount], mission: Path
+) -> None:
+    m = make_mount(mission, args=("--durability", "batched"))
+    assert m.status()["durability"] == "batched"
+    rels = sorted(all_rels(mission))[:5]
+    for i, rel in enumerate(rels):
+        commit_via_tmp(m, rel, body=f"n\n{i}\n", name=f"b{i}")
+    assert set(rels) <= listed(m, "done") and not set(rels) & listed(m, "pending")
+    m.kill9()  # a killed daemon loses nothing in batched mode either (the page cache survives)
+    m.start()
+    assert listed(m, "done") == set(rels)
+    assert all(m.p(f"done/{rel}").read_text() == f"n\n{i}\n" for i, rel in enumerate(rels))
