@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean fresh-test
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	./scripts/shellcheck-all.sh
+	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 
 test: setup lint
 	$(BIN)/pytest -q
@@ -24,6 +26,13 @@ bench: setup
 	$(BIN)/python bench/bench_mount.py
 	$(BIN)/python bench/bench_commit.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_workers.py
+	$(BIN)/python bench/bench_sync.py
+	$(BIN)/python bench/fleet.py
+
+# Slow (~5 minutes, not for every CI run): the README's two commands in a fresh Debian 12 chroot.
+fresh-test:
+	./scripts/fresh-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
