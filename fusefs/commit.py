@@ -9,6 +9,7 @@ the committing call returns never shows the task as pending.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import trio
 from pyroaring import BitMap
 
 from .index import FactIndex
+from .journal import Journal
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore
@@ -44,8 +46,10 @@ class Committer:
         index: FactIndex,
         status: StatusBoard,
         local: BitMap,
+        journal: Journal,
     ) -> None:
         self.state = state
+        self.journal = journal
         self.store = store
         self.index = index
         self.status = status
@@ -72,7 +76,9 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable")
         self._in_flight.add(task)
         try:
-            rows = await trio.to_thread.run_sync(self._commit_blocking, path, rel, not synced)
+            rows, sha, size = await trio.to_thread.run_sync(
+                self._commit_blocking, path, rel, not synced
+            )
         except InvalidWitness as e:
             reason = f"not a well-formed CSV: {e}"
             if not final:
@@ -83,6 +89,8 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
         finally:
             self._in_flight.discard(task)
+        # The witness is durable: now its journal line, then its start-up index line.
+        self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
         self._record(task)
         self.status.committed(source)
         return rows
@@ -94,20 +102,22 @@ class Committer:
         for hook in self.hooks:
             hook()
 
-    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> int:
+    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, str, int]:
         with open(path, "rb") as f:
-            rows = check_csv(f.read())
+            data = f.read()
+        rows = check_csv(data)
         self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
-        return rows
+        return rows, hashlib.sha256(data).hexdigest(), len(data)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log.warning("refused commit of %s: %s", where, reason)
-        self.status.refused(where, reason)
+        self.status.refused(where, reason)  # journalled there, with every other refusal
         return CommitRefused(code, reason, final)
 
     def learn_local_fact(self, task: int) -> None:
         """A witness was found on disk that the index did not know (crash or offline copy)."""
         if task not in self.local:
+            self.journal.append("commit", self.state.space.rel(task), recovered=True)
             self._record(task)
 
     def reconcile(self, found: BitMap, loaded: BitMap) -> tuple[BitMap, BitMap]:
@@ -115,6 +125,8 @@ class Committer:
         new = found - self.local
         if new:
             self.local |= new
+            for t in new:
+                self.journal.append("commit", self.state.space.rel(t), recovered=True)
             self.index.append(self.state.space.rel(t) for t in new)
             self.state.add_facts(new)
             for hook in self.hooks:

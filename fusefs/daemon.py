@@ -78,6 +78,7 @@ class Daemon:
                 self.committer.reconciled = True
                 self.status.reconcile = "done"
             nursery.start_soon(self._snapshot_loop)
+            nursery.start_soon(self._journal_loop)
             if self.committer.batched:
                 nursery.start_soon(self._dir_sync_loop)
             if self.sync is not None:
@@ -119,6 +120,8 @@ class Daemon:
             expired = self.state.expire(now)
             if expired:
                 self.status.expired += len(expired)
+                for task in expired:
+                    self.committer.journal.append("expire", self.mission.space.rel(task))
                 if self.sync is not None:
                     self.sync.forget_claims(expired)
                 log.info("lease expired for %d task(s), back to pending", len(expired))
@@ -152,6 +155,12 @@ class Daemon:
             if self.store.dirty_dirs:
                 await trio.to_thread.run_sync(self.store.flush_dirs)
 
+    async def _journal_loop(self) -> None:
+        """The journal is flushed on every line (kill -9 safe) and fsync'd about once a second."""
+        while True:
+            await trio.sleep(1.0)
+            await trio.to_thread.run_sync(self.committer.journal.sync)
+
     async def _snapshot_loop(self) -> None:
         last = time.monotonic()
         while True:
@@ -173,6 +182,7 @@ class Daemon:
     def _final_snapshot(self) -> None:
         try:
             self.store.flush_dirs()
+            self.committer.journal.close()
             gen = self.index.rotate()
             self.index.snapshot(self.committer.local, gen)
             self.index.close()

@@ -512,7 +512,7 @@ class MissionFS(pyfuse3.Operations):
         if h.target is None or h.committed or h.rejected:
             return
         if writer_was_killed(h.writer_pid):
-            await self._reject(h, "the writer was killed before it closed the file")
+            await self._reject(h, "the writer was killed before it closed the file", recorded=False)
             raise fuse_error(errno.EIO)
         try:
             await self._commit_staged(h, final=False)
@@ -542,12 +542,15 @@ class MissionFS(pyfuse3.Operations):
         self._alias[h.ino] = h.target
         self._staged.pop(h.ino, None)
 
-    async def _reject(self, h: Handle, reason: str) -> None:
+    async def _reject(self, h: Handle, reason: str, *, recorded: bool = True) -> None:
+        """Keep a refused direct write under rejected/ (recorded: the committer already
+        counted and journalled the refusal)."""
         assert h.target is not None and h.path is not None
         h.rejected = True
         rel = self.space.rel(h.target)
         kept = await trio.to_thread.run_sync(self.store.reject, h.path, rel, reason)
-        self.status.refused(f"done/{rel}", f"{reason}; bytes kept in {kept}")
+        if not recorded:
+            self.status.refused(f"done/{rel}", f"{reason}; bytes kept in {kept}")
         log.warning(
             "refused direct write of done/%s: %s; the task stays pending; bytes kept in %s",
             rel,
@@ -569,6 +572,7 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.FILE and view is not View.DONE:
             if payload in self.state.claims and not fields.update_size:
                 self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
+                self.committer.journal.append("renew", self.space.rel(payload))
                 if self.sync is not None and not await self.sync.renew_remote(payload):
                     raise fuse_error(
                         errno.ENOENT,
@@ -708,6 +712,7 @@ class MissionFS(pyfuse3.Operations):
                 ) from None
             if not won:
                 raise fuse_error(errno.ENOENT)
+        self.committer.journal.append("claim", self.space.rel(task), pid=ctx.pid, lease=self.lease)
 
     async def _release(self, task: int) -> None:
         """`rm claimed/REL` or `mv claimed/REL pending/REL`: give the task back."""
@@ -715,6 +720,7 @@ class MissionFS(pyfuse3.Operations):
             self.state.release(task)
         except NotClaimed:
             raise fuse_error(errno.ENOENT) from None
+        self.committer.journal.append("release", self.space.rel(task))
         if self.sync is not None:
             await self.sync.release_remote(task)
 

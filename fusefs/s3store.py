@@ -110,6 +110,7 @@ class S3Store:
         )
         self.requests: dict[str, int] = {}
         self.conditional = True  # set by check(): does the server honour If-None-Match?
+        self.worker = ""  # recorded in object metadata: who wrote a witness or conflict
 
     def _count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
@@ -177,7 +178,7 @@ class S3Store:
     def create_witness(self, rel: str, body: bytes, conditional: bool) -> bool:
         """Create the witness unless one exists; True if ours is now the witness."""
         key = self.key(WITNESSES, rel)
-        meta = {SHA_META: sha256_hex(body)}
+        meta = {SHA_META: sha256_hex(body), "worker": self.worker}
         if not conditional and self.head(key) is not None:
             return False  # check-then-put: racy, the self-test said so
         try:
@@ -202,7 +203,7 @@ class S3Store:
 
     def put_conflict(self, rel: str, worker: str, body: bytes) -> str:
         key = self.key(CONFLICTS, self.conflict_rel(rel, worker))
-        self._put(key, body, metadata={SHA_META: sha256_hex(body)})
+        self._put(key, body, metadata={SHA_META: sha256_hex(body), "worker": self.worker})
         return key
 
     def put_manifest(self, name: str, body: bytes) -> None:

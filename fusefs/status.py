@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .journal import Journal
 from .state import MissionState
 
 
@@ -27,12 +28,15 @@ class StatusBoard:
         self.outside_plan = 0
         self.sync_info: Callable[[], dict[str, Any]] | None = None
         self.durability = "strict"
+        self.journal: Journal | None = None
 
     def committed(self, source: str) -> None:
         self.commits[source] = self.commits.get(source, 0) + 1
 
     def refused(self, where: str, reason: str) -> None:
         self.refusals += 1
+        if self.journal is not None:
+            self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
         self.recent_errors.append({"time": round(time.time(), 3), "path": where, "error": reason})
 
     def snapshot(self) -> dict[str, Any]:

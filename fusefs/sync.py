@@ -35,6 +35,7 @@ from pyroaring import BitMap
 from .codec import OutOfPlan, TaskSpace
 from .errors import ClaimUnavailable
 from .index import FactIndex
+from .journal import Journal
 from .leases import LeaseBook
 from .s3store import (
     MANIFESTS,
@@ -114,6 +115,8 @@ class SyncEngine:
         self._force = trio.Event()
         self._forced_done: list[Callable[[], None]] = []
         self.on_local_fact: Callable[[int], None] | None = None
+        self.journal: Journal | None = None
+        s3.worker = worker
         self.claims_mode = claims
         self.leases = LeaseBook(s3, worker, lease_seconds) if claims != "local" else None
         self.held: dict[int, str] = {}  # task -> ETag of our lease object
@@ -345,6 +348,7 @@ class SyncEngine:
         body, created = await _s3(read_and_create)
         if created:
             self.counters.uploaded += 1
+            self._note("upload", rel, sha256=sha256_hex(body))
             self._manifest.append(rel)
             self._mark_synced(task, rel)
         else:
@@ -367,6 +371,14 @@ class SyncEngine:
         )
         self.counters.conflicts += 1
         self.counters.conflict_keys.append(key)
+        self._note(
+            "conflict",
+            rel,
+            loser_sha256=sha256_hex(body),
+            winner_sha256=remote_sha,
+            loser=self.worker,
+            kept=key,
+        )
         log.warning(
             "conflict on %s: another worker's witness came first; ours is kept as "
             "s3 %s and %s, the winner's is now the local witness",
@@ -381,7 +393,7 @@ class SyncEngine:
         if task not in self.synced:
             self.synced.add(task)
             self.synced_index.append((rel,))
-        self._learn((task,))
+        self._learn((task,), ours=True)
         self.unconfirmed.discard(task)
 
     async def flush_manifest(self) -> None:
@@ -397,13 +409,21 @@ class SyncEngine:
             log.info("manifest not written yet (%s)", e)
 
     # -- remote facts -------------------------------------------------------------------------
-    def _learn(self, tasks: Iterable[int]) -> BitMap:
+    def _learn(self, tasks: Iterable[int], *, ours: bool = False) -> BitMap:
         new = BitMap(tasks) - self.remote
         if new:
             self.remote |= new
-            self.remote_index.append(self.space.rel(t) for t in new)
+            rels = [self.space.rel(t) for t in new]
+            self.remote_index.append(rels)
+            if not ours:
+                for rel in rels:
+                    self._note("remote", rel)
             self.state.add_facts(new)
         return new
+
+    def _note(self, ev: str, rel: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(ev, rel, **fields)
 
     def _learn_rels(self, rels: Iterable[str]) -> int:
         ids = []
@@ -500,6 +520,7 @@ class SyncEngine:
             raise ClaimUnavailable(str(e)) from None
         if etag is None:
             self.counters.lost_claims += 1
+            self._note("lost_claim", self.space.rel(task))
             self.state.claim_lost(task)
             return False
         if await _s3(self.s3.exists, rel):
@@ -527,6 +548,7 @@ class SyncEngine:
         if new is None:
             self.held.pop(task, None)
             self.counters.lost_claims += 1
+            self._note("lost_claim", self.space.rel(task))
             self.state.claim_lost(task)
             return False
         self.held[task] = new
@@ -587,6 +609,7 @@ class SyncEngine:
             raise S3Unavailable(f"{rel}: downloaded bytes do not match their SHA-256; will retry")
         await trio.to_thread.run_sync(self.store.adopt, rel, body)
         self.counters.fetched += 1
+        self._note("fetch", rel, sha256=sha256_hex(body))
         self._mark_synced(task, rel)
         if self.on_local_fact is not None:
             self.on_local_fact(task)  # records it in `local` and the start-up index
@@ -596,18 +619,3 @@ async def _s3(fn: Callable[..., Any], *args: Any) -> Any:
     """A blocking S3 call in a worker thread; on shutdown it is abandoned, not awaited (every
     S3 effect here is idempotent: an upload whose result is lost is redone at next start)."""
     return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-
-
-def worker_id(state_dir: Path, override: str | None = None) -> str:
-    """A stable id for this state dir (used in manifest and conflict names)."""
-    path = state_dir / "worker-id"
-    if override:
-        path.write_text(override + "\n")
-        return override
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        host = "".join(c if c.isalnum() or c in "-." else "-" for c in os.uname().nodename)
-        wid = f"{host}-{os.urandom(3).hex()}"
-        path.write_text(wid + "\n")
-        return wid

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING
 
 from .commit import Committer
 from .index import FactIndex, walk_facts
+from .journal import Journal, worker_id
 from .mission import Mission, extend_intent
 from .state import MissionState
 from .status import StatusBoard
@@ -60,6 +61,7 @@ class Workspace:
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def close(self) -> None:
+        self.committer.journal.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -146,13 +148,15 @@ def open_workspace(
         state = MissionState(mission.space, mission.intent, local.copy())
         status = StatusBoard(mission.name, state, str(state_dir), lease)
         status.outside_plan = len(outside)
-        committer = Committer(state, store, index, status, local)
+        opts = sync or SyncOptions()
+        wid = worker_id(state_dir, opts.worker)
+        journal = Journal(state_dir / "journal", wid)
+        status.journal = journal
+        committer = Committer(state, store, index, status, local, journal)
         engine = None
         if s3 is not None:
-            from .sync import SyncEngine, worker_id
+            from .sync import SyncEngine
 
-            opts = sync or SyncOptions()
-            wid = worker_id(state_dir, opts.worker)
             engine = SyncEngine(
                 state,
                 store,
@@ -166,6 +170,7 @@ def open_workspace(
                 claims=mission.claims,
                 lease_seconds=lease,
             )
+            engine.journal = journal
             state.add_facts(engine.remote)
             committer.remote = engine.remote
             committer.hooks.append(engine.wake)
