@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.s3_servers import MotoServer, SeaweedServer, Server
+from tests.scraper_util import OverpassStub, overpass_stub
 
 ROOT = Path(__file__).resolve().parent.parent
 MISSIONFS = [sys.executable, "-m", "fusefs"]
@@ -210,3 +211,10 @@ _buckets = iter(range(1, 1_000_000))
 
 def new_bucket(server: Server) -> str:
     return server.bucket(f"mfs-test-{os.getpid()}-{next(_buckets)}")
+
+
+@pytest.fixture
+def stub() -> Iterator[OverpassStub]:
+    """A local Overpass server on 127.0.0.1 serving recorded answers (scraper tests)."""
+    with overpass_stub() as s:
+        yield s

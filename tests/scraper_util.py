@@ -21,9 +21,9 @@ from pathlib import Path
 
 from fusefs.witness import check_csv
 from scraper.schema import COLUMNS
-from tests.conftest import ROOT
 
-DATA = Path(__file__).resolve().parent / "data" / "overpass"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "overpass"
 EXAMPLES = ROOT / "scraper" / "examples"
 SCRAPER = [sys.executable, "-m", "scraper"]
 
@@ -190,3 +190,7 @@ def start(
 def finish(p: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
+
+
+COFFEE = "40.71/-74.00/coffee shop.csv"
+PLUMBER = "40.70/-74.02/plumber.csv"

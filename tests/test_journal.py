@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -42,19 +43,10 @@ def test_every_change_of_a_task_is_journalled(
     wait_for(lambda: "expire" in events(m.state, REL), timeout=15, what="expiry journalled")
     sh(f"printf 'a,b\\n1' > 'done/{REL}'", m.mnt, check=False)  # truncated: refused
     commit_via_tmp(m, REL, body="a,b\n1,2\n")
-    assert events(m.state, REL) == [
-        "claim",
-        "renew",
-        "release",
-        "claim",
-        "expire",
-        "refused",
-        "commit",
-    ]
+    history = ["claim", "renew", "release", "claim", "expire", "refused", "commit"]
+    assert events(m.state, REL) == history
     entries = [e for e in read_journal(m.state / "journal") if e.get("rel") == REL]
     c = entries[-1]
-    import hashlib
-
     assert c["sha256"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
     assert (c["size"], c["rows"], c["source"]) == (8, 1, "rename")
     assert all(e["worker"] and e["host"] for e in entries)
@@ -62,15 +54,7 @@ def test_every_change_of_a_task_is_journalled(
     res = log(mission, m.state, REL)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert [ln.split()[1] for ln in lines] == [
-        "claim",
-        "renew",
-        "release",
-        "claim",
-        "expire",
-        "refused",
-        "commit",
-    ]
+    assert [ln.split()[1] for ln in lines] == history
     as_json = [json.loads(x) for x in log(mission, m.state, "40.71", "--json").stdout.splitlines()]
     assert {e["rel"] for e in as_json} == {REL}  # the row filter
     assert log(mission, m.state, "--since", "1h").stdout.count("\n") >= 7

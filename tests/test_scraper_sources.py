@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,22 +23,13 @@ from scraper.source import SourceError, Stopped
 from scraper.synthetic import SyntheticSource, synthetic_rows
 from tests.conftest import ROOT, write_mission
 from tests.scraper_util import (
+    COFFEE,
     OverpassStub,
     Reply,
     check_witness,
     default_reply,
     load_recorded,
-    overpass_stub,
 )
-
-COFFEE = "40.71/-74.00/coffee shop.csv"
-PLUMBER = "40.70/-74.02/plumber.csv"
-
-
-@pytest.fixture
-def stub() -> Iterator[OverpassStub]:
-    with overpass_stub() as s:
-        yield s
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,8 @@ from scraper.schema import TaskInfo
 from scraper.synthetic import synthetic_rows
 from tests.conftest import Mount, wait_for, write_mission
 from tests.scraper_util import (
+    COFFEE,
+    PLUMBER,
     SCRAPER,
     OverpassStub,
     Reply,
@@ -29,20 +31,10 @@ from tests.scraper_util import (
     default_reply,
     finish,
     load_recorded,
-    overpass_stub,
     processes,
     start,
     tree_files,
 )
-
-COFFEE = "40.71/-74.00/coffee shop.csv"
-PLUMBER = "40.70/-74.02/plumber.csv"
-
-
-@pytest.fixture
-def stub() -> Iterator[OverpassStub]:
-    with overpass_stub() as s:
-        yield s
 
 
 def all_rels(mission: Path) -> set[str]:
