@@ -1,4 +1,5 @@
-"""`missionfs mount|umount|status|pending|sync`: one-line errors, progress bars, --quiet."""
+"""`missionfs mount|umount|status|pending|sync|log|fsck|digest`: one-line errors, progress bars,
+--quiet."""
 
 from __future__ import annotations
 
