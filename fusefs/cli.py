@@ -402,6 +402,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(info: dict[str, Any]) -> None:
     c = info["counts"]
+    digest = info.get("digest") or {}
     total, done = c["intent"], c["done"]
     width = 30
     filled = width * done // total if total else width
@@ -417,6 +418,8 @@ def _print_status(info: dict[str, Any]) -> None:
             f"s3 {sync['url']}: {sync['state']}; upload queue {sync['queue']}, "
             f"remote facts {sync['remote_facts']}, conflicts {sync['conflicts']}"
         )
+    if digest.get("root"):
+        print(f"facts digest {digest['root']} ({digest.get('state', '?')})")
     if info.get("witnesses_outside_plan"):
         print(f"witnesses outside the plan: {info['witnesses_outside_plan']}")
     for err in info.get("errors", [])[-5:]:

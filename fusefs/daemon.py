@@ -83,6 +83,8 @@ class Daemon:
                 nursery.start_soon(self._dir_sync_loop)
             if self.sync is not None:
                 nursery.start_soon(self.sync.run)
+            if self.ws.digest is not None:
+                nursery.start_soon(self.ws.digest.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 

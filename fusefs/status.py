@@ -27,6 +27,7 @@ class StatusBoard:
         self.reconcile = "pending"
         self.outside_plan = 0
         self.sync_info: Callable[[], dict[str, Any]] | None = None
+        self.digest_info: Callable[[], dict[str, Any]] | None = None  # Merkle root (digest.py)
         self.durability = "strict"
         self.journal: Journal | None = None
 
@@ -56,6 +57,7 @@ class StatusBoard:
             "sync": self.sync_info()
             if self.sync_info
             else {"enabled": False, "state": "local only"},
+            "digest": self.digest_info() if self.digest_info else {"state": "off"},
             "uptime_seconds": round(time.time() - self.started, 1),
             "errors": list(self.recent_errors),
         }

@@ -99,8 +99,8 @@ class SyncEngine:
         self.full_refresh_interval = full_refresh
         self.remote_index = FactIndex(index_dir, self.space, "remote")
         self.synced_index = FactIndex(index_dir, self.space, "synced")
-        self.remote = self.remote_index.load() or BitMap()
-        self.synced = self.synced_index.load() or BitMap()
+        self.remote = self._load_or_start(self.remote_index)
+        self.synced = self._load_or_start(self.synced_index)
         self.cursor_path = index_dir / "manifest-cursor.json"
         self.cursor_ms, self.seen = self._load_cursor()
         self.shard_fresh: TTLCache[str, bool] = TTLCache(maxsize=1 << 16, ttl=full_refresh)
@@ -129,6 +129,16 @@ class SyncEngine:
             return int(data["cursor_ms"]), {k: int(v) for k, v in data.get("seen", {}).items()}
         except (OSError, ValueError, KeyError):
             return 0, {}
+
+    @staticmethod
+    def _load_or_start(index: FactIndex) -> BitMap:
+        """Load a set; without a snapshot start one now, so that other processes reading the
+        state dir (status, pending, digest) see the log lines this daemon appends."""
+        found = index.load()
+        if found is None:
+            found = BitMap()
+            index.snapshot(found, index.rotate())
+        return found
 
     def _cursor_json(self) -> str:
         return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})

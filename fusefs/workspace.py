@@ -24,6 +24,7 @@ from .status import StatusBoard
 from .store import LocalStore
 
 if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
+    from .digest import DigestKeeper
     from .s3store import S3Store
     from .sync import SyncEngine
 
@@ -59,6 +60,7 @@ class Workspace:
     from_index: bool
     lease: float
     _lock: IO[str] | None = field(default=None, repr=False)
+    digest: DigestKeeper | None = None
 
     def close(self) -> None:
         self.committer.journal.close()
@@ -176,6 +178,10 @@ def open_workspace(
             committer.hooks.append(engine.wake)
             engine.on_local_fact = committer.learn_local_fact
             status.sync_info = engine.info
+        from .digest import DigestKeeper
+
+        digest = DigestKeeper.for_workspace(state, store, s3)  # Merkle root, kept incrementally
+        status.digest_info = digest.info
     except BaseException:
         if lock_file is not None:
             lock_file.close()
@@ -192,4 +198,5 @@ def open_workspace(
         from_index,
         lease,
         lock_file,
+        digest,
     )
