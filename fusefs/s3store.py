@@ -12,6 +12,7 @@ standard boto3 chain and never appear in messages.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -111,6 +112,7 @@ class S3Store:
         self.requests: dict[str, int] = {}
         self.conditional = True  # set by check(): does the server honour If-None-Match?
         self.worker = ""  # recorded in object metadata: who wrote a witness or conflict
+        self.checksums = False  # set by check(): does the server verify x-amz-checksum-sha256?
 
     def _count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
@@ -145,10 +147,25 @@ class S3Store:
                 supported = False  # e.g. 501 NotImplemented
             self._count("DELETE")
             self.client.delete_object(Bucket=self.loc.bucket, Key=probe)
+            self.checksums = self._verifies_checksums(probe + "-sum")
         except Exception as e:
             raise classify(e, where) from None
         self.conditional = supported
         return supported
+
+    def _verifies_checksums(self, key: str) -> bool:
+        """Does the server reject a body whose x-amz-checksum-sha256 is wrong? Then send it."""
+        wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
+        try:
+            self._count("PUT")
+            self.client.put_object(Bucket=self.loc.bucket, Key=key, Body=b"1", ChecksumSHA256=wrong)
+        except botocore.exceptions.ClientError:
+            return True  # refused, as it should be
+        except Exception:
+            return False
+        self._count("DELETE")
+        self.client.delete_object(Bucket=self.loc.bucket, Key=key)
+        return False  # accepted a wrong checksum: rely on metadata + checks at fetch
 
     # -- objects ------------------------------------------------------------------------------
     def _put(
@@ -164,6 +181,11 @@ class S3Store:
             kwargs["IfNoneMatch"] = "*"
         if metadata:
             kwargs["Metadata"] = metadata
+            if self.checksums and SHA_META in metadata:
+                # The hash recorded at commit travels with the body: the server verifies it.
+                kwargs["ChecksumSHA256"] = base64.b64encode(
+                    bytes.fromhex(metadata[SHA_META])
+                ).decode()
         self._count("PUT")
         try:
             self.client.put_object(**kwargs)

@@ -185,6 +185,7 @@ class SyncEngine:
             "state": self.state_msg,
             "online": bool(self.online),
             "conditional_writes": self.conditional,
+            "checksums_verified_by_server": self.s3.checksums,
             "queue": self.queue_size(),
             "uploaded": c.uploaded,
             "already_in_s3": c.already_there,

@@ -285,3 +285,31 @@ def test_status_json_never_shows_credentials(
     st = json.loads(text)
     assert st["store"] == "s3" and st["sync"]["conditional_writes"] is not None
     assert ACCESS_KEY not in text and "secret" not in text.lower()
+
+
+def test_the_commit_hash_travels_with_the_upload(
+    seaweed: SeaweedServer, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the server verifies x-amz-checksum-sha256, a body that does not match the SHA-256
+    recorded at commit is refused; elsewhere the hash still travels as metadata."""
+    from fusefs.errors import S3ConfigError
+    from fusefs.s3store import S3Store, sha256_hex
+
+    for k, v in s3_env().items():
+        monkeypatch.setenv(k, v)
+    store = S3Store(f"s3://{new_bucket(seaweed)}/runs", MISSION, seaweed.endpoint)
+    store.check()
+    assert store.checksums
+    with pytest.raises(S3ConfigError):  # a corrupted body: the server refuses it
+        store._put(
+            store.key("scraped-tiles", "1/2/x.csv"),
+            b"corrupted\n",
+            metadata={"sha256": sha256_hex(b"what was committed\n")},
+        )
+    assert store.head(store.key("scraped-tiles", "1/2/x.csv")) is None
+    assert store.create("1/2/x.csv", b"h\n1\n")
+    meta = store.head(store.key("scraped-tiles", "1/2/x.csv"))
+    assert meta is not None and meta["sha256"] == sha256_hex(b"h\n1\n")
+    plain = S3Store(f"s3://{new_bucket(moto)}/runs", MISSION, moto.endpoint)
+    plain.check()  # moto accepts a wrong checksum: metadata only, checked at fetch
+    assert not plain.checksums
