@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
+from cachetools import LRUCache
 from pyroaring import BitMap
 
 from . import inodes
@@ -102,6 +103,8 @@ class MissionFS(pyfuse3.Operations):
         self._staged: dict[int, Handle] = {}  # inode of a direct write in progress
         self._alias: dict[int, int] = {}  # tmp/staged inode committed -> task
         self._synced: set[int] = set()  # tmp inodes fsync'd since their last write
+        # Listings of pending/ are served on every `ls`: reuse the attribute objects.
+        self._pending_attrs: LRUCache[int, pyfuse3.EntryAttributes] = LRUCache(maxsize=1 << 16)
         self._next_tmp = 1
         self._dir_lists: dict[int, list[str]] = {}
         self.invalidate = True  # off in handler tests without a mount
@@ -138,13 +141,17 @@ class MissionFS(pyfuse3.Operations):
             return self._attr(
                 ino, stat.S_IFREG | 0o644, self.space.descriptor_size(task), mtime, FILE_TIMEOUT
             )
-        return self._attr(
-            ino,
-            stat.S_IFREG | 0o444,
-            self.space.descriptor_size(task),
-            self.started_ns,
-            FILE_TIMEOUT,
-        )
+        cached = self._pending_attrs.get(ino)  # a pending descriptor's attributes never change
+        if cached is None:
+            cached = self._attr(
+                ino,
+                stat.S_IFREG | 0o444,
+                self.space.descriptor_size(task),
+                self.started_ns,
+                FILE_TIMEOUT,
+            )
+            self._pending_attrs[ino] = cached
+        return cached
 
     def _witness_attr(self, ino: int, task: int) -> pyfuse3.EntryAttributes:
         try:
