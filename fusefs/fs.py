@@ -222,7 +222,10 @@ class MissionFS(pyfuse3.Operations):
                 raise fuse_error(errno.ENOENT)
             return await self.getattr(ino)
         if parent_inode == inodes.TMP_DIR:
-            return self._tmp_lookup(name)
+            try:
+                return self._tmp_lookup(name)
+            except pyfuse3.FUSEError:
+                return self._negative()  # tmp/ changes only through the mount: cache the miss
         if parent_inode in inodes.VIEW_OF_ROOT:
             v = inodes.VIEW_OF_ROOT[parent_inode]
             row = self.space.row_of(name.decode("utf-8", "surrogateescape"))
@@ -239,6 +242,8 @@ class MissionFS(pyfuse3.Operations):
             assert view is not None
             task = self._task_in_tile(payload, name)
             if task is None or task not in self.state.bitmap(view):
+                if view is View.DONE:
+                    return self._negative()  # commits look this name up first: cache the miss
                 raise fuse_error(errno.ENOENT)
             return self._task_attr(view, task)
         raise fuse_error(errno.ENOTDIR if kind is not Kind.FIXED else errno.ENOENT)
@@ -258,6 +263,13 @@ class MissionFS(pyfuse3.Operations):
         if phrase is None:
             return None
         return tile * self.space.nphr + phrase
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        """A cached "no such name" (inode 0); every change of a task invalidates its names."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = DIR_TIMEOUT
+        return a
 
     def _tmp_lookup(self, name: bytes) -> pyfuse3.EntryAttributes:
         fname = os.fsdecode(name)
