@@ -121,6 +121,7 @@ class SyncEngine:
         self.leases = LeaseBook(s3, worker, lease_seconds) if claims != "local" else None
         self.held: dict[int, str] = {}  # task -> ETag of our lease object
         self.unconfirmed: set[int] = set()  # optimistic claims made while offline
+        self._adopted = False  # own leases from before a restart are adopted once
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -603,12 +604,15 @@ class SyncEngine:
                 continue
             if lease.worker != self.worker:
                 foreign.add(task)
-            elif task not in self.held:
-                self.held[task] = lease.etag  # ours, from before a restart
+            elif not self._adopted and task not in self.held:
+                # Ours, from before a restart (only then: later listings may be older than a
+                # release or completion we made meanwhile, and must not bring a lease back).
+                self.held[task] = lease.etag
                 if task in self.state.pending:
                     remaining = lease.expires - self.leases.server_now()
                     self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
         self.state.set_foreign(foreign)
+        self._adopted = True
 
     # -- remote-only witnesses ----------------------------------------------------------------
     async def fetch(self, task: int) -> None:

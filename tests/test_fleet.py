@@ -156,3 +156,22 @@ def test_daemon_killed_while_holding_a_lease_no_double_completion(
     assert keys(seaweed, bucket, "scraped-tiles") == {rel: b"h\na\n"}
     assert keys(seaweed, bucket, "conflicts") == {}
     wait_for(lambda: keys(seaweed, bucket, "claims") == {}, what="lease deleted")
+
+
+def test_released_claims_stay_released(
+    seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """A lease listing older than a release must not bring the lease (and the claim) back."""
+    bucket = new_bucket(seaweed)
+    mission = fleet_mission(tmp_path / "m.toml", bucket)
+    m = fleet_mount(make_mount, mission, seaweed, "a", "--refresh", "0.1")
+    todo = rels(mission)[:20]
+    for rel in todo:
+        os.rename(m.mnt / "pending" / rel, m.mnt / "claimed" / rel)
+        os.unlink(m.mnt / "claimed" / rel)
+    refreshes = m.status()["sync"]["last_refresh"]
+    wait_for(lambda: m.status()["sync"]["last_refresh"] > refreshes + 0.5, what="refreshes")
+    assert all((m.mnt / "pending" / rel).exists() for rel in todo)
+    assert m.status()["counts"]["claimed"] == 0
+    assert m.status()["sync"]["leases_held"] == 0
+    wait_for(lambda: keys(seaweed, bucket, "claims") == {}, what="leases deleted")
