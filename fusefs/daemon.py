@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
@@ -71,20 +72,20 @@ class Daemon:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
-            nursery.start_soon(self._expiry_loop)
+            nursery.start_soon(_guarded, self._expiry_loop)
             if self.ws.from_index:
                 nursery.start_soon(self._reconcile)
             else:  # the tree was walked just before mounting: nothing to reconcile
                 self.committer.reconciled = True
                 self.status.reconcile = "done"
-            nursery.start_soon(self._snapshot_loop)
-            nursery.start_soon(self._journal_loop)
+            nursery.start_soon(_guarded, self._snapshot_loop)
+            nursery.start_soon(_guarded, self._journal_loop)
             if self.committer.batched:
-                nursery.start_soon(self._dir_sync_loop)
+                nursery.start_soon(_guarded, self._dir_sync_loop)
             if self.sync is not None:
-                nursery.start_soon(self.sync.run)
+                nursery.start_soon(_guarded, self.sync.run)
             if self.ws.digest is not None:
-                nursery.start_soon(self.ws.digest.run)
+                nursery.start_soon(_guarded, self.ws.digest.run)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -207,6 +208,21 @@ class Daemon:
                 "the daemon stopped before this direct write was closed",
             )
             log.warning("kept unfinished direct write as %s", kept)
+
+
+async def _guarded(loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop forever: a bug in one loop is logged and the loop restarted, it
+    never takes the mount (and the workers using it) down."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception(
+                "background task %s failed; restarting it in 5 s",
+                getattr(loop, "__qualname__", loop),
+            )
+            await trio.sleep(5.0)
 
 
 def is_dead_mount(path: Path) -> bool:
