@@ -190,7 +190,54 @@ class PartitionProxy:
         self.partition()
 
 
-# -- mounts ----------------------------------------------------------------------------------------
+# -- FUSE connections ----------------------------------------------------------------------------------------
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def abort_fuse(dev: int) -> bool:
+    """Abort the FUSE connection of the superblock `dev` (fusectl; mounted for the occasion).
+
+    Needed when a daemon dies with requests in flight: its notification thread can block in the
+    kernel behind a worker's rename that waits for an answer that never comes, so neither the
+    daemon nor the workers can exit (D state) until the connection is aborted."""
+    mounted_here = False
+    try:
+        if not os.path.ismount(FUSECTL):
+            subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], check=True)
+            mounted_here = True
+        conn = FUSECTL / str((os.major(dev) << 20) | os.minor(dev))
+        if not conn.exists():
+            return False
+        (conn / "abort").write_text("1\n")
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    finally:
+        if mounted_here:
+            subprocess.run(["umount", str(FUSECTL)], capture_output=True, check=False)
+
+
+def _state(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _stuck(pid: int) -> bool:
+    """The main thread has exited but another thread lives on (blocked in the kernel): the
+    process still holds /dev/fuse, so its connection (and the number naming it) is ours."""
+    if _state(f"/proc/{pid}/stat") != "Z":
+        return False
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(_state(f"/proc/{pid}/task/{t}/stat") not in ("", "Z", "X") for t in tasks)
+
+
+# -- mounts -----------------------------------------------------------------------------------------
 @dataclass
 class Mount:
     name: str
@@ -199,6 +246,7 @@ class Mount:
     state: Path
     endpoint: str | None  # None: a mission without [store]
     proc: subprocess.Popen[bytes] | None = None
+    dev: int | None = None  # st_dev of the mount: names its FUSE connection
 
     @property
     def err(self) -> Path:
@@ -206,11 +254,12 @@ class Mount:
 
     def crashed(self) -> str | None:
         """None while the daemon runs; else its exit status and last error line."""
-        if self.proc is None or self.proc.poll() is None:
+        if self.proc is None or (self.proc.poll() is None and not _stuck(self.proc.pid)):
             return None
         lines = [x.strip(" |") for x in self.err.read_text(errors="replace").splitlines()]
         last = next((x for x in reversed(lines) if ": " in x), "")
-        return f"exit {self.proc.returncode}: {last[:160]}"
+        code = self.proc.returncode if self.proc.returncode is not None else "(threads stuck)"
+        return f"exit {code}: {last[:160]}"
 
     def start(self, wait_online: bool = True) -> Mount:
         self.mnt.mkdir(parents=True, exist_ok=True)
@@ -229,6 +278,7 @@ class Mount:
                 start_new_session=True,  # Ctrl-C reaches the bench only; we unmount cleanly
             )
         c.wait_mounted(self.mnt, self.proc, time.monotonic() + c.MOUNT_DEADLINE, err)
+        self.dev = os.stat(self.mnt).st_dev
         if self.endpoint is None or not wait_online:
             return self
         wait_for(
@@ -247,6 +297,8 @@ class Mount:
     def stop(self) -> None:
         if self.proc is None:
             return
+        if self.dev is not None and _stuck(self.proc.pid):
+            abort_fuse(self.dev)  # a dead daemon: fail its pending requests first
         if self.proc.poll() is None and c._mounted(self.mnt):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(
@@ -260,6 +312,8 @@ class Mount:
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            if self.dev is not None:
+                abort_fuse(self.dev)  # still running, so the connection is still ours
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.proc = None
@@ -413,15 +467,22 @@ class Workers:
     def running(self) -> int:
         return sum(p.poll() is None for p in self.shell) + sum(p.is_alive() for p in self.python)
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL every worker (the process group of each shell worker we started)."""
         for sp in self.shell:
             if sp.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(sp.pid, signal.SIGKILL)  # the group of the PID we started
-            sp.wait()
+                    os.killpg(sp.pid, signal.SIGKILL)
         for pp in self.python:
             if pp.is_alive():
                 pp.kill()
+
+    def stop(self) -> None:
+        self.kill()
+        for sp in self.shell:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sp.wait(timeout=10)
+        for pp in self.python:
             pp.join(timeout=10)
         self.shell, self.python = [], []
 
@@ -594,10 +655,11 @@ class Bench:
                     f" the proxy cut {proxy.cut} connections"
                 )
         finally:
-            workers.stop()
+            workers.kill()  # first: a worker stuck on a dead mount is freed by m.stop()
             t = time.perf_counter()
             for m in fleet.mounts:
                 m.stop()
+            workers.stop()
             if proxy:
                 proxy.stop()
             c.log(

@@ -59,10 +59,14 @@ class Daemon:
             options |= {"allow_other", "default_permissions"}
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         log.info("mounted %s on %s (state %s)", self.mission.name, self.mountpoint, self.store.root)
+        conn = fuse_connection(self.mountpoint)
         try:
             trio.run(self._main)
         except BaseException:
             log.exception("daemon failed; unmounting")
+            # Requests in flight (a rename waiting for its answer) would otherwise keep the
+            # kernel, pyfuse3's notify thread and the workers stuck in D state forever.
+            abort_fuse_connection(conn)
             raise
         finally:
             pyfuse3.close(unmount=True)
@@ -208,6 +212,44 @@ class Daemon:
                 "the daemon stopped before this direct write was closed",
             )
             log.warning("kept unfinished direct write as %s", kept)
+
+
+def fuse_connection(mountpoint: Path) -> str | None:
+    """Our mount's FUSE connection id (/sys/fs/fuse/connections/ID), from /proc/self/mountinfo
+    (never stat our own mountpoint before serving it: that would wait on ourselves)."""
+    conn = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == str(mountpoint):
+                    major, minor = (int(x) for x in fields[2].split(":"))
+                    conn = str((major << 20) | minor)  # the kernel's dev_t encoding
+    except (OSError, ValueError):
+        return None
+    return conn
+
+
+def abort_fuse_connection(conn: str | None) -> None:
+    """Abort our FUSE connection through fusectl (mounted for the occasion if needed)."""
+    if conn is None:
+        return
+    ctl = Path("/sys/fs/fuse/connections")
+    mounted = False
+    try:
+        if not os.path.ismount(ctl):
+            mounted = (
+                subprocess.run(
+                    ["mount", "-t", "fusectl", "none", str(ctl)], capture_output=True
+                ).returncode
+                == 0
+            )
+        (ctl / conn / "abort").write_text("1\n")
+    except OSError as e:
+        log.error("could not abort FUSE connection %s: %s", conn, e)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ctl)], capture_output=True)
 
 
 async def _guarded(loop: Callable[[], Awaitable[None]]) -> None:

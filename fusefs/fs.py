@@ -723,7 +723,7 @@ class MissionFS(pyfuse3.Operations):
         if self.sync is not None:
             try:
                 won = await self.sync.claim_remote(task)  # the fleet-wide lease (S3)
-            except ClaimUnavailable as e:
+            except (ClaimUnavailable, S3Unavailable, S3ConfigError) as e:
                 raise fuse_error(
                     errno.EAGAIN,
                     f"refused claim of {self.space.rel(task)}: strict"

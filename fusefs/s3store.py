@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,12 +111,14 @@ class S3Store:
             "s3", endpoint_url=endpoint_url, config=cfg
         )
         self.requests: dict[str, int] = {}
+        self._count_lock = threading.Lock()
         self.conditional = True  # set by check(): does the server honour If-None-Match?
         self.worker = ""  # recorded in object metadata: who wrote a witness or conflict
         self.checksums = False  # set by check(): does the server verify x-amz-checksum-sha256?
 
     def _count(self, op: str) -> None:
-        self.requests[op] = self.requests.get(op, 0) + 1
+        with self._count_lock:  # called from many uploader threads
+            self.requests[op] = self.requests.get(op, 0) + 1
 
     def key(self, area: str, rel: str) -> str:
         return f"{self.base}/{area}/{rel}"

@@ -469,30 +469,40 @@ class SyncEngine:
         root = f"{self.s3.base}/{MANIFESTS}/"
         start = root + f"{max(0, self.cursor_ms - SKEW_MS):013d}"
         listed = await _s3(lambda: list(self.s3.list_keys(root, start)))
-        new_keys = []
+        new_keys: list[tuple[str, int]] = []
         for key, _ in listed:
             name = key[len(root) :]
             ms_text, _, rest = name.partition("-")
             if key in self.seen or not ms_text.isdigit():
                 continue
-            self.seen[key] = int(ms_text)
-            self.cursor_ms = max(self.cursor_ms, int(ms_text))
-            if not rest.startswith(f"{self.worker}-"):
-                new_keys.append(key)
-        horizon = self.cursor_ms - 2 * SKEW_MS
-        self.seen = {k: ms for k, ms in self.seen.items() if ms >= horizon}
+            if rest.startswith(f"{self.worker}-"):
+                self.seen[key] = int(ms_text)
+            else:
+                new_keys.append((key, int(ms_text)))
         learned = 0
         limiter = trio.CapacityLimiter(self.uploaders)
+        errors: list[Exception] = []
 
-        async def read(key: str) -> None:
+        async def read(key: str, ms: int) -> None:
             nonlocal learned
-            async with limiter:
-                body, _ = await _s3(self.s3.get, key)
+            try:
+                async with limiter:
+                    body, _ = await _s3(self.s3.get, key)
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)  # not marked seen: read again at the next refresh
+                return
             learned += self._learn_rels(body.decode("utf-8", "surrogateescape").splitlines())
+            self.seen[key] = ms
 
         async with trio.open_nursery() as nursery:
-            for key in new_keys:
-                nursery.start_soon(read, key)
+            for key, ms in new_keys:
+                nursery.start_soon(read, key, ms)
+        if self.seen:
+            self.cursor_ms = max(self.cursor_ms, max(self.seen.values()))
+        horizon = self.cursor_ms - 2 * SKEW_MS
+        self.seen = {k: ms for k, ms in self.seen.items() if ms >= horizon}
+        if errors:
+            raise errors[0]  # one plain exception, not a group, for the refresh loop
         return learned
 
     async def _refresh_full(self, force: bool) -> int:
@@ -502,16 +512,24 @@ class SyncEngine:
         learned = 0
         limiter = trio.CapacityLimiter(self.uploaders)
 
+        errors: list[Exception] = []
+
         async def one(shard: str) -> None:
             nonlocal learned
-            async with limiter:
-                rels = await _s3(self.s3.rels_under, shard)
+            try:
+                async with limiter:
+                    rels = await _s3(self.s3.rels_under, shard)
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)
+                return
             learned += self._learn_rels(rels)
             self.shard_fresh[shard] = True
 
         async with trio.open_nursery() as nursery:
             for shard in shards:
                 nursery.start_soon(one, shard)
+        if errors:
+            raise errors[0]  # one plain exception, not a group, for the refresh loop
         return learned
 
     # -- fleet leases (see leases.py) -----------------------------------------------------------
@@ -520,30 +538,36 @@ class SyncEngine:
         if self.leases is None:
             return True
         rel = self.space.rel(task)
+        etag: str | None = None
         try:
             etag = await _s3(self.leases.acquire, rel)
-        except S3Unavailable as e:
+            if etag is None:
+                self.counters.lost_claims += 1
+                self._note("lost_claim", rel)
+                self.state.claim_lost(task)
+                return False
+            if await _s3(self.s3.exists, rel):
+                # Done by a worker that already dropped its lease, not yet in our listing: no
+                # duplicate work (one HEAD per claim, the cheapest request there is).
+                await _s3(self.leases.release, rel, etag)
+                self._learn((task,))
+                return False
+            if task not in self.state.claims:  # released or completed while we waited
+                await _s3(self.leases.release, rel, etag)
+                return task in self.state.fact
+        except (S3Unavailable, S3ConfigError) as e:
+            # S3 went away somewhere in the middle: never let it escape into the FUSE handler.
             self._offline(str(e))
+            if etag is not None and task in self.state.claims:
+                self.held[task] = etag  # the lease object may exist: it is ours until it expires
             if self.claims_mode == "optimistic":
-                self.unconfirmed.add(task)  # reconciled when S3 is back
-                return True
+                if task in self.state.claims and etag is None:
+                    self.unconfirmed.add(task)  # confirmed when S3 is back
+                return task in self.state.claims
             if task in self.state.claims:
                 self.state.release(task)
+            self.held.pop(task, None)
             raise ClaimUnavailable(str(e)) from None
-        if etag is None:
-            self.counters.lost_claims += 1
-            self._note("lost_claim", self.space.rel(task))
-            self.state.claim_lost(task)
-            return False
-        if await _s3(self.s3.exists, rel):
-            # Done by a worker that already dropped its lease, not yet in our listing: no
-            # duplicate work (one HEAD per claim, the cheapest request there is).
-            await _s3(self.leases.release, rel, etag)
-            self._learn((task,))
-            return False
-        if task not in self.state.claims:  # released or completed while we waited
-            await _s3(self.leases.release, rel, etag)
-            return task in self.state.fact
         self.held[task] = etag
         return True
 
