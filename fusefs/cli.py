@@ -216,9 +216,7 @@ def _check_s3(ws: Any, quiet: bool) -> None:
     if ws.sync is None:
         return
     try:
-        ws.sync.conditional = ws.sync.s3.check()
-        ws.sync.online = True  # checked: the loops need not run the self-test again
-        ws.sync.state_msg = "ok" if ws.sync.conditional else "ok (check-then-put, races possible)"
+        ws.sync.checked(ws.sync.s3.check())  # the daemon's loops need not run it again
     except S3ConfigError as e:
         ws.close()
         raise UserError(f"{ws.mission.s3}: {e}") from None

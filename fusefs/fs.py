@@ -186,10 +186,7 @@ class MissionFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         kind, view, payload = inodes.split(inode)
         if kind is Kind.FIXED:
-            if inode == inodes.STATUS:
-                size = len(self.status.render())
-                return self._attr(inode, stat.S_IFREG | 0o444, size, time.time_ns(), 0)
-            return self._dir_attr(inode)
+            return self._fixed_attr(inode)
         if kind in (Kind.ROW, Kind.TILE):
             return self._dir_attr(inode)
         if kind is Kind.FILE:
@@ -330,7 +327,7 @@ class MissionFS(pyfuse3.Operations):
             items = list(inodes.ROOT_NAMES.items())
             for i in range(start, len(items)):
                 name, ino = items[i]
-                yield name, self._attr_sync(ino), i + 1
+                yield name, self._fixed_attr(ino), i + 1
         elif fh in inodes.VIEW_OF_ROOT:
             v = inodes.VIEW_OF_ROOT[fh]
             for row in self.state.rows(v, start):
@@ -359,7 +356,8 @@ class MissionFS(pyfuse3.Operations):
                     continue
                 yield sp.phrase_names[phrase].encode("utf-8", "surrogatepass"), attr, phrase + 1
 
-    def _attr_sync(self, ino: int) -> pyfuse3.EntryAttributes:
+    def _fixed_attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        """The root, the view roots, tmp/ and status (whose size is that of its JSON now)."""
         if ino == inodes.STATUS:
             return self._attr(
                 ino, stat.S_IFREG | 0o444, len(self.status.render()), time.time_ns(), 0

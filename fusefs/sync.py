@@ -220,19 +220,24 @@ class SyncEngine:
     async def connect(self) -> bool:
         """Check bucket, credentials and conditional-write support; False while unreachable."""
         try:
-            self.conditional = await _s3(self.s3.check)
+            conditional = await _s3(self.s3.check)
         except S3Unavailable as e:
             self._offline(str(e))
             return False
+        self.checked(conditional)
+        return True
+
+    def checked(self, conditional: bool) -> None:
+        """The self-test (S3Store.check) passed: online, with or without conditional writes."""
+        self.conditional = conditional
         self.online = True
         self.state_msg = (
             "ok"
-            if self.conditional
-            else ("ok (server ignores If-None-Match: check-then-put, races possible)")
+            if conditional
+            else "ok (server ignores If-None-Match: check-then-put, races possible)"
         )
-        if not self.conditional:
+        if not conditional:
             log.warning("%s does not honour conditional writes: using check-then-put", self.s3.url)
-        return True
 
     def _offline(self, msg: str) -> None:
         if self.online is not False:
