@@ -84,6 +84,7 @@ log = logging.getLogger("missionfs")
 HASH_DB = "hashes.sqlite"
 BATCH_TILES = 256
 RETRY_SECONDS = 5.0
+SETTLE_SECONDS = 0.5  # commits arriving together are hashed together, off the commit path
 HEAD_THREADS = 16
 _MOD = 1 << 256
 
@@ -230,6 +231,9 @@ class HashCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
+                # A cache (rebuilt from the files if lost): no fsync per write, which would
+                # compete with the fsyncs of commits on the same disk.
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS local (rel TEXT PRIMARY KEY, sha TEXT NOT NULL,"
                     " size INTEGER, mtime_ns INTEGER, ino INTEGER) WITHOUT ROWID"
@@ -477,6 +481,7 @@ class DigestKeeper:
                 else:
                     await self._wake.wait()
                 continue
+            await trio.sleep(SETTLE_SECONDS)
             jobs = self._take()
             self.inflight = len(jobs)
             try:

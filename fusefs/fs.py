@@ -29,7 +29,7 @@ from . import inodes
 from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
-from .inodes import Kind
+from .inodes import VIEWS, Kind
 from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
@@ -108,6 +108,10 @@ class MissionFS(pyfuse3.Operations):
         self._next_tmp = 1
         self._dir_lists: dict[int, list[str]] = {}
         self.invalidate = True  # off in handler tests without a mount
+        # Computed inodes the kernel holds (lookup count): only their names can be cached.
+        self._kernel_refs: dict[int, int] = {}
+        # Tasks being committed through this mount: the kernel itself turns done/REL positive.
+        self._committing: set[int] = set()
         state.subscribe(self._on_change)
 
     # -- attributes ---------------------------------------------------------------------------
@@ -212,12 +216,22 @@ class MissionFS(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        attr = await self._lookup(parent_inode, name)
+        self._ref(attr.st_ino)
+        return attr
+
+    def _ref(self, ino: int) -> None:
+        """The kernel took a reference to computed inode `ino` (a lookup or a listed entry)."""
+        if ino >> inodes.SHIFT and ino >> inodes.SHIFT < Kind.TMP:
+            self._kernel_refs[ino] = self._kernel_refs.get(ino, 0) + 1
+
+    async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
         kind, view, payload = inodes.split(parent_inode)
         if parent_inode == inodes.ROOT:
             ino = inodes.ROOT_NAMES.get(name)
             if ino is None:
                 raise fuse_error(errno.ENOENT)
-            return await self.getattr(ino)
+            return self._fixed_attr(ino)
         if parent_inode == inodes.TMP_DIR:
             try:
                 return self._tmp_lookup(name)
@@ -285,9 +299,14 @@ class MissionFS(pyfuse3.Operations):
         return ino
 
     async def forget(self, inode_list: Iterable[tuple[int, int]]) -> None:
-        # Computed inodes need no bookkeeping; aliases of committed tmp files are dropped
-        # once the kernel forgets them (tmp/ names are kept while the file exists).
-        for ino, _ in inode_list:
+        # Kernel references to computed inodes tell _on_change which names may be cached;
+        # aliases of committed tmp files are dropped once the kernel forgets them (tmp/ names
+        # are kept while the file exists).
+        refs = self._kernel_refs
+        for ino, n in inode_list:
+            left = refs.pop(ino, 0) - n
+            if left > 0:
+                refs[ino] = left
             if ino in self._alias and not any(h.ino == ino for h in self._handles.values()):
                 del self._alias[ino]
 
@@ -310,6 +329,7 @@ class MissionFS(pyfuse3.Operations):
         for name, attr, next_id in self._entries(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, attr, next_id):
                 return
+            self._ref(attr.st_ino)
 
     def _entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]]:
         if fh in self._dir_lists:
@@ -552,9 +572,13 @@ class MissionFS(pyfuse3.Operations):
 
     async def _commit_staged(self, h: Handle, *, final: bool) -> None:
         assert h.target is not None and h.path is not None
-        await self.committer.commit(
-            h.path, h.target, synced=not h.dirty, source="write", final=final
-        )
+        self._committing.add(h.target)
+        try:
+            await self.committer.commit(
+                h.path, h.target, synced=not h.dirty, source="write", final=final
+            )
+        finally:
+            self._committing.discard(h.target)
         h.committed = True
         self._alias[h.ino] = h.target
         self._staged.pop(h.ino, None)
@@ -762,10 +786,13 @@ class MissionFS(pyfuse3.Operations):
             raise fuse_error(errno.ENOENT)
         ino = self._tmp_ino.get(fname)
         synced = ino is not None and ino in self._synced
+        self._committing.add(task)
         try:
             await self.committer.commit(path, task, synced=synced, source="rename")
         except CommitRefused as e:
             raise fuse_error(e.errno) from None
+        finally:
+            self._committing.discard(task)
         ino = self._tmp_ino.pop(fname, None)
         if ino is not None:
             self._tmp_name.pop(ino, None)
@@ -802,21 +829,34 @@ class MissionFS(pyfuse3.Operations):
                 for v in (View.PENDING, View.CLAIMED, View.DONE):
                     self._invalidate(inodes.VIEW_ROOTS[v], name)
             return
+        # Only names the kernel may hold are invalidated: a positive name is backed by a
+        # kernel reference to one of the task's inodes (a claim by mv moves the pending one
+        # under claimed/); done/ names may also be cached misses, except for a commit made
+        # through this mount, where the kernel turned the name positive itself.
+        refs = self._kernel_refs
         tiles_seen: set[int] = set()
         for task in tasks:
             tile, phrase = divmod(task, sp.nphr)
-            name = sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
-            for v in (View.PENDING, View.CLAIMED, View.DONE):
-                self._invalidate(inodes.make(Kind.TILE, v, tile), name)
+            name = b""
+            if task not in self._committing:
+                name = sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
+                self._invalidate(inodes.make(Kind.TILE, View.DONE, tile), name)
+            if any(inodes.make(Kind.FILE, v, task) in refs for v in VIEWS):
+                name = name or sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
+                for v in VIEWS:
+                    self._invalidate(inodes.make(Kind.TILE, v, tile), name)
             if tile not in tiles_seen:
                 tiles_seen.add(tile)
                 row, col = divmod(tile, sp.lon.n)
-                if not self.state.tile_has(View.PENDING, row, col):
+                if self.state.tile_has(View.PENDING, row, col):
+                    continue
+                if inodes.make(Kind.TILE, View.PENDING, tile) in refs:
                     self._invalidate(
                         inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode()
                     )
-                    if not self.state.row_has(View.PENDING, row):
-                        self._invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
+                row_ino = inodes.make(Kind.ROW, View.PENDING, row)
+                if row_ino in refs and not self.state.row_has(View.PENDING, row):
+                    self._invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
 
     def _invalidate(self, parent: int, name: bytes) -> None:
         if self.invalidate and parent:

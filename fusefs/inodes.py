@@ -31,7 +31,7 @@ class Kind(IntEnum):
 
 
 _VIEW_OFFSET = {View.PENDING: 0, View.CLAIMED: 1, View.DONE: 2}
-_VIEWS = (View.PENDING, View.CLAIMED, View.DONE)
+VIEWS = (View.PENDING, View.CLAIMED, View.DONE)
 
 
 def make(kind: Kind, view: View | None, payload: int) -> int:
@@ -47,4 +47,4 @@ def split(ino: int) -> tuple[Kind, View | None, int]:
     if k >= Kind.TMP:
         return Kind.TMP, None, payload
     base = (k - 1) // 3 * 3 + 1
-    return Kind(base), _VIEWS[k - base], payload
+    return Kind(base), VIEWS[k - base], payload

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+KNOWN_DIRS = 4096
+
 WITNESS_DIR = "scraped-tiles"
 
 
@@ -57,6 +59,10 @@ class LocalStore:
         self.rejected = root / "rejected"
         self.index_dir = root / "index"
         self.dirty_dirs: set[Path] = set()  # witness dirs whose new links await an fsync
+        # Tile directories known to exist (their creation was fsync'd): most commits land in
+        # a tile that already has witnesses, and a stat per commit is measurable. A plain set
+        # (commits run in several threads), emptied when it grows large.
+        self._known_dirs: set[Path] = set()
 
     def prepare(self) -> None:
         for d in (self.root, self.tiles, self.tmp, self.staging, self.rejected, self.index_dir):
@@ -96,7 +102,12 @@ class LocalStore:
         return n
 
     def _ensure_dir(self, d: Path) -> None:
+        if d in self._known_dirs:
+            return
+        if len(self._known_dirs) > KNOWN_DIRS:
+            self._known_dirs.clear()
         if d.is_dir():
+            self._known_dirs.add(d)
             return
         created = []
         p = d
@@ -106,6 +117,7 @@ class LocalStore:
         d.mkdir(parents=True, exist_ok=True)
         for c in reversed(created):
             fsync_dir(c.parent)
+        self._known_dirs.add(d)
 
     def reject(self, staged: Path, rel: str, reason: str) -> Path:
         """Keep a refused result under rejected/ with a note of why; returns its new path."""

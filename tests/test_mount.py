@@ -77,6 +77,31 @@ def test_claim_commit_cycle_is_visible_when_each_call_returns(mount: Mount) -> N
     assert (s["done"], s["pending"], s["claimed"]) == (1, 23, 0)
 
 
+def test_names_the_kernel_cached_are_dropped_when_tasks_change(mount: Mount) -> None:
+    """Positive names held by the kernel (looked up, listed, moved by a claim) and cached
+    misses in done/ must all be stale-free after commits that empty a whole tile."""
+    tile = "40.70/-74.02"
+    names = sorted(os.listdir(mount.p(f"pending/{tile}")))  # listed: the kernel holds them
+    assert len(names) > 1
+    for n in names:
+        os.stat(mount.p(f"pending/{tile}/{n}"))
+        assert not mount.p(f"done/{tile}/{n}").exists()  # a cached miss in done/
+    claimed = f"{tile}/{names[0]}"
+    sh(f"mv 'pending/{claimed}' 'claimed/{claimed}'", mount.mnt)
+    os.stat(mount.p(f"claimed/{claimed}"))
+    for i, n in enumerate(names):
+        if i % 2:
+            commit_via_tmp(mount, f"{tile}/{n}")
+        else:
+            sh(f"echo 'a,b' > 'done/{tile}/{n}'", mount.mnt)
+    for n in names:
+        assert not mount.p(f"pending/{tile}/{n}").exists()
+        assert os.stat(mount.p(f"done/{tile}/{n}")).st_size > 0
+    assert not mount.p(f"claimed/{claimed}").exists()
+    assert not mount.p(f"pending/{tile}").exists()
+    assert "-74.02" not in os.listdir(mount.p("pending/40.70"))
+
+
 def test_commit_without_claim_and_python_open(mount: Mount) -> None:
     rel = "40.70/-74.02/plumber.csv"
     with open(mount.p(f"done/{rel}"), "w") as f:
