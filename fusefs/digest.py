@@ -28,7 +28,9 @@ Where content hashes come from:
   per witness; objects written by other tools without it are read and hashed), cached for good in
   the same database: witnesses in S3 are create-once. Since the metadata is the SHA-256 of the
   uploaded bytes, a node that only knows the remote witness computes the same tile digest as a
-  node holding the file. Cost: one HEAD per remote fact, once per state dir.
+  node holding the file. The writer's manifest line carries that hash too, so a fact learned
+  from a manifest costs nothing; one learned from a full listing costs one HEAD, once per state
+  dir.
 
 The daemon keeps a `DigestKeeper` subscribed to the state: every changed task marks its tile
 dirty; a trio loop hashes dirty tiles in a worker thread (batches of BATCH_TILES) and applies the
@@ -289,6 +291,10 @@ class HashCache:
             except sqlite3.Error as e:
                 log.warning("hash cache write failed (%s)", e)
 
+    def put_remote(self, remote: list[tuple[str, str]]) -> None:
+        """Hashes of remote witnesses learned without a HEAD (from the writers' manifests)."""
+        self.put([], remote)
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -304,6 +310,7 @@ class Hasher:
         self.store = store
         self.s3 = s3
         self.cache = HashCache(store.index_dir / HASH_DB)
+        self.heads = 0  # HEADs of remote witnesses whose hash no manifest or cache gave
 
     def tile_files(
         self, jobs: Mapping[int, list[int]]
@@ -369,6 +376,7 @@ class Hasher:
 
     def _remote_sha(self, rel: str) -> str | None:
         assert self.s3 is not None
+        self.heads += 1
         try:
             return self.s3.witness_sha(rel)
         except (S3Unavailable, S3ConfigError) as e:
@@ -516,6 +524,7 @@ class DigestKeeper:
             "pending_tiles": pending,
             "unhashed_tiles": len(self.failed),
             "updates": self.updates,
+            "remote_heads": self.hasher.heads,
         }
 
 

@@ -7,6 +7,7 @@ standard boto3 chain and never appear in messages.
     {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
     {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
     {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
+                                                                     (a `rel<TAB>sha256` line each)
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
 """
 

@@ -9,9 +9,9 @@ construction; a lost `synced` log line only causes a harmless re-upload (a condi
 answers 412, the SHA-256 in the object's metadata matches, the task is marked synced).
 
 Remote discovery costs what changed, not what the bucket holds: every worker writes small
-manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, the rels it just uploaded); a refresh is
-one LIST after the last seen manifest key (minus a clock-skew window) plus one GET per new
-manifest. A full listing of `scraped-tiles/`, per latitude shard in parallel, is the truth: at
+manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, a `rel<TAB>sha256` line per witness it
+just uploaded); a refresh is one LIST after the last seen manifest key (minus a clock-skew
+window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard in parallel, is the truth: at
 start-up without a cursor, every `full_refresh` seconds and on `missionfs sync`.
 """
 
@@ -109,12 +109,15 @@ class SyncEngine:
         self.conditional: bool | None = None
         self.state_msg = "starting"
         self._inflight: set[int] = set()
-        self._manifest: list[str] = []
+        self._manifest: list[str] = []  # "rel<TAB>sha256" lines of our uploads
         self._manifest_seq = 0
         self._wake = trio.Event()
         self._force = trio.Event()
         self._forced_done: list[Callable[[], None]] = []
         self.on_local_fact: Callable[[int], None] | None = None
+        # Told (rel, sha256) of remote witnesses read from manifests, before they become facts
+        # (the digest's hash cache: no HEAD per remote witness). Called in a worker thread.
+        self.on_remote_hashes: Callable[[list[tuple[str, str]]], None] | None = None
         self.journal: Journal | None = None
         s3.worker = worker
         self.claims_mode = claims
@@ -365,8 +368,9 @@ class SyncEngine:
         body, created = await _s3(read_and_create)
         if created:
             self.counters.uploaded += 1
-            self._note("upload", rel, sha256=sha256_hex(body))
-            self._manifest.append(rel)
+            sha = sha256_hex(body)
+            self._note("upload", rel, sha256=sha)
+            self._manifest.append(f"{rel}\t{sha}")
             self._mark_synced(task, rel)
         else:
             await self._resolve(task, rel, body)
@@ -492,11 +496,11 @@ class SyncEngine:
             nonlocal learned
             try:
                 async with limiter:
-                    body, _ = await _s3(self.s3.get, key)
+                    rels = await _s3(self._read_manifest, key)
             except (S3Unavailable, S3ConfigError) as e:
                 errors.append(e)  # not marked seen: read again at the next refresh
                 return
-            learned += self._learn_rels(body.decode("utf-8", "surrogateescape").splitlines())
+            learned += self._learn_rels(rels)
             self.seen[key] = ms
 
         async with trio.open_nursery() as nursery:
@@ -509,6 +513,20 @@ class SyncEngine:
         if errors:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return learned
+
+    def _read_manifest(self, key: str) -> list[str]:
+        """GET a manifest: one `rel<TAB>sha256` line per witness (older ones: `rel` only)."""
+        body, _ = self.s3.get(key)
+        rels: list[str] = []
+        hashes: list[tuple[str, str]] = []
+        for line in body.decode("utf-8", "surrogateescape").splitlines():
+            rel, _, sha = line.partition("\t")
+            rels.append(rel)
+            if len(sha) == 64:
+                hashes.append((rel, sha))
+        if hashes and self.on_remote_hashes is not None:
+            self.on_remote_hashes(hashes)
+        return rels
 
     async def _refresh_full(self, force: bool) -> int:
         shards = await _s3(self.s3.witness_shards)

@@ -181,6 +181,8 @@ def open_workspace(
         from .digest import DigestKeeper
 
         digest = DigestKeeper.for_workspace(state, store, s3)  # Merkle root, kept incrementally
+        if engine is not None:
+            engine.on_remote_hashes = digest.hasher.cache.put_remote
         status.digest_info = digest.info
     except BaseException:
         if lock_file is not None:

@@ -206,6 +206,11 @@ def test_three_daemons_agree_and_one_commit_changes_only_its_path(
     )
     assert (res.returncode, res.stdout) == (0, ""), res.stderr
     sync(mounts[0])  # the bucket now holds the tenth witness too
+    heads = mounts[1].status()["digest"]["remote_heads"]
+    sync(mounts[1])  # learns it from mounts[0]'s manifest, which carries its hash: no HEAD
+    wait_for(_current(mounts[1], 10), timeout=30, what="digest after the pull")
+    assert mounts[1].status()["digest"]["root"] == mounts[0].status()["digest"]["root"]
+    assert mounts[1].status()["digest"]["remote_heads"] == heads
     res = run(
         "diff",
         str(mounts[0].state),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -157,8 +158,10 @@ def test_air_gapped_worker_syncs_in_one_batch(
         assert "uploaded 12" in res.stdout and "left to upload 0" in res.stdout
         assert set(keys(server, "offline-bucket", "scraped-tiles")) == set(todo)
         manifests = keys(server, "offline-bucket", "manifests")
-        listed_rels = b"".join(manifests.values()).decode().splitlines()
-        assert sorted(listed_rels) == sorted(todo)  # hints for the other workers
+        lines = [ln.split("\t") for ln in b"".join(manifests.values()).decode().splitlines()]
+        assert sorted(rel for rel, _ in lines) == sorted(todo)  # hints for the other workers
+        for rel, sha in lines:  # with the hash the digest of another node needs
+            assert sha == hashlib.sha256(f"h\n{rel}\n".encode()).hexdigest()
     finally:
         server.stop()
 
