@@ -1,10 +1,21 @@
 """Fleet-wide claims without a coordinator: lease objects in the bucket.
 
-    {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv   body: {"worker", "lease", "nonce"}
+    {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv   body: {"worker", "lease"}
 
 A claim is ours only if we created the lease object (`If-None-Match: *`) or took over an expired
-one (`If-Match` on the ETag we judged expired). Renewal rewrites it with `If-Match`; release and
-completion delete it with `If-Match`, so nobody ever deletes a lease someone else took over.
+one (`If-Match` on the ETag we judged expired). Renewal rewrites it with `If-Match`; a release
+deletes it with `If-Match`, so nobody deletes a lease someone else took over.
+
+Completion retires the lease instead of deleting it: it stays, a tombstone, until every worker
+has had time to learn the witness from its next refresh (the sync engine's `retire` delay), then
+it is deleted with the other retired leases in one DeleteObjects request. So a worker whose view
+is a refresh old cannot claim a task that was just finished (its lease create fails), without a
+HEAD of the witness per claim. Expired leases of finished tasks are collected the same way by
+whoever lists them.
+
+The body is the same for all leases of one worker (no nonce), so its ETag names (worker, lease
+seconds): a listing needs one GET per worker ever, not one per lease, to know whose leases it sees
+and when they expire.
 
 Time: a lease expires at its object's LastModified + its lease seconds + GRACE, judged on the
 *server's* clock (every response carries a Date header; we track our offset to it), so workers'
@@ -14,7 +25,6 @@ clock skew does not matter. Blocking calls only; the sync engine runs them in th
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -22,7 +32,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from .errors import Precondition
+from .errors import Precondition, S3Unavailable
 from .s3store import S3Store, classify
 
 CLAIMS = "claims"
@@ -44,6 +54,7 @@ class LeaseBook:
         self.lease_seconds = lease_seconds
         self.offset = 0.0  # server clock - our clock, from the last response's Date header
         self._bodies: dict[str, tuple[str, float]] = {}  # etag -> (worker, lease seconds)
+        self.expired: list[str] = []  # rels of the expired leases the last live() saw
 
     def server_now(self) -> float:
         return time.time() + self.offset
@@ -57,9 +68,7 @@ class LeaseBook:
         return self.s3.key(CLAIMS, rel)
 
     def _body(self) -> bytes:
-        return json.dumps(
-            {"worker": self.worker, "lease": self.lease_seconds, "nonce": os.urandom(8).hex()}
-        ).encode()
+        return json.dumps({"worker": self.worker, "lease": self.lease_seconds}).encode()
 
     def _put(self, rel: str, **cond: str) -> str:
         self.s3._count("PUT")
@@ -117,6 +126,26 @@ class LeaseBook:
         except Exception as e:
             raise classify(e, f"DELETE lease {rel}") from None
 
+    def delete_many(self, rels: list[str]) -> None:
+        """Delete retired leases, up to 1,000 per request (tombstones of finished tasks)."""
+        for i in range(0, len(rels), 1000):
+            chunk = rels[i : i + 1000]
+            self.s3._count("POST")
+            try:
+                r = self.s3.client.delete_objects(
+                    Bucket=self.s3.loc.bucket,
+                    Delete={"Objects": [{"Key": self._key(rel)} for rel in chunk], "Quiet": True},
+                )
+            except Exception as e:
+                raise classify(e, f"DeleteObjects of {len(chunk)} leases") from None
+            self._track(r)
+            failed = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise S3Unavailable(
+                    f"DeleteObjects: {len(failed)} leases not deleted ({failed[0].get('Code')}:"
+                    f" {failed[0].get('Message')}); retried later"
+                )
+
     def inspect(self, rel: str) -> Lease | None:
         self.s3._count("GET")
         try:
@@ -147,6 +176,7 @@ class LeaseBook:
         out = []
         kwargs: dict[str, Any] = {"Bucket": self.s3.loc.bucket, "Prefix": root}
         seen: set[str] = set()
+        expired: list[str] = []
         try:
             while True:
                 self.s3._count("LIST")
@@ -165,10 +195,13 @@ class LeaseBook:
                     expires = obj["LastModified"].timestamp() + seconds + GRACE
                     if expires > now:
                         out.append(Lease(rel, worker, etag, expires))
+                    else:
+                        expired.append(rel)
                 if not r.get("IsTruncated"):
                     break
                 kwargs["ContinuationToken"] = r["NextContinuationToken"]
         except Exception as e:
             raise classify(e, "LIST claims/") from None
         self._bodies = {k: v for k, v in self._bodies.items() if k in seen}
+        self.expired = expired
         return out

@@ -17,6 +17,7 @@ start-up without a cursor, every `full_refresh` seconds and on `missionfs sync`.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from .codec import OutOfPlan, TaskSpace
 from .errors import ClaimUnavailable
 from .index import FactIndex
 from .journal import Journal
-from .leases import LeaseBook
+from .leases import Lease, LeaseBook
 from .s3store import (
     MANIFESTS,
     WITNESSES,
@@ -53,6 +54,7 @@ log = logging.getLogger("missionfs")
 SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
 UPLOAD_BATCH = 256
 MAX_BACKOFF = 15.0
+RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
 
 
 @dataclass
@@ -125,6 +127,10 @@ class SyncEngine:
         self.held: dict[int, str] = {}  # task -> ETag of our lease object
         self.unconfirmed: set[int] = set()  # optimistic claims made while offline
         self._adopted = False  # own leases from before a restart are adopted once
+        # Leases of finished tasks, kept as tombstones until the other workers' next refresh
+        # has shown them the witness: (monotonic deadline, rel), deleted in batches.
+        self.retire_seconds = 2 * refresh + RETIRE_MARGIN
+        self._retiring: list[tuple[float, str]] = []  # a heap
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -255,6 +261,8 @@ class SyncEngine:
             nursery.start_soon(self._upload_loop)
             nursery.start_soon(self._refresh_loop)
             nursery.start_soon(self._manifest_loop)
+            if self.leases is not None:
+                nursery.start_soon(self._retire_loop)
 
     async def _upload_loop(self) -> None:
         backoff = 1.0
@@ -293,8 +301,12 @@ class SyncEngine:
             )
             try:
                 if self.online or await self.connect():
+                    # Leases are listed before the facts and applied after them: a lease seen
+                    # gone was retired after its witness's manifest was written, so that fact
+                    # is learned first and the task never shows as pending in between.
+                    live = await self.list_leases()
                     await self.refresh(full=full, force=forced)
-                    await self.refresh_leases()
+                    self.apply_leases(live)
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
@@ -374,7 +386,7 @@ class SyncEngine:
             self._mark_synced(task, rel)
         else:
             await self._resolve(task, rel, body)
-        await self._drop_lease(task)  # the witness is in S3: the lease has done its job
+        self._retire_lease(task)  # the witness is in S3: the lease becomes a tombstone
 
     async def _resolve(self, task: int, rel: str, body: bytes) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?"""
@@ -569,12 +581,6 @@ class SyncEngine:
                 self._note("lost_claim", rel)
                 self.state.claim_lost(task)
                 return False
-            if await _s3(self.s3.exists, rel):
-                # Done by a worker that already dropped its lease, not yet in our listing: no
-                # duplicate work (one HEAD per claim, the cheapest request there is).
-                await _s3(self.leases.release, rel, etag)
-                self._learn((task,))
-                return False
             if task not in self.state.claims:  # released or completed while we waited
                 await _s3(self.leases.release, rel, etag)
                 return task in self.state.fact
@@ -627,6 +633,31 @@ class SyncEngine:
         except (S3Unavailable, S3ConfigError) as e:
             log.info("lease of %s not deleted (%s); it will expire", self.space.rel(task), e)
 
+    def _retire_lease(self, task: int) -> None:
+        """The task is finished: delete its lease once every worker can know it (see leases.py)."""
+        etag = self.held.pop(task, None)
+        if self.leases is not None and etag is not None:
+            deadline = time.monotonic() + self.retire_seconds
+            heapq.heappush(self._retiring, (deadline, self.space.rel(task)))
+
+    async def _retire_loop(self) -> None:
+        assert self.leases is not None
+        while True:
+            await trio.sleep(1.0)
+            now = time.monotonic()
+            due: list[str] = []
+            while self._retiring and self._retiring[0][0] <= now:
+                due.append(heapq.heappop(self._retiring)[1])
+            if not due:
+                continue
+            await self.flush_manifest()  # the tombstones go only after the facts are announced
+            try:
+                await _s3(self.leases.delete_many, due)
+            except (S3Unavailable, S3ConfigError) as e:
+                log.info("%d finished leases not deleted yet (%s); retrying", len(due), e)
+                for rel in due:
+                    heapq.heappush(self._retiring, (now + MAX_BACKOFF, rel))
+
     def forget_claims(self, tasks: Iterable[int]) -> None:
         """Local leases ended: our lease objects expire too, nothing to delete."""
         for task in tasks:
@@ -634,23 +665,41 @@ class SyncEngine:
             self.unconfirmed.discard(task)
 
     async def refresh_leases(self) -> None:
-        """Hide tasks under other workers' live leases; adopt ours after a restart; confirm
-        optimistic claims made while offline."""
+        """List and apply the fleet's leases (the refresh loop lists before and applies after
+        the facts)."""
+        self.apply_leases(await self.list_leases())
+
+    async def list_leases(self) -> list[Lease] | None:
+        """Confirm optimistic claims made while offline; list the live leases (None: no fleet
+        leases in this mission)."""
         if self.leases is None:
-            return
+            return None
         for task in sorted(self.unconfirmed):
             self.unconfirmed.discard(task)
             if task in self.state.claims:
                 await self.claim_remote(task)
-        live = await _s3(self.leases.live)
+        live: list[Lease] = await _s3(self.leases.live)
+        return live
+
+    def apply_leases(self, live: list[Lease] | None) -> None:
+        """Hide tasks under other workers' live leases; adopt ours after a restart; collect
+        expired leases of finished tasks."""
+        if self.leases is None or live is None:
+            return
+        now = time.monotonic()
+        for rel in self.leases.expired:
+            task = self._task_of(rel)
+            if task is not None and task in self.state.fact:
+                heapq.heappush(self._retiring, (now, rel))
         foreign = BitMap()
         for lease in live:
-            try:
-                task = self.space.parse_rel(lease.rel)
-            except OutOfPlan:
+            task = self._task_of(lease.rel)
+            if task is None:
                 continue
             if lease.worker != self.worker:
                 foreign.add(task)
+            elif not self._adopted and task in self.state.fact:
+                heapq.heappush(self._retiring, (now + self.retire_seconds, lease.rel))
             elif not self._adopted and task not in self.held:
                 # Ours, from before a restart (only then: later listings may be older than a
                 # release or completion we made meanwhile, and must not bring a lease back).
@@ -660,6 +709,12 @@ class SyncEngine:
                     self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
         self.state.set_foreign(foreign)
         self._adopted = True
+
+    def _task_of(self, rel: str) -> int | None:
+        try:
+            return self.space.parse_rel(rel)
+        except OutOfPlan:
+            return None
 
     # -- remote-only witnesses ----------------------------------------------------------------
     async def fetch(self, task: int) -> None:

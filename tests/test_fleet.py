@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import SeaweedServer, s3_env
-from tests.test_s3 import MISSION, keys, rels
+from tests.test_s3 import MISSION, key_names, keys, rels
 
 # A worker in plain shell: pick a random pending task, claim it with mv, write, commit with mv.
 WORKER = r"""
@@ -86,7 +86,8 @@ def test_two_mounts_sixteen_workers_each_task_done_once(
     assert max(done.values()) == 1, [r for r, n in done.items() if n > 1]  # no duplicate work
     assert set(keys(seaweed, bucket, "scraped-tiles")) == set(todo)
     assert keys(seaweed, bucket, "conflicts") == {}
-    assert keys(seaweed, bucket, "claims") == {}  # every lease deleted at completion
+    # Finished tasks' leases stay as tombstones for two refresh intervals, then go in batches.
+    wait_for(lambda: not key_names(seaweed, bucket, "claims"), timeout=60, what="leases retired")
     # Each mount ends up knowing every witness (its own and, from S3, the other's).
     wait_for(
         lambda: all(m.status()["counts"]["done"] == 200 for m in mounts),
@@ -159,7 +160,32 @@ def test_daemon_killed_while_holding_a_lease_no_double_completion(
     wait_for(lambda: a.status()["sync"]["queue"] == 0, what="upload")
     assert keys(seaweed, bucket, "scraped-tiles") == {rel: b"h\na\n"}
     assert keys(seaweed, bucket, "conflicts") == {}
-    wait_for(lambda: keys(seaweed, bucket, "claims") == {}, what="lease deleted")
+    wait_for(lambda: not key_names(seaweed, bucket, "claims"), timeout=60, what="lease retired")
+
+
+def test_a_stale_view_cannot_redo_a_task_just_finished(
+    seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """b's view is older than a's completion: the lease a keeps as a tombstone for two refresh
+    intervals makes b's claim fail, so the task is not done twice (no HEAD per claim)."""
+    bucket = new_bucket(seaweed)
+    mission = fleet_mission(tmp_path / "m.toml", bucket)
+    a = fleet_mount(make_mount, mission, seaweed, "a", "--refresh", "2")
+    b = fleet_mount(make_mount, mission, seaweed, "b", "--refresh", "3600")
+    rel = rels(mission)[5]
+    os.rename(a.mnt / "pending" / rel, a.mnt / "claimed" / rel)
+    (a.mnt / "tmp" / "r").write_text("h\na\n")
+    os.rename(a.mnt / "tmp" / "r", a.mnt / "done" / rel)
+    wait_for(lambda: a.status()["sync"]["queue"] == 0, what="upload")
+    assert (b.mnt / "pending" / rel).exists()  # b has not refreshed since
+    res = subprocess.run(
+        ["mv", f"pending/{rel}", f"claimed/{rel}"], cwd=b.mnt, capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "No such file" in res.stderr
+    assert not (b.mnt / "pending" / rel).exists()  # now known to be another worker's
+    assert keys(seaweed, bucket, "scraped-tiles") == {rel: b"h\na\n"}
+    assert b.status()["sync"]["requests"].get("HEAD", 0) <= 1  # the start-up self-test only
+    wait_for(lambda: not key_names(seaweed, bucket, "claims"), timeout=60, what="lease retired")
 
 
 def test_released_claims_stay_released(

@@ -34,6 +34,14 @@ def keys(server: Server, bucket: str, area: str) -> dict[str, bytes]:
     return out
 
 
+def key_names(server: Server, bucket: str, area: str) -> set[str]:
+    """Names only (objects that come and go, like leases, may vanish between LIST and GET)."""
+    c = server.client()
+    root = f"runs/{MISSION}/{area}/"
+    pages = c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root)
+    return {o["Key"][len(root) :] for page in pages for o in page.get("Contents", [])}
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*MISSIONFS, *args],
