@@ -73,7 +73,7 @@ PHRASES = 10  # tasks per tile
 IDLE_SECONDS = 2.0  # a worker stops after pending/ stayed empty this long
 PRICE_A = 0.005 / 1000  # PUT, COPY, POST, LIST
 PRICE_B = 0.0004 / 1000  # GET, HEAD (DELETE is free)
-OPS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
+OPS = ("PUT", "POST", "GET", "HEAD", "LIST", "DELETE")  # POST: DeleteObjects of retired leases
 
 # Pick a random pending task one level at a time (a random row, a random tile in it, a random
 # task in that: three short listings, where `find pending -type f | shuf -n 1` would list the whole
@@ -894,7 +894,7 @@ def run_postgres(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
 
 # -- the table -------------------------------------------------------------------------------------
 def cost_per_million(req: Counter[str], tasks: int) -> float:
-    a = req["PUT"] + req["LIST"]
+    a = req["PUT"] + req["POST"] + req["LIST"]
     b = req["GET"] + req["HEAD"]
     return (a * PRICE_A + b * PRICE_B) / max(1, tasks) * 1e6
 
@@ -914,7 +914,7 @@ def report(results: list[Result]) -> None:
             per = {op: r.requests[op] / max(1, r.done) for op in OPS}
             row += [f"{per[op]:.2f}" for op in OPS]
             row.append(f"{sum(per.values()):.2f}")
-            row.append(f"{per['PUT'] + per['LIST']:.2f}")
+            row.append(f"{per['PUT'] + per['POST'] + per['LIST']:.2f}")
             row.append(f"{cost_per_million(r.requests, r.done):.2f}")
         base = pg.get(r.workers)
         row.append(f"{r.rate / base.rate:.2f}" if base and base.rate and r is not base else "-")
@@ -928,8 +928,8 @@ def report(results: list[Result]) -> None:
     print(
         "tasks/s: distinct tasks / (last local commit - workers' start); dups: results written "
         "beyond one per task; confl: results kept under conflicts/ in the bucket;\n"
-        "X/t: S3 requests per task (all daemons, online to fully synced); A/t: PUT+LIST "
-        "(class A); $/1M: PUT/LIST $0.005/1k, GET/HEAD $0.0004/1k, DELETE free;\n"
+        "X/t: S3 requests per task (all daemons, online to fully synced); A/t: PUT+POST+LIST "
+        "(class A); $/1M: PUT/POST/LIST $0.005/1k, GET/HEAD $0.0004/1k, DELETE free;\n"
         "vs PG: tasks/s over PostgreSQL's with the same number of workers."
     )
     for r in results:
