@@ -7,6 +7,9 @@ pending" is answered by range queries, never by scanning the mission.
 Invariant kept by every method: pending == intent - fact - claimed - foreign, where `claimed`
 are this node's claims and `foreign` the tasks under other workers' live leases.
 Every method runs without awaiting, so on the trio thread each call is atomic.
+
+What pending/ lists is `pending_view()`: `pending` itself, or, when `elsewhere` holds other
+workers' shares (affinity.py, optimistic fleets), our share of it while that share has any task.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class MissionState:
         self.claims: dict[int, Claim] = {}
         self._expiry: list[tuple[float, int]] = []
         self.pending = intent - self.fact
+        self.elsewhere = BitMap()  # other live workers' shares: listed only when ours is empty
+        self._view: BitMap | None = None  # cached pending_view(); dropped on every change
+        self._stealing = False  # the view is all of `pending`: our share ran out
         self._listeners: list[Listener] = []
 
     # -- observation ---------------------------------------------------------------------------
@@ -72,12 +78,42 @@ class MissionState:
         self._changed(tasks)
 
     def _changed(self, tasks: Iterable[int]) -> None:
+        self._view = None
         for listener in self._listeners:
             listener(tasks)
 
+    def pending_view(self) -> BitMap:
+        """The pending tasks pending/ lists: our share while it has any, else all of them."""
+        if not self.elsewhere:
+            return self.pending
+        view = self._view
+        if view is None:
+            mine = self.pending - self.elsewhere
+            stealing = not mine
+            view = self.pending if stealing else mine
+            hidden_again = self._stealing and not stealing
+            self._stealing = stealing
+            self._view = view
+            if hidden_again:  # the other shares leave the listing: tell the caches
+                hidden = self.pending & self.elsewhere
+                for listener in self._listeners:
+                    listener(hidden)
+        return view
+
+    def set_elsewhere(self, tasks: BitMap) -> None:
+        """Replace the other workers' shares (their members changed)."""
+        before = self.pending_view().copy()
+        self.elsewhere = tasks.copy()
+        self._view = None
+        self._stealing = False
+        moved = before ^ self.pending_view()
+        if moved:
+            for listener in self._listeners:
+                listener(moved)
+
     def bitmap(self, view: View) -> BitMap:
         if view is View.PENDING:
-            return self.pending
+            return self.pending_view()
         if view is View.CLAIMED:
             return self.claimed
         return self.fact

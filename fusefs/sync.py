@@ -33,6 +33,7 @@ import trio
 from cachetools import TTLCache
 from pyroaring import BitMap
 
+from .affinity import others_share
 from .codec import OutOfPlan, TaskSpace
 from .errors import ClaimUnavailable
 from .index import FactIndex
@@ -55,6 +56,7 @@ SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours ar
 UPLOAD_BATCH = 256
 MAX_BACKOFF = 15.0
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
+MEMBER_SECONDS = 600.0  # a worker seen (lease, manifest) this recently keeps its share
 
 
 @dataclass
@@ -131,6 +133,10 @@ class SyncEngine:
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
+        # Optimistic fleets: workers seen lately (monotonic time) and the members the current
+        # shares were computed for (see affinity.py).
+        self.members: dict[str, float] = {}
+        self._share_members: list[str] = [worker]
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -491,9 +497,11 @@ class SyncEngine:
         start = root + f"{max(0, self.cursor_ms - SKEW_MS):013d}"
         listed = await _s3(lambda: list(self.s3.list_keys(root, start)))
         new_keys: list[tuple[str, int]] = []
+        now = time.monotonic()
         for key, _ in listed:
             name = key[len(root) :]
             ms_text, _, rest = name.partition("-")
+            self.members[rest.rsplit("-", 1)[0]] = now  # its writer worked lately
             if key in self.seen or not ms_text.isdigit():
                 continue
             if rest.startswith(f"{self.worker}-"):
@@ -696,6 +704,7 @@ class SyncEngine:
             task = self._task_of(lease.rel)
             if task is None:
                 continue
+            self.members[lease.worker] = now
             if lease.worker != self.worker:
                 foreign.add(task)
             elif not self._adopted and task in self.state.fact:
@@ -709,6 +718,20 @@ class SyncEngine:
                     self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
         self.state.set_foreign(foreign)
         self._adopted = True
+        if self.claims_mode == "optimistic":
+            self._update_shares(now)
+
+    def _update_shares(self, now: float) -> None:
+        """Prefer our share of the pending tasks among the workers seen lately, so a worker
+        cut off from S3 (its claims not visible) works tasks the others leave alone."""
+        members = sorted(
+            {w for w, seen in self.members.items() if now - seen < MEMBER_SECONDS} | {self.worker}
+        )
+        if members == self._share_members:
+            return
+        self._share_members = members
+        self.state.set_elsewhere(others_share(self.state.intent, members, self.worker))
+        log.info("work shares among %d workers: %s", len(members), ", ".join(members))
 
     def _task_of(self, rel: str) -> int | None:
         try:

@@ -26,10 +26,13 @@ def expected_views(
     claims: dict[int, float],
     now: float,
     foreign: set[int] | None = None,
+    elsewhere: set[int] | None = None,
 ) -> dict[View, set[int]]:
+    """The listed views; pending/ lists our share (not `elsewhere`) while it has any task."""
     live = {t for t, exp in claims.items() if exp > now and t not in facts}
-    others = foreign or set()
-    return {View.PENDING: intent - facts - live - others, View.CLAIMED: live, View.DONE: set(facts)}
+    available = intent - facts - live - (foreign or set())
+    listed = (available - (elsewhere or set())) or available
+    return {View.PENDING: listed, View.CLAIMED: live, View.DONE: set(facts)}
 
 
 class StateMachine(RuleBasedStateMachine):
@@ -40,16 +43,22 @@ class StateMachine(RuleBasedStateMachine):
         self.facts: set[int] = set()
         self.claims: dict[int, float] = {}
         self.foreign: set[int] = set()
+        self.elsewhere: set[int] = set()
         self.now = 1000.0
+        self.heard: set[int] = set()  # tasks the listeners were told about since the last check
+        self.state.subscribe(self.heard.update)
+        self.listed = self._views()
+
+    def _views(self) -> dict[View, set[int]]:
+        return {v: set(self.state.bitmap(v)) for v in View}
 
     tasks = st.integers(0, SPACE.size - 1)
 
     @rule(task=tasks)
     def claim(self, task: int) -> None:
-        pending = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)[
-            View.PENDING
-        ]
-        if task in pending:
+        # Any available task can be claimed by name, in our share or not.
+        live = {t for t, exp in self.claims.items() if exp > self.now}
+        if task in self.intent - self.facts - live - self.foreign:
             self.state.claim(task, self.now, LEASE)
             self.claims[task] = self.now + LEASE
         else:
@@ -98,6 +107,12 @@ class StateMachine(RuleBasedStateMachine):
         self.state.set_foreign(BitMap(batch))
         self.foreign = set(batch)
 
+    @rule(lo=tasks, width=st.integers(0, 30))
+    def shares_change(self, lo: int, width: int) -> None:
+        batch = set(range(lo, min(SPACE.size, lo + width)))
+        self.state.set_elsewhere(BitMap(batch))
+        self.elsewhere = batch
+
     @rule(task=tasks)
     def claim_lost_to_another_worker(self, task: int) -> None:
         self.state.claim_lost(task)
@@ -113,17 +128,30 @@ class StateMachine(RuleBasedStateMachine):
         for t in gone:
             del self.claims[t]
 
+    def _ref(self) -> dict[View, set[int]]:
+        return expected_views(
+            self.intent, self.facts, self.claims, self.now, self.foreign, self.elsewhere
+        )
+
     @invariant()
     def views_match_reference(self) -> None:
-        ref = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)
-        for view, tasks in ref.items():
+        for view, tasks in self._ref().items():
             assert set(self.state.bitmap(view)) == tasks, view
         assert set(self.state.pending) == self.intent - self.facts - set(self.claims) - self.foreign
 
     @invariant()
+    def listeners_hear_every_task_that_changed_view(self) -> None:
+        """Kernel caches are dropped through the listeners: a change they miss is a stale ls."""
+        now = self._views()
+        for v in View:
+            missed = (now[v] ^ self.listed[v]) - self.heard
+            assert not missed, (v, missed)
+        self.listed = now
+        self.heard.clear()
+
+    @invariant()
     def directory_queries_match_reference(self) -> None:
-        ref = expected_views(self.intent, self.facts, self.claims, self.now, self.foreign)
-        for view, tasks in ref.items():
+        for view, tasks in self._ref().items():
             rows = {SPACE.split(t).row for t in tasks}
             assert list(self.state.rows(view)) == sorted(rows)
             for row in range(SPACE.lat.n):
@@ -179,3 +207,28 @@ def test_national_scale_memory() -> None:
     size = sum(len(b.serialize()) for b in (state.intent, state.fact, state.pending))
     assert len(state.pending) == space.size - len(facts)
     assert size < 8 * 2**20
+
+
+def test_our_share_first_then_the_others_then_ours_again() -> None:
+    """Affinity: pending/ lists our share while it has tasks, all tasks once it ran out, and our
+    share again when a task of it comes back (and the listeners hear that the others' left)."""
+    intent = _intent()
+    state = MissionState(SPACE, intent)
+    heard: set[int] = set()
+    state.subscribe(heard.update)
+    theirs = BitMap(t for t in intent if t % 2)
+    ours = intent - theirs
+    state.set_elsewhere(theirs)
+    assert state.bitmap(View.PENDING) == ours and state.pending == intent
+    assert heard == set(theirs)  # they left the listing
+    back = ours.min()
+    state.claim(back, 0.0, LEASE)
+    state.add_facts(ours - BitMap([back]))
+    assert state.bitmap(View.PENDING) == theirs  # ours ran out: take the others' tasks
+    assert list(state.rows(View.PENDING)) == sorted({SPACE.split(t).row for t in theirs})
+    heard.clear()
+    state.release(back)
+    assert state.bitmap(View.PENDING) == BitMap([back])
+    assert heard >= set(theirs)  # every name they had in the listing must be dropped
+    state.set_elsewhere(BitMap())
+    assert state.bitmap(View.PENDING) == theirs | BitMap([back])
