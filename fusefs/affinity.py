@@ -34,14 +34,22 @@ def chunk_bounds(intent: BitMap, chunks: int = CHUNKS) -> list[int]:
     return [0, *starts, (intent.max() + 1) if n else 0]
 
 
-def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS) -> BitMap:
-    """The tasks of the chunks owned by other workers than `me` (empty if `me` is alone)."""
-    members = sorted(set(workers) | {me})
-    out = BitMap()
-    if len(members) == 1:
+def shares(intent: BitMap, workers: Iterable[str], chunks: int = CHUNKS) -> dict[str, BitMap]:
+    """Every worker's share of the intent (they partition it)."""
+    members = sorted(set(workers))
+    out = {w: BitMap() for w in members}
+    if not members:
         return out
     bounds = chunk_bounds(intent, chunks)
     for c in range(len(bounds) - 1):
-        if owner(c, members) != me and bounds[c] < bounds[c + 1]:
-            out.add_range(bounds[c], bounds[c + 1])
-    return out & intent
+        if bounds[c] < bounds[c + 1]:
+            out[owner(c, members)].add_range(bounds[c], bounds[c + 1])
+    return {w: s & intent for w, s in out.items()}
+
+
+def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS) -> BitMap:
+    """The tasks of the chunks owned by other workers than `me` (empty if `me` is alone)."""
+    members = set(workers) | {me}
+    if len(members) == 1:
+        return BitMap()
+    return intent - shares(intent, members, chunks)[me]

@@ -112,6 +112,7 @@ class MissionFS(pyfuse3.Operations):
         self._kernel_refs: dict[int, int] = {}
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self._committing: set[int] = set()
+        self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self._on_change)
 
     # -- attributes ---------------------------------------------------------------------------
@@ -326,10 +327,31 @@ class MissionFS(pyfuse3.Operations):
             self._handles.pop(fh, None)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        kind, view, payload = inodes.split(fh)
+        if kind is Kind.TILE and view is View.PENDING and fh not in self._dir_lists:
+            return self._readdir_pending_tile(payload, start_id, token)
         for name, attr, next_id in self._entries(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, attr, next_id):
                 return
             self._ref(attr.st_ino)
+
+    def _readdir_pending_tile(self, tile: int, start: int, token: pyfuse3.ReaddirToken) -> None:
+        """The hot listing (every worker lists pending tiles): one attribute object, reused,
+        since readdir_reply copies it; only inode and size differ between pending tasks."""
+        sp, refs, reply = self.space, self._kernel_refs, pyfuse3.readdir_reply
+        row, col = divmod(tile, sp.lon.n)
+        a = self._attr(0, stat.S_IFREG | 0o444, 0, self.started_ns, FILE_TIMEOUT)
+        size, names, base = sp.descriptor_size, self._phrase_bytes, tile * sp.nphr
+        file_kind = inodes.make(Kind.FILE, View.PENDING, 0)
+        for task in self.state.tasks(View.PENDING, row, col, start):
+            phrase = task - base
+            ino = file_kind | task
+            a.st_ino = ino
+            a.st_size = size(task)
+            a.st_blocks = (a.st_size + 511) // 512
+            if not reply(token, names[phrase], a, phrase + 1):
+                return
+            refs[ino] = refs.get(ino, 0) + 1
 
     def _entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]]:
         if fh in self._dir_lists:

@@ -8,8 +8,11 @@ Invariant kept by every method: pending == intent - fact - claimed - foreign, wh
 are this node's claims and `foreign` the tasks under other workers' live leases.
 Every method runs without awaiting, so on the trio thread each call is atomic.
 
-What pending/ lists is `pending_view()`: `pending` itself, or, when `elsewhere` holds other
-workers' shares (affinity.py, optimistic fleets), our share of it while that share has any task.
+What pending/ lists is `pending_view()`: `pending` itself or, when `elsewhere` holds other
+workers' shares (affinity.py, optimistic fleets), a window of WINDOW tasks: the first ones of our
+share while it has any, else the last ones of the other shares that are not `protected` (shares of
+workers that went quiet or just came back: they may have finished tasks we cannot know about).
+Owners work their shares upwards and helpers downwards, so they meet late, if at all.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from itertools import islice
 
 from pyroaring import BitMap
 
 from .codec import TaskSpace
+
+WINDOW = 256  # pending tasks listed at a time in an optimistic fleet (see pending_view)
 
 
 class View(Enum):
@@ -64,8 +70,9 @@ class MissionState:
         self._expiry: list[tuple[float, int]] = []
         self.pending = intent - self.fact
         self.elsewhere = BitMap()  # other live workers' shares: listed only when ours is empty
+        self.protected = BitMap()  # the part of `elsewhere` not to be helped with now
         self._view: BitMap | None = None  # cached pending_view(); dropped on every change
-        self._stealing = False  # the view is all of `pending`: our share ran out
+        self._listed = BitMap()  # the last view computed, to tell listeners what left it
         self._listeners: list[Listener] = []
 
     # -- observation ---------------------------------------------------------------------------
@@ -83,30 +90,37 @@ class MissionState:
             listener(tasks)
 
     def pending_view(self) -> BitMap:
-        """The pending tasks pending/ lists: our share while it has any, else all of them."""
+        """The pending tasks pending/ lists (see the module docstring)."""
         if not self.elsewhere:
             return self.pending
         view = self._view
         if view is None:
             mine = self.pending - self.elsewhere
-            stealing = not mine
-            view = self.pending if stealing else mine
-            hidden_again = self._stealing and not stealing
-            self._stealing = stealing
-            self._view = view
-            if hidden_again:  # the other shares leave the listing: tell the caches
-                hidden = self.pending & self.elsewhere
+            if mine:
+                view = BitMap(islice(mine, WINDOW))
+            else:
+                helpable = self.pending - self.protected
+                n = len(helpable)
+                view = helpable[max(0, n - WINDOW) :] if n else BitMap()
+            left = self._listed - view
+            self._view = self._listed = view
+            if left:  # names that were listed and are no longer: tell the caches
                 for listener in self._listeners:
-                    listener(hidden)
+                    listener(left)
         return view
 
-    def set_elsewhere(self, tasks: BitMap) -> None:
-        """Replace the other workers' shares (their members changed)."""
+    def set_shares(self, elsewhere: BitMap, protected: BitMap) -> None:
+        """Replace the other workers' shares and the part of them not to be helped with."""
+        if elsewhere == self.elsewhere and protected == self.protected:
+            return
         before = self.pending_view().copy()
-        self.elsewhere = tasks.copy()
+        self.elsewhere = elsewhere.copy()
+        self.protected = protected & elsewhere
         self._view = None
-        self._stealing = False
-        moved = before ^ self.pending_view()
+        after = self.pending_view()
+        if not self.elsewhere:
+            self._listed = BitMap()
+        moved = before ^ after
         if moved:
             for listener in self._listeners:
                 listener(moved)

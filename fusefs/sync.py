@@ -33,7 +33,7 @@ import trio
 from cachetools import TTLCache
 from pyroaring import BitMap
 
-from .affinity import others_share
+from .affinity import shares
 from .codec import OutOfPlan, TaskSpace
 from .errors import ClaimUnavailable
 from .index import FactIndex
@@ -57,6 +57,7 @@ UPLOAD_BATCH = 256
 MAX_BACKOFF = 15.0
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
 MEMBER_SECONDS = 600.0  # a worker seen (lease, manifest) this recently keeps its share
+SETTLE_SECONDS = 60.0  # a worker heard from again after a silence is not helped for this long
 
 
 @dataclass
@@ -133,10 +134,15 @@ class SyncEngine:
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
-        # Optimistic fleets: workers seen lately (monotonic time) and the members the current
-        # shares were computed for (see affinity.py).
+        # Optimistic fleets (affinity.py): when each worker was last seen doing something (a new
+        # manifest, a new or renewed lease; monotonic time), since when without a silence, and
+        # what the current shares were computed for.
         self.members: dict[str, float] = {}
-        self._share_members: list[str] = [worker]
+        self.active_since: dict[str, float] = {}
+        self.quiet_seconds = 3 * refresh + RETIRE_MARGIN
+        self._lease_marks: dict[str, float] = {}
+        self._shares: dict[str, BitMap] = {}
+        self._shares_key: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -260,6 +266,8 @@ class SyncEngine:
         self.online = False
         self.state_msg = f"unreachable: {msg}"
         self.counters.last_error = msg
+        if self.claims_mode == "optimistic" and self._shares:
+            self._update_shares(time.monotonic(), offline=True)  # cut off: our share only
 
     # -- the loops ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -501,9 +509,9 @@ class SyncEngine:
         for key, _ in listed:
             name = key[len(root) :]
             ms_text, _, rest = name.partition("-")
-            self.members[rest.rsplit("-", 1)[0]] = now  # its writer worked lately
             if key in self.seen or not ms_text.isdigit():
                 continue
+            self._observe(rest.rsplit("-", 1)[0], now)  # a new manifest: its writer is at work
             if rest.startswith(f"{self.worker}-"):
                 self.seen[key] = int(ms_text)
             else:
@@ -700,11 +708,14 @@ class SyncEngine:
             if task is not None and task in self.state.fact:
                 heapq.heappush(self._retiring, (now, rel))
         foreign = BitMap()
+        marks = {}
         for lease in live:
+            marks[lease.rel] = lease.expires
+            if self._lease_marks.get(lease.rel) != lease.expires:
+                self._observe(lease.worker, now)  # a new or renewed lease
             task = self._task_of(lease.rel)
             if task is None:
                 continue
-            self.members[lease.worker] = now
             if lease.worker != self.worker:
                 foreign.add(task)
             elif not self._adopted and task in self.state.fact:
@@ -716,22 +727,47 @@ class SyncEngine:
                 if task in self.state.pending:
                     remaining = lease.expires - self.leases.server_now()
                     self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
+        self._lease_marks = marks
         self.state.set_foreign(foreign)
         self._adopted = True
         if self.claims_mode == "optimistic":
             self._update_shares(now)
 
-    def _update_shares(self, now: float) -> None:
-        """Prefer our share of the pending tasks among the workers seen lately, so a worker
-        cut off from S3 (its claims not visible) works tasks the others leave alone."""
+    def _observe(self, worker: str, now: float) -> None:
+        last = self.members.get(worker)
+        if last is None or now - last > self.quiet_seconds:
+            self.active_since[worker] = now  # first seen, or back after a silence
+        self.members[worker] = now
+
+    def _update_shares(self, now: float, *, offline: bool = False) -> None:
+        """Work our share of the pending tasks among the workers seen lately; help with the
+        others' only where the owner is at work and was not silent lately (a silent or returning
+        worker may have finished tasks we cannot see yet), and never while cut off from S3."""
         members = sorted(
             {w for w, seen in self.members.items() if now - seen < MEMBER_SECONDS} | {self.worker}
         )
-        if members == self._share_members:
+        guarded = tuple(
+            w
+            for w in members
+            if w != self.worker
+            and (
+                offline
+                or now - self.members[w] > self.quiet_seconds
+                or now - self.active_since[w] < SETTLE_SECONDS
+            )
+        )
+        key = (tuple(members), guarded)
+        if key == self._shares_key:
             return
-        self._share_members = members
-        self.state.set_elsewhere(others_share(self.state.intent, members, self.worker))
-        log.info("work shares among %d workers: %s", len(members), ", ".join(members))
+        if key[0] != self._shares_key[0]:
+            self._shares = shares(self.state.intent, members)
+            log.info("work shares among %d workers: %s", len(members), ", ".join(members))
+        self._shares_key = key
+        elsewhere = BitMap.union(
+            BitMap(), *(s for w, s in self._shares.items() if w != self.worker)
+        )
+        protected = BitMap.union(BitMap(), *(self._shares[w] for w in guarded))
+        self.state.set_shares(elsewhere, protected)
 
     def _task_of(self, rel: str) -> int | None:
         try:

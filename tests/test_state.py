@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pyroaring import BitMap
 
+from fusefs import state as state_module
 from fusefs.codec import Axis, TaskSpace
-from fusefs.state import MissionState, NotClaimed, NotPending, View
+from fusefs.state import WINDOW, MissionState, NotClaimed, NotPending, View
 
 SPACE = TaskSpace(Axis(0, 1, 4, 2), Axis(100, 1, 5, 2), ("a", "b", "c"))
 LEASE = 10.0
@@ -27,11 +28,17 @@ def expected_views(
     now: float,
     foreign: set[int] | None = None,
     elsewhere: set[int] | None = None,
+    protected: set[int] | None = None,
 ) -> dict[View, set[int]]:
-    """The listed views; pending/ lists our share (not `elsewhere`) while it has any task."""
+    """The listed views; with other workers' shares (`elsewhere`), pending/ lists the first
+    WINDOW tasks of our share, else the last WINDOW of the others' not `protected`."""
     live = {t for t, exp in claims.items() if exp > now and t not in facts}
     available = intent - facts - live - (foreign or set())
-    listed = (available - (elsewhere or set())) or available
+    listed = available
+    if elsewhere:
+        mine = sorted(available - elsewhere)
+        helpable = sorted(available - (protected or set()))
+        listed = set(mine[:WINDOW]) if mine else set(helpable[-WINDOW:])
     return {View.PENDING: listed, View.CLAIMED: live, View.DONE: set(facts)}
 
 
@@ -44,6 +51,7 @@ class StateMachine(RuleBasedStateMachine):
         self.claims: dict[int, float] = {}
         self.foreign: set[int] = set()
         self.elsewhere: set[int] = set()
+        self.protected: set[int] = set()
         self.now = 1000.0
         self.heard: set[int] = set()  # tasks the listeners were told about since the last check
         self.state.subscribe(self.heard.update)
@@ -107,11 +115,12 @@ class StateMachine(RuleBasedStateMachine):
         self.state.set_foreign(BitMap(batch))
         self.foreign = set(batch)
 
-    @rule(lo=tasks, width=st.integers(0, 30))
-    def shares_change(self, lo: int, width: int) -> None:
+    @rule(lo=tasks, width=st.integers(0, 30), quiet=st.integers(0, 30))
+    def shares_change(self, lo: int, width: int, quiet: int) -> None:
         batch = set(range(lo, min(SPACE.size, lo + width)))
-        self.state.set_elsewhere(BitMap(batch))
+        self.state.set_shares(BitMap(batch), BitMap(range(lo, lo + quiet)))
         self.elsewhere = batch
+        self.protected = batch & set(range(lo, lo + quiet))
 
     @rule(task=tasks)
     def claim_lost_to_another_worker(self, task: int) -> None:
@@ -130,7 +139,13 @@ class StateMachine(RuleBasedStateMachine):
 
     def _ref(self) -> dict[View, set[int]]:
         return expected_views(
-            self.intent, self.facts, self.claims, self.now, self.foreign, self.elsewhere
+            self.intent,
+            self.facts,
+            self.claims,
+            self.now,
+            self.foreign,
+            self.elsewhere,
+            self.protected,
         )
 
     @invariant()
@@ -209,26 +224,32 @@ def test_national_scale_memory() -> None:
     assert size < 8 * 2**20
 
 
-def test_our_share_first_then_the_others_then_ours_again() -> None:
-    """Affinity: pending/ lists our share while it has tasks, all tasks once it ran out, and our
-    share again when a task of it comes back (and the listeners hear that the others' left)."""
+def test_our_share_first_then_the_others_then_ours_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Affinity: pending/ lists the start of our share while it has tasks, then the end of the
+    others' shares that may be helped with, and ours again when a task of it comes back (the
+    listeners hear about every name that leaves the listing)."""
+    monkeypatch.setattr(state_module, "WINDOW", 4)
     intent = _intent()
     state = MissionState(SPACE, intent)
     heard: set[int] = set()
     state.subscribe(heard.update)
     theirs = BitMap(t for t in intent if t % 2)
     ours = intent - theirs
-    state.set_elsewhere(theirs)
-    assert state.bitmap(View.PENDING) == ours and state.pending == intent
-    assert heard == set(theirs)  # they left the listing
+    quiet = BitMap(t for t in theirs if t > 40)  # a worker we have not heard from lately
+    state.set_shares(theirs, quiet)
+    assert state.bitmap(View.PENDING) == BitMap(list(ours)[:4]) and state.pending == intent
+    assert heard >= set(intent) - set(ours[:4])  # the rest left the listing
     back = ours.min()
     state.claim(back, 0.0, LEASE)
     state.add_facts(ours - BitMap([back]))
-    assert state.bitmap(View.PENDING) == theirs  # ours ran out: take the others' tasks
-    assert list(state.rows(View.PENDING)) == sorted({SPACE.split(t).row for t in theirs})
+    helpable = list(theirs - quiet)
+    assert state.bitmap(View.PENDING) == BitMap(helpable[-4:])  # help, from the far end
+    heard.clear()
+    state.add_fact(helpable[-1])
+    assert state.bitmap(View.PENDING) == BitMap(helpable[-5:-1])
     heard.clear()
     state.release(back)
     assert state.bitmap(View.PENDING) == BitMap([back])
-    assert heard >= set(theirs)  # every name they had in the listing must be dropped
-    state.set_elsewhere(BitMap())
-    assert state.bitmap(View.PENDING) == theirs | BitMap([back])
+    assert heard >= set(helpable[-5:-1])  # every name that was listed must be dropped
+    state.set_shares(BitMap(), BitMap())
+    assert state.bitmap(View.PENDING) == state.pending
