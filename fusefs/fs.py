@@ -253,21 +253,26 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.TILE:
             assert view is not None
             task = self._task_in_tile(payload, name)
-            if task is None or task not in self.state.bitmap(view):
+            known = self.state.pending if view is View.PENDING else self.state.bitmap(view)
+            if task is None or task not in known:
                 if view is View.DONE:
                     return self._negative()  # commits look this name up first: cache the miss
                 raise fuse_error(errno.ENOENT)
             return self._task_attr(view, task)
         raise fuse_error(errno.ENOTDIR if kind is not Kind.FIXED else errno.ENOENT)
 
+    # Lookups see every pending task; listings may show a window of them (an optimistic
+    # fleet's share, state.pending_view), so any pending task can be claimed by name.
     def _row_visible(self, view: View, row: int) -> bool:
         if view is View.PENDING:
-            return self.state.row_has(view, row)
+            lo, hi = self.space.row_range(row)
+            return self.state.pending.range_cardinality(lo, hi) > 0
         return self.state.row_planned(row)
 
     def _tile_visible(self, view: View, row: int, col: int) -> bool:
         if view is View.PENDING:
-            return self.state.tile_has(view, row, col)
+            lo, hi = self.space.tile_range(row, col)
+            return self.state.pending.range_cardinality(lo, hi) > 0
         return self.state.tile_planned(row, col)
 
     def _task_in_tile(self, tile: int, name: bytes) -> int | None:

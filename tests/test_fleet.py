@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import SeaweedServer, s3_env
-from tests.test_s3 import MISSION, key_names, keys, rels
+from tests.test_s3 import MISSION, key_names, keys, listed, rels
 
 # A worker in plain shell: pick a random pending task, claim it with mv, write, commit with mv.
 WORKER = r"""
@@ -205,3 +205,35 @@ def test_released_claims_stay_released(
     assert m.status()["counts"]["claimed"] == 0
     assert m.status()["sync"]["leases_held"] == 0
     wait_for(lambda: keys(seaweed, bucket, "claims") == {}, what="leases deleted")
+
+
+def test_optimistic_mounts_list_disjoint_shares(
+    seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """Work affinity: once two optimistic mounts have seen each other at work (a lease each),
+    their pending/ listings are disjoint shares that together cover every pending task, while
+    `status` still counts the whole difference."""
+    bucket = new_bucket(seaweed)
+    mission = fleet_mission(tmp_path / "m.toml", bucket, claims="optimistic")
+    a = fleet_mount(make_mount, mission, seaweed, "a")
+    b = fleet_mount(make_mount, mission, seaweed, "b")
+    todo = rels(mission)
+    assert len(todo) < 2 * 256  # every share fits in one listing window
+    ra, rb = todo[0], todo[-1]
+    os.rename(a.mnt / "pending" / ra, a.mnt / "claimed" / ra)
+    os.rename(b.mnt / "pending" / rb, b.mnt / "claimed" / rb)
+
+    def disjoint() -> bool:
+        try:
+            pa, pb = listed(a, "pending"), listed(b, "pending")
+        except FileNotFoundError:  # a listing walked while the shares were being set
+            return False
+        return bool(pa) and bool(pb) and not pa & pb and len(pa | pb) == len(todo) - 2
+
+    wait_for(disjoint, timeout=30, what="disjoint shares")
+    assert listed(a, "pending") | listed(b, "pending") == set(todo) - {ra, rb}
+    assert a.status()["counts"]["pending"] == len(todo) - 2  # global: b's claim is foreign
+    share_b = sorted(listed(b, "pending"))
+    # Any pending task can still be claimed by name, in the other's share too.
+    os.rename(a.mnt / "pending" / share_b[0], a.mnt / "claimed" / share_b[0])
+    assert (a.mnt / "claimed" / share_b[0]).exists()
