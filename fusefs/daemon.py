@@ -21,6 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
 from .index import walk_facts
 from .store import LocalStore
@@ -49,9 +50,11 @@ class Daemon:
         self.ops = MissionFS(ws.state, ws.store, ws.committer, ws.status, ws.lease, ws.sync)
         self._snapshot_lock = trio.Lock()
         self._forced = 0
+        self.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
 
     def run(self) -> None:
         self._recover_staging()
+        self.claim_log.restore()  # claims held when the last daemon stopped, before serving
         # Without allow_other only the mounting user can reach the mount, so the kernel's
         # permission checks (default_permissions) would only add GETATTR round trips.
         options = {f"fsname=missionfs:{self.mission.name}", "subtype=missionfs"}
@@ -188,6 +191,7 @@ class Daemon:
 
     def _final_snapshot(self) -> None:
         try:
+            self.claim_log.close()
             self.store.flush_dirs()
             self.committer.journal.close()
             gen = self.index.rotate()

@@ -170,6 +170,7 @@ class MissionState:
         c.claimed_at = now
         c.expires_at = now + lease
         heapq.heappush(self._expiry, (c.expires_at, task))
+        self._changed((task,))  # its mtime and lease changed
         return c
 
     def release(self, task: int) -> None:

@@ -281,6 +281,30 @@ def test_kill9_then_remount_keeps_every_witness(
     m.umount()
 
 
+def test_claims_survive_kill9_and_a_clean_restart(
+    make_mount: Callable[..., Mount], mission: Path
+) -> None:
+    """A worker holding claimed/REL keeps it across daemon restarts, with its lease end."""
+    m = make_mount(mission, args=("--lease", "4"))
+    held, done, kept, released = sorted(all_rels(mission))[:4]
+    for rel in (held, done, kept, released):
+        sh(f"mv '{'pending/' + rel}' '{'claimed/' + rel}'", m.mnt)
+    commit_via_tmp(m, done)
+    sh(f"rm 'claimed/{released}'", m.mnt)
+    m.kill9()
+    m.start()
+    assert listed(m, "claimed") == {held, kept}
+    assert listed(m, "pending") == all_rels(mission) - {held, kept, done}
+    sh(f"touch 'claimed/{kept}'", m.mnt)  # renewed after the restart, recorded again
+    m.umount()
+    m.start()  # a clean restart too
+    assert listed(m, "claimed") == {held, kept}
+    commit_via_tmp(m, kept)  # the worker finishes through the restored claim
+    # The lease end carries over: the abandoned claim returns to pending without a renewal.
+    wait_for(lambda: held in listed(m, "pending"), timeout=30, what="restored lease expiry")
+    assert listed(m, "claimed") == set()
+
+
 def test_witness_added_offline_is_found(make_mount: Callable[..., Mount], mission: Path) -> None:
     m = make_mount(mission)
     m.umount()

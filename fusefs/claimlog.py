@@ -1,0 +1,123 @@
+"""Local claims that survive a daemon restart: STATE/claims.log.
+
+A worker holding `claimed/REL` must not see its task handed to another worker because the
+daemon was restarted (or `kill -9`'d) under it. Fleet leases (S3) are adopted again at start;
+this file does the same for every mount: one appended line per claim, renewal and end, written
+to the page cache at once (it survives `kill -9`; a power cut may lose the last seconds of it,
+as it loses the claims' workers too), replayed and compacted at start.
+
+    claim<TAB>EXPIRES<TAB>REL      a claim or renewal until EXPIRES (epoch seconds)
+    end<TAB><TAB>REL               released, expired, lost or completed
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from pyroaring import BitMap
+
+from .codec import OutOfPlan
+from .state import MissionState, NotPending
+
+log = logging.getLogger("missionfs")
+
+CLAIMS_FILE = "claims.log"
+COMPACT_LINES = 10_000  # rewrite the file when it holds this many more lines than live claims
+
+
+class ClaimLog:
+    def __init__(self, path: Path, state: MissionState) -> None:
+        self.path = path
+        self.state = state
+        self.live: dict[int, float] = {}  # task -> expiry as written
+        self._lines = 0
+        self._file: IO[str] | None = None
+
+    def restore(self, now: float | None = None) -> int:
+        """Claim again the tasks whose claims were live when the last daemon stopped; returns
+        how many. Then rewrite the file with just those, and start recording."""
+        now = time.time() if now is None else now
+        found = self._read()
+        space = self.state.space
+        for rel, expires in sorted(found.items()):
+            try:
+                task = space.parse_rel(rel)
+            except OutOfPlan:
+                continue
+            if expires <= now:
+                continue
+            try:
+                self.state.claim(task, now, expires - now, "claim from before a restart")
+            except NotPending:
+                continue  # done meanwhile (or found done by the start-up walk)
+            self.live[task] = expires
+        self._rewrite()
+        self.state.subscribe(self.changed)
+        if self.live:
+            log.info("%d claim(s) from before the restart are held again", len(self.live))
+        return len(self.live)
+
+    def _read(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return found
+        for line in text.splitlines():
+            kind, _, rest = line.partition("\t")
+            expires, _, rel = rest.partition("\t")
+            if kind == "claim":
+                try:
+                    found[rel] = float(expires)
+                except ValueError:
+                    continue  # a line cut by a crash
+            elif kind == "end":
+                found.pop(rel, None)
+        return found
+
+    def _rewrite(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        tmp = self.path.with_suffix(".tmp")
+        rel = self.state.space.rel
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            for task, expires in sorted(self.live.items()):
+                f.write(f"claim\t{expires:.3f}\t{rel(task)}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._lines = len(self.live)
+        self._file = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+
+    def changed(self, tasks: Iterable[int]) -> None:
+        """State listener: record claims that began, were renewed or ended."""
+        claims = self.state.claims
+        if isinstance(tasks, BitMap) and len(tasks) > 64:  # bulk (remote facts): few claims
+            tasks = tasks & (BitMap(self.live) | self.state.claimed)
+        out = []
+        rel = self.state.space.rel
+        for task in tasks:
+            c = claims.get(task)
+            if c is not None:
+                if self.live.get(task) != c.expires_at:
+                    self.live[task] = c.expires_at
+                    out.append(f"claim\t{c.expires_at:.3f}\t{rel(task)}\n")
+            elif self.live.pop(task, None) is not None:
+                out.append(f"end\t\t{rel(task)}\n")
+        if not out or self._file is None:
+            return
+        self._file.write("".join(out))
+        self._file.flush()  # in the page cache: survives kill -9
+        self._lines += len(out)
+        if self._lines > COMPACT_LINES + 4 * len(self.live):
+            self._rewrite()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
