@@ -209,6 +209,13 @@ class TaskSpace:
             )
         )
 
+    def descriptor_size_parts(self, tile: int) -> tuple[int, tuple[int, ...]]:
+        """(base, per_phrase) with descriptor_size(tile * nphr + p) == base + per_phrase[p]:
+        a listing of one tile computes the tile's part once."""
+        first = self.descriptor_size(tile * self.nphr)
+        assert self._phrase_len is not None
+        return first - self._phrase_len[0], self._phrase_len
+
     def descriptor_size(self, task: int) -> int:
         """len(descriptor(task)) without building it (readdir asks for every listed task)."""
         if self._phrase_len is None:

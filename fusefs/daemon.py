@@ -55,6 +55,8 @@ class Daemon:
     def run(self) -> None:
         self._recover_staging()
         self.claim_log.restore()  # claims held when the last daemon stopped, before serving
+        if self.mission.space.size:
+            self.mission.space.descriptor_size(0)  # per-phrase sizes: not in the first `ls`
         # Without allow_other only the mounting user can reach the mount, so the kernel's
         # permission checks (default_permissions) would only add GETATTR round trips.
         options = {f"fsname=missionfs:{self.mission.name}", "subtype=missionfs"}

@@ -346,14 +346,15 @@ class MissionFS(pyfuse3.Operations):
         sp, refs, reply = self.space, self._kernel_refs, pyfuse3.readdir_reply
         row, col = divmod(tile, sp.lon.n)
         a = self._attr(0, stat.S_IFREG | 0o444, 0, self.started_ns, FILE_TIMEOUT)
-        size, names, base = sp.descriptor_size, self._phrase_bytes, tile * sp.nphr
+        tile_size, phrase_size = sp.descriptor_size_parts(tile)
+        names, base = self._phrase_bytes, tile * sp.nphr
         file_kind = inodes.make(Kind.FILE, View.PENDING, 0)
         for task in self.state.tasks(View.PENDING, row, col, start):
             phrase = task - base
             ino = file_kind | task
             a.st_ino = ino
-            a.st_size = size(task)
-            a.st_blocks = (a.st_size + 511) // 512
+            a.st_size = size = tile_size + phrase_size[phrase]
+            a.st_blocks = (size + 511) // 512
             if not reply(token, names[phrase], a, phrase + 1):
                 return
             refs[ino] = refs.get(ino, 0) + 1
