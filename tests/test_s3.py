@@ -142,6 +142,46 @@ def test_intent_from_the_bucket(
     assert m.status()["counts"]["intent"] == 25
 
 
+def test_claims_while_s3_is_unreachable(make_mount: Callable[..., Mount], tmp_path: Path) -> None:
+    """Strict claims fail with EAGAIN (the daemon stays up, the task stays pending); optimistic
+    claims are taken locally and become lease objects once S3 answers."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"  # nothing listens yet
+    args = ("--endpoint-url", endpoint, "--refresh", "0.5")
+    strict = s3_mission(tmp_path / "s.toml", "offline-bucket")
+    rel = rels(strict)[0]
+    s = make_mount(strict, name="s", env=s3_env(), args=(*args, "--worker", "s"))
+    wait_for(lambda: "unreachable" in s.status()["sync"]["state"], timeout=60, what="offline")
+    res = subprocess.run(
+        ["mv", f"pending/{rel}", f"claimed/{rel}"], cwd=s.mnt, capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "Resource temporarily unavailable" in res.stderr, res.stderr
+    assert (s.mnt / "pending" / rel).exists() and s.status()["counts"]["claimed"] == 0
+    s.umount()
+
+    optimistic = write_mission(
+        tmp_path / "o.toml",
+        name=MISSION,
+        extra='[store]\ns3 = "s3://offline-bucket/runs"\nclaims = "optimistic"\n',
+    )
+    o = make_mount(optimistic, name="o", env=s3_env(), args=(*args, "--worker", "o"))
+    wait_for(lambda: "unreachable" in o.status()["sync"]["state"], timeout=60, what="offline")
+    os.rename(o.mnt / "pending" / rel, o.mnt / "claimed" / rel)  # granted locally
+    server = MotoServer(tmp_path / "moto.log", port=port).start()
+    try:
+        server.bucket("offline-bucket")
+        wait_for(
+            lambda: rel in key_names(server, "offline-bucket", "claims"),
+            timeout=90,
+            what="the offline claim confirmed as a lease",
+        )
+        lease = json.loads(keys(server, "offline-bucket", "claims")[rel])
+        assert lease["worker"] == "o"
+        assert (o.mnt / "claimed" / rel).exists()
+    finally:
+        server.stop()
+
+
 def test_air_gapped_worker_syncs_in_one_batch(
     make_mount: Callable[..., Mount], tmp_path: Path
 ) -> None:
