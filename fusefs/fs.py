@@ -109,7 +109,11 @@ class MissionFS(pyfuse3.Operations):
         self._dir_lists: dict[int, list[str]] = {}
         self.invalidate = True  # off in handler tests without a mount
         # Computed inodes the kernel holds (lookup count): only their names can be cached.
-        self._kernel_refs: dict[int, int] = {}
+        # One bitmap of payloads per inode kind code: a `find` over a national mission leaves
+        # millions of inodes in the kernel, a dict of counts would cost ~100 bytes each. The
+        # kernel forgets an inode with its whole lookup count at once (partial forgets happen
+        # only on its allocation-failure paths), so membership is enough.
+        self._kernel_refs: dict[int, BitMap] = {}
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self._committing: set[int] = set()
         self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
@@ -223,8 +227,20 @@ class MissionFS(pyfuse3.Operations):
 
     def _ref(self, ino: int) -> None:
         """The kernel took a reference to computed inode `ino` (a lookup or a listed entry)."""
-        if ino >> inodes.SHIFT and ino >> inodes.SHIFT < Kind.TMP:
-            self._kernel_refs[ino] = self._kernel_refs.get(ino, 0) + 1
+        k = ino >> inodes.SHIFT
+        if 0 < k < Kind.TMP:
+            self._refs_of(k).add(ino & inodes.MASK)
+
+    def _refs_of(self, k: int) -> BitMap:
+        bm = self._kernel_refs.get(k)
+        if bm is None:
+            bm = self._kernel_refs[k] = BitMap()
+        return bm
+
+    def _held(self, ino: int) -> bool:
+        """May the kernel hold a name of computed inode `ino`?"""
+        bm = self._kernel_refs.get(ino >> inodes.SHIFT)
+        return bm is not None and (ino & inodes.MASK) in bm
 
     async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
         kind, view, payload = inodes.split(parent_inode)
@@ -309,10 +325,10 @@ class MissionFS(pyfuse3.Operations):
         # aliases of committed tmp files are dropped once the kernel forgets them (tmp/ names
         # are kept while the file exists).
         refs = self._kernel_refs
-        for ino, n in inode_list:
-            left = refs.pop(ino, 0) - n
-            if left > 0:
-                refs[ino] = left
+        for ino, _ in inode_list:
+            bm = refs.get(ino >> inodes.SHIFT)
+            if bm is not None:
+                bm.discard(ino & inodes.MASK)
             if ino in self._alias and not any(h.ino == ino for h in self._handles.values()):
                 del self._alias[ino]
 
@@ -343,12 +359,13 @@ class MissionFS(pyfuse3.Operations):
     def _readdir_pending_tile(self, tile: int, start: int, token: pyfuse3.ReaddirToken) -> None:
         """The hot listing (every worker lists pending tiles): one attribute object, reused,
         since readdir_reply copies it; only inode and size differ between pending tasks."""
-        sp, refs, reply = self.space, self._kernel_refs, pyfuse3.readdir_reply
+        sp, reply = self.space, pyfuse3.readdir_reply
         row, col = divmod(tile, sp.lon.n)
         a = self._attr(0, stat.S_IFREG | 0o444, 0, self.started_ns, FILE_TIMEOUT)
         tile_size, phrase_size = sp.descriptor_size_parts(tile)
         names, base = self._phrase_bytes, tile * sp.nphr
         file_kind = inodes.make(Kind.FILE, View.PENDING, 0)
+        held = self._refs_of(file_kind >> inodes.SHIFT)
         for task in self.state.tasks(View.PENDING, row, col, start):
             phrase = task - base
             ino = file_kind | task
@@ -357,7 +374,7 @@ class MissionFS(pyfuse3.Operations):
             a.st_blocks = (size + 511) // 512
             if not reply(token, names[phrase], a, phrase + 1):
                 return
-            refs[ino] = refs.get(ino, 0) + 1
+            held.add(task)
 
     def _entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]]:
         if fh in self._dir_lists:
@@ -861,7 +878,7 @@ class MissionFS(pyfuse3.Operations):
         # kernel reference to one of the task's inodes (a claim by mv moves the pending one
         # under claimed/); done/ names may also be cached misses, except for a commit made
         # through this mount, where the kernel turned the name positive itself.
-        refs = self._kernel_refs
+        held = self._held
         tiles_seen: set[int] = set()
         for task in tasks:
             tile, phrase = divmod(task, sp.nphr)
@@ -869,7 +886,7 @@ class MissionFS(pyfuse3.Operations):
             if task not in self._committing:
                 name = sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
                 self._invalidate(inodes.make(Kind.TILE, View.DONE, tile), name)
-            if any(inodes.make(Kind.FILE, v, task) in refs for v in VIEWS):
+            if any(held(inodes.make(Kind.FILE, v, task)) for v in VIEWS):
                 name = name or sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
                 for v in VIEWS:
                     self._invalidate(inodes.make(Kind.TILE, v, tile), name)
@@ -878,12 +895,12 @@ class MissionFS(pyfuse3.Operations):
                 row, col = divmod(tile, sp.lon.n)
                 if self.state.tile_has(View.PENDING, row, col):
                     continue
-                if inodes.make(Kind.TILE, View.PENDING, tile) in refs:
+                if held(inodes.make(Kind.TILE, View.PENDING, tile)):
                     self._invalidate(
                         inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode()
                     )
                 row_ino = inodes.make(Kind.ROW, View.PENDING, row)
-                if row_ino in refs and not self.state.row_has(View.PENDING, row):
+                if held(row_ino) and not self.state.row_has(View.PENDING, row):
                     self._invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
 
     def _invalidate(self, parent: int, name: bytes) -> None:

@@ -319,11 +319,11 @@ class Fsck:
         else:
             mismatch = self._index_mismatch(loaded, found)
             if mismatch is None:  # only the witnesses this run quarantined: part of that repair
-                rewrite(index, found)
+                index.replace(found)
                 return
             p = mismatch
         if self.repair:
-            rewrite(index, found)
+            index.replace(found)
             self.fixed(p, f"rebuilt from the files ({len(found)} witnesses)")
 
     def _index_mismatch(self, loaded: BitMap, found: BitMap) -> Problem | None:
@@ -394,7 +394,7 @@ class Fsck:
             if self.repair:
                 self.fixed(p, "unmarked")
         if (lost or orphans) and self.repair:
-            rewrite(ix, synced - lost - orphans)
+            ix.replace(synced - lost - orphans)
 
     def _check_remote(self, listing: BitMap) -> None:
         """The remote set makes tasks done; one that left the bucket would be unreadable."""
@@ -410,7 +410,7 @@ class Fsck:
             if self.repair:
                 self.fixed(p, "forgotten (the next listing is the truth)")
         if gone and self.repair:
-            rewrite(ix, remote - gone)
+            ix.replace(remote - gone)
 
     def _check_contents(self, listed: dict[int, tuple[str, int]], synced: BitMap) -> None:
         racing = 0
@@ -506,14 +506,6 @@ def _missing_why(index: FactIndex) -> str:
     if not path.exists():
         return "no snapshot (deleted?); a mount would walk every witness first"
     return "unreadable or made for another plan; a mount would walk every witness first"
-
-
-def rewrite(index: FactIndex, tasks: BitMap) -> None:
-    """Replace an index by `tasks`: a new snapshot past every existing log generation."""
-    gens = index._log_generations()
-    index.generation = max([index.generation, *gens])
-    index.snapshot(tasks, index.rotate())
-    index.close()
 
 
 def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:

@@ -119,6 +119,13 @@ class FactIndex:
             if gen < generation:
                 os.unlink(self.dir / f"{self.name}-{gen}.log")
 
+    def replace(self, tasks: BitMap) -> None:
+        """Make the index hold exactly `tasks` (fsck repairs): a new snapshot past every log
+        generation on disk, so no older log is replayed over it; closes the index."""
+        self.generation = max([self.generation, *self._log_generations()])
+        self.snapshot(tasks, self.rotate())
+        self.close()
+
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
