@@ -11,8 +11,9 @@ answers 412, the SHA-256 in the object's metadata matches, the task is marked sy
 Remote discovery costs what changed, not what the bucket holds: every worker writes small
 manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, a `rel<TAB>sha256` line per witness it
 just uploaded); a refresh is one LIST after the last seen manifest key (minus a clock-skew
-window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard in parallel, is the truth: at
-start-up without a cursor, every `full_refresh` seconds and on `missionfs sync`.
+window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard
+in parallel, is the truth: at start-up without a cursor, every `full_refresh` seconds and on
+`missionfs sync`.
 """
 
 from __future__ import annotations
