@@ -55,6 +55,10 @@ class Daemon:
     def run(self) -> None:
         self._recover_staging()
         self.claim_log.restore()  # claims held when the last daemon stopped, before serving
+        if self.sync is not None and self.sync.leases is not None:
+            # Each restored claim is confirmed fleet-wide (our lease taken again, or lost to
+            # another worker's) at the first listing, like an optimistic claim made offline.
+            self.sync.unconfirmed.update(self.claim_log.live)
         if self.mission.space.size:
             self.mission.space.descriptor_size(0)  # per-phrase sizes: not in the first `ls`
         # Without allow_other only the mounting user can reach the mount, so the kernel's

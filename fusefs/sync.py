@@ -693,8 +693,11 @@ class SyncEngine:
             return None
         for task in sorted(self.unconfirmed):
             self.unconfirmed.discard(task)
-            if task in self.state.claims:
-                await self.claim_remote(task)
+            if task in self.state.claims and task not in self.held:
+                try:
+                    await self.claim_remote(task)
+                except ClaimUnavailable:
+                    pass  # strict: S3 went away again; the claim was given back
         live: list[Lease] = await _s3(self.leases.live)
         return live
 
