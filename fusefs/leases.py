@@ -32,7 +32,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from .errors import Precondition, S3Unavailable
+from .errors import Precondition
 from .s3store import S3Store, classify
 
 CLAIMS = "claims"
@@ -128,23 +128,7 @@ class LeaseBook:
 
     def delete_many(self, rels: list[str]) -> None:
         """Delete retired leases, up to 1,000 per request (tombstones of finished tasks)."""
-        for i in range(0, len(rels), 1000):
-            chunk = rels[i : i + 1000]
-            self.s3._count("POST")
-            try:
-                r = self.s3.client.delete_objects(
-                    Bucket=self.s3.loc.bucket,
-                    Delete={"Objects": [{"Key": self._key(rel)} for rel in chunk], "Quiet": True},
-                )
-            except Exception as e:
-                raise classify(e, f"DeleteObjects of {len(chunk)} leases") from None
-            self._track(r)
-            failed = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
-            if failed:
-                raise S3Unavailable(
-                    f"DeleteObjects: {len(failed)} leases not deleted ({failed[0].get('Code')}:"
-                    f" {failed[0].get('Message')}); retried later"
-                )
+        self.s3.delete_many([self._key(rel) for rel in rels], "leases")
 
     def inspect(self, rel: str) -> Lease | None:
         self.s3._count("GET")

@@ -235,6 +235,42 @@ class S3Store:
     def put_manifest(self, name: str, body: bytes) -> None:
         self._put(f"{self.base}/{MANIFESTS}/{name}", body)
 
+    def delete_many(self, keys: list[str], what: str) -> None:
+        """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            self._count("POST")
+            try:
+                r = self.client.delete_objects(
+                    Bucket=self.loc.bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
+            except Exception as e:
+                raise classify(e, f"DeleteObjects of {len(chunk)} {what}") from None
+            failed = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise S3Unavailable(
+                    f"DeleteObjects: {len(failed)} {what} not deleted ({failed[0].get('Code')}:"
+                    f" {failed[0].get('Message')}); retried later"
+                )
+
+    def prune_manifests(self, before_ms: int) -> int:
+        """Delete every worker's manifests named before `before_ms`; returns how many. Old
+        manifests are never read again: refreshes list the last minutes only, and a worker
+        away longer does a full listing first."""
+        root = f"{self.base}/{MANIFESTS}/"
+        old = []
+        for key, _ in self.list_keys(root):
+            ms = key[len(root) :].partition("-")[0]
+            if not ms.isdigit():
+                continue  # not ours to judge
+            if int(ms) >= before_ms:
+                break  # names sort by their zero-padded time
+            old.append(key)
+        if old:
+            self.delete_many(old, "manifests")
+        return len(old)
+
     def head(self, key: str) -> dict[str, str] | None:
         """Object metadata, or None if there is no such object."""
         self._count("HEAD")

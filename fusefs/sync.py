@@ -117,6 +117,10 @@ class SyncEngine:
         self._inflight: set[int] = set()
         self._manifest: list[str] = []  # "rel<TAB>sha256" lines of our uploads
         self._manifest_seq = 0
+        # Manifests older than this are garbage: refreshes read the last SKEW_MS of them, and a
+        # worker whose cursor is older does a full listing first (every full_refresh seconds).
+        self.manifest_keep = 2 * full_refresh + refresh + SKEW_MS / 1000
+        self._prune_at = time.monotonic() + full_refresh
         self._wake = trio.Event()
         self._force = trio.Event()
         self._forced_done: list[Callable[[], None]] = []
@@ -342,6 +346,20 @@ class SyncEngine:
         while True:
             await trio.sleep(1.0)
             await self.flush_manifest()
+            if self.online and time.monotonic() >= self._prune_at:
+                await self._prune_manifests()
+
+    async def _prune_manifests(self) -> None:
+        """Delete manifests nobody will read again (any worker's: whoever comes first)."""
+        self._prune_at = time.monotonic() + self.full_refresh_interval
+        before_ms = int((time.time() - self.manifest_keep) * 1000)
+        try:
+            n = await _s3(self.s3.prune_manifests, before_ms)
+        except (S3Unavailable, S3ConfigError) as e:
+            log.info("old manifests not pruned yet (%s)", e)
+            return
+        if n:
+            log.info("deleted %d manifests older than %.0f s", n, self.manifest_keep)
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload(self, batch: Iterable[int]) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fusefs.mission import load_mission
+from fusefs.s3store import S3Store
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import ACCESS_KEY, MotoServer, SeaweedServer, Server, free_port, s3_env
 
@@ -364,3 +365,25 @@ def test_the_commit_hash_travels_with_the_upload(
     plain = S3Store(f"s3://{new_bucket(moto)}/runs", MISSION, moto.endpoint)
     plain.check()  # moto accepts a wrong checksum: metadata only, checked at fetch
     assert not plain.checksums
+
+
+def test_old_manifests_are_pruned_and_nothing_else(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in s3_env().items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = new_bucket(moto)
+    c = moto.client()
+    root = f"runs/{MISSION}/"
+    names = [f"{ms:013d}-w{i}-00000001.txt" for i, ms in enumerate((1000, 2000, 3000, 4000))]
+    for name in [*names, "notes.txt"]:
+        c.put_object(Bucket=bucket, Key=f"{root}manifests/{name}", Body=b"40.70/-74.02/a.csv\n")
+    c.put_object(Bucket=bucket, Key=f"{root}scraped-tiles/40.70/-74.02/a.csv", Body=b"h\n")
+    s3 = S3Store(f"s3://{bucket}/runs", MISSION, endpoint_url=moto.endpoint)
+    assert s3.prune_manifests(3000) == 2
+    assert key_names(moto, bucket, "manifests") == {names[2], names[3], "notes.txt"}
+    assert key_names(moto, bucket, "scraped-tiles") == {"40.70/-74.02/a.csv"}
+    assert s3.requests.get("POST") == 1  # one DeleteObjects for all of them
+    assert s3.prune_manifests(3000) == 0
