@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pyroaring import BitMap
 
 CHUNKS = 1024
+MEMBER_SECONDS = 600.0  # a worker seen at work this recently keeps its share
+SETTLE_SECONDS = 60.0  # a worker heard from again after a silence is not helped for this long
 
 
 def _score(worker: str, chunk: int) -> bytes:
@@ -53,3 +55,59 @@ def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = 
     if len(members) == 1:
         return BitMap()
     return intent - shares(intent, members, chunks)[me]
+
+
+class Crew:
+    """The workers seen at work lately and the shares that follow, from one worker's view.
+
+    Activity is what the sync engine observes (a new manifest, a new or renewed lease), in
+    monotonic time. `shares()` answers (others' shares, the part of them not to help with):
+    a worker silent for `quiet` seconds, or back from a silence for less than SETTLE_SECONDS, may
+    hold finished work nobody can see yet, so its share is protected; offline, all are.
+    """
+
+    def __init__(self, me: str, intent: BitMap, quiet: float) -> None:
+        self.me = me
+        self.intent = intent
+        self.quiet = quiet
+        self.last_seen: dict[str, float] = {}
+        self.active_since: dict[str, float] = {}
+        self._key: tuple[tuple[str, ...], tuple[str, ...]] = ((me,), ())
+        self._shares: dict[str, BitMap] = {}
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The workers the current shares are computed for (us included)."""
+        return self._key[0]
+
+    def observe(self, worker: str, now: float) -> None:
+        last = self.last_seen.get(worker)
+        if last is None or now - last > self.quiet:
+            self.active_since[worker] = now  # first seen, or back after a silence
+        self.last_seen[worker] = now
+
+    def shares(self, now: float, *, offline: bool = False) -> tuple[BitMap, BitMap] | None:
+        """(elsewhere, protected) if they changed since the last call, else None."""
+        members = sorted(
+            {w for w, seen in self.last_seen.items() if now - seen < MEMBER_SECONDS} | {self.me}
+        )
+        guarded = tuple(
+            w
+            for w in members
+            if w != self.me
+            and (
+                offline
+                or now - self.last_seen[w] > self.quiet
+                or now - self.active_since[w] < SETTLE_SECONDS
+            )
+        )
+        key = (tuple(members), guarded)
+        if key == self._key:
+            return None
+        if key[0] != self._key[0] or not self._shares:
+            self._shares = shares(self.intent, members)
+        self._key = key
+        others = [s for w, s in self._shares.items() if w != self.me]
+        elsewhere = BitMap.union(BitMap(), *others)
+        protected = BitMap.union(BitMap(), *(self._shares[w] for w in guarded))
+        return elsewhere, protected

@@ -34,7 +34,7 @@ import trio
 from cachetools import TTLCache
 from pyroaring import BitMap
 
-from .affinity import shares
+from .affinity import Crew
 from .codec import OutOfPlan, TaskSpace
 from .errors import ClaimUnavailable
 from .index import FactIndex
@@ -57,8 +57,6 @@ SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours ar
 UPLOAD_BATCH = 256
 MAX_BACKOFF = 15.0
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
-MEMBER_SECONDS = 600.0  # a worker seen (lease, manifest) this recently keeps its share
-SETTLE_SECONDS = 60.0  # a worker heard from again after a silence is not helped for this long
 
 
 @dataclass
@@ -139,15 +137,10 @@ class SyncEngine:
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
-        # Optimistic fleets (affinity.py): when each worker was last seen doing something (a new
-        # manifest, a new or renewed lease; monotonic time), since when without a silence, and
-        # what the current shares were computed for.
-        self.members: dict[str, float] = {}
-        self.active_since: dict[str, float] = {}
-        self.quiet_seconds = 3 * refresh + RETIRE_MARGIN
-        self._lease_marks: dict[str, float] = {}
-        self._shares: dict[str, BitMap] = {}
-        self._shares_key: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        # Optimistic fleets: the workers seen at work and their shares (affinity.py); a worker
+        # is silent after 3 refresh intervals + 5 s without a new manifest or lease.
+        self.crew = Crew(worker, state.intent, quiet=3 * refresh + RETIRE_MARGIN)
+        self._lease_marks: dict[str, float] = {}  # rel -> expiry of each lease last listed
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -271,7 +264,7 @@ class SyncEngine:
         self.online = False
         self.state_msg = f"unreachable: {msg}"
         self.counters.last_error = msg
-        if self.claims_mode == "optimistic" and self._shares:
+        if self.claims_mode == "optimistic":
             self._update_shares(time.monotonic(), offline=True)  # cut off: our share only
 
     # -- the loops ----------------------------------------------------------------------------
@@ -530,7 +523,7 @@ class SyncEngine:
             ms_text, _, rest = name.partition("-")
             if key in self.seen or not ms_text.isdigit():
                 continue
-            self._observe(rest.rsplit("-", 1)[0], now)  # a new manifest: its writer is at work
+            self.crew.observe(rest.rsplit("-", 1)[0], now)  # a new manifest: its writer works
             if rest.startswith(f"{self.worker}-"):
                 self.seen[key] = int(ms_text)
             else:
@@ -734,7 +727,7 @@ class SyncEngine:
         for lease in live:
             marks[lease.rel] = lease.expires
             if self._lease_marks.get(lease.rel) != lease.expires:
-                self._observe(lease.worker, now)  # a new or renewed lease
+                self.crew.observe(lease.worker, now)  # a new or renewed lease
             task = self._task_of(lease.rel)
             if task is None:
                 continue
@@ -755,41 +748,16 @@ class SyncEngine:
         if self.claims_mode == "optimistic":
             self._update_shares(now)
 
-    def _observe(self, worker: str, now: float) -> None:
-        last = self.members.get(worker)
-        if last is None or now - last > self.quiet_seconds:
-            self.active_since[worker] = now  # first seen, or back after a silence
-        self.members[worker] = now
-
     def _update_shares(self, now: float, *, offline: bool = False) -> None:
-        """Work our share of the pending tasks among the workers seen lately; help with the
-        others' only where the owner is at work and was not silent lately (a silent or returning
-        worker may have finished tasks we cannot see yet), and never while cut off from S3."""
-        members = sorted(
-            {w for w, seen in self.members.items() if now - seen < MEMBER_SECONDS} | {self.worker}
-        )
-        guarded = tuple(
-            w
-            for w in members
-            if w != self.worker
-            and (
-                offline
-                or now - self.members[w] > self.quiet_seconds
-                or now - self.active_since[w] < SETTLE_SECONDS
-            )
-        )
-        key = (tuple(members), guarded)
-        if key == self._shares_key:
-            return
-        if key[0] != self._shares_key[0]:
-            self._shares = shares(self.state.intent, members)
-            log.info("work shares among %d workers: %s", len(members), ", ".join(members))
-        self._shares_key = key
-        elsewhere = BitMap.union(
-            BitMap(), *(s for w, s in self._shares.items() if w != self.worker)
-        )
-        protected = BitMap.union(BitMap(), *(self._shares[w] for w in guarded))
-        self.state.set_shares(elsewhere, protected)
+        """Work our share of the pending tasks; help with the others' only where it is safe
+        (see affinity.Crew), never while cut off from S3."""
+        before = self.crew.members
+        changed = self.crew.shares(now, offline=offline)
+        if changed is not None:
+            self.state.set_shares(*changed)
+            if self.crew.members != before:
+                members = self.crew.members
+                log.info("work shares among %d workers: %s", len(members), ", ".join(members))
 
     def _task_of(self, rel: str) -> int | None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyroaring import BitMap
 
-from fusefs.affinity import chunk_bounds, others_share
+from fusefs.affinity import MEMBER_SECONDS, SETTLE_SECONDS, Crew, chunk_bounds, others_share
 
 WORKERS = ["host-a-1", "host-b-7", "laptop", "vm-3"]
 
@@ -46,3 +46,27 @@ def test_alone_a_worker_has_everything_and_bounds_cover_the_intent() -> None:
     bounds = chunk_bounds(intent, chunks=3)
     assert bounds[0] == 0 and bounds[-1] == 101 and bounds == sorted(bounds)
     assert chunk_bounds(BitMap()) == [0, 0]
+
+
+def test_crew_protects_the_shares_of_silent_and_returning_workers() -> None:
+    intent = BitMap(range(10_000))
+    crew = Crew("me", intent, quiet=10.0)
+    assert crew.shares(0.0) is None  # alone: nothing changes
+    crew.observe("b", 0.0)
+    elsewhere, protected = crew.shares(0.0) or (BitMap(), BitMap())
+    assert elsewhere == others_share(intent, ["me", "b"], "me") and elsewhere
+    assert protected == elsewhere  # b just appeared: not helped with before it settles
+    assert crew.shares(0.0) is None  # unchanged: no new answer
+    for t in range(0, int(SETTLE_SECONDS) + 10, 5):  # b keeps working
+        crew.observe("b", float(t))
+    assert crew.shares(SETTLE_SECONDS + 5) == (elsewhere, BitMap())  # settled: help allowed
+    assert crew.shares(SETTLE_SECONDS + 5, offline=True) == (elsewhere, elsewhere)
+    assert crew.shares(SETTLE_SECONDS + 5) == (elsewhere, BitMap())  # back online
+    assert crew.shares(SETTLE_SECONDS + 30) == (elsewhere, elsewhere)  # b went silent
+    crew.observe("b", SETTLE_SECONDS + 31)  # back: protected until it settles again
+    assert crew.shares(SETTLE_SECONDS + 32) is None
+    for t in range(int(SETTLE_SECONDS) + 31, 2 * int(SETTLE_SECONDS) + 40, 5):
+        crew.observe("b", float(t))
+    assert crew.shares(2 * SETTLE_SECONDS + 40) == (elsewhere, BitMap())
+    assert crew.shares(MEMBER_SECONDS + 200) == (BitMap(), BitMap())  # gone: its share is ours
+    assert crew.members == ("me",)
