@@ -76,9 +76,14 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable")
         self._in_flight.add(task)
         try:
-            rows, sha, size = await trio.to_thread.run_sync(
-                self._commit_blocking, path, rel, not synced
-            )
+            if self.batched and synced and self.store.commit_is_quick(path, rel):
+                # No fsync left to do (the file was fsync'd, the directory's fsync is batched):
+                # a few small syscalls, cheaper inline than a hop to a worker thread and back.
+                rows, sha, size = self._commit_blocking(path, rel, False)
+            else:
+                rows, sha, size = await trio.to_thread.run_sync(
+                    self._commit_blocking, path, rel, not synced
+                )
         except InvalidWitness as e:
             reason = f"not a well-formed CSV: {e}"
             if not final:

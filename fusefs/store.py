@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 KNOWN_DIRS = 4096
+QUICK_BYTES = 64 * 1024  # a commit inline on the event loop reads at most this much
 
 WITNESS_DIR = "scraped-tiles"
 
@@ -92,6 +93,16 @@ class LocalStore:
         else:
             self.dirty_dirs.add(dst.parent)
         os.unlink(staged)
+
+    def commit_is_quick(self, staged: Path, rel: str) -> bool:
+        """A commit of `staged` needs no fsync and reads little: its tile directory exists and
+        the file is small (the caller knows it is fsync'd and the directory fsync is batched)."""
+        if (self.tiles / rel).parent not in self._known_dirs:
+            return False
+        try:
+            return os.stat(staged).st_size <= QUICK_BYTES
+        except OSError:
+            return False
 
     def flush_dirs(self) -> int:
         """fsync the directories of commits made with sync_dir=False; returns how many."""
