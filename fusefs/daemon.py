@@ -55,10 +55,10 @@ class Daemon:
     def run(self) -> None:
         self._recover_staging()
         self.claim_log.restore()  # claims held when the last daemon stopped, before serving
-        if self.sync is not None and self.sync.leases is not None:
+        if self.sync is not None and self.sync.fleet is not None:
             # Each restored claim is confirmed fleet-wide (our lease taken again, or lost to
             # another worker's) at the first listing, like an optimistic claim made offline.
-            self.sync.unconfirmed.update(self.claim_log.live)
+            self.sync.fleet.unconfirmed.update(self.claim_log.live)
         if self.mission.space.size:
             self.mission.space.descriptor_size(0)  # per-phrase sizes: not in the first `ls`
         # Without allow_other only the mounting user can reach the mount, so the kernel's
@@ -138,8 +138,8 @@ class Daemon:
                 self.status.expired += len(expired)
                 for task in expired:
                     self.committer.journal.append("expire", self.mission.space.rel(task))
-                if self.sync is not None:
-                    self.sync.forget_claims(expired)
+                if self.sync is not None and self.sync.fleet is not None:
+                    self.sync.fleet.forget(expired)
                 log.info("lease expired for %d task(s), back to pending", len(expired))
             nxt = self.state.next_expiry()
             await trio.sleep(min(1.0, max(0.0, nxt - now)) if nxt is not None else 1.0)

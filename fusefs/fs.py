@@ -87,6 +87,7 @@ class MissionFS(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.sync = sync
+        self.fleet = sync.fleet if sync is not None else None  # fleet-wide leases, if any
         self.state = state
         self.space: TaskSpace = state.space
         self.store = store
@@ -659,7 +660,7 @@ class MissionFS(pyfuse3.Operations):
             if payload in self.state.claims and not fields.update_size:
                 self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
                 self.committer.journal.append("renew", self.space.rel(payload))
-                if self.sync is not None and not await self.sync.renew_remote(payload):
+                if self.fleet is not None and not await self.fleet.renew(payload):
                     raise fuse_error(
                         errno.ENOENT,
                         f"lease of {self.space.rel(payload)} was taken"
@@ -787,9 +788,9 @@ class MissionFS(pyfuse3.Operations):
             self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
         except NotPending:
             raise fuse_error(errno.ENOENT) from None
-        if self.sync is not None:
+        if self.fleet is not None:
             try:
-                won = await self.sync.claim_remote(task)  # the fleet-wide lease (S3)
+                won = await self.fleet.claim(task)  # the fleet-wide lease (S3)
             except (ClaimUnavailable, S3Unavailable, S3ConfigError) as e:
                 raise fuse_error(
                     errno.EAGAIN,
@@ -807,8 +808,8 @@ class MissionFS(pyfuse3.Operations):
         except NotClaimed:
             raise fuse_error(errno.ENOENT) from None
         self.committer.journal.append("release", self.space.rel(task))
-        if self.sync is not None:
-            await self.sync.release_remote(task)
+        if self.fleet is not None:
+            await self.fleet.release(task)
 
     def _rename_tmp(self, old: bytes, new: bytes, flags: int) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)

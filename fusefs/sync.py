@@ -18,7 +18,6 @@ in parallel, is the truth: at start-up without a cursor, every `full_refresh` se
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
@@ -34,12 +33,11 @@ import trio
 from cachetools import TTLCache
 from pyroaring import BitMap
 
-from .affinity import Crew
 from .codec import OutOfPlan, TaskSpace
-from .errors import ClaimUnavailable
+from .fleet import FleetClaims
 from .index import FactIndex
 from .journal import Journal
-from .leases import Lease, LeaseBook
+from .leases import LeaseBook
 from .s3store import (
     MANIFESTS,
     WITNESSES,
@@ -50,13 +48,13 @@ from .s3store import (
 )
 from .state import MissionState
 from .store import LocalStore
+from .threads import blocking as _s3
 
 log = logging.getLogger("missionfs")
 
 SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
 UPLOAD_BATCH = 256
 MAX_BACKOFF = 15.0
-RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
 
 
 @dataclass
@@ -129,18 +127,11 @@ class SyncEngine:
         self.journal: Journal | None = None
         s3.worker = worker
         self.claims_mode = claims
-        self.leases = LeaseBook(s3, worker, lease_seconds) if claims != "local" else None
-        self.held: dict[int, str] = {}  # task -> ETag of our lease object
-        self.unconfirmed: set[int] = set()  # optimistic claims made while offline
-        self._adopted = False  # own leases from before a restart are adopted once
-        # Leases of finished tasks, kept as tombstones until the other workers' next refresh
-        # has shown them the witness: (monotonic deadline, rel), deleted in batches.
-        self.retire_seconds = 2 * refresh + RETIRE_MARGIN
-        self._retiring: list[tuple[float, str]] = []  # a heap
-        # Optimistic fleets: the workers seen at work and their shares (affinity.py); a worker
-        # is silent after 3 refresh intervals + 5 s without a new manifest or lease.
-        self.crew = Crew(worker, state.intent, quiet=3 * refresh + RETIRE_MARGIN)
-        self._lease_marks: dict[str, float] = {}  # rel -> expiry of each lease last listed
+        self.fleet = (
+            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh)
+            if claims != "local"
+            else None
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def _load_cursor(self) -> tuple[int, dict[str, int]]:
@@ -219,8 +210,8 @@ class SyncEngine:
             "last_full_refresh": round(c.last_full_refresh, 3),
             "requests": dict(self.s3.requests),
             "claims": self.claims_mode,
-            "leases_held": len(self.held),
-            "claims_unconfirmed": len(self.unconfirmed),
+            "leases_held": len(self.fleet.held) if self.fleet else 0,
+            "claims_unconfirmed": len(self.fleet.unconfirmed) if self.fleet else 0,
             "claims_lost": c.lost_claims,
         }
 
@@ -265,7 +256,8 @@ class SyncEngine:
         self.state_msg = f"unreachable: {msg}"
         self.counters.last_error = msg
         if self.claims_mode == "optimistic":
-            self._update_shares(time.monotonic(), offline=True)  # cut off: our share only
+            assert self.fleet is not None
+            self.fleet.update_shares(time.monotonic(), offline=True)  # cut off: our share only
 
     # -- the loops ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -273,8 +265,8 @@ class SyncEngine:
             nursery.start_soon(self._upload_loop)
             nursery.start_soon(self._refresh_loop)
             nursery.start_soon(self._manifest_loop)
-            if self.leases is not None:
-                nursery.start_soon(self._retire_loop)
+            if self.fleet is not None:
+                nursery.start_soon(self.fleet.retire_loop)
 
     async def _upload_loop(self) -> None:
         backoff = 1.0
@@ -316,9 +308,10 @@ class SyncEngine:
                     # Leases are listed before the facts and applied after them: a lease seen
                     # gone was retired after its witness's manifest was written, so that fact
                     # is learned first and the task never shows as pending in between.
-                    live = await self.list_leases()
+                    live = await self.fleet.list_live() if self.fleet else None
                     await self.refresh(full=full, force=forced)
-                    self.apply_leases(live)
+                    if self.fleet is not None and live is not None:
+                        self.fleet.apply(live)
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
@@ -412,7 +405,8 @@ class SyncEngine:
             self._mark_synced(task, rel)
         else:
             await self._resolve(task, rel, body)
-        self._retire_lease(task)  # the witness is in S3: the lease becomes a tombstone
+        if self.fleet is not None:
+            self.fleet.retire(task)  # the witness is in S3: the lease becomes a tombstone
 
     async def _resolve(self, task: int, rel: str, body: bytes) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?"""
@@ -453,7 +447,8 @@ class SyncEngine:
             self.synced.add(task)
             self.synced_index.append((rel,))
         self._learn((task,), ours=True)
-        self.unconfirmed.discard(task)
+        if self.fleet is not None:
+            self.fleet.unconfirmed.discard(task)
 
     async def flush_manifest(self) -> None:
         if not self._manifest:
@@ -523,7 +518,8 @@ class SyncEngine:
             ms_text, _, rest = name.partition("-")
             if key in self.seen or not ms_text.isdigit():
                 continue
-            self.crew.observe(rest.rsplit("-", 1)[0], now)  # a new manifest: its writer works
+            if self.fleet is not None:  # a new manifest: its writer is at work
+                self.fleet.crew.observe(rest.rsplit("-", 1)[0], now)
             if rest.startswith(f"{self.worker}-"):
                 self.seen[key] = int(ms_text)
             else:
@@ -595,176 +591,6 @@ class SyncEngine:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return learned
 
-    # -- fleet leases (see leases.py) -----------------------------------------------------------
-    async def claim_remote(self, task: int) -> bool:
-        """Make a local claim fleet-wide. False: another worker holds the task (now foreign)."""
-        if self.leases is None:
-            return True
-        rel = self.space.rel(task)
-        etag: str | None = None
-        try:
-            etag = await _s3(self.leases.acquire, rel)
-            if etag is None:
-                self.counters.lost_claims += 1
-                self._note("lost_claim", rel)
-                self.state.claim_lost(task)
-                return False
-            if task not in self.state.claims:  # released or completed while we waited
-                await _s3(self.leases.release, rel, etag)
-                return task in self.state.fact
-        except (S3Unavailable, S3ConfigError) as e:
-            # S3 went away somewhere in the middle: never let it escape into the FUSE handler.
-            self._offline(str(e))
-            if etag is not None and task in self.state.claims:
-                self.held[task] = etag  # the lease object may exist: it is ours until it expires
-            if self.claims_mode == "optimistic":
-                if task in self.state.claims and etag is None:
-                    self.unconfirmed.add(task)  # confirmed when S3 is back
-                return task in self.state.claims
-            if task in self.state.claims:
-                self.state.release(task)
-            self.held.pop(task, None)
-            raise ClaimUnavailable(str(e)) from None
-        self.held[task] = etag
-        return True
-
-    async def renew_remote(self, task: int) -> bool:
-        """`touch claimed/REL`: extend our lease. False: it was taken over (we lost the task)."""
-        etag = self.held.get(task)
-        if self.leases is None or etag is None:
-            return True
-        try:
-            new = await _s3(self.leases.renew, self.space.rel(task), etag)
-        except S3Unavailable as e:
-            self._offline(str(e))
-            return True  # keep working; the lease is renewed at the next touch
-        if new is None:
-            self.held.pop(task, None)
-            self.counters.lost_claims += 1
-            self._note("lost_claim", self.space.rel(task))
-            self.state.claim_lost(task)
-            return False
-        self.held[task] = new
-        return True
-
-    async def release_remote(self, task: int) -> None:
-        """`rm claimed/REL`: give the task back to the fleet."""
-        self.unconfirmed.discard(task)
-        await self._drop_lease(task)
-
-    async def _drop_lease(self, task: int) -> None:
-        etag = self.held.pop(task, None)
-        if self.leases is None or etag is None:
-            return
-        try:
-            await _s3(self.leases.release, self.space.rel(task), etag)
-        except (S3Unavailable, S3ConfigError) as e:
-            log.info("lease of %s not deleted (%s); it will expire", self.space.rel(task), e)
-
-    def _retire_lease(self, task: int) -> None:
-        """The task is finished: delete its lease once every worker can know it (see leases.py)."""
-        etag = self.held.pop(task, None)
-        if self.leases is not None and etag is not None:
-            deadline = time.monotonic() + self.retire_seconds
-            heapq.heappush(self._retiring, (deadline, self.space.rel(task)))
-
-    async def _retire_loop(self) -> None:
-        assert self.leases is not None
-        while True:
-            await trio.sleep(1.0)
-            now = time.monotonic()
-            due: list[str] = []
-            while self._retiring and self._retiring[0][0] <= now:
-                due.append(heapq.heappop(self._retiring)[1])
-            if not due:
-                continue
-            await self.flush_manifest()  # the tombstones go only after the facts are announced
-            try:
-                await _s3(self.leases.delete_many, due)
-            except (S3Unavailable, S3ConfigError) as e:
-                log.info("%d finished leases not deleted yet (%s); retrying", len(due), e)
-                for rel in due:
-                    heapq.heappush(self._retiring, (now + MAX_BACKOFF, rel))
-
-    def forget_claims(self, tasks: Iterable[int]) -> None:
-        """Local leases ended: our lease objects expire too, nothing to delete."""
-        for task in tasks:
-            self.held.pop(task, None)
-            self.unconfirmed.discard(task)
-
-    async def refresh_leases(self) -> None:
-        """List and apply the fleet's leases (the refresh loop lists before and applies after
-        the facts)."""
-        self.apply_leases(await self.list_leases())
-
-    async def list_leases(self) -> list[Lease] | None:
-        """Confirm optimistic claims made while offline; list the live leases (None: no fleet
-        leases in this mission)."""
-        if self.leases is None:
-            return None
-        for task in sorted(self.unconfirmed):
-            self.unconfirmed.discard(task)
-            if task in self.state.claims and task not in self.held:
-                try:
-                    await self.claim_remote(task)
-                except ClaimUnavailable:
-                    pass  # strict: S3 went away again; the claim was given back
-        live: list[Lease] = await _s3(self.leases.live)
-        return live
-
-    def apply_leases(self, live: list[Lease] | None) -> None:
-        """Hide tasks under other workers' live leases; adopt ours after a restart; collect
-        expired leases of finished tasks."""
-        if self.leases is None or live is None:
-            return
-        now = time.monotonic()
-        for rel in self.leases.expired:
-            task = self._task_of(rel)
-            if task is not None and task in self.state.fact:
-                heapq.heappush(self._retiring, (now, rel))
-        foreign = BitMap()
-        marks = {}
-        for lease in live:
-            marks[lease.rel] = lease.expires
-            if self._lease_marks.get(lease.rel) != lease.expires:
-                self.crew.observe(lease.worker, now)  # a new or renewed lease
-            task = self._task_of(lease.rel)
-            if task is None:
-                continue
-            if lease.worker != self.worker:
-                foreign.add(task)
-            elif not self._adopted and task in self.state.fact:
-                heapq.heappush(self._retiring, (now + self.retire_seconds, lease.rel))
-            elif not self._adopted and task not in self.held:
-                # Ours, from before a restart (only then: later listings may be older than a
-                # release or completion we made meanwhile, and must not bring a lease back).
-                self.held[task] = lease.etag
-                if task in self.state.pending:
-                    remaining = lease.expires - self.leases.server_now()
-                    self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
-        self._lease_marks = marks
-        self.state.set_foreign(foreign)
-        self._adopted = True
-        if self.claims_mode == "optimistic":
-            self._update_shares(now)
-
-    def _update_shares(self, now: float, *, offline: bool = False) -> None:
-        """Work our share of the pending tasks; help with the others' only where it is safe
-        (see affinity.Crew), never while cut off from S3."""
-        before = self.crew.members
-        changed = self.crew.shares(now, offline=offline)
-        if changed is not None:
-            self.state.set_shares(*changed)
-            if self.crew.members != before:
-                members = self.crew.members
-                log.info("work shares among %d workers: %s", len(members), ", ".join(members))
-
-    def _task_of(self, rel: str) -> int | None:
-        try:
-            return self.space.parse_rel(rel)
-        except OutOfPlan:
-            return None
-
     # -- remote-only witnesses ----------------------------------------------------------------
     async def fetch(self, task: int) -> None:
         """Bring a remote-only witness into the local store (once); raises S3Unavailable."""
@@ -779,9 +605,3 @@ class SyncEngine:
         self._mark_synced(task, rel)
         if self.on_local_fact is not None:
             self.on_local_fact(task)  # records it in `local` and the start-up index
-
-
-async def _s3(fn: Callable[..., Any], *args: Any) -> Any:
-    """A blocking S3 call in a worker thread; on shutdown it is abandoned, not awaited (every
-    S3 effect here is idempotent: an upload whose result is lost is redone at next start)."""
-    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
