@@ -9,6 +9,9 @@ class S3Unavailable(Exception):
     """The endpoint cannot be reached or answers with a temporary error: retry later."""
 
 
+MAX_BACKOFF = 15.0  # seconds: the longest wait before an S3 call that failed is tried again
+
+
 class Precondition(Exception):
     """412: the object exists (If-None-Match) or changed (If-Match)."""
 

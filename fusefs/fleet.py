@@ -20,7 +20,7 @@ from pyroaring import BitMap
 
 from .affinity import Crew
 from .codec import OutOfPlan
-from .errors import ClaimUnavailable
+from .errors import MAX_BACKOFF, ClaimUnavailable
 from .leases import Lease, LeaseBook
 from .s3store import S3ConfigError, S3Unavailable
 from .threads import blocking as _s3
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("missionfs")
 
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
-MAX_BACKOFF = 15.0
 
 
 class FleetClaims:
@@ -60,16 +59,14 @@ class FleetClaims:
         try:
             etag = await _s3(self.leases.acquire, rel)
             if etag is None:
-                self.engine.counters.lost_claims += 1
-                self.engine._note("lost_claim", rel)
-                self.state.claim_lost(task)
+                self._lost(task)
                 return False
             if task not in self.state.claims:  # released or completed while we waited
                 await _s3(self.leases.release, rel, etag)
                 return task in self.state.fact
         except (S3Unavailable, S3ConfigError) as e:
             # S3 went away somewhere in the middle: never let it escape into the FUSE handler.
-            self.engine._offline(str(e))
+            self.engine.went_offline(str(e))
             if etag is not None and task in self.state.claims:
                 self.held[task] = etag  # the lease object may exist: it is ours until it expires
             if self.engine.claims_mode == "optimistic":
@@ -91,16 +88,20 @@ class FleetClaims:
         try:
             new = await _s3(self.leases.renew, self.space.rel(task), etag)
         except S3Unavailable as e:
-            self.engine._offline(str(e))
+            self.engine.went_offline(str(e))
             return True  # keep working; the lease is renewed at the next touch
         if new is None:
             self.held.pop(task, None)
-            self.engine.counters.lost_claims += 1
-            self.engine._note("lost_claim", self.space.rel(task))
-            self.state.claim_lost(task)
+            self._lost(task)
             return False
         self.held[task] = new
         return True
+
+    def _lost(self, task: int) -> None:
+        """Another worker's lease holds the task: our claim ends, the task is theirs."""
+        self.engine.counters.lost_claims += 1
+        self.engine.note("lost_claim", self.space.rel(task))
+        self.state.claim_lost(task)
 
     async def release(self, task: int) -> None:
         """`rm claimed/REL`: give the task back to the fleet."""

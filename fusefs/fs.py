@@ -420,7 +420,7 @@ class MissionFS(pyfuse3.Operations):
                     attr = self._task_attr(view, task)
                 except pyfuse3.FUSEError:
                     continue
-                yield sp.phrase_names[phrase].encode("utf-8", "surrogatepass"), attr, phrase + 1
+                yield self._phrase_bytes[phrase], attr, phrase + 1
 
     def _fixed_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         """The root, the view roots, tmp/ and status (whose size is that of its JSON now)."""
@@ -883,12 +883,10 @@ class MissionFS(pyfuse3.Operations):
         tiles_seen: set[int] = set()
         for task in tasks:
             tile, phrase = divmod(task, sp.nphr)
-            name = b""
+            name = self._phrase_bytes[phrase]
             if task not in self._committing:
-                name = sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
                 self._invalidate(inodes.make(Kind.TILE, View.DONE, tile), name)
             if any(held(inodes.make(Kind.FILE, v, task)) for v in VIEWS):
-                name = name or sp.phrase_names[phrase].encode("utf-8", "surrogatepass")
                 for v in VIEWS:
                     self._invalidate(inodes.make(Kind.TILE, v, tile), name)
             if tile not in tiles_seen:

@@ -34,6 +34,7 @@ from cachetools import TTLCache
 from pyroaring import BitMap
 
 from .codec import OutOfPlan, TaskSpace
+from .errors import MAX_BACKOFF
 from .fleet import FleetClaims
 from .index import FactIndex
 from .journal import Journal
@@ -54,7 +55,6 @@ log = logging.getLogger("missionfs")
 
 SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
 UPLOAD_BATCH = 256
-MAX_BACKOFF = 15.0
 
 
 @dataclass
@@ -232,7 +232,7 @@ class SyncEngine:
         try:
             conditional = await _s3(self.s3.check)
         except S3Unavailable as e:
-            self._offline(str(e))
+            self.went_offline(str(e))
             return False
         self.checked(conditional)
         return True
@@ -249,7 +249,7 @@ class SyncEngine:
         if not conditional:
             log.warning("%s does not honour conditional writes: using check-then-put", self.s3.url)
 
-    def _offline(self, msg: str) -> None:
+    def went_offline(self, msg: str) -> None:
         if self.online is not False:
             log.warning("S3 unreachable, working locally and queueing uploads: %s", msg)
         self.online = False
@@ -315,7 +315,7 @@ class SyncEngine:
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
-                self._offline(str(e))
+                self.went_offline(str(e))
             except S3ConfigError as e:
                 self.counters.errors += 1
                 self.counters.last_error = str(e)
@@ -360,7 +360,7 @@ class SyncEngine:
                     await self._upload_one(task)
                 except S3Unavailable as e:
                     failures += 1
-                    self._offline(str(e))
+                    self.went_offline(str(e))
                 except (S3ConfigError, OSError) as e:
                     failures += 1
                     self.counters.errors += 1
@@ -400,7 +400,7 @@ class SyncEngine:
         if created:
             self.counters.uploaded += 1
             sha = sha256_hex(body)
-            self._note("upload", rel, sha256=sha)
+            self.note("upload", rel, sha256=sha)
             self._manifest.append(f"{rel}\t{sha}")
             self._mark_synced(task, rel)
         else:
@@ -424,7 +424,7 @@ class SyncEngine:
         )
         self.counters.conflicts += 1
         self.counters.conflict_keys.append(key)
-        self._note(
+        self.note(
             "conflict",
             rel,
             loser_sha256=sha256_hex(body),
@@ -471,11 +471,11 @@ class SyncEngine:
             self.remote_index.append(rels)
             if not ours:
                 for rel in rels:
-                    self._note("remote", rel)
+                    self.note("remote", rel)
             self.state.add_facts(new)
         return new
 
-    def _note(self, ev: str, rel: str, **fields: Any) -> None:
+    def note(self, ev: str, rel: str, **fields: Any) -> None:
         if self.journal is not None:
             self.journal.append(ev, rel, **fields)
 
@@ -601,7 +601,7 @@ class SyncEngine:
             raise S3Unavailable(f"{rel}: downloaded bytes do not match their SHA-256; will retry")
         await trio.to_thread.run_sync(self.store.adopt, rel, body)
         self.counters.fetched += 1
-        self._note("fetch", rel, sha256=sha256_hex(body))
+        self.note("fetch", rel, sha256=sha256_hex(body))
         self._mark_synced(task, rel)
         if self.on_local_fact is not None:
             self.on_local_fact(task)  # records it in `local` and the start-up index
