@@ -7,6 +7,8 @@ Issue target: missionfs >= 0.9x native. missionfs also validates the CSV and, by
 native protocol), so a column shows native + directory fsync, the protocol with the same
 durability; `mfs-batched` is a second mount with --durability batched (directory fsyncs grouped
 every 0.25 s: the same durability as the native protocol, which never fsyncs the directory).
+`passthrough` runs the native protocol through bench/passthrough_fs.py, a minimal pyfuse3
+passthrough of a directory: the floor any pyfuse3 filesystem starts from on this path.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ BODY = b"name,address,lat,lon,rating\n" + b"".join(
     f'"Place {i}","{i} Main St, Springfield",40.{i:04d},-74.{i:04d},4.{i % 10}\n'.encode()
     for i in range(4)
 )
-MODES = ("native", "native+dirsync", "missionfs", "mfs-direct", "mfs-batched")
+MODES = ("native", "native+dirsync", "passthrough", "missionfs", "mfs-direct", "mfs-batched")
 
 
 def worker(
@@ -37,7 +39,7 @@ def worker(
 ) -> None:
     """One scraper process: its share of commits, timed between a common start and its end."""
     tmp = f"{root}/tmp"
-    done = f"{root}/done" if mode.startswith("m") else f"{root}/scraped-tiles"
+    done = f"{root}/done" if mode.startswith(("m", "p")) else f"{root}/scraped-tiles"
     barrier.wait()
     t0 = time.monotonic()
     for i, rel in enumerate(rels):
@@ -118,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         for mo in ("native", "native+dirsync"):
             (roots[mo] / "tmp").mkdir(parents=True)
             (roots[mo] / "scraped-tiles").mkdir()
+        backing = ext4 / "passthrough-backing"
+        (backing / "tmp").mkdir(parents=True)
+        for rel in all_rels[: 2 * needed]:  # the floor does no mkdir: every tile dir exists
+            (backing / "done" / rel).parent.mkdir(parents=True, exist_ok=True)
         state = ext4 / "mfs-state"
         rates: dict[tuple[str, int], list[float]] = {}
         batched = c.mounted(
@@ -128,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         with (
             c.mounted(lambda: c.start_missionfs(mission, ext4 / "mnt", state)) as mfs,
             batched as mfs_b,
+            c.mounted(lambda: c.start_passthrough(backing, ext4 / "mnt-p")) as floor,
         ):
             roots["missionfs"] = roots["mfs-direct"] = mfs.mnt
             roots["mfs-batched"] = mfs_b.mnt
+            roots["passthrough"] = floor.mnt
             for rep in range(args.reps + 1):
                 for ci, workers in enumerate(configs):
                     lo = rep * per_round + ci * n
@@ -163,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{w} worker{'s' if w > 1 else ''}",
                 f"{med['native']:.0f}",
                 f"{med['native+dirsync']:.0f}",
+                f"{med['passthrough']:.0f}",
                 f"{med['missionfs']:.0f}",
                 f"{med['mfs-direct']:.0f}",
                 f"{med['mfs-batched']:.0f}",
+                f"{med['passthrough'] / med['native']:.2f}x",
                 f"{ratio:.2f}x",
                 f"{med['missionfs'] / med['native+dirsync']:.2f}x",
                 f"{ratio_b:.2f}x",
+                f"{med['mfs-batched'] / med['passthrough']:.2f}x",
                 f">= {TARGET}x native",
                 "ok" if max(ratio, ratio_b) >= TARGET else "MISS",
             ]
@@ -178,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             "workers",
             "native",
             "native+dirsync",
+            "passthrough",
             "missionfs",
             "mfs direct write",
             "mfs batched",
+            "passthrough/native",
             "mfs/native",
             "mfs/nat+dirsync",
             "batched/native",
+            "batched/passthrough",
             "target",
             "",
         ],
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "`native`; `native+dirsync` adds that directory fsync to the native protocol.\n"
         "`mfs direct write` (informational) is the other commit path: open done/REL, write,\n"
         "fsync, close (the commit runs in flush, outside the kernel's rename lock).\n"
+        "`passthrough` = the native protocol through a minimal pyfuse3 passthrough of a directory\n"
+        "(bench/passthrough_fs.py: no validation, no state): the floor of any pyfuse3 filesystem.\n"
         f"missionfs status after the run: {st['counts']['done']} done, commits {st['commits']}, "
         f"refused {st['refused']}"
     )

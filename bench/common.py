@@ -275,6 +275,12 @@ def start_minimal(spec: Path, mnt: Path, timeout: float = MOUNT_DEADLINE) -> Fus
     return _start(cmd, mnt, mnt.parent / f"{mnt.name}.minimal.err", "minimal", timeout)
 
 
+def start_passthrough(backing: Path, mnt: Path, timeout: float = MOUNT_DEADLINE) -> FuseProc:
+    """bench/passthrough_fs.py serving `backing` (the write-path floor of pyfuse3)."""
+    cmd = [PYTHON, str(BENCH / "passthrough_fs.py"), str(backing), str(mnt)]
+    return _start(cmd, mnt, mnt.parent / f"{mnt.name}.passthrough.err", "passthrough", timeout)
+
+
 @contextlib.contextmanager
 def mounted(start: Callable[[], FuseProc]) -> Iterator[FuseProc]:
     fp = start()

@@ -19,6 +19,9 @@ Scenarios (names as in the table; N = 4 and 8, `--quick`: 4):
                    fsync the same small CSV into a local directory in between.
   a-local-{sh,py}N `claims = "local"` (S3 store, no S3 leases): 1 mount, N shell/Python workers.
   n-nos3-pyN       no [store] at all: the mount alone (where the time goes without S3).
+  f-floor-pyN      the same Python workers through bench/passthrough_fs.py, a minimal pyfuse3
+                   passthrough of a plain tree with the same names (pending/REL files, claimed/
+                   and done/ dirs; a claim and a commit are plain renames): the pyfuse3 floor.
   s-strict-pyN     `claims = "strict"`, 1 mount, N Python workers: the price of S3 leases.
   b-strict-sh      `claims = "strict"`, 2 mounts x 4 shell workers.
   c-optim-part-*   `claims = "optimistic"`, 2 mounts x 4 workers; mount 0 talks to S3 through a
@@ -892,6 +895,41 @@ def run_postgres(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
     return res
 
 
+def run_floor(bench: Bench, tasks: int, n: int) -> Result:
+    """The same Python workers through bench/passthrough_fs.py over a plain tree of the same
+    names (pending/REL descriptor files, claimed/ and done/ tile dirs): the pyfuse3 floor."""
+    mission, total = bench.mission(f"floor-{n}", tasks, None)
+    m = load_mission(mission)
+    backing = bench.tmp / f"floor-{n}-tree"
+    for top in ("pending", "claimed", "done"):
+        for tile in {m.space.rel(t).rsplit("/", 1)[0] for t in m.intent}:
+            (backing / top / tile).mkdir(parents=True, exist_ok=True)
+    (backing / "tmp").mkdir()
+    for t in m.intent:
+        (backing / "pending" / m.space.rel(t)).write_bytes(m.space.descriptor(t))
+    res = Result(f"f-floor-py{n}", "passthrough", f"{n} py", n, total)
+    c.log(f"{res.name}: {total} tasks, {n} Python workers, minimal pyfuse3 passthrough")
+    logs = [bench.tmp / f"floor-{n}-log{i}" for i in range(n)]
+    with c.mounted(lambda: c.start_passthrough(backing, bench.tmp / f"floor-{n}-mnt")) as fp:
+        workers = Workers()
+        try:
+            barrier = workers.ctx.Barrier(n + 1)
+            for i, log in enumerate(logs):
+                workers.start_python(py_worker, (str(fp.mnt), str(log), i, n, barrier))
+            barrier.wait(timeout=120)
+            t0 = time.time()
+            deadline = time.monotonic() + 300
+            while workers.running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            workers.stop()
+    res.attempts, res.done, res.seconds = read_logs(logs, t0)
+    if res.done != total:
+        res.notes.append(f"incomplete: {res.done} of {total}")
+    c.log(f"{res.name}: {res.done} tasks in {res.seconds:.2f} s")
+    return res
+
+
 # -- the table -------------------------------------------------------------------------------------
 def cost_per_million(req: Counter[str], tasks: int) -> float:
     a = req["PUT"] + req["POST"] + req["LIST"]
@@ -953,8 +991,9 @@ def main() -> int:
     ap.add_argument("--partition", type=float, help="seconds of partition (30, quick 5)")
     ap.add_argument(
         "--only",
-        default="pg,a,n,s,b,c",
-        help="scenarios: pg, a (local claims), n (no S3 at all), s (strict, 1 mount), b, c",
+        default="pg,a,n,f,s,b,c",
+        help="scenarios: pg, a (local claims), n (no S3 at all), f (pyfuse3 floor), s (strict,"
+        " 1 mount), b, c",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -1019,6 +1058,9 @@ def main() -> int:
             if "n" in only:
                 for n in ns:
                     attempt(f"n-nos3-py{n}", run, f"n-nos3-py{n}", "none", tasks, 1, n, "py")
+            if "f" in only:
+                for n in ns:
+                    attempt(f"f-floor-py{n}", run_floor, bench, tasks, n)
             py_rate = 0.0
             if "s" in only:
                 n = ns[-1]

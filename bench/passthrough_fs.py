@@ -1,0 +1,189 @@
+"""The write-path floor: a minimal pyfuse3 + trio passthrough of a directory.
+
+Every request maps straight onto the same call on a backing directory (lookup -> lstat,
+create -> open, rename -> rename, fsync -> fsync in a worker thread, as any pyfuse3 filesystem
+must do it to serve several writers at once). No validation, no state, no journal, no
+invalidation. The commit and fleet benchmarks run their exact worker protocols through it: what
+this mount cannot reach, no pyfuse3 filesystem can, and whatever missionfs costs beyond it is
+missionfs's own. Usage: python bench/passthrough_fs.py BACKING_DIR MNT
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+TIMEOUT = 1.0  # entries and attributes change (writes, renames): cache them briefly
+
+
+class Passthrough(pyfuse3.Operations):
+    """Inodes are the backing files' inode numbers; `paths` remembers where each one lives."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: root}
+        self.root_ino = os.lstat(root).st_ino
+        self.fds: dict[int, int] = {}
+        self.dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self._next_fh = 1
+
+    def _path(self, inode: int) -> str:
+        try:
+            return self.paths[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _attr(self, path: str, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        try:
+            st = st or os.lstat(path)
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        ino = pyfuse3.ROOT_INODE if st.st_ino == self.root_ino else st.st_ino
+        self.paths[ino] = path
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.st_mode, a.st_nlink, a.st_size = st.st_mode, st.st_nlink, st.st_size
+        a.st_uid, a.st_gid = st.st_uid, st.st_gid
+        a.st_blksize, a.st_blocks = st.st_blksize, st.st_blocks
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        a.entry_timeout = a.attr_timeout = TIMEOUT
+        return a
+
+    def _fh(self, fd: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.fds[fh] = fd
+        return fh
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._attr(os.path.join(self._path(parent_inode), os.fsdecode(name)))
+
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._attr(self._path(inode))
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        path = self._path(inode)
+        with os.scandir(path) as it:
+            entries = sorted(
+                (os.fsencode(e.name), self._attr(e.path, e.stat(follow_symlinks=False))) for e in it
+            )
+        fh = self._fh(-1)
+        self.dirs[fh] = entries
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.dirs[fh]
+        for i in range(start_id, len(entries)):
+            name, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+        self.fds.pop(fh, None)
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=self._fh(os.open(self._path(inode), flags & ~os.O_CREAT)))
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = os.path.join(self._path(parent_inode), os.fsdecode(name))
+        try:
+            fd = os.open(path, flags | os.O_CREAT, mode & 0o777)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        return pyfuse3.FileInfo(fh=self._fh(fd)), self._attr(path, os.fstat(fd))
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(self.fds[fh], size, off)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(self.fds[fh], buf, off)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fds[fh])
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    async def release(self, fh: int) -> None:
+        os.close(self.fds.pop(fh))
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        src = os.path.join(self._path(parent_inode_old), os.fsdecode(name_old))
+        dst = os.path.join(self._path(parent_inode_new), os.fsdecode(name_new))
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        self._attr(dst)  # the moved inode now lives at dst
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        try:
+            os.unlink(os.path.join(self._path(parent_inode), os.fsdecode(name)))
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        st = os.statvfs(self.paths[pyfuse3.ROOT_INODE])
+        s.f_bsize, s.f_frsize, s.f_blocks = st.f_bsize, st.f_frsize, st.f_blocks
+        s.f_bfree, s.f_bavail, s.f_files = st.f_bfree, st.f_bavail, st.f_files
+        s.f_ffree, s.f_favail, s.f_namemax = st.f_ffree, st.f_favail, st.f_namemax
+        return s
+
+
+async def _main() -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as rx:
+                async for _ in rx:
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("backing", type=Path, help="the directory to serve")
+    p.add_argument("mountpoint", type=Path)
+    args = p.parse_args(argv)
+    ops = Passthrough(str(args.backing.resolve()))
+    options = set(pyfuse3.default_options) | {"fsname=passthroughfs", "subtype=passthroughfs"}
+    pyfuse3.init(ops, str(args.mountpoint), options)
+    try:
+        trio.run(_main)
+    finally:
+        pyfuse3.close(unmount=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
