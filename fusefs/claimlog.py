@@ -41,10 +41,21 @@ class ClaimLog:
     def restore(self, now: float | None = None) -> int:
         """Claim again the tasks whose claims were live when the last daemon stopped; returns
         how many. Then rewrite the file with just those, and start recording."""
+        self.live = self.claim_live(now, "claim from before a restart")
+        self._rewrite()
+        self.state.subscribe(self.changed)
+        if self.live:
+            log.info("%d claim(s) from before the restart are held again", len(self.live))
+        return len(self.live)
+
+    def claim_live(self, now: float | None = None, owner: str = "") -> dict[int, float]:
+        """Claim in the state (only there: the file is not touched) every task whose logged
+        claim is still live; returns them with their expiry. Read-only users of a state dir
+        (`status`, `pending` beside a running daemon) see the same claims as the mount."""
         now = time.time() if now is None else now
-        found = self._read()
+        live: dict[int, float] = {}
         space = self.state.space
-        for rel, expires in sorted(found.items()):
+        for rel, expires in sorted(self._read().items()):
             try:
                 task = space.parse_rel(rel)
             except OutOfPlan:
@@ -52,15 +63,11 @@ class ClaimLog:
             if expires <= now:
                 continue
             try:
-                self.state.claim(task, now, expires - now, "claim from before a restart")
+                self.state.claim(task, now, expires - now, owner)
             except NotPending:
                 continue  # done meanwhile (or found done by the start-up walk)
-            self.live[task] = expires
-        self._rewrite()
-        self.state.subscribe(self.changed)
-        if self.live:
-            log.info("%d claim(s) from before the restart are held again", len(self.live))
-        return len(self.live)
+            live[task] = expires
+        return live
 
     def _read(self) -> dict[str, float]:
         found: dict[str, float] = {}

@@ -209,6 +209,14 @@ def _open(
             raise UserError(f"{mission.s3}: {e}") from None
 
 
+def _logged_claims(ws: Any) -> None:
+    """Hold the live claims of STATE/claims.log (a running or stopped daemon's), as a mount
+    would: a claimed task is not pending for `status` and `pending` either."""
+    from .claimlog import CLAIMS_FILE, ClaimLog
+
+    ClaimLog(ws.store.root / CLAIMS_FILE, ws.state).claim_live(owner="claims.log")
+
+
 def _check_s3(ws: Any, quiet: bool) -> None:
     """Refuse settings that cannot work; an unreachable endpoint only warns (work offline)."""
     from .errors import S3ConfigError, S3Unavailable
@@ -390,6 +398,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         mission = load_mission(target)
         ws = _open(args, mission, lock=False)
+        _logged_claims(ws)
         info = ws.status.snapshot()
         info.pop("pid", None)
         info["mounted"] = False
@@ -429,6 +438,7 @@ def _print_status(info: dict[str, Any]) -> None:
 def cmd_pending(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
     ws = _open(args, mission, lock=False)
+    _logged_claims(ws)
     space = ws.state.space
     out = sys.stdout
     try:

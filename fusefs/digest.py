@@ -45,7 +45,7 @@ computes the tree from a state dir without a mount and without its lock (cache +
 for uncached remote-only facts). Files are the truth, so it walks the witness tree in memory
 (never writing the index or journal a running daemon owns) and also reads remote-fact logs that
 the daemon has not snapshotted yet. Output: "DIGEST  PATH" lines, PATH "." for the root;
-`missionfs diff A B --mission MISSION.toml` compares two state dirs, or a state dir and the
+`missionfs diff A B [--mission MISSION.toml]` compares two state dirs, or a state dir and the
 mission's bucket (`s3` or `s3://BUCKET/PREFIX`; one LIST of the witness tree plus one HEAD per
 witness, never cached, since that is what an audit is for). It prints one line per differing
 task: "only-in-a REL", "only-in-b REL" or "differs REL" (--json for an object); exit status 1
@@ -553,7 +553,11 @@ def add_commands(sub: Any) -> None:
     )
     f.add_argument("a", help="state dir, or `s3` / s3://BUCKET/PREFIX for the mission's bucket")
     f.add_argument("b", help="state dir, or `s3` / s3://BUCKET/PREFIX")
-    f.add_argument("--mission", type=Path, required=True, help="the MISSION.toml of both")
+    f.add_argument(
+        "--mission",
+        type=Path,
+        help="the MISSION.toml of both (default: the one the state dirs were last used with)",
+    )
     f.add_argument("--endpoint-url")
     f.add_argument("--json", action="store_true")
     f.add_argument("--quiet", action="store_true")
@@ -763,16 +767,38 @@ def _is_bucket(arg: str) -> bool:
     return arg == "s3" or arg.startswith("s3://")
 
 
+def _diff_mission(a: str, b: str) -> Path:
+    """The mission file the state dirs among `a`, `b` were last used with (one, or the same)."""
+    from .cli import UserError
+    from .workspace import remembered_mission
+
+    dirs = [arg for arg in (a, b) if not _is_bucket(arg)]
+    found = {arg: remembered_mission(Path(arg)) for arg in dirs}
+    paths = {p for p in found.values() if p is not None}
+    if not paths:
+        raise UserError(f"cannot tell the mission of {' or '.join(dirs)}: pass --mission M.toml")
+    if len(paths) > 1:
+        names = ", ".join(f"{arg}: {p}" for arg, p in found.items())
+        raise UserError(
+            f"the state dirs were used with different mission files ({names}): "
+            "pass --mission M.toml"
+        )
+    path = paths.pop()
+    if not path.is_file():
+        raise UserError(f"{path} (the state dir's mission file) is gone: pass --mission M.toml")
+    return path
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from .cli import UserError
     from .mission import load_mission
 
-    mission = load_mission(args.mission)
     if _is_bucket(args.a) and _is_bucket(args.b):
         raise UserError("diff compares two state dirs, or a state dir and the bucket")
     for arg in (args.a, args.b):
         if not _is_bucket(arg) and not (Path(arg) / "scraped-tiles").is_dir():
             raise UserError(f"{arg} is not a missionfs state directory (no scraped-tiles/)")
+    mission = load_mission(args.mission or _diff_mission(args.a, args.b))
     sides: dict[str, Side] = {}
     opened: list[tuple[Any, DigestKeeper]] = []
     try:

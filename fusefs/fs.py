@@ -258,13 +258,13 @@ class MissionFS(pyfuse3.Operations):
         if parent_inode in inodes.VIEW_OF_ROOT:
             v = inodes.VIEW_OF_ROOT[parent_inode]
             row = self.space.row_of(name.decode("utf-8", "surrogateescape"))
-            if row is None or not self._row_visible(v, row):
+            if row is None or not self.state.row_reachable(v, row):
                 raise fuse_error(errno.ENOENT)
             return self._dir_attr(inodes.make(Kind.ROW, v, row))
         if kind is Kind.ROW:
             assert view is not None
             col = self.space.col_of(name.decode("utf-8", "surrogateescape"))
-            if col is None or not self._tile_visible(view, payload, col):
+            if col is None or not self.state.tile_reachable(view, payload, col):
                 raise fuse_error(errno.ENOENT)
             return self._dir_attr(inodes.make(Kind.TILE, view, payload * self.space.lon.n + col))
         if kind is Kind.TILE:
@@ -277,20 +277,6 @@ class MissionFS(pyfuse3.Operations):
                 raise fuse_error(errno.ENOENT)
             return self._task_attr(view, task)
         raise fuse_error(errno.ENOTDIR if kind is not Kind.FIXED else errno.ENOENT)
-
-    # Lookups see every pending task; listings may show a window of them (an optimistic
-    # fleet's share, state.pending_view), so any pending task can be claimed by name.
-    def _row_visible(self, view: View, row: int) -> bool:
-        if view is View.PENDING:
-            lo, hi = self.space.row_range(row)
-            return self.state.pending.range_cardinality(lo, hi) > 0
-        return self.state.row_planned(row)
-
-    def _tile_visible(self, view: View, row: int, col: int) -> bool:
-        if view is View.PENDING:
-            lo, hi = self.space.tile_range(row, col)
-            return self.state.pending.range_cardinality(lo, hi) > 0
-        return self.state.tile_planned(row, col)
 
     def _task_in_tile(self, tile: int, name: bytes) -> int | None:
         phrase = self.space.phrase_of(name.decode("utf-8", "surrogateescape"))

@@ -287,12 +287,18 @@ class MissionState:
         lo, hi = self.space.tile_range(row, col)
         return self.bitmap(view).range_cardinality(lo, hi) > 0
 
-    def row_planned(self, row: int) -> bool:
-        lo, hi = self.space.row_range(row)
-        return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
+    # Lookups resolve more than listings show: every pending task (the listed view may be a
+    # window of them, see pending_view), so any pending task can be claimed by name, and every
+    # planned row and tile in claimed/ and done/.
+    def row_reachable(self, view: View, row: int) -> bool:
+        return self._reachable(view, *self.space.row_range(row))
 
-    def tile_planned(self, row: int, col: int) -> bool:
-        lo, hi = self.space.tile_range(row, col)
+    def tile_reachable(self, view: View, row: int, col: int) -> bool:
+        return self._reachable(view, *self.space.tile_range(row, col))
+
+    def _reachable(self, view: View, lo: int, hi: int) -> bool:
+        if view is View.PENDING:
+            return self.pending.range_cardinality(lo, hi) > 0
         return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
 
 

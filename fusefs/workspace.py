@@ -93,6 +93,32 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return f
 
 
+MISSION_FILE = "mission.path"  # where the state dir's mission file was when it was last used
+
+
+def remember_mission(state_dir: Path, path: Path) -> None:
+    """Record the mission file's absolute path, so commands given only state dirs (`diff A B`)
+    can find their mission."""
+    target = state_dir / MISSION_FILE
+    line = f"{path.resolve()}\n"
+    try:
+        if target.read_text(encoding="utf-8", errors="surrogateescape") == line:
+            return
+    except OSError:
+        pass
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(line, encoding="utf-8", errors="surrogateescape")
+    os.replace(tmp, target)
+
+
+def remembered_mission(state_dir: Path) -> Path | None:
+    try:
+        text = (state_dir / MISSION_FILE).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return None
+    return Path(text.strip()) if text.strip() else None
+
+
 def daemon_pid(state_dir: Path) -> int | None:
     """The pid of the daemon holding this state dir, or None if no daemon runs on it."""
     try:
@@ -133,6 +159,8 @@ def open_workspace(
     try:
         store = LocalStore(state_dir)
         store.prepare()
+        if lock:
+            remember_mission(state_dir, mission.path)
         s3 = None
         if mission.s3:
             from .s3store import S3Store

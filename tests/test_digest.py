@@ -122,6 +122,9 @@ def test_digest_and_diff_of_state_dirs(tmp_path: Path) -> None:
     res = run("digest", str(mission), "--state", str(a))
     assert res.stdout.split() == [da["root"], "."]
     assert run("diff", str(a), str(b), "--mission", str(mission)).returncode == 0
+    res = run("diff", str(a), str(b))  # made by hand, never mounted: no mission recorded
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot tell the mission" in res.stderr and "--mission" in res.stderr
     _witness(a, todo[1], "h\nother, longer content\n")  # changed on disk: the cache notices
     _witness(b, todo[9], "h\nnew\n")
     res = run("diff", str(a), str(b), "--mission", str(mission))
@@ -196,9 +199,8 @@ def test_three_daemons_agree_and_one_commit_changes_only_its_path(
     assert [t for t in new_tiles if new_tiles[t] != old_tiles.get(t)] == [lon]
     assert [t for t in old_tiles if t not in new_tiles] == []
 
-    res = run(
-        "diff", str(mounts[0].state), str(mounts[1].state), "--mission", str(mission), *ep, env=env
-    )
+    # No --mission: the mounts recorded their mission file in their state dirs.
+    res = run("diff", str(mounts[0].state), str(mounts[1].state), *ep, env=env)
     assert res.returncode == 1, res.stderr
     assert res.stdout.splitlines() == [f"only-in-a  {extra}"]
     res = run(

@@ -179,6 +179,17 @@ class StateMachine(RuleBasedStateMachine):
                     )
                     assert list(self.state.tasks(view, row, col)) == expect
 
+    @invariant()
+    def lookups_reach_every_pending_task_and_every_planned_dir(self) -> None:
+        pending = self.intent - self.facts - set(self.claims) - self.foreign  # not just listed
+        planned = self.intent | self.facts
+        for view, tasks in ((View.PENDING, pending), (View.DONE, planned)):
+            for row in range(SPACE.lat.n):
+                in_row = {SPACE.split(t).col for t in tasks if SPACE.split(t).row == row}
+                assert self.state.row_reachable(view, row) == bool(in_row), (view, row)
+                for col in range(SPACE.lon.n):
+                    assert self.state.tile_reachable(view, row, col) == (col in in_row)
+
     @precondition(lambda self: bool(self.claims))
     @invariant()
     def next_expiry_is_the_earliest_lease(self) -> None:
