@@ -23,6 +23,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 from botocore.config import Config
 
 from .codec import SUFFIX
@@ -111,6 +112,9 @@ class S3Store:
         self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, config=cfg
         )
+        # Witnesses and leases are a few hundred bytes: "Expect: 100-continue" would only add
+        # a round trip per PUT (and botocore reads the interim reply a byte per syscall).
+        self.client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         self.requests: dict[str, int] = {}
         self._count_lock = threading.Lock()
         self.conditional = True  # set by check(): does the server honour If-None-Match?
