@@ -35,6 +35,7 @@ class Passthrough(pyfuse3.Operations):
         self.root_ino = os.lstat(root).st_ino
         self.fds: dict[int, int] = {}
         self.dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
+        self.dir_paths: dict[int, str] = {}
         self._next_fh = 1
 
     def _path(self, inode: int) -> str:
@@ -76,16 +77,19 @@ class Passthrough(pyfuse3.Operations):
         return self._attr(self._path(inode))
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        path = self._path(inode)
-        with os.scandir(path) as it:
-            entries = sorted(
-                (os.fsencode(e.name), self._attr(e.path, e.stat(follow_symlinks=False))) for e in it
-            )
         fh = self._fh(-1)
-        self.dirs[fh] = entries
+        self.dir_paths[fh] = self._path(inode)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # Listed at the first readdir, not at opendir: every listed entry becomes a kernel
+        # dentry (readdirplus), and a stale one could alias a file renamed meanwhile.
+        if start_id == 0 or fh not in self.dirs:
+            with os.scandir(self.dir_paths[fh]) as it:
+                self.dirs[fh] = sorted(
+                    (os.fsencode(e.name), self._attr(e.path, e.stat(follow_symlinks=False)))
+                    for e in it
+                )
         entries = self.dirs[fh]
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
@@ -95,6 +99,7 @@ class Passthrough(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
         self.fds.pop(fh, None)
+        self.dir_paths.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=self._fh(os.open(self._path(inode), flags & ~os.O_CREAT)))
