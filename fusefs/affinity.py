@@ -1,9 +1,7 @@
 """Work affinity: which share of the mission each live worker prefers.
 
 With optimistic claims a worker cut off from S3 keeps claiming locally; two workers that both
-pick from the whole pending set then do the same tasks twice. With strict claims the lease
-decides, but two workers listing the same first tasks lose PUTs (and their workers' time) to each
-other's races. So each worker prefers a share:
+pick from the whole pending set then do the same tasks twice. So each worker prefers a share:
 the intent is cut into CHUNKS ranges of equal size (quantiles of the intent bitmap, so a sparse
 intent tree is balanced as well as a grid) and each chunk goes to the live worker with the highest
 rendezvous hash of (worker, chunk). Every worker computes the same owners from the same members;
@@ -65,15 +63,13 @@ class Crew:
     Activity is what the sync engine observes (a new manifest, a new or renewed lease), in
     monotonic time. `shares()` answers (others' shares, the part of them not to help with):
     a worker silent for `quiet` seconds, or back from a silence for less than SETTLE_SECONDS, may
-    hold finished work nobody can see yet, so its share is protected; offline, all are. With
-    guard=False (strict claims: a lease decides every claim) nothing is protected.
+    hold finished work nobody can see yet, so its share is protected; offline, all are.
     """
 
-    def __init__(self, me: str, intent: BitMap, quiet: float, *, guard: bool = True) -> None:
+    def __init__(self, me: str, intent: BitMap, quiet: float) -> None:
         self.me = me
         self.intent = intent
         self.quiet = quiet
-        self.guard = guard
         self.last_seen: dict[str, float] = {}
         self.active_since: dict[str, float] = {}
         self._key: tuple[tuple[str, ...], tuple[str, ...]] = ((me,), ())
@@ -99,7 +95,6 @@ class Crew:
             w
             for w in members
             if w != self.me
-            and self.guard
             and (
                 offline
                 or now - self.last_seen[w] > self.quiet

@@ -1,10 +1,10 @@
 """Fleet-wide claims for a sync engine: our lease objects, their tombstones, the other
-workers' leases, and work affinity (each worker lists its own share first).
+workers' leases, and work affinity for optimistic fleets.
 
 A claim in the mount becomes fleet-wide through `claim` (see leases.py for the protocol); a
 finished task's lease is retired as a tombstone and deleted in batches; every refresh lists the
 live leases before the facts and applies them after (other workers' tasks hidden, ours adopted
-after a restart, shares recomputed from the workers seen at work).
+after a restart, optimistic shares recomputed from the workers seen at work).
 """
 
 from __future__ import annotations
@@ -47,13 +47,9 @@ class FleetClaims:
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
-        # The workers seen at work and their shares (affinity.py); a worker is silent after 3
-        # refresh intervals + 5 s without a new manifest or lease. Only optimistic fleets
-        # protect a silent worker's share: with strict claims the lease decides.
-        guard = engine.claims_mode == "optimistic"
-        self.crew = Crew(
-            self.worker, self.state.intent, quiet=3 * refresh + RETIRE_MARGIN, guard=guard
-        )
+        # Optimistic fleets: the workers seen at work and their shares (affinity.py); a worker
+        # is silent after 3 refresh intervals + 5 s without a new manifest or lease.
+        self.crew = Crew(self.worker, self.state.intent, quiet=3 * refresh + RETIRE_MARGIN)
         self._lease_marks: dict[str, float] = {}  # rel -> expiry of each lease last listed
 
     async def claim(self, task: int) -> bool:
@@ -197,7 +193,8 @@ class FleetClaims:
         self._lease_marks = marks
         self.state.set_foreign(foreign)
         self._adopted = True
-        self.update_shares(now)
+        if self.engine.claims_mode == "optimistic":
+            self.update_shares(now)
 
     def update_shares(self, now: float, *, offline: bool = False) -> None:
         """Work our share of the pending tasks; help with the others' only where it is safe

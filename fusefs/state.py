@@ -9,7 +9,7 @@ are this node's claims and `foreign` the tasks under other workers' live leases.
 Every method runs without awaiting, so on the trio thread each call is atomic.
 
 What pending/ lists is `pending_view()`: `pending` itself or, when `elsewhere` holds other
-workers' shares (affinity.py, fleets with leases), a window of WINDOW tasks: the first ones of our
+workers' shares (affinity.py, optimistic fleets), a window of WINDOW tasks: the first ones of our
 share while it has any, else the last ones of the other shares that are not `protected` (shares of
 workers that went quiet or just came back: they may have finished tasks we cannot know about).
 Owners work their shares upwards and helpers downwards, so they meet late, if at all.
@@ -27,7 +27,7 @@ from pyroaring import BitMap
 
 from .codec import TaskSpace
 
-WINDOW = 256  # pending tasks listed at a time in a fleet with leases (see pending_view)
+WINDOW = 256  # pending tasks listed at a time in an optimistic fleet (see pending_view)
 
 
 class View(Enum):

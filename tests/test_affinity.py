@@ -70,16 +70,3 @@ def test_crew_protects_the_shares_of_silent_and_returning_workers() -> None:
     assert crew.shares(2 * SETTLE_SECONDS + 40) == (elsewhere, BitMap())
     assert crew.shares(MEMBER_SECONDS + 200) == (BitMap(), BitMap())  # gone: its share is ours
     assert crew.members == ("me",)
-
-
-def test_an_unguarded_crew_protects_nothing() -> None:
-    """Strict claims (guard=False): the lease decides, so a new, silent or unreachable worker's
-    share may be helped with at once; the shares themselves are the same."""
-    intent = BitMap(range(10_000))
-    crew = Crew("me", intent, quiet=10.0, guard=False)
-    crew.observe("b", 0.0)
-    elsewhere = others_share(intent, ["me", "b"], "me")
-    assert elsewhere and crew.shares(0.0) == (elsewhere, BitMap())  # b just appeared
-    assert crew.shares(100.0) is None  # b silent: still nothing protected, no change
-    assert crew.shares(100.0, offline=True) is None  # cut off: the same
-    assert crew.shares(MEMBER_SECONDS + 1) == (BitMap(), BitMap())  # gone: its share is ours
