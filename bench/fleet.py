@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -876,11 +876,21 @@ def run_postgres(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
     out = bench.tmp / f"pg-{n}-out"
     out.mkdir()
     logs = [bench.tmp / f"pg-{n}-log{i}" for i in range(n)]
+    return run_python_workers(
+        res, logs, lambda i, b: (pg_worker, (pg.dsn, str(out), str(logs[i]), i, b))
+    )
+
+
+def run_python_workers(
+    res: Result, logs: list[Path], job: Callable[[int, Any], tuple[Any, tuple[Any, ...]]]
+) -> Result:
+    """Start one Python worker per log (job(i, barrier) -> (target, args)), release them
+    together, wait until all have stopped, and fill `res` from their logs."""
     workers = Workers()
     try:
-        barrier = workers.ctx.Barrier(n + 1)
-        for i, log in enumerate(logs):
-            workers.start_python(pg_worker, (pg.dsn, str(out), str(log), i, barrier))
+        barrier = workers.ctx.Barrier(len(logs) + 1)
+        for i in range(len(logs)):
+            workers.start_python(*job(i, barrier))
         barrier.wait(timeout=120)
         t0 = time.time()
         deadline = time.monotonic() + 300
@@ -889,8 +899,8 @@ def run_postgres(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
     finally:
         workers.stop()
     res.attempts, res.done, res.seconds = read_logs(logs, t0)
-    if res.done != total:
-        res.notes.append(f"incomplete: {res.done} of {total}")
+    if res.done != res.tasks:
+        res.notes.append(f"incomplete: {res.done} of {res.tasks}")
     c.log(f"{res.name}: {res.done} tasks in {res.seconds:.2f} s")
     return res
 
@@ -911,23 +921,8 @@ def run_floor(bench: Bench, tasks: int, n: int) -> Result:
     c.log(f"{res.name}: {total} tasks, {n} Python workers, minimal pyfuse3 passthrough")
     logs = [bench.tmp / f"floor-{n}-log{i}" for i in range(n)]
     with c.mounted(lambda: c.start_passthrough(backing, bench.tmp / f"floor-{n}-mnt")) as fp:
-        workers = Workers()
-        try:
-            barrier = workers.ctx.Barrier(n + 1)
-            for i, log in enumerate(logs):
-                workers.start_python(py_worker, (str(fp.mnt), str(log), i, n, barrier))
-            barrier.wait(timeout=120)
-            t0 = time.time()
-            deadline = time.monotonic() + 300
-            while workers.running() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            workers.stop()
-    res.attempts, res.done, res.seconds = read_logs(logs, t0)
-    if res.done != total:
-        res.notes.append(f"incomplete: {res.done} of {total}")
-    c.log(f"{res.name}: {res.done} tasks in {res.seconds:.2f} s")
-    return res
+        mnt = str(fp.mnt)
+        return run_python_workers(res, logs, lambda i, b: (py_worker, (mnt, str(logs[i]), i, n, b)))
 
 
 # -- the table -------------------------------------------------------------------------------------

@@ -176,18 +176,22 @@ async def _main() -> None:
         nursery.cancel_scope.cancel()
 
 
+def serve(ops: pyfuse3.Operations, mountpoint: Path, name: str) -> None:
+    """Mount `ops` on `mountpoint` and serve until SIGINT or SIGTERM, then unmount."""
+    options = set(pyfuse3.default_options) | {f"fsname={name}", f"subtype={name}"}
+    pyfuse3.init(ops, str(mountpoint), options)
+    try:
+        trio.run(_main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("spec", type=Path, help="mission TOML with a [grid] table")
     p.add_argument("mountpoint", type=Path)
     args = p.parse_args(argv)
-    ops = StaticTree(*grid_names(args.spec))
-    options = set(pyfuse3.default_options) | {"fsname=minimalfs", "subtype=minimalfs"}
-    pyfuse3.init(ops, str(args.mountpoint), options)
-    try:
-        trio.run(_main)
-    finally:
-        pyfuse3.close(unmount=True)
+    serve(StaticTree(*grid_names(args.spec)), args.mountpoint, "minimalfs")
     return 0
 
 

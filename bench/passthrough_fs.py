@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import sys
 from pathlib import Path
 
 import pyfuse3
 import trio
+from minimal_fs import serve
 
 TIMEOUT = 1.0  # entries and attributes change (writes, renames): cache them briefly
 
@@ -161,32 +161,12 @@ class Passthrough(pyfuse3.Operations):
         return s
 
 
-async def _main() -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as rx:
-                async for _ in rx:
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(signals)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("backing", type=Path, help="the directory to serve")
     p.add_argument("mountpoint", type=Path)
     args = p.parse_args(argv)
-    ops = Passthrough(str(args.backing.resolve()))
-    options = set(pyfuse3.default_options) | {"fsname=passthroughfs", "subtype=passthroughfs"}
-    pyfuse3.init(ops, str(args.mountpoint), options)
-    try:
-        trio.run(_main)
-    finally:
-        pyfuse3.close(unmount=True)
+    serve(Passthrough(str(args.backing.resolve())), args.mountpoint, "passthroughfs")
     return 0
 
 
