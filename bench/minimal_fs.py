@@ -176,9 +176,13 @@ async def _main() -> None:
         nursery.cancel_scope.cancel()
 
 
-def serve(ops: pyfuse3.Operations, mountpoint: Path, name: str) -> None:
-    """Mount `ops` on `mountpoint` and serve until SIGINT or SIGTERM, then unmount."""
-    options = set(pyfuse3.default_options) | {f"fsname={name}", f"subtype={name}"}
+def serve(
+    ops: pyfuse3.Operations, mountpoint: Path, name: str, options: set[str] | None = None
+) -> None:
+    """Mount `ops` on `mountpoint` and serve until SIGINT or SIGTERM, then unmount.
+    `options` defaults to pyfuse3's (default_permissions)."""
+    base = set(pyfuse3.default_options) if options is None else options
+    options = base | {f"fsname={name}", f"subtype={name}"}
     pyfuse3.init(ops, str(mountpoint), options)
     try:
         trio.run(_main)

@@ -47,8 +47,8 @@ class Passthrough(pyfuse3.Operations):
     def _attr(self, path: str, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         try:
             st = st or os.lstat(path)
-        except FileNotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         ino = pyfuse3.ROOT_INODE if st.st_ino == self.root_ino else st.st_ino
         self.paths[ino] = path
         a = pyfuse3.EntryAttributes()
@@ -102,7 +102,11 @@ class Passthrough(pyfuse3.Operations):
         self.dir_paths.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=self._fh(os.open(self._path(inode), flags & ~os.O_CREAT)))
+        try:
+            fd = os.open(self._path(inode), flags & ~os.O_CREAT)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        return pyfuse3.FileInfo(fh=self._fh(fd))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -138,8 +142,12 @@ class Passthrough(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # no RENAME_EXCHANGE in a floor
         src = os.path.join(self._path(parent_inode_old), os.fsdecode(name_old))
         dst = os.path.join(self._path(parent_inode_new), os.fsdecode(name_new))
+        if flags and os.path.lexists(dst):
+            raise pyfuse3.FUSEError(errno.EEXIST)
         try:
             os.rename(src, dst)
         except OSError as e:
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("backing", type=Path, help="the directory to serve")
     p.add_argument("mountpoint", type=Path)
     args = p.parse_args(argv)
-    serve(Passthrough(str(args.backing.resolve())), args.mountpoint, "passthroughfs")
+    # The mount options of missionfs (no default_permissions): the same kernel work per request.
+    serve(Passthrough(str(args.backing.resolve())), args.mountpoint, "passthroughfs", set())
     return 0
 
 

@@ -75,7 +75,12 @@ class ClaimLog:
             text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return found
-        for line in text.splitlines():
+        except OSError as e:
+            log.warning("cannot read %s (%s): claims from before are not held", self.path, e)
+            return found
+        # A last line without its newline is being written (a daemon appends beside `status`)
+        # or was cut by a crash: a cut name could be another task's, so it is not read.
+        for line in text.split("\n")[:-1]:
             kind, _, rest = line.partition("\t")
             expires, _, rel = rest.partition("\t")
             if kind == "claim":

@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import botocore.handlers
+import botocore.utils
 from botocore.config import Config
 
 from .codec import SUFFIX
@@ -93,6 +94,24 @@ def classify(e: Exception, where: str) -> Exception:
     return e
 
 
+EXPECT_ABOVE = 1 << 20  # bytes: larger PUT bodies still wait for "100 Continue"
+
+
+def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    """botocore's add_expect_header, for bodies over EXPECT_ABOVE only."""
+    if model.http.get("method", "") not in ("PUT", "POST"):
+        return
+    body = params.get("body")
+    if isinstance(body, bytes | bytearray):
+        size: int | None = len(body)
+    elif hasattr(body, "read"):
+        size = botocore.utils.determine_content_length(body)
+    else:
+        return
+    if size is None or size > EXPECT_ABOVE:
+        params["headers"]["Expect"] = "100-continue"
+
+
 class S3Store:
     """One mission's keys in one bucket; thread-safe (one boto3 client, pooled connections)."""
 
@@ -112,9 +131,12 @@ class S3Store:
         self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, config=cfg
         )
-        # Witnesses and leases are a few hundred bytes: "Expect: 100-continue" would only add
-        # a round trip per PUT (and botocore reads the interim reply a byte per syscall).
-        self.client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        # botocore asks every PUT body to wait for "100 Continue": a round trip (whose reply it
+        # reads a byte per syscall) that only pays off for large bodies; leases and most
+        # witnesses are a few hundred bytes.
+        events = self.client.meta.events
+        events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        events.register("before-call.s3", _expect_large_bodies)
         self.requests: dict[str, int] = {}
         self._count_lock = threading.Lock()
         self.conditional = True  # set by check(): does the server honour If-None-Match?

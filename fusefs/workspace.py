@@ -116,7 +116,8 @@ def remembered_mission(state_dir: Path) -> Path | None:
         text = (state_dir / MISSION_FILE).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
         return None
-    return Path(text.strip()) if text.strip() else None
+    path = text.rstrip("\n")
+    return Path(path) if path else None
 
 
 def daemon_pid(state_dir: Path) -> int | None:
