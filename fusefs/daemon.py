@@ -24,7 +24,7 @@ import trio
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
 from .index import walk_facts
-from .store import LocalStore
+from .store import LocalStore, replace_text
 from .workspace import Workspace
 
 log = logging.getLogger("missionfs")
@@ -123,9 +123,7 @@ class Daemon:
 
         def done() -> None:
             result = {"generation": generation, "pid": os.getpid(), **sync.info()}
-            tmp = self.store.root / (SYNC_RESULT + ".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, self.store.root / SYNC_RESULT)
+            replace_text(self.store.root / SYNC_RESULT, json.dumps(result))
 
         sync.force(done)
 

@@ -51,6 +51,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a reader never sees half of it): a sibling .tmp file,
+    then rename over. Not fsync'd: for state that is cheap to lose to a power cut."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
+    os.replace(tmp, path)
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root

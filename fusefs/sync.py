@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -48,7 +47,7 @@ from .s3store import (
     sha256_hex,
 )
 from .state import MissionState
-from .store import LocalStore
+from .store import LocalStore, replace_text
 from .threads import blocking as _s3
 
 log = logging.getLogger("missionfs")
@@ -154,11 +153,6 @@ class SyncEngine:
     def _cursor_json(self) -> str:
         return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})
 
-    def _write_cursor(self, text: str) -> None:
-        tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.cursor_path)
-
     def prepare_save(self) -> tuple[list[tuple[FactIndex, int, BitMap]], str]:
         """Copies of the sets and the cursor, taken on the trio thread (atomic there)."""
         parts = [
@@ -172,7 +166,7 @@ class SyncEngine:
         parts, cursor = prepared
         for idx, gen, bm in parts:
             idx.snapshot(bm, gen)
-        self._write_cursor(cursor)
+        replace_text(self.cursor_path, cursor)
 
     def save(self) -> None:
         """Snapshot everything now (blocking; when no other thread touches the engine)."""
@@ -504,7 +498,7 @@ class SyncEngine:
             self.counters.last_full_refresh = time.time()
         self.counters.refreshes += 1
         self.counters.last_refresh = time.time()
-        await trio.to_thread.run_sync(self._write_cursor, self._cursor_json())
+        await trio.to_thread.run_sync(replace_text, self.cursor_path, self._cursor_json())
         return learned
 
     async def _refresh_manifests(self) -> int:

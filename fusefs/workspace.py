@@ -21,7 +21,7 @@ from .journal import Journal, worker_id
 from .mission import Mission, extend_intent
 from .state import MissionState
 from .status import StatusBoard
-from .store import LocalStore
+from .store import LocalStore, replace_text
 
 if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
     from .digest import DigestKeeper
@@ -106,9 +106,7 @@ def remember_mission(state_dir: Path, path: Path) -> None:
             return
     except OSError:
         pass
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(line, encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, target)
+    replace_text(target, line)
 
 
 def remembered_mission(state_dir: Path) -> Path | None:
@@ -137,9 +135,7 @@ def with_bucket_intent(mission: Mission, s3: S3Store, state_dir: Path) -> Missio
     try:
         rels = s3.intent_rels()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rels), encoding="utf-8")
-        os.replace(tmp, cache)
+        replace_text(cache, "".join(r + "\n" for r in rels))
     except S3Unavailable as e:
         log.warning("bucket intent/ not listed (%s); using the last copy seen", e)
         rels = cache.read_text(encoding="utf-8").splitlines() if cache.exists() else []
