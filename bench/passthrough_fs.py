@@ -11,9 +11,11 @@ missionfs's own. Usage: python bench/passthrough_fs.py BACKING_DIR MNT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyfuse3
@@ -21,6 +23,15 @@ import trio
 from minimal_fs import serve
 
 TIMEOUT = 1.0  # entries and attributes change (writes, renames): cache them briefly
+
+
+@contextlib.contextmanager
+def _errno() -> Iterator[None]:
+    """An OSError of the backing call becomes the same errno for the kernel."""
+    try:
+        yield
+    except OSError as e:
+        raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
 
 class Passthrough(pyfuse3.Operations):
@@ -45,10 +56,8 @@ class Passthrough(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     def _attr(self, path: str, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        try:
+        with _errno():
             st = st or os.lstat(path)
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         ino = pyfuse3.ROOT_INODE if st.st_ino == self.root_ino else st.st_ino
         self.paths[ino] = path
         a = pyfuse3.EntryAttributes()
@@ -102,20 +111,16 @@ class Passthrough(pyfuse3.Operations):
         self.dir_paths.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        try:
+        with _errno():
             fd = os.open(self._path(inode), flags & ~os.O_CREAT)
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         return pyfuse3.FileInfo(fh=self._fh(fd))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = os.path.join(self._path(parent_inode), os.fsdecode(name))
-        try:
+        with _errno():
             fd = os.open(path, flags | os.O_CREAT, mode & 0o777)
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         return pyfuse3.FileInfo(fh=self._fh(fd)), self._attr(path, os.fstat(fd))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -148,17 +153,13 @@ class Passthrough(pyfuse3.Operations):
         dst = os.path.join(self._path(parent_inode_new), os.fsdecode(name_new))
         if flags and os.path.lexists(dst):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        try:
+        with _errno():
             os.rename(src, dst)
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         self._attr(dst)  # the moved inode now lives at dst
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        try:
+        with _errno():
             os.unlink(os.path.join(self._path(parent_inode), os.fsdecode(name)))
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
