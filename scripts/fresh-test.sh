@@ -5,15 +5,18 @@
 #   2. bind /proc, /sys and /dev (for /dev/fuse) into it;
 #   3. copy a clean checkout in: the tracked and untracked-but-not-ignored files of this work tree
 #      (no .venv, no caches), or the commit MISSIONFS_FRESH_REF names;
-#   4. inside it, run vagrant/provision.sh (the project's setup, then `make test`), then `make demo`,
-#      then vagrant/provision.sh once more (it must be safe to run twice and install nothing new).
+#   4. inside it, as root, run exactly what the README tells a user to type: its prerequisite
+#      block (installing make), then its two-commands block (`make demo`, `make test`) in the
+#      checkout. Both blocks are read from README.md (the code blocks after the
+#      `<!-- fresh-test:prerequisite` and `<!-- fresh-test:commands` markers), so the test cannot
+#      drift from the README. `fresh-test.sh --print-commands` prints them and exits.
 #
 # Everything runs in a private mount namespace, so the chroot's mounts (binds, the tests' and the
 # demo's FUSE mounts) never show on the host; on any exit, processes left in the chroot are ended
 # and every mount under it is unmounted before the root filesystem is deleted.
 #
-# Needs root, a Debian archive and PyPI. About 5 minutes on 2 cores, most of it debootstrap, apt,
-# pip and the test suite (run twice).
+# Needs root, a Debian archive and PyPI. About 5 to 10 minutes on 2 cores, most of it
+# debootstrap, apt, pip and the test suite.
 # Downloads are cached in /var/tmp/missionfs-fresh-test (MISSIONFS_FRESH_CACHE): debootstrap's
 # packages and the chroot's apt archives, so reruns download less; delete it for a cold run.
 # Nothing built is cached: every run installs and compiles from scratch.
@@ -30,14 +33,28 @@ MIRROR="${MISSIONFS_FRESH_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${MISSIONFS_FRESH_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 SUITE=bookworm
 CHECKOUT=/root/missionfs # the copy's place inside the chroot
-PROVISION_TIMEOUT=45m
-DEMO_TIMEOUT=5m
+PREREQ_TIMEOUT=15m
+COMMANDS_TIMEOUT=60m
 
 log() { printf '\n==> fresh-test: %s\n' "$*"; }
 die() {
     printf 'fresh-test: %s\n' "$*" >&2
     exit 1
 }
+
+# The code block after the README marker `<!-- fresh-test:NAME`: what a user is told to type.
+readme_block() {
+    awk -v marker="<!-- fresh-test:$1" '
+        index($0, marker) == 1 { armed = 1; next }
+        armed && /^```/ { if (inside) exit; inside = 1; next }
+        inside { print }
+    ' "$REPO/README.md"
+}
+
+PREREQ="$(readme_block prerequisite)"
+COMMANDS="$(readme_block commands)"
+[ -n "$PREREQ" ] || die "README.md has no <!-- fresh-test:prerequisite --> code block"
+[ -n "$COMMANDS" ] || die "README.md has no <!-- fresh-test:commands --> code block"
 
 # Processes whose root directory is the chroot (a daemon the tests or the demo left behind).
 chroot_pids() {
@@ -159,36 +176,27 @@ EOF
     fi
     echo "$(find "$root$CHECKOUT" -type f | wc -l) files"
 
-    log "vagrant/provision.sh in the chroot: the project's setup, then make test"
+    log "the README's prerequisite, as root in the chroot:"$'\n'"$PREREQ"
     t=$SECONDS
-    run_waiting in_chroot "$PROVISION_TIMEOUT" "$work/provision.log" \
-        bash "$CHECKOUT/vagrant/provision.sh" ||
-        die "vagrant/provision.sh failed in the chroot (exit $?)"
-    local t_provision=$((SECONDS - t))
+    run_waiting in_chroot "$PREREQ_TIMEOUT" "$work/prerequisite.log" \
+        bash -euo pipefail -c "cd $CHECKOUT && $PREREQ" ||
+        die "the README's prerequisite failed in the chroot (exit $?)"
+    local t_prereq=$((SECONDS - t))
 
-    log "make demo in the chroot"
+    log "the README's two commands, in the checkout:"$'\n'"$COMMANDS"
     t=$SECONDS
-    run_waiting in_chroot "$DEMO_TIMEOUT" "$work/demo.log" bash -c "cd $CHECKOUT && make demo" ||
-        die "make demo failed in the chroot (exit $?)"
-    grep -q '^demo state kept in ' "$work/demo.log" || die "make demo did not run to its end"
-    local t_demo=$((SECONDS - t))
-
-    log "vagrant/provision.sh again: safe to run twice, installs nothing new"
-    t=$SECONDS
-    run_waiting in_chroot "$PROVISION_TIMEOUT" "$work/provision-again.log" \
-        bash "$CHECKOUT/vagrant/provision.sh" ||
-        die "vagrant/provision.sh failed on its second run (exit $?)"
-    if grep -E '^(provision|setup): installing' "$work/provision-again.log"; then
-        die "the second vagrant/provision.sh installed packages again"
-    fi
-    local t_again=$((SECONDS - t))
+    run_waiting in_chroot "$COMMANDS_TIMEOUT" "$work/commands.log" \
+        bash -euo pipefail -c "cd $CHECKOUT && $COMMANDS" ||
+        die "the README's two commands failed in the chroot (exit $?)"
+    grep -q '^demo state kept in ' "$work/commands.log" || die "make demo did not run to its end"
+    local t_commands=$((SECONDS - t))
 
     if awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse/' /proc/self/mountinfo | grep -q .; then
         echo "fresh-test: warning: FUSE mounts left in the chroot after the demo:" >&2
         awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse/ { print "  " $5 }' /proc/self/mountinfo >&2
     fi
-    log "PASS: provision.sh (setup + make test), make demo, provision.sh again on a fresh Debian $SUITE in" \
-        "$((SECONDS - t0))s (debootstrap ${t_debootstrap}s, provision ${t_provision}s, demo ${t_demo}s, provision again ${t_again}s)"
+    log "PASS: the README's prerequisite and two commands on a fresh Debian $SUITE in" \
+        "$((SECONDS - t0))s (debootstrap ${t_debootstrap}s, prerequisite ${t_prereq}s, commands ${t_commands}s)"
 }
 
 # ---- on the host --------------------------------------------------------------------------------
@@ -239,7 +247,9 @@ outer_cleanup() {
     exit "$rc"
 }
 
-if [ "${1:-}" = "--inner" ]; then
+if [ "${1:-}" = "--print-commands" ]; then
+    printf '%s\n' "$PREREQ" "$COMMANDS"
+elif [ "${1:-}" = "--inner" ]; then
     inner "$2"
 else
     outer

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provisions a Debian 12 machine for missionfs and proves it: the project's own setup, then the
-# README's `make test`. Used by the Vagrant VM (vagrant/Vagrantfile) and by `make fresh-test` (a
-# debootstrap chroot). Idempotent: a second run installs nothing new and runs the tests again.
+# README's `make test`. Used by the Vagrant VM (vagrant/Vagrantfile). Idempotent: a second run
+# installs nothing new and runs the tests again. (`make fresh-test` does not use it: it runs the
+# README's own commands.)
 #
 #   provision.sh [CHECKOUT]   # CHECKOUT: the repository; default: the folder above this script's
 #
