@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.conftest import Mount
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -177,3 +179,23 @@ def test_using_it_recipe_works_as_written(tmp_path: Path) -> None:
             subprocess.run([str(REPO / ".venv/bin/missionfs"), "umount", str(mnt)], check=False)
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_workers_shell_loop_commits_every_task(mount: Mount, tmp_path: Path) -> None:
+    """The README's shell worker, with `my-scraper` the synthetic source: it finishes a mission
+    through tmp/ + mv and leaves nothing claimed."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"^## Workers\n.*?^```sh\n(.*?)^```", text, re.S | re.M)
+    assert m, "README.md has no sh block under ## Workers"
+    loop = m.group(1).replace("/mnt/nyc", str(mount.mnt))
+    loop = loop.replace("/tmp/todo.txt", str(tmp_path / "todo.txt"))
+    total = mount.status()["counts"]["pending"]
+    scraper = f'my-scraper() {{ "{REPO}/.venv/bin/python" -m scraper.synthetic; }}\n'
+    done = subprocess.run(
+        ["bash", "-c", scraper + loop], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == total > 0
+    st = mount.status()["counts"]
+    assert (st["pending"], st["claimed"]) == (0, 0)
+    assert list((mount.mnt / "tmp").iterdir()) == []
