@@ -244,6 +244,39 @@ def test_pagination_and_delete_many_over_1000_keys(store: ObjectStore) -> None:
     assert store.requests["POST"] - posts == 2  # nothing to delete: no request
 
 
+def test_versions_for_the_log(backend: Backend) -> None:
+    """`missionfs log` reads who wrote what from a versioned bucket: versions and delete
+    markers by key, newest first, and the metadata of an old version."""
+    store = backend.store
+    gets = store.requests["GET"]
+    assert store.versioning_enabled() is False
+    assert store.requests["GET"] == gets + 1
+    if backend.server is None:
+        store = MemoryStore(versioned=True)
+    else:
+        backend.server.client().put_bucket_versioning(
+            Bucket=backend.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    assert store.versioning_enabled() is True
+    e1 = store.put("v/k", b"1", metadata={"worker": "a"})
+    e2 = store.put("v/k", b"22", metadata={"worker": "b"})
+    store.put("v/j", b"333")
+    store.delete("v/k")
+    store.put("w/other", b"")
+    versions = list(store.list_versions("v/"))
+    assert [(v.key, v.is_latest, v.size, v.etag, v.deleted) for v in versions] == [
+        ("v/j", True, 3, md5(b"333"), False),
+        ("v/k", True, None, None, True),
+        ("v/k", False, 2, e2, False),
+        ("v/k", False, 1, e1, False),
+    ]
+    assert len({v.version_id for v in versions}) == 4
+    first = store.head("v/k", version_id=versions[3].version_id)
+    assert first is not None and (first.size, first.metadata) == (1, {"worker": "a"})
+    assert store.head("v/k") is None  # the current version is a delete marker
+    store.put("v/k", b"again", if_none_match=True)  # ... which is no object
+
+
 # -- keys --------------------------------------------------------------------------------------
 ODD_KEYS = [
     "scraped-tiles/40.70/-74.02/coffee shop.csv",

@@ -24,6 +24,9 @@ Contract points that are not obvious from S3's own documentation:
 - **Time.** `last_modified` is epoch seconds (S3 keeps whole seconds). `server_time()` is the
   server's clock as of the last response's `Date` header, advanced by our monotonic clock, so
   lease expiry can be judged on the server's clock whatever our skew.
+- **Retries.** botocore retries a request whose answer was lost; a conditional write retried
+  that way can answer PreconditionFailed although its first attempt won. Callers compare what
+  is there (the protocol does: a lease names its worker, a witness carries its SHA-256).
 - **Requests** are counted per kind in `requests` (PUT, GET, HEAD, LIST, DELETE, and POST for a
   DeleteObjects batch), the way S3 bills them: one LIST per page, one POST per 1,000 deletes.
 """
@@ -118,6 +121,24 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class ObjectVersion:
+    """One version of a key in a versioned bucket (`missionfs log` reads who wrote what).
+
+    A delete marker has `size` and `etag` None."""
+
+    key: str
+    version_id: str
+    last_modified: float
+    is_latest: bool
+    size: int | None
+    etag: str | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.size is None
+
+
+@dataclass(frozen=True)
 class ListPage:
     """One ListObjectsV2 page: objects and common prefixes, each in key order, and the token
     for the next page (None on the last one)."""
@@ -187,8 +208,9 @@ class ObjectStore(ABC):
         """The body and its info (with metadata); NotFound if there is no such key."""
 
     @abstractmethod
-    def head(self, key: str) -> ObjectInfo | None:
-        """The object's info (with metadata), or None if there is no such key."""
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
+        """The object's info (with metadata), or None if there is no such key (or version).
+        HEAD cannot tell a missing bucket from a missing key: `check()` first."""
 
     @abstractmethod
     def delete(self, key: str, *, if_match: str | None = None) -> None:
@@ -215,6 +237,16 @@ class ObjectStore(ABC):
         With a delimiter, keys with the delimiter after the prefix are rolled up into common
         prefixes; `max_keys` counts objects and prefixes together, as S3 does.
         """
+
+    @abstractmethod
+    def versioning_enabled(self) -> bool:
+        """Does the bucket keep every version (GetBucketVersioning, counted as a GET)?"""
+
+    @abstractmethod
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix` (ListObjectVersions, one LIST per
+        page): by key, then newest first (by LastModified, whole seconds; versions of one second
+        keep the server's order)."""
 
     @abstractmethod
     def server_time(self) -> float:

@@ -17,7 +17,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from .base import (
     NotFound,
     ObjectInfo,
     ObjectStore,
+    ObjectVersion,
     PreconditionFailed,
     RequestCounter,
     SlowDown,
@@ -98,15 +99,25 @@ class _Object:
     metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class _Version:
+    version_id: str
+    obj: _Object | None  # None: a delete marker
+    last_modified: float
+
+
 class MemoryStore(ObjectStore):
     """One bucket in memory. `clock` is the server's clock (epoch seconds): `time.time` by
-    default, a virtual clock in simulations. Thread-safe: one lock around every request."""
+    default, a virtual clock in simulations. `versioned`: the bucket keeps every version, as
+    with S3 versioning enabled (deletes leave markers). Thread-safe: one lock around every
+    request."""
 
     def __init__(
         self,
         clock: Callable[[], float] = time.time,
         limiter: Limiter | None = None,
         bucket_exists: bool = True,
+        versioned: bool = False,
     ) -> None:
         self.clock = clock
         self.limiter = limiter
@@ -115,6 +126,9 @@ class MemoryStore(ObjectStore):
         self._objects: dict[str, _Object] = {}
         self._keys: list[str] = []  # sorted; str order is UTF-8 byte order, as S3 lists
         self._lock = threading.Lock()
+        self.versioned = versioned
+        self._history: dict[str, list[_Version]] = {}  # oldest first; only when versioned
+        self._version_seq = 0
 
     def _request(self, kind: str, key: str) -> None:
         """Count a request and let the limiter judge it (a refused request still counts)."""
@@ -154,8 +168,18 @@ class MemoryStore(ObjectStore):
                 raise PreconditionFailed(f"PUT {key}: not the object with ETag {if_match}")
             if old is None:
                 bisect.insort(self._keys, key)
-            self._objects[key] = _Object(body, etag, float(math.floor(self.clock())), meta)
+            obj = _Object(body, etag, float(math.floor(self.clock())), meta)
+            self._objects[key] = obj
+            self._record(key, obj)
         return etag
+
+    def _record(self, key: str, obj: _Object | None) -> None:
+        """Keep a version (or a delete marker) of `key`, if versioned; the caller holds the lock."""
+        if not self.versioned:
+            return
+        self._version_seq += 1
+        version = _Version(f"{self._version_seq:016d}", obj, float(math.floor(self.clock())))
+        self._history.setdefault(key, []).append(version)
 
     def _info(self, key: str, obj: _Object, with_meta: bool) -> ObjectInfo:
         meta = dict(obj.metadata) if with_meta else None
@@ -170,11 +194,15 @@ class MemoryStore(ObjectStore):
             raise NotFound(f"GET {key}: no such key")
         return obj.body, self._info(key, obj, True)
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         check_key(key)
         self._request("HEAD", key)
         with self._lock:
-            obj = self._objects.get(key)
+            if version_id is None:
+                obj = self._objects.get(key)
+            else:
+                versions = self._history.get(key, [])
+                obj = next((v.obj for v in versions if v.version_id == version_id), None)
         return None if obj is None else self._info(key, obj, True)
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
@@ -187,9 +215,11 @@ class MemoryStore(ObjectStore):
             self._remove(key)
 
     def _remove(self, key: str) -> None:
-        """Drop `key` if present; the caller holds the lock."""
+        """Drop `key` if present (a versioned bucket adds a delete marker even if it is not, as
+        S3 does); the caller holds the lock."""
         if self._objects.pop(key, None) is not None:
             del self._keys[bisect.bisect_left(self._keys, key)]
+        self._record(key, None)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         for batch in chunks(keys):
@@ -246,6 +276,29 @@ class MemoryStore(ObjectStore):
             else:
                 i = max(i, bisect.bisect_right(self._keys, last))
         return i
+
+    def versioning_enabled(self) -> bool:
+        self._request("GET", "")
+        return self.versioned
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        with self._lock:
+            found = [
+                ObjectVersion(
+                    key,
+                    v.version_id,
+                    v.last_modified,
+                    i == len(versions) - 1,
+                    None if v.obj is None else len(v.obj.body),
+                    None if v.obj is None else v.obj.etag,
+                )
+                for key, versions in sorted(self._history.items())
+                if key.startswith(prefix)
+                for i, v in reversed(list(enumerate(versions)))
+            ]
+        for page in range(max(1, math.ceil(len(found) / PAGE))):
+            self._request("LIST", prefix)
+            yield from found[page * PAGE : (page + 1) * PAGE]
 
     def server_time(self) -> float:
         return self.clock()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -36,6 +36,7 @@ from .base import (
     ObjectInfo,
     ObjectStore,
     ObjectStoreError,
+    ObjectVersion,
     PreconditionFailed,
     RequestCounter,
     SlowDown,
@@ -223,13 +224,42 @@ class S3ObjectStore(ObjectStore):
             raise classify(e, f"GET {key}") from None
         return body, _info(key, r, with_meta=True)
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         check_key(key)
+        kw: dict[str, Any] = {"Key": key}
+        if version_id is not None:
+            kw["VersionId"] = version_id
         try:
-            r = self._call("HEAD", f"HEAD {key}", "head_object", Key=key)
+            r = self._call("HEAD", f"HEAD {key}", "head_object", **kw)
         except NotFound:
             return None
         return _info(key, r, with_meta=True)
+
+    def versioning_enabled(self) -> bool:
+        r = self._call("GET", f"s3://{self.bucket} versioning", "get_bucket_versioning")
+        return bool(r.get("Status") == "Enabled")
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("LIST", f"LIST versions {prefix}", "list_object_versions", **kw)
+            found = [
+                ObjectVersion(
+                    str(v["Key"]),
+                    str(v["VersionId"]),
+                    v["LastModified"].timestamp(),
+                    bool(v.get("IsLatest")),
+                    int(v["Size"]) if "Size" in v else None,
+                    _unquote(v["ETag"]) if "ETag" in v else None,
+                )
+                for v in r.get("Versions", []) + r.get("DeleteMarkers", [])
+            ]
+            # Two lists per page (versions, then markers): merge them by key, newest first.
+            yield from sorted(found, key=lambda v: (v.key, not v.is_latest, -v.last_modified))
+            if not r.get("IsTruncated"):
+                return
+            kw["KeyMarker"] = r["NextKeyMarker"]
+            kw["VersionIdMarker"] = r["NextVersionIdMarker"]
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         check_key(key)
