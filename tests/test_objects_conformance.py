@@ -242,6 +242,10 @@ def test_pagination_and_delete_many_over_1000_keys(store: ObjectStore) -> None:
     assert [o.key for o in store.list("p/")] == keys[1100:]
     store.delete_many([])
     assert store.requests["POST"] - posts == 2  # nothing to delete: no request
+    with pytest.raises(InvalidKey):  # a bad key in the second batch: nothing is deleted
+        store.delete_many([*keys[1100:], *["p/pad"] * 1000, "p/bad\\key"])
+    assert store.requests["POST"] - posts == 2
+    assert len(list(store.list("p/"))) == 105
 
 
 def test_versions_for_the_log(backend: Backend) -> None:
@@ -334,20 +338,23 @@ def test_keys_other_backends_would_rewrite_are_refused(store: ObjectStore, key: 
     assert store.requests.snapshot() == before
 
 
-def test_seaweedfs_rewrites_backslashes_and_slashes(backend: Backend) -> None:
+@pytest.mark.parametrize("name", ["moto", "seaweed"])
+def test_seaweedfs_rewrites_backslashes_and_slashes(
+    request: pytest.FixtureRequest, name: str
+) -> None:
     """Why the key contract exists: what SeaweedFS does with such keys when they get through
     (a raw client, bypassing the store). AWS and moto keep every one of them as sent."""
-    if backend.server is None:
-        pytest.skip("a real server's behaviour")
-    raw: Any = backend.server.client()
+    server: Server = request.getfixturevalue(name)
+    raw: Any = server.client()
+    bucket = new_bucket(server)
     for key in ("a\\b", "/lead", "x//y"):
-        raw.put_object(Bucket=backend.bucket, Key=key, Body=b"1")
-    listed = [o["Key"] for o in raw.list_objects_v2(Bucket=backend.bucket).get("Contents", [])]
-    if backend.name == "seaweed":
+        raw.put_object(Bucket=bucket, Key=key, Body=b"1")
+    listed = [o["Key"] for o in raw.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    if name == "seaweed":
         assert listed == ["a/b", "lead", "x/y"]  # three keys, three other names
-        assert raw.get_object(Bucket=backend.bucket, Key="a/b")["Body"].read() == b"1"
+        assert raw.get_object(Bucket=bucket, Key="a/b")["Body"].read() == b"1"
         with pytest.raises(botocore.exceptions.ClientError):  # '.' segments are refused
-            raw.put_object(Bucket=backend.bucket, Key="a/./b", Body=b"1")
+            raw.put_object(Bucket=bucket, Key="a/./b", Body=b"1")
     else:
         assert listed == ["/lead", "a\\b", "x//y"]
 
@@ -493,3 +500,16 @@ def test_limiter_sees_listed_prefix() -> None:
     list(store.list("a/"))
     store.delete_many(["a/b"])
     assert seen == [("PUT", "a/b"), ("LIST", "a/"), ("POST", "a/b")]
+
+
+def test_memory_rolls_up_a_prefix_ending_in_the_last_code_point() -> None:
+    """The memory store skips a common prefix by bisecting to its successor string, which
+    must carry past U+10FFFF (there is no next character)."""
+    store = MemoryStore()
+    for key in ("a\U0010ffffx", "a\U0010ffffy", "b"):
+        store.put(key, b"")
+    page = store.list_page("", delimiter="\U0010ffff", max_keys=1)
+    assert (page.prefixes, page.objects) == (["a\U0010ffff"], [])
+    assert page.next_token is not None
+    rest = store.list_page("", delimiter="\U0010ffff", token=page.next_token)
+    assert ([o.key for o in rest.objects], rest.prefixes) == (["b"], [])

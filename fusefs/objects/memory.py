@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .base import (
+    KEY_MAX,
     PAGE,
     READS,
     BadDigest,
@@ -222,9 +223,8 @@ class MemoryStore(ObjectStore):
         self._record(key, None)
 
     def delete_many(self, keys: Iterable[str]) -> None:
+        keys = [check_key(k) for k in keys]  # all of them before the first request
         for batch in chunks(keys):
-            for key in batch:
-                check_key(key)
             self._request("POST", batch[0])
             with self._lock:
                 for key in batch:
@@ -312,7 +312,10 @@ class MemoryStore(ObjectStore):
 
 def _successor(prefix: str) -> str:
     """The least string greater than every string that starts with `prefix`."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    stem = prefix.rstrip(chr(0x10FFFF))  # no character follows U+10FFFF: carry to the left
+    if not stem:  # only U+10FFFF: longer than any valid key, so greater than every one
+        return chr(0x10FFFF) * (KEY_MAX + 1)
+    return stem[:-1] + chr(ord(stem[-1]) + 1)
 
 
 def _token(objects: list[ObjectInfo], prefixes: list[str]) -> str:

@@ -269,9 +269,8 @@ class S3ObjectStore(ObjectStore):
         self._call("DELETE", f"DELETE {key}", "delete_object", if_match is not None, **kw)
 
     def delete_many(self, keys: Iterable[str]) -> None:
+        keys = [check_key(k) for k in keys]  # all of them before the first request
         for batch in chunks(keys):
-            for key in batch:
-                check_key(key)
             what = f"DeleteObjects of {len(batch)} keys"
             r = self._call(
                 "POST",
