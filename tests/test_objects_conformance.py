@@ -423,6 +423,32 @@ def test_unreachable_endpoint_is_unavailable(monkeypatch: pytest.MonkeyPatch) ->
         assert "\n" not in str(e.value)
 
 
+def test_small_puts_skip_the_continue_round_trip_and_crc(
+    moto: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client settings that save a round trip and CPU per PUT: no `Expect: 100-continue`
+    up to 1 MiB, no CRC32 checksum unless the caller sends its SHA-256; the SHA-256 is sent."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = S3ObjectStore(new_bucket(moto), moto.endpoint)
+    sent: list[dict[str, str]] = []
+
+    def spy(request: Any, **_: Any) -> None:
+        sent.append({k.lower(): str(v) for k, v in request.headers.items()})
+
+    store.client.meta.events.register("before-send.s3", spy)
+    store.put("small", b"x" * 300)
+    store.put("large", b"x" * ((1 << 20) + 1))
+    body = b"witness"
+    store.put("summed", body, sha256=hashlib.sha256(body).hexdigest())
+    small, large, summed = sent
+    assert "expect" not in small and "expect" in large
+    assert not any(h.startswith("x-amz-checksum") for h in small)
+    assert summed["x-amz-checksum-sha256"]
+    assert not any(h.startswith("x-amz-checksum-crc") for h in summed)
+
+
 def test_wrong_credentials_are_access_denied(
     seaweed: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
