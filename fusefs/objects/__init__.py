@@ -1,0 +1,43 @@
+"""The object-store seam: the only package that talks to S3 (and the only one importing boto3).
+
+`base` holds the `ObjectStore` interface and the one error classification; `s3` is the boto3
+implementation, `memory` an in-process one for fast tests and simulation. This package imports
+no other `fusefs` module: it is the bottom layer (checked by import-linter, see pyproject.toml).
+The S3 implementation is not imported here, so `import fusefs.objects` stays cheap (no boto3).
+"""
+
+from .base import (
+    AccessDenied,
+    BadDigest,
+    ConfigError,
+    InvalidKey,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectVersion,
+    PreconditionFailed,
+    RequestCounter,
+    SlowDown,
+    Unavailable,
+    check_key,
+)
+
+__all__ = [
+    "AccessDenied",
+    "BadDigest",
+    "ConfigError",
+    "InvalidKey",
+    "ListPage",
+    "NotFound",
+    "ObjectInfo",
+    "ObjectStore",
+    "ObjectStoreError",
+    "ObjectVersion",
+    "PreconditionFailed",
+    "RequestCounter",
+    "SlowDown",
+    "Unavailable",
+    "check_key",
+]

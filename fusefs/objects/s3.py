@@ -1,0 +1,327 @@
+"""The boto3 `ObjectStore`: AWS S3, SeaweedFS, MinIO, Ceph or moto; only the endpoint differs.
+
+Blocking calls on one client (thread-safe, pooled connections); callers on the trio loop run
+them in `trio.to_thread.run_sync`. Credentials come from the standard boto3 chain and never
+appear in messages. Every botocore failure is classified once, here, by `classify`.
+
+Client settings (the same as fusefs/s3store.py's, plus two for CPU per request):
+- path-style addressing when an endpoint URL is given (local servers have no per-bucket DNS);
+- no `Expect: 100-continue` for bodies up to 1 MiB: it costs a round trip per PUT and only
+  pays off for large bodies (leases and most witnesses are a few hundred bytes);
+- 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode;
+- checksums only where an operation requires one (DeleteObjects) or the caller sends its own
+  SHA-256: botocore's default CRC32 on every PUT/GET is CPU the protocol does not need.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import botocore.handlers
+import botocore.utils
+from botocore.config import Config
+
+from .base import (
+    PAGE,
+    AccessDenied,
+    BadDigest,
+    ConfigError,
+    ListPage,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectVersion,
+    PreconditionFailed,
+    RequestCounter,
+    SlowDown,
+    Unavailable,
+    check_key,
+    chunks,
+)
+
+EXPECT_ABOVE = 1 << 20  # bytes: larger PUT bodies still wait for "100 Continue"
+
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "InvalidToken",
+    "403",
+}
+_MISSING = {"NoSuchKey", "NotFound", "404"}
+_DIGEST = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest", "InvalidChecksum"}
+_RETRY = {"ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed"}
+
+
+def classify(e: Exception, what: str, *, conditional: bool = False) -> ObjectStoreError:
+    """The one mapping of botocore failures to the errors of `base`; `what` ("PUT key") opens
+    the one-line message. `conditional`: the request had If-Match, so a 404 means the object
+    we meant is gone, which callers see as PreconditionFailed (SeaweedFS answers 412 there)."""
+    if isinstance(e, ObjectStoreError):
+        return e
+    if isinstance(e, botocore.exceptions.ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        detail = f"{what}: {code or status}"
+        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return PreconditionFailed(detail)
+        if code == "NoSuchBucket":
+            return ConfigError(f"{detail}: no such bucket (check the bucket and endpoint URL)")
+        if code in _MISSING or status == 404:
+            return PreconditionFailed(detail) if conditional else NotFound(detail)
+        if code in _DENIED or status == 403:
+            return AccessDenied(f"{detail}: access denied; check the credentials")
+        if code == "SlowDown" or status == 503:
+            return SlowDown(f"{detail}: the server asks to slow down; will retry")
+        if code in _DIGEST:
+            return BadDigest(f"{detail}: the body does not match its checksum")
+        if status == 501 or code == "NotImplemented":  # e.g. conditional writes: retry won't help
+            return ConfigError(f"{detail}: the server does not implement this request")
+        if status >= 500 or code in _RETRY:
+            return Unavailable(f"{detail}: server error; will retry")
+        return ConfigError(f"{detail}: {err.get('Message', '')}".rstrip(": "))
+    if isinstance(
+        e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return ConfigError(
+            f"{what}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        )
+    if isinstance(e, botocore.exceptions.ParamValidationError):
+        return ConfigError(f"{what}: invalid request: {e}".splitlines()[0])
+    if isinstance(e, botocore.exceptions.BotoCoreError | OSError):
+        return Unavailable(f"{what}: {type(e).__name__}: endpoint unreachable; will retry")
+    return Unavailable(f"{what}: {type(e).__name__}: {e}".splitlines()[0])
+
+
+def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    """botocore's add_expect_header, for bodies over EXPECT_ABOVE only."""
+    if model.http.get("method", "") not in ("PUT", "POST"):
+        return
+    body = params.get("body")
+    if isinstance(body, bytes | bytearray):
+        size: int | None = len(body)
+    elif hasattr(body, "read"):
+        size = botocore.utils.determine_content_length(body)
+    else:
+        return
+    if size is None or size > EXPECT_ABOVE:
+        params["headers"]["Expect"] = "100-continue"
+
+
+def _quote(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _unquote(etag: Any) -> str:
+    return str(etag or "").strip('"')
+
+
+class S3ObjectStore(ObjectStore):
+    """One bucket through boto3. `client` may be given (tests); otherwise built from the
+    endpoint URL and the standard credential chain."""
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint_url: str | None = None,
+        *,
+        pool: int = 32,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.requests = RequestCounter()
+        self._offset = 0.0  # server clock - our clock, from the last Date header
+        if client is None:
+            cfg = Config(
+                max_pool_connections=pool,
+                connect_timeout=3,
+                read_timeout=20,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
+        self.client: Any = client
+        events = client.meta.events
+        events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        events.register("before-call.s3", _expect_large_bodies)
+        events.register("after-call.s3", self._track_date)
+
+    def _track_date(self, http_response: Any = None, **kwargs: Any) -> None:
+        """Every response (errors too) carries a Date header: keep our offset to it. The
+        header has whole seconds, so the server's clock is, on average, half a second later."""
+        date = getattr(http_response, "headers", {}).get("Date")
+        if not date:
+            return
+        try:
+            server = botocore.utils.parse_timestamp(date).timestamp() + 0.5
+        except (ValueError, TypeError):
+            return
+        self._offset = server - time.time()
+
+    def server_time(self) -> float:
+        return time.time() + self._offset
+
+    def _call(self, kind: str, what: str, op: str, conditional: bool = False, **kw: Any) -> Any:
+        """Count one request, make it, classify what fails."""
+        self.requests.add(kind)
+        try:
+            return getattr(self.client, op)(Bucket=self.bucket, **kw)
+        except Exception as e:
+            raise classify(e, what, conditional=conditional) from None
+
+    def check(self) -> None:
+        try:
+            self._call("HEAD", f"s3://{self.bucket}", "head_bucket")
+        except NotFound:
+            raise ConfigError(
+                f"s3://{self.bucket}: no such bucket (check the bucket and endpoint URL)"
+            ) from None
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        sha256: str | None = None,
+    ) -> str:
+        check_key(key)
+        if if_none_match and if_match is not None:
+            raise ValueError("put: if_none_match and if_match exclude each other")
+        kw: dict[str, Any] = {"Key": key, "Body": body}
+        if if_none_match:
+            kw["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kw["IfMatch"] = _quote(if_match)
+        if metadata:
+            kw["Metadata"] = dict(metadata)
+        if sha256 is not None:
+            kw["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        r = self._call("PUT", f"PUT {key}", "put_object", if_match is not None, **kw)
+        return _unquote(r.get("ETag"))
+
+    def get(self, key: str) -> tuple[bytes, ObjectInfo]:
+        check_key(key)
+        r = self._call("GET", f"GET {key}", "get_object", Key=key)
+        try:
+            body = r["Body"].read()
+        except Exception as e:  # the connection broke while the body streamed
+            raise classify(e, f"GET {key}") from None
+        return body, _info(key, r, with_meta=True)
+
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
+        check_key(key)
+        kw: dict[str, Any] = {"Key": key}
+        if version_id is not None:
+            kw["VersionId"] = version_id
+        try:
+            r = self._call("HEAD", f"HEAD {key}", "head_object", **kw)
+        except NotFound:
+            return None
+        return _info(key, r, with_meta=True)
+
+    def versioning_enabled(self) -> bool:
+        r = self._call("GET", f"s3://{self.bucket} versioning", "get_bucket_versioning")
+        return bool(r.get("Status") == "Enabled")
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("LIST", f"LIST versions {prefix}", "list_object_versions", **kw)
+            found = [
+                ObjectVersion(
+                    str(v["Key"]),
+                    str(v["VersionId"]),
+                    v["LastModified"].timestamp(),
+                    bool(v.get("IsLatest")),
+                    int(v["Size"]) if "Size" in v else None,
+                    _unquote(v["ETag"]) if "ETag" in v else None,
+                )
+                for v in r.get("Versions", []) + r.get("DeleteMarkers", [])
+            ]
+            # Two lists per page (versions, then markers): merge them by key, newest first.
+            yield from sorted(found, key=lambda v: (v.key, not v.is_latest, -v.last_modified))
+            if not r.get("IsTruncated"):
+                return
+            kw["KeyMarker"] = r["NextKeyMarker"]
+            kw["VersionIdMarker"] = r["NextVersionIdMarker"]
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        check_key(key)
+        kw: dict[str, Any] = {"Key": key}
+        if if_match is not None:
+            kw["IfMatch"] = _quote(if_match)
+        self._call("DELETE", f"DELETE {key}", "delete_object", if_match is not None, **kw)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        keys = [check_key(k) for k in keys]  # all of them before the first request
+        for batch in chunks(keys):
+            what = f"DeleteObjects of {len(batch)} keys"
+            r = self._call(
+                "POST",
+                what,
+                "delete_objects",
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            failed = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise Unavailable(
+                    f"{what}: {len(failed)} not deleted ({failed[0].get('Code')}:"
+                    f" {failed[0].get('Message')}); safe to repeat"
+                )
+
+    def list_page(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        delimiter: str | None = None,
+        token: str | None = None,
+        max_keys: int = PAGE,
+    ) -> ListPage:
+        kw: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys}
+        if start_after:
+            kw["StartAfter"] = start_after
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if token:
+            kw["ContinuationToken"] = token
+        r = self._call("LIST", f"LIST {prefix}", "list_objects_v2", **kw)
+        objects = [
+            ObjectInfo(
+                str(o["Key"]),
+                int(o.get("Size", 0)),
+                _unquote(o.get("ETag")),
+                o["LastModified"].timestamp(),
+            )
+            for o in r.get("Contents", [])
+        ]
+        prefixes = [str(p["Prefix"]) for p in r.get("CommonPrefixes", [])]
+        more = bool(r.get("IsTruncated")) and r.get("NextContinuationToken")
+        return ListPage(objects, prefixes, str(r["NextContinuationToken"]) if more else None)
+
+
+def _info(key: str, r: dict[str, Any], *, with_meta: bool) -> ObjectInfo:
+    """ObjectInfo from a HEAD or GET response."""
+    return ObjectInfo(
+        key,
+        int(r.get("ContentLength", 0)),
+        _unquote(r.get("ETag")),
+        r["LastModified"].timestamp(),
+        dict(r.get("Metadata", {})) if with_meta else None,
+    )
