@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 
     digest.add_commands(sub)
     fsck.add_commands(sub)
+    from . import cmd_fleet, cmd_map  # issue 16: the fleet and the progress map
+
+    cmd_map.add_parser(sub)
+    cmd_fleet.add_parser(sub)
     return p
 
 
@@ -421,6 +425,11 @@ def _print_status(info: dict[str, Any]) -> None:
     )
     print(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({pct:.1f}%)")
     print(f"pending {c['pending']}  claimed {c['claimed']}")
+    if info.get("pace"):
+        from .eta import human_duration
+
+        p = info["pace"]
+        print(f"rate {p['rate_per_minute']}/min (last 10 min)  ETA {human_duration(p['eta_seconds'])}")
     sync = info.get("sync", {})
     if sync.get("enabled"):
         print(

@@ -60,7 +60,14 @@ class StatusBoard:
             "digest": self.digest_info() if self.digest_info else {"state": "off"},
             "uptime_seconds": round(time.time() - self.started, 1),
             "errors": list(self.recent_errors),
+            "pace": self._pace(),
         }
+
+    def _pace(self) -> dict[str, Any] | None:
+        """Rate over the last 10 minutes and the ETA at that rate (eta.py), from the journal."""
+        from .eta import pace
+
+        return pace(self.journal.dir, self.state.counts()) if self.journal else None
 
     def render(self) -> bytes:
         return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,5 @@
+# layer: cli
+"""placeholder"""
+from typing import Any
+def add_parser(sub: Any) -> None:
+    pass
