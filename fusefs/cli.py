@@ -140,10 +140,11 @@ def _parser() -> argparse.ArgumentParser:
 
     digest.add_commands(sub)
     fsck.add_commands(sub)
-    from . import cmd_fleet, cmd_map  # issue 16: the fleet and the progress map
+    from . import cmd_fleet, cmd_map, cmd_watch  # issue 16: fleet, progress map, live status
 
     cmd_map.add_parser(sub)
     cmd_fleet.add_parser(sub)
+    cmd_watch.add_options(s)
     return p
 
 
@@ -429,7 +430,9 @@ def _print_status(info: dict[str, Any]) -> None:
         from .eta import human_duration
 
         p = info["pace"]
-        print(f"rate {p['rate_per_minute']}/min (last 10 min)  ETA {human_duration(p['eta_seconds'])}")
+        print(
+            f"rate {p['rate_per_minute']}/min (last 10 min)  ETA {human_duration(p['eta_seconds'])}"
+        )
     sync = info.get("sync", {})
     if sync.get("enabled"):
         print(

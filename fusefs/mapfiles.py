@@ -102,6 +102,10 @@ def tick_labels(space: TaskSpace, r: Raster, fr: Frame) -> tuple[list[Any], list
     return ys, xs
 
 
+def hex_colour(c: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*c)
+
+
 # -- PNG ----------------------------------------------------------------------------------------
 def _text(img: npt.NDArray[np.uint8], x: int, y: int, text: str) -> None:
     for ch in text.upper():
@@ -109,7 +113,12 @@ def _text(img: npt.NDArray[np.uint8], x: int, y: int, text: str) -> None:
         for i, bit in enumerate(glyph):
             if bit == "1":
                 gy, gx = y + (i // 3) * SCALE, x + (i % 3) * SCALE
-                if 0 <= gy and gy + SCALE <= img.shape[0] and 0 <= gx and gx + SCALE <= img.shape[1]:
+                if (
+                    gy >= 0
+                    and gy + SCALE <= img.shape[0]
+                    and gx >= 0
+                    and gx + SCALE <= img.shape[1]
+                ):
                     img[gy : gy + SCALE, gx : gx + SCALE] = TEXT
         x += CHAR_W
 
@@ -161,7 +170,7 @@ HOVER_COUNTS = 1_500_000  # numbers embedded for the HTML hover (5 per cell), ab
 
 
 def svg_text(space: TaskSpace, r: Raster, fr: Frame, name: str, when: str) -> str:
-    hexes = ["#%02x%02x%02x" % c for c in COLOURS]
+    hexes = [hex_colour(c) for c in COLOURS]
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{fr.width}" height="{fr.height}" '
         f'viewBox="0 0 {fr.width} {fr.height}" font-family="sans-serif" font-size="12">',
@@ -228,7 +237,10 @@ def map_json(space: TaskSpace, r: Raster, fr: Frame, name: str, when: str) -> di
     """Everything the page draws; also what `--serve` answers at /map.json."""
     lay = r.layout
     counts = np.stack(
-        [r.counts[k].astype(np.uint32) for k in ("intent", "done", "claimed", "conflict", "outside")]
+        [
+            r.counts[k].astype(np.uint32)
+            for k in ("intent", "done", "claimed", "conflict", "outside")
+        ]
     )
     ys, xs = tick_labels(space, r, fr)
     return {
@@ -238,7 +250,9 @@ def map_json(space: TaskSpace, r: Raster, fr: Frame, name: str, when: str) -> di
         "layout": lay.__dict__,
         "state": base64.b64encode(r.state.tobytes()).decode(),
         # per-cell counts for the hover, unless they would make the page huge (then states only)
-        "counts": base64.b64encode(counts.tobytes()).decode() if counts.size <= HOVER_COUNTS else None,
+        "counts": base64.b64encode(counts.tobytes()).decode()
+        if counts.size <= HOVER_COUNTS
+        else None,
         "letters": r.task_letters,
         "lat": _axis(space.lat),
         "lon": _axis(space.lon),
@@ -255,7 +269,7 @@ def html_text(data: dict[str, Any], refresh: float | None) -> str:
     """A self-contained page (no network) drawing `data`; with `refresh`, it polls
     ./map.json every `refresh` seconds (the page served by `missionfs map --serve`)."""
     config = {
-        "colours": ["#%02x%02x%02x" % c for c in COLOURS],
+        "colours": [hex_colour(c) for c in COLOURS],
         "names": list(NAMES),
         "letters": TASK_LETTERS,
         "refresh": refresh,
