@@ -132,14 +132,14 @@ def test_svg_cells_say_their_state(scene: tuple[Mount, dict[str, int]], tmp_path
     root = ET.parse(out).getroot()
     fills = {}
     for rect in root.iter(f"{ns}rect"):
-        title = rect.find(f"{ns}title")
-        if title is not None and title.text:
-            fills[title.text.split(":")[0]] = (rect.get("fill"), title.text)
+        el = rect.find(f"{ns}title")
+        if el is not None and el.text:
+            fills[el.text.split(":")[0]] = (rect.get("fill"), el.text)
     assert len(fills) == 12  # 3 x 4 tiles, one cell each
     for tile, state in expected.items():
-        fill, title = fills[tile]
-        assert fill == "#{:02x}{:02x}{:02x}".format(*COLOURS[state]), title
-        assert NAMES[state] in title
+        fill, label = fills[tile]
+        assert fill == "#{:02x}{:02x}{:02x}".format(*COLOURS[state]), label
+        assert NAMES[state] in label
     texts = [t.text or "" for t in root.iter(f"{ns}text")]
     assert any("done 3/24" in t and "claimed 1" in t and "conflicts 1" in t for t in texts), texts
     assert "40.72" in texts and "-73.99" in texts  # latitude and longitude ticks
