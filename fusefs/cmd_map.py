@@ -154,6 +154,7 @@ def serve(args: argparse.Namespace, mission: Any, address: tuple[str, int]) -> N
     """Serve the page and /map.json until interrupted (Ctrl-C ends it with status 130)."""
     from .cli import UserError
     from .mapfiles import frame_for, html_text, map_json, place
+    from .mission import MissionError
 
     def data() -> dict[str, Any]:
         space, r = snapshot(args, mission)
@@ -164,12 +165,16 @@ def serve(args: argparse.Namespace, mission: Any, address: tuple[str, int]) -> N
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path in ("/", "/index.html"):
-                body, kind = html_text(data(), args.interval).encode(), "text/html"
-            elif path == "/map.json":
-                body, kind = json.dumps(data()).encode(), "application/json"
-            else:
-                self.send_error(404)
+            try:
+                if path in ("/", "/index.html"):
+                    body, kind = html_text(data(), args.interval).encode(), "text/html"
+                elif path == "/map.json":
+                    body, kind = json.dumps(data()).encode(), "application/json"
+                else:
+                    self.send_error(404)
+                    return
+            except (UserError, MissionError) as e:  # e.g. the state dir went away: say so
+                self.send_error(503, str(e))
                 return
             self.send_response(200)
             self.send_header("Content-Type", f"{kind}; charset=utf-8")

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .codec import TaskSpace
-from .progressmap import COLOURS, NAMES, TASK_LETTERS, Raster, rgb, ticks
+from .progressmap import COLOURS, GRID_PX, NAMES, TASK_LETTERS, Raster, rgb, ticks
 
 TITLE_Y, LEGEND_Y, MAP_Y = 8, 26, 48
 CHAR_W, SCALE = 8, 2  # advance of one character in pixels; font pixels per glyph pixel
@@ -187,12 +187,13 @@ def svg_text(space: TaskSpace, r: Raster, fr: Frame, name: str, when: str) -> st
     lay, px = r.layout, r.layout.px
     if lay.h * lay.w <= SVG_RECTS:
         out.append('<g class="map" shape-rendering="crispEdges">')
+        edge = ' stroke="#ffffff"' if px >= GRID_PX else ""
         for y in range(lay.h):
             for x in range(lay.w):
                 s = int(r.state[y, x])
                 out.append(
                     f'<rect x="{fr.map_x + x * px}" y="{fr.map_y + y * px}" width="{px}" '
-                    f'height="{px}" fill="{hexes[s]}" data-x="{x}" data-y="{y}">'
+                    f'height="{px}" fill="{hexes[s]}"{edge} data-x="{x}" data-y="{y}">'
                     f"<title>{escape(cell_label(space, r, x, y))}</title></rect>"
                 )
         out.append("</g>")
@@ -273,6 +274,7 @@ def html_text(data: dict[str, Any], refresh: float | None) -> str:
         "names": list(NAMES),
         "letters": TASK_LETTERS,
         "refresh": refresh,
+        "gridPx": GRID_PX,
         "geometry": {"titleY": TITLE_Y, "legendY": LEGEND_Y, "charW": CHAR_W},
     }
     payload = json.dumps(data).replace("</", "<\\/")
@@ -316,7 +318,9 @@ function draw() {
   const st = bytes(DATA.state), img = cx.createImageData(L.w * px, L.h * px);
   const rgb = CONFIG.colours.map(c => [1, 3, 5].map(i => parseInt(c.substr(i, 2), 16)));
   for (let y = 0; y < L.h * px; y++) for (let xx = 0; xx < L.w * px; xx++) {
-    const c = rgb[st[Math.floor(y / px) * L.w + Math.floor(xx / px)]], o = 4 * (y * L.w * px + xx);
+    const line = px >= CONFIG.gridPx && (y % px === px - 1 || xx % px === px - 1);
+    const c = line ? [255, 255, 255] : rgb[st[Math.floor(y / px) * L.w + Math.floor(xx / px)]];
+    const o = 4 * (y * L.w * px + xx);
     img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
   }
   cx.putImageData(img, f.map_x, f.map_y);

@@ -36,7 +36,8 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
     (0xFF, 0xFF, 0xFF),  # not planned: the background
 )
 TASK_LETTERS = "!dcp.ox"  # per task, in the HTML hover: conflict, done, claimed, -, pending, ...
-CHUNK = 1 << 22  # ids counted at a time (bounds the temporary arrays to a few tens of MiB)
+GRID_PX = 8  # cells at least this many pixels wide are separated by a white line
+CHUNK = 1 << 20  # ids counted at a time (bounds the temporary arrays to a few MiB each)
 
 Counts = npt.NDArray[np.int64]
 
@@ -176,7 +177,13 @@ def rgb(r: Raster) -> npt.NDArray[np.uint8]:
     palette = np.array(COLOURS, dtype=np.uint8)
     img = palette[r.state]
     px = r.layout.px
-    return np.repeat(np.repeat(img, px, axis=0), px, axis=1) if px > 1 else img
+    if px == 1:
+        return img
+    big = np.repeat(np.repeat(img, px, axis=0), px, axis=1)
+    if px >= GRID_PX:  # a white line between tiles, so neighbours of one state stay tiles
+        big[px - 1 :: px, :] = 255
+        big[:, px - 1 :: px] = 255
+    return big
 
 
 def ticks(axis_n: int, cells: int, target: int) -> list[tuple[int, int]]:
