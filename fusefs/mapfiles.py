@@ -363,7 +363,22 @@ document.getElementById("map").addEventListener("mousemove", ev => {
   tip.textContent = describe(x, y); tip.style.display = "block";
   tip.style.left = (ev.pageX + 12) + "px"; tip.style.top = (ev.pageY + 12) + "px";
 });
+function showTile(spec) {
+  // `page.html#tile=LAT/LON`: open with that tile's tooltip shown (a link to one tile).
+  const [lat, lon] = decodeURIComponent(spec).split("/"), L = DATA.layout, f = DATA.frame;
+  const index = (ax, v) => Math.round((parseFloat(v) * 10 ** ax.scale - ax.start) / ax.step);
+  const row = index(DATA.lat, lat), col = index(DATA.lon, lon);
+  if (!(row >= 0 && row < L.rows && col >= 0 && col < L.cols)) return;
+  let y = Math.floor(row * L.h / L.rows), x = Math.floor(col * L.w / L.cols);
+  if (L.flip_y) y = L.h - 1 - y;
+  if (L.flip_x) x = L.w - 1 - x;
+  const tip = document.getElementById("tip");
+  tip.textContent = describe(x, y); tip.style.display = "block";
+  tip.style.left = (f.map_x + x * L.px + 4) + "px"; tip.style.top = (f.map_y + y * L.px + 4) + "px";
+}
 draw();
+const wanted = location.hash.match(/^#tile=(.+)$/);
+if (wanted) showTile(wanted[1]);
 if (CONFIG.refresh) setInterval(async () => {
   try { const r = await fetch("map.json", {cache: "no-store"}); if (r.ok) { DATA = await r.json(); draw(); } }
   catch (e) { /* the server may be restarting: keep the last picture */ }

@@ -3,9 +3,11 @@ would (the PNG decoded, the HTML rendered by headless Chromium), bad input, --se
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -172,6 +174,22 @@ def screenshot(url: str, out: Path, tmp: Path, size: tuple[int, int] = (WIDTH, 6
     return read_png(out)
 
 
+def tooltip(url: str, tmp: Path) -> str:
+    """The text of the page's tooltip after Chromium ran the page (--dump-dom)."""
+    assert CHROMIUM
+    profile = tmp / "chromium-dom"
+    profile.mkdir(exist_ok=True)
+    res = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    m = re.search(r'<div id="tip" style="display: block;[^"]*">(.*?)</div>', res.stdout, re.S)
+    assert m, res.stdout[-1500:] + res.stderr[-1500:]
+    return html.unescape(m.group(1))
+
+
 def test_html_page_in_chromium(scene: tuple[Mount, dict[str, int]], tmp_path: Path) -> None:
     m, expected = scene
     out = tmp_path / "map.html"
@@ -181,11 +199,15 @@ def test_html_page_in_chromium(scene: tuple[Mount, dict[str, int]], tmp_path: Pa
     assert "http://" not in page.replace('"http://www.w3.org', "") and "https://" not in page
     img = screenshot(out.as_uri(), tmp_path / "shot.png", tmp_path)
     assert_colours(img, cell_centres(m.mission), expected)
-    # The hover's data: the claimed tile lists its two tasks and their states.
-    data = json.loads(page.split("let DATA = ", 1)[1].split(";\nfunction", 1)[0])
-    space = load_mission(m.mission).space
-    base = space.task_id(2, 3, 0)
-    assert data["letters"][base : base + 2] == "c."
+    # The hover: the page opened on one tile (#tile=LAT/LON) shows that tile's tooltip, which
+    # lists its tasks and their states; the DOM as Chromium has it after running the page.
+    for tile, lines in {
+        "40.72/-73.99": ["40.72 / -73.99: claimed", "coffee shop: claimed", "plumber: pending"],
+        "40.71/-74.01": ["partly done", "done 1/2", "coffee shop: pending", "plumber: done"],
+    }.items():
+        tip = tooltip(f"{out.as_uri()}#tile={tile}", tmp_path)
+        for line in lines:
+            assert line in tip, tip
 
 
 def test_served_page_follows_the_mount(scene: tuple[Mount, dict[str, int]], tmp_path: Path) -> None:
