@@ -150,6 +150,17 @@ def conflict_tasks(space: TaskSpace, root: Path) -> BitMap:
     return out
 
 
+def ipaddress_is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace, mission: Any, address: tuple[str, int]) -> None:
     """Serve the page and /map.json until interrupted (Ctrl-C ends it with status 130)."""
     from .cli import UserError
@@ -192,6 +203,12 @@ def serve(args: argparse.Namespace, mission: Any, address: tuple[str, int]) -> N
         raise UserError(f"--serve {address[0]}:{address[1]}: {e.strerror}") from None
     if not args.quiet:
         print(f"missionfs: map served at http://{address[0]}:{address[1]}/", flush=True)
+    if not ipaddress_is_loopback(address[0]):
+        print(
+            f"missionfs: warning: {address[0]} is not a loopback address; the map server has no "
+            "authentication",
+            file=sys.stderr,
+        )
     with server:
         try:
             server.serve_forever()

@@ -152,6 +152,32 @@ def test_status_eta_from_the_last_ten_minutes(
     assert st["pace"]["eta_seconds"] == 4200  # the same from the state dir, beside the mount
 
 
+def test_pace_reads_only_what_the_journal_appended(tmp_path: Path) -> None:
+    from fusefs.eta import finished_since
+
+    j = tmp_path / "journal"
+    j.mkdir()
+    now = time.time()
+    path = j / "journal-000000.jsonl"
+
+    def line(t: float, ev: str = "commit", **extra: Any) -> bytes:
+        return (json.dumps({"t": t, "ev": ev, **extra}) + "\n").encode()
+
+    path.write_bytes(
+        line(now - 900) + line(now - 100) + line(now - 50, "claim") + line(now - 40, "remote")
+    )
+    assert finished_since(j, now - 600) == 2
+    with open(path, "ab") as f:  # a commit, a recovered one, and half of a line being written
+        f.write(line(now - 5) + line(now - 4, recovered=True) + line(now - 3)[:10])
+    assert finished_since(j, now - 600) == 3
+    with open(path, "ab") as f:
+        f.write(line(now - 3)[10:])
+    assert finished_since(j, now - 600) == 4
+    assert finished_since(j, now - 60) == 3  # the window moves: older ones drop out
+    (j / "journal-000001.jsonl").write_bytes(line(now - 1))  # rotated: read afresh, both files
+    assert finished_since(j, now - 60) == 4
+
+
 def _read_until(fd: int, needle: bytes, buf: bytearray, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while needle not in buf:
