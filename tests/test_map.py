@@ -334,3 +334,17 @@ def test_ten_million_tasks_render_in_seconds(tmp_path: Path) -> None:
     assert r.totals["intent"] == 10_000_000 and int(r.counts["done"].sum()) == len(fact)
     assert elapsed < 30, f"{elapsed:.1f} s"  # about 2-3 s on a busy 2-core machine
     assert r.state[-1, 0] == DONE  # the first third (southern rows) is done
+    # Too many cells for one <rect> each: the SVG embeds the map as a PNG, the PNG writer's
+    # pixels decode to the same states.
+    from fusefs.mapfiles import png_bytes, svg_text
+    from fusefs.progressmap import rgb
+
+    fr = place(frame_for(space, 900)[0], r)
+    svg = ET.fromstring(svg_text(space, r, fr, "big", "now"))
+    images = list(svg.iter("{http://www.w3.org/2000/svg}image"))
+    assert len(images) == 1 and not list(svg.iter("{http://www.w3.org/2000/svg}title"))
+    png = tmp_path / "cells.png"
+    png.write_bytes(png_bytes(rgb(r)))
+    cells = read_png(png)
+    assert (cells == np.array(COLOURS, dtype=np.uint8)[r.state]).all()
+    assert {int(v) for v in np.unique(r.state)} == {DONE, PARTLY, PENDING}
