@@ -1,5 +1,5 @@
 # layer: cli
-"""`missionfs map MISSION.toml -o FILE [--state DIR] [--width PX]`, or `--serve HOST:PORT`.
+"""`missionfs map MISSION.toml|MNT -o FILE [--state DIR] [--width PX]`, or `--serve HOST:PORT`.
 
 The state is read from the state dir the way `missionfs status MISSION.toml` reads it (works
 beside a running mount: its claims come from STATE/claims.log), plus the results that lost a
@@ -33,7 +33,7 @@ MIN_WIDTH, MAX_WIDTH = 200, 8000
 def add_parser(sub: Any) -> None:
     """Register `missionfs map`."""
     p = sub.add_parser("map", help="draw the mission's progress as a PNG, SVG or HTML map")
-    p.add_argument("mission", type=Path)
+    p.add_argument("mission", type=Path, help="MISSION.toml, or a mountpoint")
     p.add_argument("-o", "--output", type=Path, help="FILE.png, FILE.svg or FILE.html")
     p.add_argument("--state", type=Path, help="state directory (default: as for mount)")
     p.add_argument("--endpoint-url")
@@ -61,6 +61,8 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UserError("--interval must be a positive number of seconds")
     address = _address(args.serve) if args.serve else None
+    if args.mission.is_dir():
+        args.mission, args.state = _of_mount(args.mission)
     mission = load_mission(args.mission)
     if args.output is not None:
         out: Path = args.output
@@ -74,6 +76,23 @@ def cmd_map(args: argparse.Namespace) -> int:
     if address is not None:
         serve(args, mission, address)
     return 0
+
+
+def _of_mount(mnt: Path) -> tuple[Path, Path]:
+    """(mission file, state dir) of a mountpoint, from its status file and the state dir."""
+    from .cli import UserError
+    from .workspace import remembered_mission
+
+    if not os.path.ismount(mnt):
+        raise UserError(f"{mnt} is a directory but not a missionfs mount")
+    try:
+        state = Path(json.loads((mnt / "status").read_text())["state_dir"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read {mnt}/status: {e}") from None
+    mission = remembered_mission(state)
+    if mission is None:
+        raise UserError(f"cannot tell the mission of {mnt}: give MISSION.toml --state {state}")
+    return mission, state
 
 
 def _address(text: str) -> tuple[str, int]:

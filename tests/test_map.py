@@ -128,7 +128,7 @@ def test_png_shows_each_tile_state(scene: tuple[Mount, dict[str, int]], tmp_path
 def test_svg_cells_say_their_state(scene: tuple[Mount, dict[str, int]], tmp_path: Path) -> None:
     m, expected = scene
     out = tmp_path / "map.svg"
-    res = run("map", str(m.mission), "--state", str(m.state), "-o", str(out))
+    res = run("map", str(m.mnt), "-o", str(out))  # a mountpoint names its mission and state
     assert res.returncode == 0, res.stderr
     ns = "{http://www.w3.org/2000/svg}"
     root = ET.parse(out).getroot()
@@ -285,6 +285,9 @@ def test_map_of_a_missing_mission(tmp_path: Path) -> None:
     res = run("map", str(tmp_path / "nope.toml"), "-o", str(tmp_path / "m.png"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert res.stderr.startswith("missionfs: ") and "no such mission file" in res.stderr
+    res = run("map", str(tmp_path), "-o", str(tmp_path / "m.png"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("missionfs: ") and "not a missionfs mount" in res.stderr
 
 
 def test_aggregated_cells_count_every_task() -> None:
