@@ -11,9 +11,10 @@ coordinator and without listing `scraped-tiles/`:
 
 Cost: one LIST of `manifests/` and of `claims/`, one GET per manifest not counted before and
 one GET per worker's lease body. Manifests are pruned from the bucket after about 20 minutes,
-so "overall" counts what this node has seen: the counts of every manifest ever read are kept in
-STATE/fleet-manifests.json (a few bytes per manifest), and a node that starts watching late
-sees the work since the oldest manifest still in the bucket (`since` in the answer).
+so "overall" counts what this node has seen: the counts of the manifests read are kept in
+STATE/fleet-manifests.json (per manifest while it is in the bucket, then summed per worker),
+and a node that starts watching late sees the work since the oldest manifest still in the
+bucket (`since` in the answer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +46,35 @@ def parse_manifest_name(name: str) -> tuple[int, str] | None:
     return int(ms), worker
 
 
-def _load_cache(path: Path) -> dict[str, list[Any]]:
+@dataclass
+class Counted:
+    """What this node has counted: the manifests still in the bucket, one entry each (so they
+    are not read again), and per worker the sum of those pruned since (so the file stays as
+    small as the bucket's manifests/, however long the mission runs)."""
+
+    manifests: dict[str, list[Any]] = field(default_factory=dict)  # key -> [worker, ms, n]
+    pruned: dict[str, list[int]] = field(default_factory=dict)  # worker -> [n, first, last ms]
+
+    def per_worker(self) -> list[tuple[str, int, int, int]]:
+        """(worker, first ms, last ms, tasks) of each manifest and of each pruned sum."""
+        out = [(w, ms, ms, n) for w, ms, n in self.manifests.values()]
+        out += [(w, first, last, n) for w, (n, first, last) in self.pruned.items()]
+        return out
+
+
+def _load_cache(path: Path) -> Counted:
     try:
         data = json.loads(path.read_text())
-        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 3}
-    except (OSError, ValueError, AttributeError):
-        return {}
+        return Counted(dict(data["manifests"]), dict(data["pruned"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return Counted()
 
 
-def _save_cache(path: Path, cache: dict[str, list[Any]]) -> None:
+def _save_cache(path: Path, counted: Counted) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    body = {"manifests": counted.manifests, "pruned": counted.pruned}
     try:
-        tmp.write_text(json.dumps(cache, separators=(",", ":")))
+        tmp.write_text(json.dumps(body, separators=(",", ":")))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only state dir: the next look reads the manifests again
@@ -63,16 +82,18 @@ def _save_cache(path: Path, cache: dict[str, list[Any]]) -> None:
 
 def count_manifests(
     s3: S3Store, cache_path: Path | None, parallel: int = 16
-) -> tuple[dict[str, list[Any]], int]:
-    """{manifest key: [worker, ms, lines]} of every manifest listed now or counted before, and
-    how many were read now (GETs)."""
-    cache = _load_cache(cache_path) if cache_path else {}
+) -> tuple[Counted, int]:
+    """Every manifest listed now or counted before, and how many were read now (GETs)."""
+    counted = _load_cache(cache_path) if cache_path else Counted()
     root = f"{s3.base}/{MANIFESTS}/"
+    listed: set[str] = set()
     new: list[tuple[str, int, str]] = []
     for key, _size in s3.list_keys(root):
         parsed = parse_manifest_name(key[len(root) :])
-        if parsed is not None and key not in cache:
-            new.append((key, *parsed))
+        if parsed is not None:
+            listed.add(key)
+            if key not in counted.manifests:
+                new.append((key, *parsed))
 
     def lines(key: str) -> int:
         body, _ = s3.get(key)
@@ -80,10 +101,15 @@ def count_manifests(
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         for (key, ms, worker), n in zip(new, pool.map(lambda k: lines(k[0]), new), strict=True):
-            cache[key] = [worker, ms, n]
-    if cache_path and new:
-        _save_cache(cache_path, cache)
-    return cache, len(new)
+            counted.manifests[key] = [worker, ms, n]
+    gone = [k for k in counted.manifests if k not in listed]
+    for key in gone:  # pruned from the bucket: keep only their sum
+        worker, ms, n = counted.manifests.pop(key)
+        total, first, last = counted.pruned.get(worker, [0, ms, ms])
+        counted.pruned[worker] = [total + n, min(first, ms), max(last, ms)]
+    if cache_path and (new or gone):
+        _save_cache(cache_path, counted)
+    return counted, len(new)
 
 
 def fleet(
@@ -106,17 +132,17 @@ def fleet(
             w, {"worker": w, "last_seen": 0.0, "done_recent": 0, "done": 0, "live_leases": 0}
         )
 
-    for worker, ms, n in manifests.values():
+    rows = manifests.per_worker()
+    for worker, _first, last, n in rows:
         e = entry(worker)
         e["done"] += n
-        e["last_seen"] = max(e["last_seen"], ms / 1000)
-        if ms / 1000 >= t - RECENT:
+        e["last_seen"] = max(e["last_seen"], last / 1000)
+        if last / 1000 >= t - RECENT:
             e["done_recent"] += n
-    bodies = dict(book._bodies)
     for lease in live:
         e = entry(lease.worker)
         e["live_leases"] += 1
-        seconds = next((s for w, s in bodies.values() if w == lease.worker), lease_seconds)
+        _, seconds = book._bodies.get(lease.etag, (lease.worker, lease_seconds))
         e["last_seen"] = max(e["last_seen"], lease.expires - GRACE - seconds)
     total = sum(e["done"] for e in workers.values())
     for e in workers.values():
@@ -125,7 +151,7 @@ def fleet(
         e["seconds_since_seen"] = round(max(0.0, t - e["last_seen"]), 1)
         e["silent"] = e["seconds_since_seen"] > silent_after
         e["last_seen"] = round(e["last_seen"], 3)
-    since = min((ms for _, ms, _ in manifests.values()), default=None)
+    since = min((first for _, first, _, _ in rows), default=None)
     return {
         "now": round(t, 3),
         "workers": sorted(workers.values(), key=lambda e: (-e["done"], e["worker"])),

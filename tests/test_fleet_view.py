@@ -93,6 +93,17 @@ def test_fleet_counts_each_worker(
     # again (STATE/fleet-manifests.json); the witnesses are never listed.
     assert view["requests"].get("LIST") == 2, view["requests"]
     assert view["manifests_read"] == 0 and view["requests"].get("GET", 0) <= 3
+    # Manifests are pruned from the bucket after a while: the counts stay, from the sums kept
+    # in STATE/fleet-manifests.json, and that file keeps no entry per pruned manifest.
+    c = moto.client()
+    listing = c.list_objects_v2(Bucket=bucket, Prefix="runs/s3-mission/manifests/")
+    assert listing.get("Contents")
+    for obj in listing["Contents"]:
+        c.delete_object(Bucket=bucket, Key=obj["Key"])
+    after = fleet(mission, moto, viewer)
+    assert {w["worker"]: w["done"] for w in after["workers"]} == {**expected, "w2": 0}
+    cache = json.loads((viewer / "fleet-manifests.json").read_text())
+    assert cache["manifests"] == {} and set(cache["pruned"]) == set(expected)
     # The text table says the same, one line per worker.
     text = run(
         "fleet", str(mission), "--endpoint-url", moto.endpoint, "--state", str(viewer),
