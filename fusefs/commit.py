@@ -94,15 +94,23 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
         finally:
             self._in_flight.discard(task)
-        # The witness is durable: now its journal line, then its start-up index line.
-        self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
+        # The witness is durable: now its journal line, then its start-up index line. Both are
+        # history and a cache, the witness is the truth: a full disk that refuses them does not
+        # undo the commit (the start-up reconcile finds and journals a witness they missed).
+        try:
+            self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
+        except OSError as e:
+            log.error("commit of %s: journal line not written (%s); the commit stands", rel, e)
         self._record(task)
         self.status.committed(source)
         return rows
 
     def _record(self, task: int) -> None:
         self.local.add(task)
-        self.index.append((self.state.space.rel(task),))
+        try:
+            self.index.append((self.state.space.rel(task),))
+        except OSError as e:  # a full disk: the next start walks the tree (reconcile) instead
+            log.error("start-up index line of %s not written: %s", self.state.space.rel(task), e)
         self.state.add_fact(task)
         for hook in self.hooks:
             hook()

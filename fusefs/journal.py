@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .store import append_whole
+
 ROTATE_BYTES = 64 * 2**20
 
 
@@ -33,11 +35,11 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.worker = worker
         self.host = socket.gethostname()
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._size = 0
         self._dirty = False
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self._file is None or self._size >= ROTATE_BYTES:
             if self._file is not None:
                 self._file.close()
@@ -46,7 +48,8 @@ class Journal:
             path = self.dir / f"journal-{seq:06d}.jsonl"
             if path.exists() and path.stat().st_size >= ROTATE_BYTES:
                 path = self.dir / f"journal-{seq + 1:06d}.jsonl"
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
+            # Unbuffered: each line is one write, cut back whole if the disk is full.
+            self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - long-lived
             self._size = path.stat().st_size
         return self._file
 
@@ -58,10 +61,14 @@ class Journal:
         entry["worker"] = self.worker
         entry["host"] = self.host
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+        # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
+        # which json.loads turns back into the same surrogate: the line stays valid JSON.
+        data = line.encode("utf-8", "backslashreplace")
         f = self._open()
-        f.write(line)
-        f.flush()  # in the page cache: survives kill -9; fsync'd by sync()
-        self._size += len(line.encode())
+        # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the line is
+        # not written at all (OSError): never half a line, never one written later.
+        append_whole(f.fileno(), data, self._size)
+        self._size += len(data)
         self._dirty = True
 
     def sync(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -11,6 +12,8 @@ from typing import Any
 
 from .journal import Journal
 from .state import MissionState
+
+log = logging.getLogger("missionfs")
 
 
 class StatusBoard:
@@ -24,6 +27,8 @@ class StatusBoard:
         self.refusals = 0
         self.expired = 0
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
+        # Requests the error boundary (boundary.py) answered with an errno, by errno name.
+        self.request_errors: dict[str, int] = {}
         self.reconcile = "pending"
         self.outside_plan = 0
         self.sync_info: Callable[[], dict[str, Any]] | None = None
@@ -37,7 +42,10 @@ class StatusBoard:
     def refused(self, where: str, reason: str) -> None:
         self.refusals += 1
         if self.journal is not None:
-            self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
+            try:
+                self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
+            except OSError as e:  # a full disk: the refusal stands, its history line is lost
+                log.warning("refusal of %s not journalled: %s", where, e)
         self.recent_errors.append({"time": round(time.time(), 3), "path": where, "error": reason})
 
     def snapshot(self) -> dict[str, Any]:
@@ -52,6 +60,7 @@ class StatusBoard:
             "commits": dict(self.commits),
             "expired_leases": self.expired,
             "refused": self.refusals,
+            "request_errors": dict(self.request_errors),
             "witnesses_outside_plan": self.outside_plan,
             "reconcile": self.reconcile,
             "sync": self.sync_info()
@@ -63,4 +72,8 @@ class StatusBoard:
         }
 
     def render(self) -> bytes:
-        return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode()
+        # A name with bytes that are not UTF-8 (kept as surrogates) becomes a JSON \uDCxx escape
+        # of its surrogate: still valid JSON, and the status never fails to render.
+        return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
