@@ -44,7 +44,10 @@ def oserror(fn: Callable[[], object]) -> int:
 def test_long_name_in_tmp_create_is_enametoolong(mount: Mount) -> None:
     res = sh(f"echo x > tmp/{'n' * 300}", mount.mnt, check=False)
     assert res.returncode != 0 and "File name too long" in res.stderr, res.stderr
-    assert oserror(lambda: open(mount.p("tmp") / ("p" * 300), "w")) == errno.ENAMETOOLONG
+    assert (
+        oserror(lambda: os.open(mount.p("tmp") / ("p" * 300), os.O_WRONLY | os.O_CREAT))
+        == errno.ENAMETOOLONG
+    )
     assert os.listdir(mount.p("tmp")) == []
     s = mount.status()
     assert s["request_errors"]["ENAMETOOLONG"] >= 2, s
@@ -61,7 +64,10 @@ def test_rename_of_tmp_file_to_long_name_is_enametoolong(mount: Mount) -> None:
 
 def test_repeated_bad_requests_are_counted_but_logged_once(mount: Mount) -> None:
     for _ in range(40):
-        assert oserror(lambda: open(mount.p("tmp") / ("q" * 300), "w")) == errno.ENAMETOOLONG
+        assert (
+            oserror(lambda: os.open(mount.p("tmp") / ("q" * 300), os.O_WRONLY | os.O_CREAT))
+            == errno.ENAMETOOLONG
+        )
     assert mount.status()["request_errors"]["ENAMETOOLONG"] == 40
     logged = (mount.state / "missionfs.log").read_text(errors="replace")
     assert logged.count("failed with ENAMETOOLONG") == 1, logged
@@ -155,3 +161,43 @@ def test_write_at_offset_2_pow_50_is_efbig(mount: Mount) -> None:
     assert mount.p("tmp/far").stat().st_size == 0
     assert mount.status()["request_errors"].get("EFBIG", 0) == 0  # refused before the disk
     assert_alive(mount)
+
+
+# -- the boundary itself, on a handler class without a mount ---------------------------------
+def test_boundary_maps_each_exception_to_its_errno_and_passes_fuse_errors() -> None:
+    import pyfuse3
+    import trio
+
+    from fusefs.boundary import RequestErrors, error_boundary
+
+    @error_boundary
+    class Ops(pyfuse3.Operations):
+        def __init__(self, exc: BaseException | None) -> None:
+            super().__init__()
+            self.exc = exc
+            self.request_errors = RequestErrors(counts, None)
+
+        async def getattr(self, inode: int, ctx: object = None) -> object:  # type: ignore[override]
+            if self.exc is not None:
+                raise self.exc
+            return ("attr", inode, ctx)
+
+    counts: dict[str, int] = {}
+
+    async def answer(exc: BaseException | None) -> object:
+        try:
+            return await Ops(exc).getattr(7)  # the default of ctx is kept
+        except pyfuse3.FUSEError as e:
+            return e.errno
+
+    cases: list[tuple[BaseException | None, object]] = [
+        (None, ("attr", 7, None)),
+        (OSError(errno.ENOSPC, "full"), errno.ENOSPC),
+        (OSError(errno.EDQUOT, "quota"), errno.EDQUOT),
+        (UnicodeEncodeError("utf-8", "x\udcff", 1, 2, "surrogates not allowed"), errno.EILSEQ),
+        (KeyError(3), errno.EIO),
+        (pyfuse3.FUSEError(errno.ENOENT), errno.ENOENT),
+    ]
+    for exc, expected in cases:
+        assert trio.run(answer, exc) == expected, exc
+    assert counts == {"ENOSPC": 1, "EDQUOT": 1, "EILSEQ": 1, "EIO": 1}  # FUSEError not counted
