@@ -79,7 +79,7 @@ class RequestErrors:
         )
         if self.recent is not None:
             self.recent.append(
-                {"time": round(time.time(), 3), "request": context, "error": f"{name}: {detail}"}
+                {"time": round(time.time(), 3), "path": context, "error": f"{name}: {detail}"}
             )
         return code
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.conftest import MISSIONFS, ROOT, Mount
 from tests.test_mount import CSV, REL, commit_via_tmp, sh
 
 TILE = "40.71/-74.00"
@@ -72,6 +72,10 @@ def test_repeated_bad_requests_are_counted_but_logged_once(mount: Mount) -> None
     logged = (mount.state / "missionfs.log").read_text(errors="replace")
     assert logged.count("failed with ENAMETOOLONG") == 1, logged
     assert "create(" in logged and "qqqq" in logged  # the handler and the name, for context
+    res = subprocess.run(
+        [*MISSIONFS, "status", str(mount.mnt)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0 and "ENAMETOOLONG" in res.stdout, res.stderr
     assert_alive(mount)
 
 
@@ -86,6 +90,10 @@ def test_non_utf8_name_direct_write_in_done_is_eilseq(mount: Mount) -> None:
     assert any("not valid UTF-8" in e.get("error", "") for e in s["errors"]), s["errors"]
     journal = b"".join(p.read_bytes() for p in (mount.state / "journal").glob("*.jsonl"))
     assert b"not valid UTF-8" in journal
+    res = subprocess.run(
+        [*MISSIONFS, "status", str(mount.mnt)], capture_output=True, timeout=60, cwd=ROOT
+    )
+    assert res.returncode == 0 and b"not valid UTF-8" in res.stdout, res.stderr
     assert_alive(mount)
 
 
