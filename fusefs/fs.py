@@ -10,7 +10,6 @@ inline because they hit the page cache and a thread hop would cost more than the
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -32,7 +31,7 @@ from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
 from .inodes import VIEWS, Kind
-from .state import MissionState, NotClaimed, NotPending, View, groups
+from .state import Claim, MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
 
@@ -809,11 +808,11 @@ class MissionFS(pyfuse3.Operations):
         ):
             self.committer.learn_local_fact(task)
         try:
-            self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
+            claim = self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
         except NotPending:
             raise fuse_error(errno.ENOENT) from None
         if self.claim_log is not None and self.claim_log.error is not None:
-            self._unclaim(task, self.claim_log.error)
+            self._unclaim(claim, self.claim_log.error)
         if self.fleet is not None:
             try:
                 won = await self.fleet.claim(task)  # the fleet-wide lease (S3)
@@ -832,15 +831,16 @@ class MissionFS(pyfuse3.Operations):
         except OSError as e:
             if self.fleet is not None:
                 await self.fleet.release(task)
-            self._unclaim(task, e)
+            self._unclaim(claim, e)
 
-    def _unclaim(self, task: int, e: OSError) -> NoReturn:
-        """Roll back a claim that could not be persisted and refuse it (see _claim)."""
-        with contextlib.suppress(NotClaimed):
-            self.state.release(task)
+    def _unclaim(self, claim: Claim, e: OSError) -> NoReturn:
+        """Roll back a claim that could not be persisted and refuse it (see _claim); only
+        this claim: during a wait on S3 it may have been released and made again by another."""
+        if self.state.claims.get(claim.task) is claim:
+            self.state.release(claim.task)
         raise fuse_error(
             e.errno or errno.EIO,
-            f"refused claim of {self.space.rel(task)}: cannot record it ({e.strerror});"
+            f"refused claim of {self.space.rel(claim.task)}: cannot record it ({e.strerror});"
             " the task stays pending",
         )
 
