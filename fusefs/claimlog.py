@@ -162,7 +162,7 @@ class ClaimLog:
             append_whole(self._fd, data, self._size)
         except OSError as e:
             if self.error is None:
-                log.error("cannot write %s: %s (claims are kept in memory)", self.path, e)
+                log.error("cannot write %s: %s (lines kept until it can be)", self.path, e)
             self.error = e
             self._backlog = lines
             return

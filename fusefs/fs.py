@@ -671,7 +671,10 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.FILE and view is not View.DONE:
             if payload in self.state.claims and not fields.update_size:
                 self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
-                self.committer.journal.append("renew", self.space.rel(payload))
+                try:
+                    self.committer.journal.append("renew", self.space.rel(payload))
+                except OSError as e:  # full disk: the lease is renewed, its history line lost
+                    log.warning("renewal of %s not journalled: %s", self.space.rel(payload), e)
                 if self.fleet is not None and not await self.fleet.renew(payload):
                     raise fuse_error(
                         errno.ENOENT,

@@ -92,7 +92,8 @@ def assert_alive_then_recovers(m: Mount) -> None:
     and fsck finds the state dir clean (nothing committed was lost, nothing half-done)."""
     assert m.proc is not None and m.proc.poll() is None, m.daemon_log()
     assert m.status()["counts"]["done"] >= 1
-    assert "ENOSPC" in m.daemon_log()  # the failure is logged, not silent
+    whole_log = (m.state.parent / f"{m.state.name}.daemon.log").read_text(errors="replace")
+    assert "ENOSPC" in whole_log  # the failure is logged, not silent
     free(m.state)
     rel = "40.715/-74.000/plumber.csv"
     sh(f"mv 'pending/{rel}' 'claimed/{rel}'", m.mnt)
@@ -160,9 +161,16 @@ def test_claim_on_full_disk_is_enospc_and_rolled_back(full: Mount) -> None:
     pending = sorted(
         str(p.relative_to(full.p("pending"))) for p in full.p("pending").rglob("*.csv")
     )
+    # Two claims while there is space, so claims.log and the journal have a partly used last
+    # block: the claims that still fit there succeed, the first that does not is refused.
+    free(full.state)
     won: list[str] = []
+    for rel in pending[:2]:
+        os.rename(full.p(f"pending/{rel}"), full.p(f"claimed/{rel}"))
+        won.append(rel)
+    fill(full.state)
     refused = None
-    for rel in pending[:80]:  # each claim appends a line to claims.log and the journal
+    for rel in pending[2:80]:  # each claim appends a line to claims.log and the journal
         try:
             os.rename(full.p(f"pending/{rel}"), full.p(f"claimed/{rel}"))
         except OSError as e:
@@ -175,6 +183,8 @@ def test_claim_on_full_disk_is_enospc_and_rolled_back(full: Mount) -> None:
     claimed = {str(p.relative_to(full.p("claimed"))) for p in full.p("claimed").rglob("*.csv")}
     assert claimed == set(won)
     assert full.status()["counts"]["claimed"] == len(won)
+    for rel in won:  # a renewal on the full disk succeeds (its log line waits for space)
+        os.utime(full.p(f"claimed/{rel}"))
     # After a restart the claims log holds exactly the claims that were acknowledged.
     free(full.state)
     full.umount()
@@ -183,3 +193,43 @@ def test_claim_on_full_disk_is_enospc_and_rolled_back(full: Mount) -> None:
     assert claimed == set(won)
     assert full.p(f"pending/{refused}").exists()
     assert_alive_then_recovers_after_free(full)
+
+
+def test_claim_whose_journal_line_fails_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other half of a claim's persistence (the real-disk test above usually hits
+    claims.log first): claims.log written, journal refused -> rolled back, and claims.log ends
+    the claim, so a restart does not hold it. Handlers called directly, without a mount."""
+    import types
+
+    import pyfuse3
+    import trio
+
+    from fusefs.claimlog import CLAIMS_FILE, ClaimLog
+    from fusefs.fs import MissionFS
+    from fusefs.mission import load_mission
+    from fusefs.state import MissionState
+    from fusefs.workspace import open_workspace
+
+    mission = load_mission(write_mission(tmp_path / "mission.toml"))
+    ws = open_workspace(mission, tmp_path / "state", lock=False)
+    fs = MissionFS(ws.state, ws.store, ws.committer, ws.status, ws.lease, ws.sync)
+    fs.invalidate = False
+    fs.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+    fs.claim_log.restore()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ws.committer.journal, "append", full)
+    task = 3
+    ctx = types.SimpleNamespace(pid=os.getpid())
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        trio.run(fs._claim, task, ctx)  # type: ignore[arg-type]
+    assert refused.value.errno == errno.ENOSPC
+    assert task in ws.state.pending and task not in ws.state.claims
+    fs.claim_log.close()
+    again = MissionState(mission.space, mission.intent)
+    assert ClaimLog(ws.store.root / CLAIMS_FILE, again).claim_live() == {}
+    ws.close()
