@@ -671,10 +671,7 @@ class MissionFS(pyfuse3.Operations):
         if kind is Kind.FILE and view is not View.DONE:
             if payload in self.state.claims and not fields.update_size:
                 self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
-                try:
-                    self.committer.journal.append("renew", self.space.rel(payload))
-                except OSError as e:  # full disk: the lease is renewed, its history line lost
-                    log.warning("renewal of %s not journalled: %s", self.space.rel(payload), e)
+                self.committer.journal.append("renew", self.space.rel(payload))
                 if self.fleet is not None and not await self.fleet.renew(payload):
                     raise fuse_error(
                         errno.ENOENT,
@@ -827,14 +824,11 @@ class MissionFS(pyfuse3.Operations):
                 ) from None
             if not won:
                 raise fuse_error(errno.ENOENT)
-        try:
-            self.committer.journal.append(
-                "claim", self.space.rel(task), pid=ctx.pid, lease=self.lease
-            )
-        except OSError as e:
+        self.committer.journal.append("claim", self.space.rel(task), pid=ctx.pid, lease=self.lease)
+        if self.committer.journal.error is not None:  # not recorded (full disk): roll back
             if self.fleet is not None:
                 await self.fleet.release(task)
-            self._unclaim(claim, e)
+            self._unclaim(claim, self.committer.journal.error)
 
     def _unclaim(self, claim: Claim, e: OSError) -> NoReturn:
         """Roll back a claim that could not be persisted and refuse it (see _claim); only

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections import deque
@@ -12,8 +11,6 @@ from typing import Any
 
 from .journal import Journal
 from .state import MissionState
-
-log = logging.getLogger("missionfs")
 
 
 class StatusBoard:
@@ -42,10 +39,7 @@ class StatusBoard:
     def refused(self, where: str, reason: str) -> None:
         self.refusals += 1
         if self.journal is not None:
-            try:
-                self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
-            except OSError as e:  # a full disk: the refusal stands, its history line is lost
-                log.warning("refusal of %s not journalled: %s", where, e)
+            self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
         self.recent_errors.append({"time": round(time.time(), 3), "path": where, "error": reason})
 
     def snapshot(self) -> dict[str, Any]:

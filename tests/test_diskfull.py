@@ -206,6 +206,7 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     import pyfuse3
     import trio
 
+    from fusefs import journal as journal_module
     from fusefs.claimlog import CLAIMS_FILE, ClaimLog
     from fusefs.fs import MissionFS
     from fusefs.mission import load_mission
@@ -222,7 +223,7 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ws.committer.journal, "append", full)
+    monkeypatch.setattr(journal_module, "append_whole", full)  # the journal's disk is full
     task = 3
     ctx = types.SimpleNamespace(pid=os.getpid())
     with pytest.raises(pyfuse3.FUSEError) as refused:
