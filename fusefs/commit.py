@@ -103,10 +103,7 @@ class Committer:
 
     def _record(self, task: int) -> None:
         self.local.add(task)
-        try:
-            self.index.append((self.state.space.rel(task),))
-        except OSError as e:  # a full disk: the next start walks the tree (reconcile) instead
-            log.error("start-up index line of %s not written: %s", self.state.space.rel(task), e)
+        self._index([self.state.space.rel(task)])
         self.state.add_fact(task)
         for hook in self.hooks:
             hook()
@@ -123,6 +120,14 @@ class Committer:
         self.status.refused(where, reason)  # journalled there, with every other refusal
         return CommitRefused(code, reason, final)
 
+    def _index(self, rels: list[str]) -> None:
+        """Start-up index lines: a cache. On a full disk they are skipped (logged), never
+        raised: the next start's reconcile walk finds what they miss."""
+        try:
+            self.index.append(rels)
+        except OSError as e:
+            log.error("start-up index: %d line(s) not written: %s", len(rels), e)
+
     def learn_local_fact(self, task: int) -> None:
         """A witness was found on disk that the index did not know (crash or offline copy)."""
         if task not in self.local:
@@ -136,7 +141,7 @@ class Committer:
             self.local |= new
             for t in new:
                 self.journal.append("commit", self.state.space.rel(t), recovered=True)
-            self.index.append(self.state.space.rel(t) for t in new)
+            self._index([self.state.space.rel(t) for t in new])
             self.state.add_facts(new)
             for hook in self.hooks:
                 hook()
