@@ -276,7 +276,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(state_dir / "missionfs.log")]
+    # backslashreplace: a logged name with bytes that are not UTF-8 must not break the line.
+    handlers: list[logging.Handler] = [
+        logging.FileHandler(
+            state_dir / "missionfs.log", encoding="utf-8", errors="backslashreplace"
+        )
+    ]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:
