@@ -45,7 +45,7 @@ from .errors import S3ConfigError, S3Unavailable
 from .index import FactIndex, walk_facts
 from .journal import Journal, read_journal, worker_id
 from .mission import Mission, load_mission
-from .store import WITNESS_DIR, LocalStore, fsync_dir
+from .store import WITNESS_DIR, LocalStore, fsync_dir, hidden
 from .witness import InvalidWitness, check_csv
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ def _missing_why(index: FactIndex) -> str:
 
 def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:
     """(path relative to the witness tree, is a regular file) of every non-directory entry at
-    any depth, and of directories where a witness file belongs."""
+    any depth, and of directories where a witness file belongs; dot-entries are skipped."""
     yield from _entries(tiles, "", 0)
 
 
@@ -520,6 +520,8 @@ def _entries(path: Path, prefix: str, depth: int) -> Iterator[tuple[str, bool]]:
     except FileNotFoundError:
         return
     for e in listing:
+        if hidden(e.name):  # VCS metadata and the like: not the mission's, never moved
+            continue
         rel = prefix + e.name
         if e.is_dir(follow_symlinks=False) and depth < 2:
             yield from _entries(Path(e.path), rel + "/", depth + 1)
