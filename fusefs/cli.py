@@ -33,12 +33,29 @@ class UserError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
+        return status
     except (UserError, MissionError) as e:
         print(f"missionfs: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `missionfs log M | head -1`: the reader has all it wanted
+        return closed_pipe()
+
+
+SIGPIPE_STATUS = 128 + signal.SIGPIPE  # 141: what `seq 1 1e6 | head -1` and git exit with
+
+
+def closed_pipe() -> int:
+    """Quiet exit when stdout's reader closed the pipe: no traceback, and nothing more for
+    Python to flush into the closed pipe at exit (stdout becomes /dev/null). The status is
+    141, as coreutils and git give when SIGPIPE ends them, so `set -o pipefail` scripts see
+    the same thing as with those tools."""
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return SIGPIPE_STATUS
 
 
 def _s3_options(p: argparse.ArgumentParser) -> None:
@@ -441,12 +458,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     _logged_claims(ws)
     space = ws.state.space
     out = sys.stdout
-    try:
-        for task in ws.state.pending:
-            out.write(space.rel(task) + "\n")
-        out.flush()
-    except BrokenPipeError:  # `missionfs pending M | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    for task in ws.state.pending:  # `missionfs pending M | head`: see closed_pipe()
+        out.write(space.rel(task) + "\n")
     return 0
 
 

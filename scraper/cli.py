@@ -31,10 +31,16 @@ class UserError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()
+        return status
     except UserError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `missionfs-scrape MNT --json | head -c 10`: as missionfs does
+        from fusefs.cli import closed_pipe
+
+        return closed_pipe()
 
 
 def parser() -> argparse.ArgumentParser:

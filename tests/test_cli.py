@@ -153,3 +153,46 @@ def test_state_dir_defaults_to_xdg_data_home(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["state_dir"] == str(tmp_path / "xdg" / "missionfs" / "xdg-test")
     assert (tmp_path / "xdg" / "missionfs" / "xdg-test" / "scraped-tiles").is_dir()
+
+
+def _big_state(tmp_path: Path) -> tuple[Path, Path]:
+    """A 40 x 40 tile mission with a witness in every tile and a 5,000-line journal: every
+    listing below is far larger than a pipe's buffer, so the writer meets the closed pipe."""
+    mission = write_mission(
+        tmp_path / "big.toml", south="40.00", west="-74.40", north="40.40", east="-74.00"
+    )
+    state = tmp_path / "state"
+    for i in range(40):
+        for j in range(40):
+            tile = state / "scraped-tiles" / f"40.{i:02d}" / f"-74.{39 - j:02d}"
+            tile.mkdir(parents=True)
+            (tile / "plumber.csv").write_text(f"name\n{i}-{j}\n")
+    (state / "journal").mkdir()
+    entry = '{"t":1764460800.0,"ev":"commit","rel":"40.00/-74.00/plumber.csv","worker":"w"}\n'
+    (state / "journal" / "journal-000000.jsonl").write_text(entry * 5000)
+    return mission, state
+
+
+def test_every_listing_survives_a_closed_pipe(tmp_path: Path) -> None:
+    """`missionfs CMD | head -n1`: one line out, nothing on stderr, status 141 (as `seq | head`
+    and git give), for each command whose output can be long."""
+    mission, state = _big_state(tmp_path)
+    cli = " ".join(MISSIONFS)
+    for cmd in (
+        f"pending {mission} --state {state} --quiet",
+        f"log {mission} --state {state}",
+        f"log {mission} --state {state} --json",
+        f"digest {mission} --state {state} --depth tile --quiet",
+        f"digest {mission} --state {state} --depth tile --json --quiet",
+    ):
+        res = subprocess.run(
+            ["bash", "-c", f'{cli} {cmd} | head -n1; echo "rc=${{PIPESTATUS[0]}}"'],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        out = res.stdout.splitlines()
+        assert len(out) == 2 and out[0].strip(), (cmd, res.stdout)
+        assert res.stderr == "", (cmd, res.stderr)
+        assert out[1] == "rc=141", (cmd, out[1])
