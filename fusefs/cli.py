@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     _s3_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
+    add_force_mission(m)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to save its index")
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint-url")
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
+    add_force_mission(s)
     s.set_defaults(func=cmd_status)
 
     pe = sub.add_parser("pending", help="print intent - fact, one relative path a line")
@@ -127,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--state", type=Path)
     pe.add_argument("--endpoint-url")
     pe.add_argument("--quiet", action="store_true")
+    add_force_mission(pe)
     pe.set_defaults(func=cmd_pending)
 
     sy = sub.add_parser(
@@ -138,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--state", type=Path)
     _s3_options(sy)
     sy.add_argument("--quiet", action="store_true")
+    add_force_mission(sy)
     sy.set_defaults(func=cmd_sync)
 
     lg = sub.add_parser(
@@ -151,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--state", type=Path)
     lg.add_argument("--endpoint-url")
     lg.add_argument("--json", action="store_true", help="one JSON object a line")
+    add_force_mission(lg)
     lg.set_defaults(func=cmd_log)
 
     from . import digest, fsck
@@ -161,10 +166,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _state_dir(mission: Mission, state: Path | None) -> Path:
-    from .workspace import default_state_dir
+def _state_dir(mission: Mission, state: Path | None, force_mission: bool = False) -> Path:
+    from .workspace import OtherMission, check_mission, default_state_dir
 
-    return state.resolve() if state else default_state_dir(mission)
+    state_dir = state.resolve() if state else default_state_dir(mission)
+    try:
+        check_mission(state_dir, mission.name, force=force_mission)
+    except OtherMission as e:
+        raise UserError(
+            f"state directory {state_dir} belongs to mission {e.recorded!r}, not "
+            f"{e.wanted!r} ({mission.path}); use another --state, or --force-mission to "
+            f"reuse it for {e.wanted!r}"
+        ) from None
+    return state_dir
+
+
+def add_force_mission(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force-mission",
+        action="store_true",
+        help="use a state dir that belongs to another mission (mount, sync and fsck --repair "
+        "then record this mission as its own)",
+    )
 
 
 @contextmanager
@@ -204,7 +227,9 @@ def _open(
     from .errors import S3ConfigError
     from .workspace import StateDirBusy, open_workspace
 
-    state_dir = _state_dir(mission, getattr(args, "state", None))
+    state_dir = _state_dir(
+        mission, getattr(args, "state", None), getattr(args, "force_mission", False)
+    )
     with _walk_progress(getattr(args, "quiet", False), "indexing witnesses") as progress:
         try:
             return open_workspace(
@@ -471,7 +496,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not mission.s3:
         print(f"missionfs: {mission.name} has no [store] s3; nothing to sync (local store only)")
         return 0
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     pid = daemon_pid(state_dir)
     if pid is not None:
         return _sync_through_daemon(state_dir, pid, args.quiet)
@@ -603,7 +628,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     from .journal import read_journal
 
     mission = load_mission(args.mission)
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     since = _parse_since(args.since)
     where = args.where.strip("/")
     entries = [

@@ -578,6 +578,9 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--endpoint-url")
     f.add_argument("--worker", help="worker id (default: the one kept in the state dir)")
     f.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    from .cli import add_force_mission
+
+    add_force_mission(f)
     f.set_defaults(func=cmd_fsck)
 
 
@@ -588,7 +591,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
     if args.endpoint_url and not mission.s3:
         raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     if not (state_dir / WITNESS_DIR).is_dir():
         raise UserError(f"{state_dir} is not a missionfs state dir (no {WITNESS_DIR}/)")
     try:

@@ -196,3 +196,50 @@ def test_every_listing_survives_a_closed_pipe(tmp_path: Path) -> None:
         assert len(out) == 2 and out[0].strip(), (cmd, res.stdout)
         assert res.stderr == "", (cmd, res.stderr)
         assert out[1] == "rc=141", (cmd, out[1])
+
+
+def test_a_state_dir_refuses_another_mission(tmp_path: Path) -> None:
+    """Mission beta on alpha's state dir: one line naming both and the override, status 2, for
+    every command that takes a state dir; --force-mission adopts the dir for beta."""
+    alpha = write_mission(tmp_path / "alpha.toml", name="alpha")
+    beta = write_mission(tmp_path / "beta.toml", name="beta", phrases=("bakery",))
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    mnt.mkdir()
+    try:
+        run("mount", str(alpha), str(mnt), "--state", str(state), check=True)
+        try:
+            (mnt / "done" / "40.70/-74.02/plumber.csv").write_text("a\n1\n")
+        finally:
+            run("umount", str(mnt), check=True)
+        st = ("--state", str(state))
+        for cmd in (
+            ("mount", str(beta), str(mnt), *st),
+            ("status", str(beta), *st),
+            ("pending", str(beta), *st),
+            ("log", str(beta), *st),
+            ("fsck", str(beta), *st, "--repair"),
+            ("digest", str(beta), *st),
+        ):
+            res = run(*cmd)
+            _one_line_error(
+                res, f"{state} belongs to mission 'alpha', not 'beta'", "--force-mission"
+            )
+            assert not os.path.ismount(mnt)
+        assert (
+            json.loads(run("status", str(alpha), *st, "--json", check=True).stdout)["counts"][
+                "done"
+            ]
+            == 1
+        )
+        (state / "mission.name").unlink()  # a state dir made before mission.name: mission.path
+        _one_line_error(run("pending", str(beta), *st), "belongs to mission 'alpha'")
+        run("mount", str(beta), str(mnt), *st, "--force-mission", check=True)
+        try:
+            assert json.loads((mnt / "status").read_text())["mission"] == "beta"
+        finally:
+            run("umount", str(mnt), check=True)
+        assert (state / "mission.name").read_text() == "beta\n"
+        _one_line_error(run("status", str(alpha), *st), "belongs to mission 'beta', not 'alpha'")
+    finally:  # whatever failed, no mount is left behind
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
