@@ -32,6 +32,8 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "umask", None) is not None:
+        os.umask(args.umask)  # before any state file is made (the spawned daemon gets it too)
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
@@ -109,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     add_force_mission(m)
+    add_umask(m)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to save its index")
@@ -122,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
     add_force_mission(s)
+    add_umask(s)
     s.set_defaults(func=cmd_status)
 
     pe = sub.add_parser("pending", help="print intent - fact, one relative path a line")
@@ -130,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--endpoint-url")
     pe.add_argument("--quiet", action="store_true")
     add_force_mission(pe)
+    add_umask(pe)
     pe.set_defaults(func=cmd_pending)
 
     sy = sub.add_parser(
@@ -142,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     _s3_options(sy)
     sy.add_argument("--quiet", action="store_true")
     add_force_mission(sy)
+    add_umask(sy)
     sy.set_defaults(func=cmd_sync)
 
     lg = sub.add_parser(
@@ -179,6 +185,31 @@ def _state_dir(mission: Mission, state: Path | None, force_mission: bool = False
             f"reuse it for {e.wanted!r}"
         ) from None
     return state_dir
+
+
+DEFAULT_UMASK = 0o027  # state dir 0750, index, journal, log and witnesses 0640
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal umask such as 027 or 077")
+    return value
+
+
+def add_umask(p: argparse.ArgumentParser) -> None:
+    """--umask for the commands that may create state files (the state dir is private to its
+    owner and group by default: witnesses can hold scraped personal data)."""
+    p.add_argument(
+        "--umask",
+        type=_umask,
+        default=DEFAULT_UMASK,
+        help="umask for the state dir and the files made in it: index, journal, logs, "
+        "witnesses (027: group may read, others nothing; 022 makes them world-readable)",
+    )
 
 
 def add_force_mission(p: argparse.ArgumentParser) -> None:
@@ -344,6 +375,8 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         str(args.uploaders),
         "--durability",
         args.durability,
+        "--umask",
+        f"{args.umask:03o}",
     ]
     for flag in ("endpoint_url", "worker"):
         if getattr(args, flag):

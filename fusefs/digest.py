@@ -545,9 +545,10 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--depth", choices=("mission", "row", "tile"), default="mission")
     d.add_argument("--json", action="store_true")
     d.add_argument("--quiet", action="store_true")
-    from .cli import add_force_mission
+    from .cli import add_force_mission, add_umask
 
     add_force_mission(d)
+    add_umask(d)  # the hash cache is written to the state dir
     d.set_defaults(func=cmd_digest)
 
     f = sub.add_parser(
@@ -565,6 +566,7 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--json", action="store_true")
     f.add_argument("--quiet", action="store_true")
     add_force_mission(f)
+    add_umask(f)
     f.set_defaults(func=cmd_diff)
 
 

@@ -578,9 +578,10 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--endpoint-url")
     f.add_argument("--worker", help="worker id (default: the one kept in the state dir)")
     f.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    from .cli import add_force_mission
+    from .cli import add_force_mission, add_umask
 
     add_force_mission(f)
+    add_umask(f)
     f.set_defaults(func=cmd_fsck)
 
 

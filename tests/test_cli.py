@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import MISSIONFS, ROOT, wait_for, write_mission
+import pytest
+
+from tests.conftest import MISSIONFS, ROOT, Mount, wait_for, write_mission
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -233,9 +236,12 @@ def test_a_state_dir_refuses_another_mission(tmp_path: Path) -> None:
         )
         (state / "mission.name").unlink()  # a state dir made before mission.name: mission.path
         _one_line_error(run("pending", str(beta), *st), "belongs to mission 'alpha'")
-        run("mount", str(beta), str(mnt), *st, "--force-mission", check=True)
+        run("mount", str(beta), str(mnt), *st, "--force-mission", "--umask", "077", check=True)
         try:
             assert json.loads((mnt / "status").read_text())["mission"] == "beta"
+            (mnt / "done" / "40.70/-74.01/bakery.csv").write_text("a\n2\n")  # by the daemon
+            assert (state / "scraped-tiles/40.70/-74.01").stat().st_mode & 0o777 == 0o700
+            assert (state / "scraped-tiles/40.70/-74.01/bakery.csv").stat().st_mode & 0o777 == 0o600
         finally:
             run("umount", str(mnt), check=True)
         assert (state / "mission.name").read_text() == "beta\n"
@@ -243,3 +249,39 @@ def test_a_state_dir_refuses_another_mission(tmp_path: Path) -> None:
     finally:  # whatever failed, no mount is left behind
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("umask", "dir_mode", "file_mode"),
+    [(None, 0o750, 0o640), ("077", 0o700, 0o600), ("022", 0o755, 0o644)],
+)
+def test_umask_sets_the_modes_of_every_state_file(
+    make_mount: Callable[..., Mount],
+    tmp_path: Path,
+    umask: str | None,
+    dir_mode: int,
+    file_mode: int,
+) -> None:
+    """Default 027: the state dir and everything in it (index, journal, log, witnesses) is
+    closed to others, readable by the group; --umask says otherwise."""
+    mission = write_mission(tmp_path / "m.toml")
+    old = os.umask(0o022)  # the daemon inherits 022 from here, as from a usual shell
+    try:
+        m = make_mount(mission, args=() if umask is None else ("--umask", umask))
+    finally:
+        os.umask(old)
+    fd = os.open(m.p("tmp/w.csv"), os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"name\nx\n")
+    os.close(fd)
+    os.rename(m.p("tmp/w.csv"), m.p("done/40.70/-74.02/plumber.csv"))
+    (m.p("done/40.71/-74.02/plumber.csv")).write_text("name\ny\n")  # a direct write
+    m.umount()
+    seen = {"journal/", "index/", "missionfs.log", "scraped-tiles/40.70/-74.02/plumber.csv"}
+    found: dict[str, int] = {}
+    for path in [m.state, *m.state.rglob("*")]:
+        rel = str(path.relative_to(m.state)) + ("/" if path.is_dir() else "")
+        found[rel] = path.stat().st_mode & 0o777
+        want = dir_mode if path.is_dir() else file_mode
+        assert found[rel] == want, f"{rel}: {found[rel]:o}, want {want:o}"
+    assert seen <= set(found), sorted(found)
+    assert any(r.startswith("journal/journal-") for r in found)
