@@ -24,6 +24,8 @@ log = logging.getLogger("missionfs")
 DEFAULT_LEASE = 15 * 60.0
 MOUNT_WAIT_SECONDS = 120.0
 SYNC_WAIT_SECONDS = 600.0
+LOG_BYTES = 10 * 2**20  # STATE/missionfs.log rotates at this size ...
+LOG_BACKUPS = 3  # ... keeping this many older files
 
 
 class UserError(Exception):
@@ -344,7 +346,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(state_dir / "missionfs.log")]
+    from logging.handlers import RotatingFileHandler
+
+    # Bounded: at most LOG_BYTES x (1 + LOG_BACKUPS) on disk (missionfs.log, .log.1, .log.2, ...)
+    rotating = RotatingFileHandler(
+        state_dir / "missionfs.log", maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS
+    )
+    handlers: list[logging.Handler] = [rotating]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:

@@ -30,6 +30,7 @@ from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
 from .inodes import VIEWS, Kind
+from .ratelog import log_coalesced
 from .state import MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
@@ -49,8 +50,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
 def fuse_error(code: int, message: str | None = None) -> pyfuse3.FUSEError:
-    if message:
-        log.warning("%s (%s)", message, errno.errorcode.get(code, code))
+    if message:  # a retry loop repeats it: said once, then counted (ratelog.py)
+        log_coalesced(log, logging.WARNING, f"{message} ({errno.errorcode.get(code, code)})")
     return pyfuse3.FUSEError(code)
 
 

@@ -19,6 +19,7 @@ from .commit import Committer
 from .index import FactIndex, walk_facts
 from .journal import Journal, worker_id
 from .mission import Mission, extend_intent
+from .ratelog import LOG_REPEATS
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore, replace_text
@@ -63,6 +64,8 @@ class Workspace:
     digest: DigestKeeper | None = None
 
     def close(self) -> None:
+        self.status.flush_refusals(everything=True)  # the last counts of repeated refusals
+        LOG_REPEATS.flush(everything=True)
         self.committer.journal.close()
         if self._lock is not None:
             self._lock.close()
