@@ -255,7 +255,8 @@ def human_summary(s: Summary, status: dict[str, Any] | None, source: Source) -> 
         f"{s.workers} worker(s), source {s.source}"
         + ("" if s.stopped == "done" else f"; stopped ({s.stopped})"),
         f"  lost claim races {s.lost_races}, already done by others {s.already_done}, "
-        f"claims released {s.released}, claims expired under us {s.claims_lost}",
+        f"claims released {s.released}, claims expired under us {s.claims_lost}"
+        + (f", claims refused (S3 unreachable) {s.claims_refused}" if s.claims_refused else ""),
     ]
     if status is not None:
         c = status["counts"]
