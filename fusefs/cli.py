@@ -515,7 +515,8 @@ def _print_status(info: dict[str, Any]) -> None:
     if info.get("witnesses_outside_plan"):
         print(f"witnesses outside the plan: {info['witnesses_outside_plan']}")
     for err in info.get("errors", [])[-5:]:
-        print(f"recent error: {err['path']}: {err['error']}")
+        times = f" (x{err['repeated']:,})" if err.get("repeated") else ""
+        print(f"recent error: {err['path']}: {err['error']}{times}")
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
