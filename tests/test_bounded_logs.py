@@ -86,3 +86,25 @@ def test_log_coalesced_says_a_message_once_then_its_count(
     assert msgs[0] == "refused claim of 1/2/x.csv: retry later"
     assert msgs[1].startswith("refused claim of 1/2/x.csv: retry later: repeated 99 times")
     assert len(msgs) == 2
+
+
+def test_missionfs_log_rotates_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's log handler (a 4 KiB limit here instead of 10 MiB): 1,000 distinct lines
+    leave missionfs.log and three older files, each within the limit, and the newest lines."""
+    from fusefs import cli
+
+    monkeypatch.setattr(cli, "LOG_BYTES", 4096)
+    logger = logging.getLogger("missionfs")
+    before = list(logger.handlers)
+    try:
+        cli._setup_logging(tmp_path, debug=False, to_stderr=False)
+        for i in range(1000):
+            logger.info("line %d of a chatty daemon", i)
+    finally:
+        for h in logger.handlers[len(before) :]:
+            h.close()
+            logger.removeHandler(h)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["missionfs.log", "missionfs.log.1", "missionfs.log.2", "missionfs.log.3"]
+    assert all((tmp_path / f).stat().st_size <= 4096 for f in files)
+    assert "line 999 of a chatty daemon" in (tmp_path / "missionfs.log").read_text()
