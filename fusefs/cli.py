@@ -24,6 +24,8 @@ log = logging.getLogger("missionfs")
 DEFAULT_LEASE = 15 * 60.0
 MOUNT_WAIT_SECONDS = 120.0
 SYNC_WAIT_SECONDS = 600.0
+LOG_BYTES = 10 * 2**20  # STATE/missionfs.log rotates at this size ...
+LOG_BACKUPS = 3  # ... keeping this many older files
 
 
 class UserError(Exception):
@@ -32,13 +34,32 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "umask", None) is not None:
+        os.umask(args.umask)  # before any state file is made (the spawned daemon gets it too)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
+        return status
     except (UserError, MissionError) as e:
         print(f"missionfs: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `missionfs log M | head -1`: the reader has all it wanted
+        return closed_pipe()
+
+
+SIGPIPE_STATUS = 128 + signal.SIGPIPE  # 141: what `seq 1 1e6 | head -1` and git exit with
+
+
+def closed_pipe() -> int:
+    """Quiet exit when stdout's reader closed the pipe: no traceback, and nothing more for
+    Python to flush into the closed pipe at exit (stdout becomes /dev/null). The status is
+    141, as coreutils and git give when SIGPIPE ends them, so `set -o pipefail` scripts see
+    the same thing as with those tools."""
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return SIGPIPE_STATUS
 
 
 def _s3_options(p: argparse.ArgumentParser) -> None:
@@ -91,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     _s3_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
+    add_force_mission(m)
+    add_umask(m)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to save its index")
@@ -103,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint-url")
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
+    add_force_mission(s)
+    add_umask(s)
     s.set_defaults(func=cmd_status)
 
     pe = sub.add_parser("pending", help="print intent - fact, one relative path a line")
@@ -110,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--state", type=Path)
     pe.add_argument("--endpoint-url")
     pe.add_argument("--quiet", action="store_true")
+    add_force_mission(pe)
+    add_umask(pe)
     pe.set_defaults(func=cmd_pending)
 
     sy = sub.add_parser(
@@ -121,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--state", type=Path)
     _s3_options(sy)
     sy.add_argument("--quiet", action="store_true")
+    add_force_mission(sy)
+    add_umask(sy)
     sy.set_defaults(func=cmd_sync)
 
     lg = sub.add_parser(
@@ -134,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--state", type=Path)
     lg.add_argument("--endpoint-url")
     lg.add_argument("--json", action="store_true", help="one JSON object a line")
+    add_force_mission(lg)
     lg.set_defaults(func=cmd_log)
 
     from . import digest, fsck
@@ -149,10 +179,53 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _state_dir(mission: Mission, state: Path | None) -> Path:
-    from .workspace import default_state_dir
+def _state_dir(mission: Mission, state: Path | None, force_mission: bool = False) -> Path:
+    from .workspace import OtherMission, check_mission, default_state_dir
 
-    return state.resolve() if state else default_state_dir(mission)
+    state_dir = state.resolve() if state else default_state_dir(mission)
+    try:
+        check_mission(state_dir, mission.name, force=force_mission)
+    except OtherMission as e:
+        raise UserError(
+            f"state directory {state_dir} belongs to mission {e.recorded!r}, not "
+            f"{e.wanted!r} ({mission.path}); use another --state, or --force-mission to "
+            f"reuse it for {e.wanted!r}"
+        ) from None
+    return state_dir
+
+
+DEFAULT_UMASK = 0o027  # state dir 0750, index, journal, log and witnesses 0640
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal umask such as 027 or 077")
+    return value
+
+
+def add_umask(p: argparse.ArgumentParser) -> None:
+    """--umask for the commands that may create state files (the state dir is private to its
+    owner and group by default: witnesses can hold scraped personal data)."""
+    p.add_argument(
+        "--umask",
+        type=_umask,
+        default=DEFAULT_UMASK,
+        help="umask for the state dir and the files made in it: index, journal, logs, "
+        "witnesses (027: group may read, others nothing; 022 makes them world-readable)",
+    )
+
+
+def add_force_mission(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force-mission",
+        action="store_true",
+        help="use a state dir that belongs to another mission (mount, sync and fsck --repair "
+        "then record this mission as its own)",
+    )
 
 
 @contextmanager
@@ -192,7 +265,9 @@ def _open(
     from .errors import S3ConfigError
     from .workspace import StateDirBusy, open_workspace
 
-    state_dir = _state_dir(mission, getattr(args, "state", None))
+    state_dir = _state_dir(
+        mission, getattr(args, "state", None), getattr(args, "force_mission", False)
+    )
     with _walk_progress(getattr(args, "quiet", False), "indexing witnesses") as progress:
         try:
             return open_workspace(
@@ -276,12 +351,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    from logging.handlers import RotatingFileHandler
+
+    # Bounded: at most LOG_BYTES x (1 + LOG_BACKUPS) on disk (missionfs.log, .log.1, .log.2, ...)
     # backslashreplace: a logged name with bytes that are not UTF-8 must not break the line.
-    handlers: list[logging.Handler] = [
-        logging.FileHandler(
-            state_dir / "missionfs.log", encoding="utf-8", errors="backslashreplace"
-        )
-    ]
+    rotating = RotatingFileHandler(
+        state_dir / "missionfs.log",
+        maxBytes=LOG_BYTES,
+        backupCount=LOG_BACKUPS,
+        encoding="utf-8",
+        errors="backslashreplace",
+    )
+    handlers: list[logging.Handler] = [rotating]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:
@@ -312,6 +393,8 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         str(args.uploaders),
         "--durability",
         args.durability,
+        "--umask",
+        f"{args.umask:03o}",
     ]
     for flag in ("endpoint_url", "worker"):
         if getattr(args, flag):
@@ -449,7 +532,8 @@ def _print_status(info: dict[str, Any]) -> None:
     if info.get("witnesses_outside_plan"):
         print(f"witnesses outside the plan: {info['witnesses_outside_plan']}")
     for err in info.get("errors", [])[-5:]:
-        print(f"recent error: {err['path']}: {err['error']}")
+        times = f" (x{err['repeated']:,})" if err.get("repeated") else ""
+        print(f"recent error: {err['path']}: {err['error']}{times}")
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
@@ -458,12 +542,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
     _logged_claims(ws)
     space = ws.state.space
     out = sys.stdout
-    try:
-        for task in ws.state.pending:
-            out.write(space.rel(task) + "\n")
-        out.flush()
-    except BrokenPipeError:  # `missionfs pending M | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    for task in ws.state.pending:  # `missionfs pending M | head`: see closed_pipe()
+        out.write(space.rel(task) + "\n")
     return 0
 
 
@@ -475,7 +555,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not mission.s3:
         print(f"missionfs: {mission.name} has no [store] s3; nothing to sync (local store only)")
         return 0
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     pid = daemon_pid(state_dir)
     if pid is not None:
         return _sync_through_daemon(state_dir, pid, args.quiet)
@@ -607,7 +687,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     from .journal import read_journal
 
     mission = load_mission(args.mission)
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     since = _parse_since(args.since)
     where = args.where.strip("/")
     entries = [

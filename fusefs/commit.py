@@ -20,6 +20,7 @@ from pyroaring import BitMap
 
 from .index import FactIndex
 from .journal import Journal
+from .ratelog import log_coalesced
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore
@@ -116,7 +117,7 @@ class Committer:
         return rows, hashlib.sha256(data).hexdigest(), len(data)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
-        log.warning("refused commit of %s: %s", where, reason)
+        log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")
         self.status.refused(where, reason)  # journalled there, with every other refusal
         return CommitRefused(code, reason, final)
 

@@ -24,6 +24,7 @@ import trio
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
 from .index import walk_facts
+from .ratelog import LOG_REPEATS
 from .store import LocalStore, replace_text
 from .workspace import Workspace
 
@@ -174,6 +175,8 @@ class Daemon:
         """The journal is flushed on every line (kill -9 safe) and fsync'd about once a second."""
         while True:
             await trio.sleep(1.0)
+            self.status.flush_refusals()  # counts of repeated refusals (ratelog.py)
+            LOG_REPEATS.flush()
             await trio.to_thread.run_sync(self.committer.journal.sync)
 
     async def _snapshot_loop(self) -> None:

@@ -545,6 +545,10 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--depth", choices=("mission", "row", "tile"), default="mission")
     d.add_argument("--json", action="store_true")
     d.add_argument("--quiet", action="store_true")
+    from .cli import add_force_mission, add_umask
+
+    add_force_mission(d)
+    add_umask(d)  # the hash cache is written to the state dir
     d.set_defaults(func=cmd_digest)
 
     f = sub.add_parser(
@@ -561,6 +565,8 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--endpoint-url")
     f.add_argument("--json", action="store_true")
     f.add_argument("--quiet", action="store_true")
+    add_force_mission(f)
+    add_umask(f)
     f.set_defaults(func=cmd_diff)
 
 
@@ -569,7 +575,12 @@ def _keeper(args: argparse.Namespace, mission: Any, state: Path | None) -> tuple
     from .cli import _open
 
     ns = argparse.Namespace(
-        state=state, endpoint_url=args.endpoint_url, quiet=True, worker=None, uploaders=16
+        state=state,
+        endpoint_url=args.endpoint_url,
+        quiet=True,
+        worker=None,
+        uploaders=16,
+        force_mission=getattr(args, "force_mission", False),
     )
     ws = _open(ns, mission, lock=False)
     _reconcile_in_memory(ws)

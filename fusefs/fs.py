@@ -31,6 +31,7 @@ from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
 from .inodes import VIEWS, Kind
+from .ratelog import log_coalesced
 from .state import Claim, MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
@@ -58,8 +59,8 @@ MAX_FILE_BYTES = 2**44
 
 
 def fuse_error(code: int, message: str | None = None) -> pyfuse3.FUSEError:
-    if message:
-        log.warning("%s (%s)", message, errno.errorcode.get(code, code))
+    if message:  # a retry loop repeats it: said once, then counted (ratelog.py)
+        log_coalesced(log, logging.WARNING, f"{message} ({errno.errorcode.get(code, code)})")
     return pyfuse3.FUSEError(code)
 
 

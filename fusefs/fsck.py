@@ -45,7 +45,7 @@ from .errors import S3ConfigError, S3Unavailable
 from .index import FactIndex, walk_facts
 from .journal import Journal, read_journal, worker_id
 from .mission import Mission, load_mission
-from .store import WITNESS_DIR, LocalStore, fsync_dir
+from .store import WITNESS_DIR, LocalStore, fsync_dir, hidden
 from .witness import InvalidWitness, check_csv
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ def _missing_why(index: FactIndex) -> str:
 
 def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:
     """(path relative to the witness tree, is a regular file) of every non-directory entry at
-    any depth, and of directories where a witness file belongs."""
+    any depth, and of directories where a witness file belongs; dot-entries are skipped."""
     yield from _entries(tiles, "", 0)
 
 
@@ -520,6 +520,8 @@ def _entries(path: Path, prefix: str, depth: int) -> Iterator[tuple[str, bool]]:
     except FileNotFoundError:
         return
     for e in listing:
+        if hidden(e.name):  # VCS metadata and the like: not the mission's, never moved
+            continue
         rel = prefix + e.name
         if e.is_dir(follow_symlinks=False) and depth < 2:
             yield from _entries(Path(e.path), rel + "/", depth + 1)
@@ -576,6 +578,10 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--endpoint-url")
     f.add_argument("--worker", help="worker id (default: the one kept in the state dir)")
     f.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    from .cli import add_force_mission, add_umask
+
+    add_force_mission(f)
+    add_umask(f)
     f.set_defaults(func=cmd_fsck)
 
 
@@ -586,7 +592,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
     if args.endpoint_url and not mission.s3:
         raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
-    state_dir = _state_dir(mission, args.state)
+    state_dir = _state_dir(mission, args.state, args.force_mission)
     if not (state_dir / WITNESS_DIR).is_dir():
         raise UserError(f"{state_dir} is not a missionfs state dir (no {WITNESS_DIR}/)")
     try:

@@ -21,6 +21,9 @@ from .codec import NAME_MAX, SUFFIX, Axis, TaskSpace, decode_phrase, encode_phra
 
 CLAIM_MODES = ("strict", "optimistic", "local")
 MAX_TASKS = 2**32 - 1  # task ids live in 32-bit roaring bitmaps
+MAX_FILE_BYTES = 16 * 2**20  # a mission file is a few lines; phrases lists stay far below
+MAX_DECIMALS = 9  # a nanodegree is ~0.1 mm: more is a typo (and scaled ints would explode)
+MAX_MAGNITUDE = Decimal(1000)  # coordinates lie within +-180, a step within 360
 _NAME_RE = re.compile(r"^[a-z0-9-]+$")
 
 
@@ -58,7 +61,14 @@ class Mission:
 def load_mission(path: str | os.PathLike[str]) -> Mission:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded: never a whole huge file in memory
+        if len(data) > MAX_FILE_BYTES:
+            raise MissionError(
+                f"{p}: larger than {MAX_FILE_BYTES // 2**20} MiB: not a mission file"
+                " (list big intents as an [intent] dir)"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise MissionError(f"{p}: no such mission file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -70,6 +80,10 @@ def parse_mission(text: str, path: Path) -> Mission:
     try:
         doc = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as e:
+        raise MissionError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise MissionError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits
         raise MissionError(f"{path}: not valid TOML: {e}") from None
     ctx = _Ctx(path)
     ctx.allowed(doc, "", {"name", "grid", "store", "intent"})
@@ -220,6 +234,10 @@ class _Ctx:
             self.fail(where, v, "must be a number")
         if not d.is_finite():
             self.fail(where, v, "must be a finite number")
+        if d.copy_abs() > MAX_MAGNITUDE:  # exact (abs() overflows): 1e99999999 never scaled
+            self.fail(where, v, f"out of range (a degree value within +-{MAX_MAGNITUDE})")
+        if _decimals(d) > MAX_DECIMALS:
+            self.fail(where, v, f"at most {MAX_DECIMALS} decimals are supported")
         return d
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .journal import Journal
+from .ratelog import Coalescer
 from .state import MissionState
 
 
@@ -32,15 +33,40 @@ class StatusBoard:
         self.digest_info: Callable[[], dict[str, Any]] | None = None  # Merkle root (digest.py)
         self.durability = "strict"
         self.journal: Journal | None = None
+        self._repeats: Coalescer[tuple[str, str]] = Coalescer(self._journal_refusal)
 
     def committed(self, source: str) -> None:
         self.commits[source] = self.commits.get(source, 0) + 1
 
     def refused(self, where: str, reason: str) -> None:
+        """Count every refusal; journal the first of a run of identical ones and then how many
+        followed (ratelog.py): a worker retrying a bad file cannot grow the journal unbounded."""
         self.refusals += 1
-        if self.journal is not None:
-            self.journal.append("refused", where.split("/", 1)[-1], path=where, reason=reason)
-        self.recent_errors.append({"time": round(time.time(), 3), "path": where, "error": reason})
+        if self._repeats.seen((where, reason)):
+            self._journal_refusal((where, reason), 1, 0.0)
+        last = self.recent_errors[-1] if self.recent_errors else None
+        now = round(time.time(), 3)
+        if last is not None and last["path"] == where and last["error"] == reason:
+            last["repeated"] = last.get("repeated", 1) + 1
+            last["time"] = now
+        else:
+            self.recent_errors.append({"time": now, "path": where, "error": reason})
+
+    def _journal_refusal(self, key: tuple[str, str], times: int, seconds: float) -> None:
+        where, reason = key
+        if self.journal is None:
+            return
+        rel = where.split("/", 1)[-1]
+        if times == 1 and not seconds:
+            self.journal.append("refused", rel, path=where, reason=reason)
+        else:
+            self.journal.append(
+                "refused", rel, path=where, reason=reason, repeated=times, seconds=round(seconds)
+            )
+
+    def flush_refusals(self, everything: bool = False) -> None:
+        """Journal the counts of repeated refusals whose window has passed (all at close)."""
+        self._repeats.flush(everything)
 
     def snapshot(self) -> dict[str, Any]:
         return {

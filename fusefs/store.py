@@ -28,6 +28,14 @@ QUICK_BYTES = 64 * 1024  # a commit inline on the event loop reads at most this 
 WITNESS_DIR = "scraped-tiles"
 
 
+def hidden(name: str) -> bool:
+    """A dot-entry of the witness tree (`.git`, `.gitignore`, `.gitattributes`, an editor's
+    swap file): never a witness, since no lat, lon or encoded phrase starts with '.' (the codec
+    escapes a leading dot). Every walker skips them and fsck --repair never moves them, so a
+    git repository kept in scraped-tiles/ stays intact."""
+    return name.startswith(".")
+
+
 class Store(Protocol):
     """What every witness store offers: write-once witnesses named by relative path."""
 
@@ -226,12 +234,14 @@ class LocalStore:
         except FileNotFoundError:
             return
         for lat in lat_entries:
-            if not lat.is_dir(follow_symlinks=False):
+            if hidden(lat.name) or not lat.is_dir(follow_symlinks=False):
                 continue
             for lon in os.scandir(lat.path):
-                if lon.is_dir(follow_symlinks=False):
+                if not hidden(lon.name) and lon.is_dir(follow_symlinks=False):
                     names = [
-                        f.name for f in os.scandir(lon.path) if f.is_file(follow_symlinks=False)
+                        f.name
+                        for f in os.scandir(lon.path)
+                        if not hidden(f.name) and f.is_file(follow_symlinks=False)
                     ]
                     yield lat.name, lon.name, names
 

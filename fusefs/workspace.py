@@ -19,6 +19,7 @@ from .commit import Committer
 from .index import FactIndex, walk_facts
 from .journal import Journal, worker_id
 from .mission import Mission, extend_intent
+from .ratelog import LOG_REPEATS
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore, replace_text
@@ -63,6 +64,8 @@ class Workspace:
     digest: DigestKeeper | None = None
 
     def close(self) -> None:
+        self.status.flush_refusals(everything=True)  # the last counts of repeated refusals
+        LOG_REPEATS.flush(everything=True)
         self.committer.journal.close()
         if self._lock is not None:
             self._lock.close()
@@ -118,6 +121,56 @@ def remembered_mission(state_dir: Path) -> Path | None:
     return Path(path) if path else None
 
 
+MISSION_NAME = "mission.name"  # the mission this state dir's witnesses belong to
+
+
+class OtherMission(Exception):
+    """The state dir holds another mission's witnesses (used with --force-mission only)."""
+
+    def __init__(self, state_dir: Path, recorded: str, wanted: str) -> None:
+        super().__init__(state_dir, recorded, wanted)
+        self.state_dir, self.recorded, self.wanted = state_dir, recorded, wanted
+
+
+def recorded_mission_name(state_dir: Path) -> str | None:
+    """The mission name this state dir was used with: STATE/mission.name or, for state dirs
+    made before it existed, the `name` in the mission file STATE/mission.path points to."""
+    try:
+        name = (state_dir / MISSION_NAME).read_text(encoding="utf-8").strip()
+        return name or None
+    except (OSError, UnicodeDecodeError):
+        pass
+    path = remembered_mission(state_dir)
+    if path is None:
+        return None
+    try:
+        import tomllib
+
+        with open(path, "rb") as f:
+            found = tomllib.loads(f.read(2**20).decode("utf-8")).get("name")
+    except (OSError, ValueError, RecursionError):  # moved, edited, truncated: no opinion
+        return None
+    return found if isinstance(found, str) and found else None
+
+
+def check_mission(state_dir: Path, name: str, *, force: bool = False) -> None:
+    """Refuse to use mission A's state dir for mission B: B would see every witness of A as
+    "outside the plan", and commit its own beside them. `force` adopts the dir for B."""
+    recorded = recorded_mission_name(state_dir)
+    if recorded is not None and recorded != name and not force:
+        raise OtherMission(state_dir, recorded, name)
+
+
+def remember_mission_name(state_dir: Path, name: str) -> None:
+    target = state_dir / MISSION_NAME
+    try:
+        if target.read_text(encoding="utf-8") == name + "\n":
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    replace_text(target, name + "\n")
+
+
 def daemon_pid(state_dir: Path) -> int | None:
     """The pid of the daemon holding this state dir, or None if no daemon runs on it."""
     try:
@@ -158,6 +211,7 @@ def open_workspace(
         store.prepare()
         if lock:
             remember_mission(state_dir, mission.path)
+            remember_mission_name(state_dir, mission.name)
         s3 = None
         if mission.s3:
             from .s3store import S3Store

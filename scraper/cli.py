@@ -31,10 +31,16 @@ class UserError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()
+        return status
     except UserError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `missionfs-scrape MNT --json | head -c 10`: as missionfs does
+        from fusefs.cli import closed_pipe
+
+        return closed_pipe()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -249,7 +255,8 @@ def human_summary(s: Summary, status: dict[str, Any] | None, source: Source) -> 
         f"{s.workers} worker(s), source {s.source}"
         + ("" if s.stopped == "done" else f"; stopped ({s.stopped})"),
         f"  lost claim races {s.lost_races}, already done by others {s.already_done}, "
-        f"claims released {s.released}, claims expired under us {s.claims_lost}",
+        f"claims released {s.released}, claims expired under us {s.claims_lost}"
+        + (f", claims refused (S3 unreachable) {s.claims_refused}" if s.claims_refused else ""),
     ]
     if status is not None:
         c = status["counts"]

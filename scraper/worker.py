@@ -8,12 +8,17 @@ while the claims of a killed process simply expire after the lease.
 A failing task is given back at once (`rm claimed/REL`) so no claim outlives its worker's
 interest in it; this process retries it after a growing cool-down, at most `attempts` times,
 then reports it and leaves it pending for another run.
+
+A claim refused with EAGAIN (strict claims while the mount cannot reach S3) is no failure of the
+task: the workers back off, exponentially with jitter up to CLAIM_BACKOFF_MAX, report it once
+per outage, and carry on when S3 answers again.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import socket
 import threading
@@ -30,6 +35,8 @@ from .walk import walk_pending
 MOUNT_GONE = {errno.ENOTCONN, errno.ENODEV, errno.ECONNABORTED}
 DEFAULT_LEASE = 900.0
 STOP_GRACE = 5.0  # seconds in-flight tasks get to finish after a stop request
+CLAIM_BACKOFF_FIRST = 0.5  # seconds before the first retry of a claim refused with EAGAIN
+CLAIM_BACKOFF_MAX = 30.0  # the longest wait between claim tries while S3 is unreachable
 
 
 def read_small(path: str) -> bytes:
@@ -49,6 +56,10 @@ class MountGone(Exception):
     """The mount stopped answering (daemon killed or unmounted): nothing more can be done."""
 
 
+class ClaimsUnavailable(Exception):
+    """A claim got EAGAIN: strict claims need S3 and the mount cannot reach it right now."""
+
+
 @dataclass
 class Summary:
     """What one run did; printed for people, or as JSON (`--json`) for scripts and tests."""
@@ -60,6 +71,7 @@ class Summary:
     already_done: int = 0  # our commit got EEXIST: another worker finished it first
     released: int = 0  # claims given back after a failure or a stop
     claims_lost: int = 0  # lease renewal found the claim gone (expired)
+    claims_refused: int = 0  # claim renames that got EAGAIN (S3 unreachable, strict claims)
     failed: dict[str, str] = field(default_factory=dict)  # given up: REL -> last error
     seconds: float = 0.0
     stopped: str = "done"  # done | a signal name | error
@@ -109,6 +121,8 @@ class Pool:
         self._running = 0
         self._seq = 0
         self._finished = threading.Event()
+        self._refusals = 0  # EAGAIN claims in the current outage (0: claims work)
+        self._outage_start = 0.0
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -165,7 +179,12 @@ class Pool:
         try:
             while not self.stop.is_set():
                 passes += 1
-                saw, claimed, lost, cooling = self._pass(i, f"{key}#{passes}")
+                try:
+                    saw, claimed, lost, cooling = self._pass(i, f"{key}#{passes}")
+                except ClaimsUnavailable:
+                    if self.stop.wait(self._backoff()):
+                        return
+                    continue
                 if claimed:
                     idle = 0
                     continue
@@ -212,11 +231,43 @@ class Pool:
                     with self._lock:
                         self.summary.lost_races += 1
                     return saw, claimed, True, cooling
+                except BlockingIOError as e:  # EAGAIN: every claim fails alike for now
+                    self._refused(e)
+                    raise ClaimsUnavailable from None
+                self._claims_work()
                 claimed += 1
                 self._process(i, rel)
         except OSError as e:
             raise self._gone_or(e, "cannot walk or claim under pending/") from None
         return saw, claimed, False, cooling
+
+    def _refused(self, e: OSError) -> None:
+        """Count an EAGAIN claim; the first of an outage is reported (once, not per try)."""
+        with self._lock:
+            self.summary.claims_refused += 1
+            self._refusals += 1
+            first = self._refusals == 1
+            if first:
+                self._outage_start = time.monotonic()
+        if first:
+            self.report(
+                f"claims refused for now ({e.strerror}): the mount cannot reach S3, which "
+                f"strict claims need; retrying with backoff (at most {CLAIM_BACKOFF_MAX:.0f} s)"
+            )
+
+    def _backoff(self) -> float:
+        """Exponential in the outage's refusals, with jitter (workers do not retry in step)."""
+        with self._lock:
+            n = self._refusals
+        ceiling = min(CLAIM_BACKOFF_MAX, CLAIM_BACKOFF_FIRST * 2 ** min(max(n - 1, 0), 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _claims_work(self) -> None:
+        with self._lock:
+            n, self._refusals = self._refusals, 0
+            seconds = time.monotonic() - self._outage_start
+        if n:
+            self.report(f"claims work again ({n} refused over {seconds:.0f} s)")
 
     def _cooling(self, rel: str) -> float | None:
         """None if we may try `rel` now; 0 if we gave up on it; else seconds to wait."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.mission import load_mission
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, write_mission
+from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import MotoServer, s3_env
 from tests.test_s3 import MISSION, keys, s3_mission, s3_mount, sync
 
@@ -178,6 +178,58 @@ def test_all_local_damages_at_once_then_the_mount_works(base, tmp_path: Path) ->
         done = {str(p.relative_to(m.mnt / "done")) for p in m.p("done").rglob("*.csv")}
         assert done == set(rels[3:])
         assert m.status().get("witnesses_outside_plan", 0) == 0
+    finally:
+        m.cleanup()
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org")
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_a_git_repository_in_the_witness_tree_is_left_alone(base, tmp_path: Path) -> None:
+    """A git repo in scraped-tiles/ (with .gitignore, .gitattributes and a hidden file in a tile):
+    fsck reports nothing, --repair moves nothing, the repository stays valid, and the walks of
+    `status` and of a mount count no witness outside the plan."""
+    mission, _, rels = base
+    state = copy_state(base, tmp_path)
+    tiles = state / TILES
+    git(tiles, "init", "-q")
+    (tiles / ".gitignore").write_text("*.swp\n")
+    (tiles / ".gitattributes").write_text("*.csv text eol=lf\n")
+    git(tiles, "add", "-A")
+    git(tiles, "commit", "-q", "-m", "first")
+    (tiles / rels[0].rsplit("/", 1)[0] / ".notes.swp").write_bytes(b"editor state")
+    git(tiles, "tag", "v1")
+    git(tiles, "commit", "-q", "--allow-empty", "-m", "second")
+    head = git(tiles, "rev-parse", "HEAD").stdout
+    for extra in ((), ("--repair",)):
+        res = fsck(mission, state, *extra)
+        assert res.returncode == 0 and res.stdout.strip() == "fsck: clean", res.stdout + res.stderr
+    assert not (state / "quarantine").exists() or not any((state / "quarantine").rglob("*"))
+    git(tiles, "fsck", "--strict")
+    assert git(tiles, "rev-parse", "HEAD").stdout == head
+    assert git(tiles, "status", "--porcelain").stdout == ""  # every witness still tracked
+    (state / "index" / "facts.roaring").unlink()  # `status` must walk the tree itself
+    res = subprocess.run(
+        [*MISSIONFS, "status", str(mission), "--state", str(state), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["witnesses_outside_plan"] == 0 and info["counts"]["done"] == len(rels)
+    m = Mount(mission, tmp_path / "git.mnt", state)
+    try:
+        m.start()
+        wait_for(lambda: m.status()["reconcile"] == "done", 30, "the start-up walk")
+        assert m.status()["witnesses_outside_plan"] == 0
+        assert {p.name for p in m.p("done").iterdir()} == {r.split("/")[0] for r in rels}
     finally:
         m.cleanup()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fusefs.mission import MissionError, load_mission
-from tests.conftest import write_mission
+from tests.conftest import MISSIONFS, ROOT, write_mission
 
 
 def test_demo_grid(tmp_path: Path) -> None:
@@ -185,3 +187,60 @@ def test_bad_intent_tree_entries(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MissionError, match="no such mission file"):
         load_mission(tmp_path / "nope.toml")
+
+
+GRID = 'name = "x"\n[grid]\nsouth = 40\nwest = -74\nnorth = 41\neast = -73\nphrases = ["a"]\n'
+HOSTILE = {
+    "deep-array": 'name = "x"\nx = ' + "[" * 5000 + "]" * 5000 + "\n",
+    "deep-table": 'name = "x"\nx = ' + "{a = " * 5000 + "1" + "}" * 5000 + "\n",
+    "step-1e99999999": GRID + "step = 1e99999999\n",
+    "step-minus-1e99999999": GRID + "step = -1e99999999\n",
+    "step-1e-99999999": GRID + "step = 1e-99999999\n",
+    "step-nan": GRID + "step = nan\n",
+    "step-inf": GRID + "step = inf\n",
+    "south-1e99999999": GRID.replace("south = 40", "south = 1e99999999") + "step = 1\n",
+    "int-5000-digits": GRID + "step = 1" + "0" * 5000 + "\n",
+    "huge-grid": GRID.replace("south = 40", "south = -90")
+    .replace("north = 41", "north = 90")
+    .replace("west = -74", "west = -180")
+    .replace("east = -73", "east = 180")
+    + "step = 0.000000001\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_mission_files_are_one_line_and_exit_2(tmp_path: Path, name: str) -> None:
+    """Whatever the file holds, the command answers within seconds with `missionfs: FILE: ...`
+    on one line and status 2: never a traceback, never a hang building giant numbers."""
+    p = tmp_path / f"{name}.toml"
+    p.write_text(HOSTILE[name])
+    _refused_in_one_line(p, tmp_path)
+
+
+def test_a_huge_mission_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """A 4 GiB (sparse) file under a 1 GiB address-space limit: only its first 16 MiB are read."""
+    p = tmp_path / "huge.toml"
+    with open(p, "wb") as f:
+        f.write(b'name = "x"\n# ')
+        f.truncate(4 * 2**30)
+    err = _refused_in_one_line(p, tmp_path, limit_bytes=2**30)
+    assert "larger than 16 MiB" in err
+
+
+def _refused_in_one_line(p: Path, tmp_path: Path, limit_bytes: int | None = None) -> str:
+    def limit() -> None:
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    res = subprocess.run(
+        [*MISSIONFS, "pending", str(p), "--state", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=limit,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stdout == ""
+    assert res.stderr.startswith(f"missionfs: {p}: ") and res.stderr.count("\n") == 1, res.stderr
+    return res.stderr

@@ -4,15 +4,19 @@ example and the Node.js example race over one 300-task mission."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fusefs.mission import load_mission
-from tests.conftest import Mount, write_mission
+from tests.conftest import ROOT, Mount, wait_for, write_mission
+from tests.s3_servers import MotoServer, free_port, s3_env
 from tests.scraper_util import (
     EXAMPLES,
     SCRAPER,
@@ -22,6 +26,7 @@ from tests.scraper_util import (
     start,
     tree_files,
 )
+from tests.test_s3 import s3_mission
 
 SOURCES = {"synthetic", "node-synthetic"}
 BASH = ["bash", str(EXAMPLES / "worker.sh")]
@@ -121,3 +126,73 @@ def test_bash_worker_gives_back_what_its_generator_fails(mount: Mount, mission: 
     assert sorted(done_lines(out)) == sorted(rels_of(mission))
     for rel in rels_of(mission):
         check_witness(mount.p(f"done/{rel}").read_bytes(), rel, {"synthetic"})
+
+
+OUTAGE = 15.0  # seconds S3 stays unreachable once the worker has met its first refusal
+
+
+@pytest.mark.parametrize("lang", ["python", "bash", pytest.param("node", marks=needs_node)])
+def test_workers_back_off_while_s3_is_unreachable_then_finish(
+    make_mount: Callable[..., Mount], tmp_path: Path, lang: str
+) -> None:
+    """Strict claims get EAGAIN while nothing listens at the S3 endpoint: each worker says so
+    once, keeps going without spinning (a bounded number of claim tries over the outage), and
+    finishes the whole mission once S3 is back."""
+    port = free_port()
+    mission = s3_mission(tmp_path / "m.toml", "late-bucket")
+    m = make_mount(
+        mission,
+        env=s3_env(),
+        args=("--endpoint-url", f"http://127.0.0.1:{port}", "--refresh", "0.5", "--worker", "w"),
+    )
+    wait_for(lambda: "unreachable" in m.status()["sync"]["state"], timeout=60, what="offline")
+    tries = tmp_path / "claims.log"  # every claim `mv` of the bash worker, through a shim
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "mv").write_text(
+        f'#!/bin/sh\ncase "$1" in pending/*) echo "$1" >> {tries};; esac\n'
+        f'exec {shutil.which("mv")} "$@"\n'
+    )
+    (shim / "mv").chmod(0o755)
+    cmd = {
+        "python": [*SCRAPER, str(m.mnt), "--source", "synthetic", "--workers", "3", "--quiet"],
+        "bash": [*BASH, str(m.mnt), *SYNTHETIC],
+        "node": [*NODE, str(m.mnt)],
+    }[lang]
+    err_path, out_path = tmp_path / "worker.err", tmp_path / "worker.out"
+    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
+    server = MotoServer(tmp_path / "moto.log", port=port)
+    with processes() as procs, open(err_path, "w") as err, open(out_path, "w") as out:
+        p = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=out, stderr=err, text=True, env=env, start_new_session=True
+        )
+        procs.append(p)
+        refused = m.state / "missionfs.log"  # the daemon logs a refused claim (once)
+        wait_for(lambda: "refused claim" in refused.read_text(), 60, "the first refusal")
+        cpu0, tries0 = _cpu_seconds(p.pid), _lines(tries)
+        time.sleep(OUTAGE)  # the outage itself (what is measured), not a synchronisation
+        assert p.poll() is None, err_path.read_text()  # alive, still waiting for S3
+        cpu, claims = _cpu_seconds(p.pid) - cpu0, _lines(tries) - tries0
+        try:
+            server.start()
+            server.bucket("late-bucket")
+            assert p.wait(timeout=120) == 0, err_path.read_text()
+        finally:
+            server.stop()
+    assert cpu < 0.25 * OUTAGE, f"{cpu:.2f} s of CPU over a {OUTAGE} s outage"
+    if lang == "bash":
+        assert 1 <= claims <= 10, f"{claims} claim tries in {OUTAGE} s: spinning"
+    errors = err_path.read_text()
+    assert errors.count("claims refused") == 1, errors  # once per outage, not once per try
+    assert m.status()["counts"]["done"] == len(rels_of(mission)) == 24
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A missionfs worker in Node.js: readdir, rename, readFile and write + fsync are the protocol.
 // Usage: node worker.mjs MNT — writes one synthetic row per task in the reference CSV schema.
-// Prints "done REL" for every task it commits; stops when nothing is pending.
+// Prints "done REL" per commit; stops when nothing is pending; backs off on EAGAIN (<= 30 s).
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 
@@ -10,7 +10,8 @@ if (!mnt) { console.error("usage: node worker.mjs MNT"); process.exit(2); }
 const me = `node-${process.pid}`;
 const HEADER = "source,source_id,name,category,lat,lon,address,phone,website,scraped_at\n";
 const failed = new Set();
-let seq = 0;
+let seq = 0, waitMs = 0; // waitMs: the claim backoff (0: claims work); jitter: no retries in step
+const backoff = () => { if (!waitMs) console.error(`${me}: claims refused (S3 unreachable?); backing off`); waitMs = Math.min(30000, waitMs ? waitMs * 2 : 500); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, waitMs * (0.5 + Math.random() / 2)); };
 const ls = (dir) => { try { return fs.readdirSync(dir); } catch (e) { if (e.code === "ENOENT") return []; throw e; } };
 const spread = (xs) => { const k = process.pid % (xs.length || 1); return xs.slice(k).concat(xs.slice(0, k)); };
 const field = (s) => (/[",\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s);
@@ -38,8 +39,8 @@ for (;;) {
   for (const rel of pending()) {
     if (failed.has(rel)) continue;
     tried++;
-    try { fs.renameSync(`${mnt}/pending/${rel}`, `${mnt}/claimed/${rel}`); } // the claim
-    catch (e) { if (e.code === "ENOENT") continue; throw e; } // lost the race: next one
+    try { fs.renameSync(`${mnt}/pending/${rel}`, `${mnt}/claimed/${rel}`); waitMs = 0; } // the claim
+    catch (e) { if (e.code === "ENOENT") continue; if (e.code !== "EAGAIN") throw e; backoff(); break; } // ENOENT: lost the race
     const tmp = `${mnt}/tmp/${me}-${++seq}.csv`;
     try {
       const task = JSON.parse(fs.readFileSync(`${mnt}/claimed/${rel}`, "utf8"));

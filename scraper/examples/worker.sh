@@ -4,7 +4,8 @@
 #   GENERATOR reads a task descriptor on stdin and prints the result CSV on stdout; the default
 #   is the synthetic source (python3 -m scraper.synthetic). Any command works, e.g. an HTTP API:
 #   worker.sh /mnt/m curl -sf --data-binary @- https://scraper.example/run
-# Prints "done REL" for every task it commits; stops when nothing is pending.
+# Prints "done REL" for every task it commits; stops when nothing is pending. A claim refused
+# with EAGAIN (strict claims while S3 is unreachable) is retried with backoff up to 30 s.
 set -uo pipefail
 mnt="${1:?usage: worker.sh MNT [GENERATOR [ARG...]]}"
 shift
@@ -13,6 +14,7 @@ gen=("$@")
 cd "$mnt" || exit 2
 me="sh-$$"
 seq=0
+wait_ms=0 # backoff while claims get EAGAIN; 0: claims work
 declare -A failed=()
 
 while :; do
@@ -23,7 +25,15 @@ while :; do
         rel="${tasks[(i + $$) % n]#./}" # start at a per-worker offset: fewer lost races
         [ -z "${failed[$rel]:-}" ] || continue
         tried=1
-        mv "pending/$rel" "claimed/$rel" 2>/dev/null || continue # lost the race: next one
+        if ! err=$(LC_ALL=C mv "pending/$rel" "claimed/$rel" 2>&1); then
+            [[ $err == *"temporarily unavailable"* ]] || continue # lost the race: next one
+            [ "$wait_ms" -gt 0 ] || echo "$me: claims refused (S3 unreachable?); backing off" >&2
+            wait_ms=$((wait_ms ? (wait_ms < 15000 ? wait_ms * 2 : 30000) : 500))
+            j=$((wait_ms / 2 + RANDOM % (wait_ms / 2))) # jitter: workers do not retry in step
+            sleep "$((j / 1000)).$(printf %03d $((j % 1000)))"
+            break
+        fi
+        wait_ms=0
         tmp="tmp/$me-$((seq += 1)).csv"
         if "${gen[@]}" <"claimed/$rel" >"$tmp" && mv "$tmp" "done/$rel"; then
             echo "done $rel"
