@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fusefs.mission import load_mission  # noqa: E402
-from tests.conftest import write_mission  # noqa: E402
-from tests.kill9_util import MISSION, Loop  # noqa: E402
+from fusefs.mission import load_mission
+from tests.conftest import write_mission
+from tests.kill9_util import MISSION, Loop
 
 
 def main() -> int:
@@ -32,20 +32,22 @@ def main() -> int:
     mission = write_mission(work / "mission.toml", **MISSION)
     m = load_mission(mission)
     loop = Loop(work, mission, sorted(m.space.rel(t) for t in m.intent))
-    wedges = lost = deaths = 0
+    wedges = lost = deaths = zombies = 0
     t0 = time.monotonic()
     try:
         loop.setup()
         for n in range(args.tries):
             r = loop.one_try(n)
             wedges += bool(r.wedged)
+            zombies += "stuck in the kernel" in r.recovered
             lost += len(r.lost)
             deaths += bool(r.died)
             print(
                 f"try {n:2d} kill {r.kill_at:16s} via {r.via:6s} commits {r.commits:3d} recovered in "
                 f"{r.recover_s:5.2f} s  {r.wedged or 'ok'}"
                 + (f"  LOST {r.lost[:3]}" if r.lost else "")
-                + (f"  DIED {r.died}" if r.died else ""),
+                + (f"  DIED {r.died}" if r.died else "")
+                + (f"\n    {r.recovered}" if r.recovered else ""),
                 flush=True,
             )
         fsck = loop.finish()
@@ -53,6 +55,7 @@ def main() -> int:
         loop.cleanup()
     print(
         f"tries {args.tries} wedges {wedges} lost {lost} deaths {deaths} "
+        f"zombies-recovered {zombies} "
         f"acknowledged commits {len(loop.acked)} fsck exit {fsck.returncode} "
         f"({time.monotonic() - t0:.0f} s)"
     )

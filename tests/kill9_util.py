@@ -112,10 +112,9 @@ def in_reverse_invalidation(pid: int) -> bool:
     except OSError:
         return False
     for tid in tids:
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/task/{tid}/stack") as f:
-                if "fuse_reverse_inval_entry" in f.read():
-                    return True
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stack") as f:
+            if "fuse_reverse_inval_entry" in f.read():
+                return True
     return False
 
 
@@ -177,6 +176,7 @@ class TryResult:
     lost: list[str] = field(default_factory=list)
     died: str = ""  # the remounted daemon exited on its own
     recover_s: float = 0.0
+    recovered: str = ""  # what the recovering command said it released
 
 
 @dataclass
@@ -271,7 +271,9 @@ class Loop:
                 if res.returncode != 0:
                     result.wedged = f"umount failed: {res.stderr.strip()}"
                     return
+                result.recovered = res.stderr.strip()
             res = self.mount()
+            result.recovered = (result.recovered + " " + res.stderr.strip()).strip()
             if res.returncode != 0:
                 result.wedged = f"mount failed: {res.stderr.strip()}"
         except subprocess.TimeoutExpired as e:
