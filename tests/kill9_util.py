@@ -104,6 +104,17 @@ def thread_states(pid: int) -> str:
     return "".join(sorted(proc_state(int(t)) for t in tids))
 
 
+def tree_states(pid: int) -> str:
+    """States of PID's threads, then of its children's (a worker waits in S for its `mv`, which
+    is the one in D)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        kids = []
+    return thread_states(pid) + "".join(f" mv:{thread_states(k)}" for k in kids)
+
+
 def in_reverse_invalidation(pid: int) -> bool:
     """True while a thread of PID is inside fuse_reverse_inval_entry (the kernel side of
     pyfuse3.invalidate_entry), i.e. waiting for a directory lock."""
@@ -283,9 +294,9 @@ class Loop:
     def _wait_workers(self, workers: list[subprocess.Popen[bytes]], result: TryResult) -> None:
         if wait_for(lambda: all(w.poll() is not None for w in workers), DEADLINE):
             return
-        stuck = [f"{w.pid}:{thread_states(w.pid)}" for w in workers if w.poll() is None]
+        stuck = [f"{w.pid}:{tree_states(w.pid)}" for w in workers if w.poll() is None]
         result.wedged = (result.wedged + "; " if result.wedged else "") + (
-            f"workers still running after {DEADLINE:.0f} s (pid:states) {' '.join(stuck)}"
+            f"workers still running after {DEADLINE:.0f} s (pid:states, then their children's) {' '.join(stuck)}"
         )
 
     def _remount_after_wedge(self) -> None:
