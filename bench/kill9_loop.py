@@ -1,6 +1,9 @@
 """kill -9 the daemon under 4 renaming workers, TRIES times; recover with the real CLI each time.
 
-Usage: python bench/kill9_loop.py [--tries 50] [--work DIR]
+Usage: python bench/kill9_loop.py [--tries 50] [--work DIR] [--no-guardian]
+
+--no-guardian runs the daemons with MISSIONFS_GUARDIAN=0, so only the next `missionfs mount` or
+`missionfs umount` can release a killed daemon's mount (the recovery path of issue 13).
 
 Prints one line per try and a summary `tries N wedges W lost L deaths D`; exit status 1 if any
 try wedged, lost an acknowledged commit or found no daemon after recovery, or if the final
@@ -22,16 +25,25 @@ from tests.conftest import write_mission
 from tests.kill9_util import MISSION, Loop
 
 
+def guardian_lines(work: Path) -> int:
+    """How many stuck daemons the guardians aborted (they log it in STATE/missionfs.log)."""
+    log = work / "state" / "missionfs.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return sum("guardian:" in line for line in lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tries", type=int, default=50)
+    p.add_argument("--no-guardian", action="store_true", help="MISSIONFS_GUARDIAN=0")
     p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir)")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="kill9-"))
     work.mkdir(parents=True, exist_ok=True)
     mission = write_mission(work / "mission.toml", **MISSION)
     m = load_mission(mission)
-    loop = Loop(work, mission, sorted(m.space.rel(t) for t in m.intent))
+    rels = sorted(m.space.rel(t) for t in m.intent)
+    loop = Loop(work, mission, rels, guardian=not args.no_guardian)
     wedges = lost = deaths = zombies = 0
     t0 = time.monotonic()
     try:
@@ -55,7 +67,8 @@ def main() -> int:
         loop.cleanup()
     print(
         f"tries {args.tries} wedges {wedges} lost {lost} deaths {deaths} "
-        f"zombies-recovered {zombies} "
+        f"stuck-daemons-released-by-cli {zombies} "
+        f"aborted-by-guardian {guardian_lines(work)} "
         f"acknowledged commits {len(loop.acked)} fsck exit {fsck.returncode} "
         f"({time.monotonic() - t0:.0f} s)"
     )

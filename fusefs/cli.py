@@ -253,7 +253,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         state_dir = ws.store.root
         if recovered:
-            _log_line(state_dir, recovered)
+            from .fuseconn import log_line
+
+            log_line(state_dir, recovered)
         ws.close()  # the daemon takes the state dir over
         return _spawn_daemon(args, mnt, state_dir)
     _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
@@ -383,12 +385,6 @@ def _recover(mnt: Path, state_dir: Path | None) -> str | None:
     if recovered:
         print(f"missionfs: {recovered}", file=sys.stderr)
     return recovered
-
-
-def _log_line(state_dir: Path, line: str) -> None:
-    """One line in STATE/missionfs.log, in the daemon's format, before the daemon starts."""
-    with suppress(OSError), open(state_dir / "missionfs.log", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} missionfs WARNING: {line}\n")
 
 
 def _wait_exit(pid: int, timeout: float) -> None:

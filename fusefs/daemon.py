@@ -20,7 +20,13 @@ import trio
 
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
-from .fuseconn import abort_fuse_connection, forget_mount, fuse_connection, record_mount
+from .fuseconn import (
+    abort_fuse_connection,
+    forget_mount,
+    fuse_connection,
+    record_mount,
+    start_guardian,
+)
 from .index import walk_facts
 from .store import LocalStore, replace_text
 from .workspace import Workspace
@@ -68,6 +74,8 @@ class Daemon:
         log.info("mounted %s on %s (state %s)", self.mission.name, self.mountpoint, self.store.root)
         conn = fuse_connection(self.mountpoint)
         record_mount(self.store.root, self.mountpoint, conn)  # for recovery after kill -9
+        if conn is not None:
+            start_guardian(self.store.root, self.mountpoint)
         try:
             trio.run(self._main)
         except BaseException:

@@ -314,3 +314,59 @@ def _release(pid: int, conn: str, mountpoint: Path, state_dir: Path | None) -> s
         + (f" ({waiting} waiting request(s) failed)" if waiting else "")
         + (f"; pid {pid} still holds {state_dir}/daemon.lock" if held else "")
     )
+
+
+# -- prevention: a guardian that aborts the connection as soon as the daemon dies ----------------
+GUARD_POLL = 0.5  # seconds between looks at the daemon's /proc entry
+
+
+def log_line(state_dir: Path, line: str) -> None:
+    """One line in STATE/missionfs.log, in the daemon's format, written from outside it."""
+    with contextlib.suppress(OSError), open(state_dir / "missionfs.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} missionfs WARNING: {line}\n")
+
+
+def start_guardian(state_dir: Path, mountpoint: Path) -> None:
+    """A small process that outlives a killed daemon and aborts its connection at once if the
+    daemon cannot finish dying, so writers never wait for the next mount/umount
+    (MISSIONFS_GUARDIAN=0: none). It holds neither /dev/fuse nor the lock (no inherited fds) and
+    sits in / (it pins no mount)."""
+    if os.environ.get("MISSIONFS_GUARDIAN", "1") == "0":
+        return
+    pid = os.getpid()
+    cmd = [sys.executable, "-m", "fusefs.fuseconn", "guard", str(pid), str(start_time(pid))]
+    try:
+        subprocess.Popen(
+            [*cmd, str(mountpoint), str(state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to the daemon's process group spares it
+            cwd="/",
+        )
+    except OSError as e:
+        log.warning("no guardian for the mount (%s); after a kill -9, run missionfs umount", e)
+
+
+def guard(pid: int, start: int, mountpoint: Path, state_dir: Path) -> None:
+    """Wait for daemon PID to end; if it is a zombie whose stuck thread holds its connection
+    open, abort the connection: writers are released at once. Nothing else (a daemon that died
+    whole has had its connection aborted by the kernel; the next mount or umount detaches the
+    mount: the guardian never unmounts, a new mount may already be there)."""
+    while not is_dead(pid, start):
+        time.sleep(GUARD_POLL)
+    rec = _read(state_dir / RECORD)
+    if rec is None or rec.pid != pid or not _stuck(pid):
+        return  # a clean exit, already recovered, or nothing holds the connection open
+    waiting = abort_fuse_connection(rec.conn)
+    log_line(
+        state_dir,
+        f"guardian: daemon pid {pid} was killed with a thread stuck in the kernel holding "
+        f"{mountpoint} open; aborted FUSE connection {rec.conn}"
+        + (f" ({waiting} waiting request(s) failed)" if waiting else "")
+        + "; the next missionfs mount or umount detaches the dead mount",
+    )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["guard"]:
+    guard(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))

@@ -7,6 +7,9 @@ recovers: `missionfs mount` (or `missionfs umount`, then `missionfs mount`) must
 a deadline, every worker must end (none left in D state) and every commit whose `mv` exited 0
 must be in done/ with the bytes its worker wrote.
 
+With the daemon's guardian (the default), the workers must end before any command runs; with
+MISSIONFS_GUARDIAN=0 (Loop(guardian=False)) the recovering command is what releases them.
+
 Every other pair of tries kills at the worst moment instead of a random one: while a thread of
 the daemon (pyfuse3's notify thread) is blocked in the kernel's reverse invalidation, waiting for
 a directory lock held by a rename that only the daemon can answer (the wedge of issue 13).
@@ -200,6 +203,11 @@ class Loop:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     acked: dict[str, str] = field(default_factory=dict)  # rel -> token, over all tries
     rng: random.Random = field(default_factory=lambda: random.Random(13))
+    guardian: bool = True  # False: MISSIONFS_GUARDIAN=0, only the next mount/umount recovers
+
+    def __post_init__(self) -> None:
+        if not self.guardian:
+            self.env["MISSIONFS_GUARDIAN"] = "0"
 
     @property
     def mnt(self) -> Path:
@@ -261,8 +269,12 @@ class Loop:
                 _spin_until(lambda: in_reverse_invalidation(pid), HUNT_SECONDS)
             os.kill(pid, signal.SIGKILL)
             stop.touch()
-            self._recover(result)
-            self._wait_workers(workers, result)
+            if self.guardian:  # the writers are released before any command runs
+                self._wait_workers(workers, result)
+                self._recover(result)
+            else:
+                self._recover(result)
+                self._wait_workers(workers, result)
             if result.wedged:
                 force_abort(self.mnt)
                 wait_for(lambda: all(w.poll() is not None for w in workers), DEADLINE)
