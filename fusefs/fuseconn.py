@@ -281,6 +281,8 @@ def recover(mountpoint: Path, state_dir: Path | None = None) -> str | None:
 def _stuck(pid: int) -> bool:
     """A thread of PID is still alive although its main thread exited: it holds every file of
     the process open, /dev/fuse and the state-dir lock included."""
+    if _stat_fields(pid)[:1] != [b"Z"]:
+        return False  # gone, or a live process (maybe another one that reused the pid)
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -355,6 +357,7 @@ def guard(pid: int, start: int, mountpoint: Path, state_dir: Path) -> None:
     mount: the guardian never unmounts, a new mount may already be there)."""
     while not is_dead(pid, start):
         time.sleep(GUARD_POLL)
+    time.sleep(GUARD_POLL)  # a thread finishing an fsync is not stuck: look twice
     rec = _read(state_dir / RECORD)
     if rec is None or rec.pid != pid or not _stuck(pid):
         return  # a clean exit, already recovered, or nothing holds the connection open
