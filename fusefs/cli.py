@@ -315,14 +315,13 @@ def _check_s3(ws: Any, quiet: bool) -> None:
 
 # -- mount / umount -----------------------------------------------------------------------------
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, release_dead_mount
+    from .daemon import Daemon
 
     mission = load_mission(args.mission)
     if args.endpoint_url and not mission.s3:
         raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
+    recovered = _recover(_unresolved(args.mountpoint), _state_dir(mission, args.state))
     mnt: Path = args.mountpoint.resolve()
-    if release_dead_mount(mnt):
-        print(f"missionfs: released a dead mount left on {mnt}", file=sys.stderr)
     if not mnt.is_dir():
         raise UserError(f"mountpoint {mnt} is not a directory; create it with: mkdir -p {mnt}")
     if os.path.ismount(mnt):
@@ -333,9 +332,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _check_s3(ws, args.quiet)
     if not args.foreground:
         state_dir = ws.store.root
+        if recovered:
+            from .fuseconn import log_line
+
+            log_line(state_dir, recovered)
         ws.close()  # the daemon takes the state dir over
         return _spawn_daemon(args, mnt, state_dir)
     _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
+    if recovered:
+        log.warning("%s", recovered)
     ws.committer.batched = args.durability == "batched"
     ws.status.durability = args.durability
     try:
@@ -433,12 +438,9 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .daemon import release_dead_mount
-
-    mnt: Path = args.mountpoint.resolve()
-    if release_dead_mount(mnt):
-        print(f"missionfs: {mnt} was a dead mount (daemon gone); released it", file=sys.stderr)
+    if _recover(_unresolved(args.mountpoint), None):
         return 0
+    mnt: Path = args.mountpoint.resolve()
     if not os.path.ismount(mnt):
         raise UserError(f"{mnt} is not mounted")
     pid = None
@@ -453,6 +455,29 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if pid is not None:
         _wait_exit(pid, 60.0)
     return 0
+
+
+def _unresolved(mountpoint: Path) -> Path:
+    """MOUNTPOINT made absolute with its parent resolved, without a stat of MOUNTPOINT itself
+    (that would hang on a wedged mount)."""
+    path = Path(os.path.abspath(mountpoint))
+    return path.parent.resolve() / path.name if path.name else path
+
+
+def _recover(mnt: Path, state_dir: Path | None) -> str | None:
+    """Release what a killed daemon left (issue 13): one line on stderr saying what."""
+    from .fuseconn import NotAnswering, recover
+
+    try:
+        recovered = recover(mnt, state_dir)
+    except NotAnswering as e:
+        raise UserError(
+            f"{mnt} does not answer and no missionfs daemon is known for it; if its daemon is "
+            f"gone, abort it with: echo 1 > /sys/fs/fuse/connections/{e.conn}/abort"
+        ) from None
+    if recovered:
+        print(f"missionfs: {recovered}", file=sys.stderr)
+    return recovered
 
 
 def _wait_exit(pid: int, timeout: float) -> None:

@@ -7,13 +7,10 @@ and the mount is always released on the way out, so no dead mount is left behind
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +20,13 @@ import trio
 
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
+from .fuseconn import (
+    abort_fuse_connection,
+    forget_mount,
+    fuse_connection,
+    record_mount,
+    start_guardian,
+)
 from .index import walk_facts
 from .ratelog import LOG_REPEATS
 from .store import LocalStore, replace_text
@@ -71,6 +75,9 @@ class Daemon:
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         log.info("mounted %s on %s (state %s)", self.mission.name, self.mountpoint, self.store.root)
         conn = fuse_connection(self.mountpoint)
+        record_mount(self.store.root, self.mountpoint, conn)  # for recovery after kill -9
+        if conn is not None:
+            start_guardian(self.store.root, self.mountpoint)
         try:
             trio.run(self._main)
         except BaseException:
@@ -81,6 +88,7 @@ class Daemon:
             raise
         finally:
             pyfuse3.close(unmount=True)
+            forget_mount(self.store.root)
             self._final_snapshot()
             log.info("unmounted %s", self.mountpoint)
 
@@ -226,44 +234,6 @@ class Daemon:
             log.warning("kept unfinished direct write as %s", kept)
 
 
-def fuse_connection(mountpoint: Path) -> str | None:
-    """Our mount's FUSE connection id (/sys/fs/fuse/connections/ID), from /proc/self/mountinfo
-    (never stat our own mountpoint before serving it: that would wait on ourselves)."""
-    conn = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == str(mountpoint):
-                    major, minor = (int(x) for x in fields[2].split(":"))
-                    conn = str((major << 20) | minor)  # the kernel's dev_t encoding
-    except (OSError, ValueError):
-        return None
-    return conn
-
-
-def abort_fuse_connection(conn: str | None) -> None:
-    """Abort our FUSE connection through fusectl (mounted for the occasion if needed)."""
-    if conn is None:
-        return
-    ctl = Path("/sys/fs/fuse/connections")
-    mounted = False
-    try:
-        if not os.path.ismount(ctl):
-            mounted = (
-                subprocess.run(
-                    ["mount", "-t", "fusectl", "none", str(ctl)], capture_output=True
-                ).returncode
-                == 0
-            )
-        (ctl / conn / "abort").write_text("1\n")
-    except OSError as e:
-        log.error("could not abort FUSE connection %s: %s", conn, e)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(ctl)], capture_output=True)
-
-
 async def _guarded(loop: Callable[[], Awaitable[None]]) -> None:
     """Run a background loop forever: a bug in one loop is logged and the loop restarted, it
     never takes the mount (and the workers using it) down."""
@@ -277,23 +247,3 @@ async def _guarded(loop: Callable[[], Awaitable[None]]) -> None:
                 getattr(loop, "__qualname__", loop),
             )
             await trio.sleep(5.0)
-
-
-def is_dead_mount(path: Path) -> bool:
-    # statfs always reaches the daemon; stat may be answered from the kernel's attribute cache.
-    try:
-        os.statvfs(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
-
-
-def release_dead_mount(path: Path) -> bool:
-    """A mount left by a killed daemon answers ENOTCONN; detach it so it can be mounted again."""
-    if not is_dead_mount(path):
-        return False
-    for cmd in (["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
-        with contextlib.suppress(OSError):
-            if subprocess.run(cmd, capture_output=True).returncode == 0:
-                return True
-    return False
