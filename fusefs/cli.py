@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from . import metricsopts
 from .mission import Mission, MissionError, load_mission
 
 log = logging.getLogger("missionfs")
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "commits; a killed daemon never does)",
     )
     _s3_options(m)
+    metricsopts.add_mount_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     m.set_defaults(func=cmd_mount)
@@ -136,10 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--json", action="store_true", help="one JSON object a line")
     lg.set_defaults(func=cmd_log)
 
-    from . import digest, fsck
+    from . import digest, fsck, mounthelper
 
     digest.add_commands(sub)
     fsck.add_commands(sub)
+    mounthelper.add_parser(sub)
     return p
 
 
@@ -249,7 +252,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(f"{mnt} is already a mount point; unmount it first: missionfs umount {mnt}")
     if args.lease <= 0 or args.refresh <= 0 or args.full_refresh <= 0:
         raise UserError("--lease, --refresh and --full-refresh must be positive numbers of seconds")
+    try:
+        listen = metricsopts.parse_listen(args.metrics, args.metrics_public)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     ws = _open(args, mission, lock=True, lease=args.lease)
+    if listen is not None and args.foreground:
+        _serve_metrics(ws, listen)
     _check_s3(ws, args.quiet)
     if not args.foreground:
         state_dir = ws.store.root
@@ -267,6 +276,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
     finally:
         ws.close()
     return 0
+
+
+def _serve_metrics(ws: Any, listen: tuple[str, int]) -> None:
+    from .metrics import serve
+
+    try:
+        serve(ws, listen)  # before the S3 check: its requests are counted too
+    except OSError as e:
+        ws.close()
+        raise UserError(f"cannot serve metrics on {listen[0]}:{listen[1]}: {e.strerror}") from None
 
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
@@ -308,6 +327,7 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
             cmd += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     if args.allow_other:
         cmd.append("--allow-other")
+    cmd += metricsopts.forwarded(args)
     err_path = state_dir / "daemon.err"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(

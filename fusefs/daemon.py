@@ -21,6 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import sdnotify
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
 from .index import walk_facts
@@ -78,6 +79,7 @@ class Daemon:
             abort_fuse_connection(conn)
             raise
         finally:
+            sdnotify.stopping(self.mountpoint)  # systemd: stopping, not crashed (Type=notify)
             pyfuse3.close(unmount=True)
             self._final_snapshot()
             log.info("unmounted %s", self.mountpoint)
@@ -85,6 +87,7 @@ class Daemon:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
+            nursery.start_soon(sdnotify.ready_when_answering, self.mountpoint, self.mission.name)
             nursery.start_soon(_guarded, self._expiry_loop)
             if self.ws.from_index:
                 nursery.start_soon(self._reconcile)
