@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import subprocess
 import time
@@ -20,6 +21,7 @@ from tests.conftest import MISSIONFS, ROOT, Mount, _mounted, wait_for
 from tests.s3_servers import MotoServer, s3_env
 from tests.test_s3 import new_bucket, s3_mission
 
+DASHBOARD = ROOT / "docs" / "grafana-missionfs.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -29,10 +31,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(port: int) -> Samples:
+def scrape_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         assert r.status == 200
-        text = r.read().decode()
+        return str(r.read().decode())
+
+
+def scrape(port: int) -> Samples:
+    text = scrape_text(port)
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -135,6 +141,10 @@ def test_metrics_of_an_s3_mount(
     assert value(samples, "missionfs_s3_calls_total", op="PUT") >= 2
     wait_for(lambda: 0 <= value(scrape(port), "missionfs_refresh_lag_seconds") < 30, 30,
              "a refresh")  # fmt: skip
+    # Every metric the sample Grafana dashboard queries is served by an S3 mount.
+    served = set(re.findall(r"^# TYPE (\S+)", scrape_text(port), re.M))
+    wanted = set(re.findall(r"(missionfs_[a-z_]+)\{", DASHBOARD.read_text()))
+    assert wanted and wanted <= served
     m.umount()
 
 
