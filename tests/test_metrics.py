@@ -4,13 +4,16 @@ with prometheus_client's own parser and checked against the status file."""
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -173,6 +176,115 @@ def test_queue_age_and_network_errors_while_s3_is_unreachable(
     assert value(samples, "missionfs_s3_online") == 0
     outcomes = labelled(samples, "missionfs_s3_requests_total", "outcome")
     assert outcomes == {"network_error": outcomes["network_error"]} and outcomes["network_error"]
+    m.umount()
+
+
+class SlowDownProxy(ThreadingHTTPServer):
+    """An S3 endpoint in front of moto that answers the first PUT of each witness with
+    503 SlowDown, as S3 does under load (botocore then retries it)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream.removeprefix("http://")
+        self.throttled: set[str] = set()
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: SlowDownProxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            throttle = (
+                self.command == "PUT"
+                and "/scraped-tiles/" in self.path
+                and self.path not in self.server.throttled
+            )
+            if throttle:
+                self.server.throttled.add(self.path)
+        if throttle:
+            error = (
+                b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+            )
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        conn = http.client.HTTPConnection(self.server.upstream, timeout=30)
+        try:
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in (
+                "transfer-encoding",
+                "connection",
+                "content-length",
+                "server",
+                "date",
+            ):
+                self.send_header(k, v)
+        self.send_header(
+            "Content-Length",
+            str(len(data) if self.command != "HEAD" else r.getheader("Content-Length") or 0),
+        )
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+
+@pytest.fixture
+def slowdown(moto: MotoServer) -> Iterator[SlowDownProxy]:
+    proxy = SlowDownProxy(moto.endpoint)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join(timeout=30)
+
+
+def test_throttled_requests_are_counted(
+    moto: MotoServer, slowdown: SlowDownProxy, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    port = free_port()
+    m = make_mount(
+        mission,
+        env=s3_env(),
+        args=("--endpoint-url", slowdown.endpoint, "--refresh", "0.5", "--worker", "w1",
+              "--metrics", f"127.0.0.1:{port}"),
+    )  # fmt: skip
+    rels = ["40.70/-74.02/plumber.csv", "40.71/-74.00/coffee shop.csv", "40.72/-74.01/plumber.csv"]
+    for rel in rels:
+        commit(m, rel)
+    wait_for(lambda: m.status()["sync"]["uploaded"] == 3, 60, "uploads through the proxy")
+    samples = scrape(port)
+    puts = {
+        dict(k[1])["outcome"]: v
+        for k, v in samples.items()
+        if k[0] == "missionfs_s3_requests_total" and dict(k[1])["kind"] == "PutObject"
+    }
+    assert len(slowdown.throttled) == 3  # the proxy did answer SlowDown, once per witness
+    assert puts["throttled"] == 3 and puts["ok"] >= 3, puts
+    assert value(samples, "missionfs_uploads_total") == 3
     m.umount()
 
 
