@@ -12,17 +12,18 @@ as it loses the claims' workers too), replayed and compacted at start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
 
 from pyroaring import BitMap
 
 from .codec import OutOfPlan
 from .state import MissionState, NotPending
+from .store import append_whole
 
 log = logging.getLogger("missionfs")
 
@@ -36,13 +37,23 @@ class ClaimLog:
         self.state = state
         self.live: dict[int, float] = {}  # task -> expiry as written
         self._lines = 0
-        self._file: IO[str] | None = None
+        self._fd = -1
+        self._size = 0
+        # Lines that a full disk kept out of the file, written first at the next change; and
+        # the error of the last write (None once a write succeeded): a claim made while it is
+        # set was not persisted, and the mount rolls it back (MissionFS._claim).
+        self._backlog: list[str] = []
+        self.error: OSError | None = None
 
     def restore(self, now: float | None = None) -> int:
         """Claim again the tasks whose claims were live when the last daemon stopped; returns
         how many. Then rewrite the file with just those, and start recording."""
         self.live = self.claim_live(now, "claim from before a restart")
-        self._rewrite()
+        try:
+            self._rewrite()
+        except OSError as e:  # a full disk: keep appending to the file as it is
+            log.warning("cannot compact %s (%s); appending to it as it is", self.path, e)
+            self._open_append()
         self.state.subscribe(self.changed)
         if self.live:
             log.info("%d claim(s) from before the restart are held again", len(self.live))
@@ -93,18 +104,28 @@ class ClaimLog:
         return found
 
     def _rewrite(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        """Replace the file with just the live claims (the old one stays in use on failure)."""
         tmp = self.path.with_suffix(".tmp")
         rel = self.state.space.rel
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            for task, expires in sorted(self.live.items()):
-                f.write(f"claim\t{expires:.3f}\t{rel(task)}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                for task, expires in sorted(self.live.items()):
+                    f.write(f"claim\t{expires:.3f}\t{rel(task)}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         self._lines = len(self.live)
-        self._file = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        self._open_append()
+
+    def _open_append(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
 
     def changed(self, tasks: Iterable[int]) -> None:
         """State listener: record claims that began, were renewed or ended."""
@@ -121,15 +142,38 @@ class ClaimLog:
                     out.append(f"claim\t{c.expires_at:.3f}\t{rel(task)}\n")
             elif self.live.pop(task, None) is not None:
                 out.append(f"end\t\t{rel(task)}\n")
-        if not out or self._file is None:
+        if not out or self._fd < 0:
             return
-        self._file.write("".join(out))
-        self._file.flush()  # in the page cache: survives kill -9
-        self._lines += len(out)
-        if self._lines > COMPACT_LINES + 4 * len(self.live):
-            self._rewrite()
+        self._write([*self._backlog, *out])
+        if self.error is None and self._lines > COMPACT_LINES + 4 * len(self.live):
+            try:
+                self._rewrite()
+            except OSError as e:  # try again after as many lines more
+                log.warning("cannot compact %s: %s", self.path, e)
+                self._lines = len(self.live)
+
+    def _write(self, lines: list[str]) -> None:
+        """Append `lines` whole (in the page cache: survives kill -9) or keep them for later.
+
+        Never raises: this runs inside every state change (commits, expiries) and a full disk
+        must not break those; the caller that must know (a claim) reads `error`."""
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        try:
+            append_whole(self._fd, data, self._size)
+        except OSError as e:
+            if self.error is None:
+                log.error("cannot write %s: %s (lines kept until it can be)", self.path, e)
+            self.error = e
+            self._backlog = lines
+            return
+        self._size += len(data)
+        self._lines += len(lines)
+        self._backlog = []
+        self.error = None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            if self._backlog:
+                self._write(self._backlog)
+            os.close(self._fd)
+            self._fd = -1

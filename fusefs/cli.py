@@ -142,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
 
     digest.add_commands(sub)
     fsck.add_commands(sub)
+    from . import cmd_fleet, cmd_map, cmd_watch  # issue 16: fleet, progress map, live status
+
+    cmd_map.add_parser(sub)
+    cmd_fleet.add_parser(sub)
+    cmd_watch.add_options(s)
     mounthelper.add_parser(sub)
     return p
 
@@ -290,7 +295,12 @@ def _serve_metrics(ws: Any, listen: tuple[str, int]) -> None:
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(state_dir / "missionfs.log")]
+    # backslashreplace: a logged name with bytes that are not UTF-8 must not break the line.
+    handlers: list[logging.Handler] = [
+        logging.FileHandler(
+            state_dir / "missionfs.log", encoding="utf-8", errors="backslashreplace"
+        )
+    ]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:
@@ -441,6 +451,13 @@ def _print_status(info: dict[str, Any]) -> None:
     )
     print(f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({pct:.1f}%)")
     print(f"pending {c['pending']}  claimed {c['claimed']}")
+    if info.get("pace"):
+        from .eta import human_duration
+
+        p = info["pace"]
+        print(
+            f"rate {p['rate_per_minute']}/min (last 10 min)  ETA {human_duration(p['eta_seconds'])}"
+        )
     sync = info.get("sync", {})
     if sync.get("enabled"):
         print(

@@ -94,7 +94,8 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
         finally:
             self._in_flight.discard(task)
-        # The witness is durable: now its journal line, then its start-up index line.
+        # The witness is durable: now its journal line, then its start-up index line (on a full
+        # disk either may be missing: history and a cache; the commit stands).
         self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
         self._record(task)
         self.status.committed(source)
@@ -102,7 +103,7 @@ class Committer:
 
     def _record(self, task: int) -> None:
         self.local.add(task)
-        self.index.append((self.state.space.rel(task),))
+        self._index([self.state.space.rel(task)])
         self.state.add_fact(task)
         for hook in self.hooks:
             hook()
@@ -119,6 +120,14 @@ class Committer:
         self.status.refused(where, reason)  # journalled there, with every other refusal
         return CommitRefused(code, reason, final)
 
+    def _index(self, rels: list[str]) -> None:
+        """Start-up index lines: a cache. On a full disk they are skipped (logged), never
+        raised: the next start's reconcile walk finds what they miss."""
+        try:
+            self.index.append(rels)
+        except OSError as e:
+            log.error("start-up index: %d line(s) not written: %s", len(rels), e)
+
     def learn_local_fact(self, task: int) -> None:
         """A witness was found on disk that the index did not know (crash or offline copy)."""
         if task not in self.local:
@@ -132,7 +141,7 @@ class Committer:
             self.local |= new
             for t in new:
                 self.journal.append("commit", self.state.space.rel(t), recovered=True)
-            self.index.append(self.state.space.rel(t) for t in new)
+            self._index([self.state.space.rel(t) for t in new])
             self.state.add_facts(new)
             for hook in self.hooks:
                 hook()

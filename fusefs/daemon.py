@@ -52,6 +52,7 @@ class Daemon:
         self._snapshot_lock = trio.Lock()
         self._forced = 0
         self.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+        self.ops.claim_log = self.claim_log  # a claim it cannot record is rolled back
 
     def run(self) -> None:
         self._recover_staging()

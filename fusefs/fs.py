@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pyfuse3
 import trio
@@ -26,15 +26,17 @@ from cachetools import LRUCache
 from pyroaring import BitMap
 
 from . import inodes
+from .boundary import RequestErrors, error_boundary
 from .codec import TaskSpace
 from .commit import CommitRefused, Committer
 from .errors import ClaimUnavailable, S3ConfigError, S3Unavailable
 from .inodes import VIEWS, Kind
-from .state import MissionState, NotClaimed, NotPending, View, groups
+from .state import Claim, MissionState, NotClaimed, NotPending, View, groups
 from .status import StatusBoard
 from .store import LocalStore
 
 if TYPE_CHECKING:
+    from .claimlog import ClaimLog
     from .sync import SyncEngine
 
 log = logging.getLogger("missionfs")
@@ -46,6 +48,13 @@ TMP_TIMEOUT = 1.0
 BULK_INVALIDATION = 256  # above this many changed tasks, invalidate rows, not names
 DIR_MODE = stat.S_IFDIR | 0o755
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+# Flags of the caller's open() that must not reach the backing file: O_DIRECT would make every
+# unaligned pread/pwrite of the daemon's own buffers fail with EINVAL (the kernel already gives
+# the caller direct I/O semantics on the FUSE side).
+_BACKING_DROP = os.O_CREAT | os.O_EXCL | os.O_DIRECT
+# Largest file offset accepted in tmp/ and direct writes: ext4's own limit with 4 KiB blocks,
+# so a huge truncate or write gets EFBIG whatever filesystem holds the state directory.
+MAX_FILE_BYTES = 2**44
 
 
 def fuse_error(code: int, message: str | None = None) -> pyfuse3.FUSEError:
@@ -71,6 +80,7 @@ class Handle:
     name: bytes = b""
 
 
+@error_boundary  # every handler: an unexpected exception becomes an errno (boundary.py)
 class MissionFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -93,6 +103,8 @@ class MissionFS(pyfuse3.Operations):
         self.store = store
         self.committer = committer
         self.status = status
+        self.request_errors = RequestErrors(status.request_errors, status.recent_errors)
+        self.claim_log: ClaimLog | None = None  # set by the daemon: claims must be persisted
         self.lease = lease
         self.uid = os.getuid()
         self.gid = os.getgid()
@@ -471,7 +483,7 @@ class MissionFS(pyfuse3.Operations):
             name = self._tmp_name.get(inode)
             if name is None:
                 raise fuse_error(errno.ENOENT)
-            fd = os.open(self.store.tmp / name, flags & ~(os.O_CREAT | os.O_EXCL))
+            fd = os.open(self.store.tmp / name, flags & ~_BACKING_DROP)
             return pyfuse3.FileInfo(
                 fh=self._new_fh(Handle(inode, fd=fd, path=self.store.tmp / name))
             )
@@ -539,6 +551,13 @@ class MissionFS(pyfuse3.Operations):
         task = self._task_in_tile(tile, name)
         row, col = divmod(tile, self.space.lon.n)
         where = f"done/{self.space.lat.name(row)}/{self.space.lon.name(col)}/{os.fsdecode(name)}"
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:  # no phrase of a mission is named so: say why, not EACCES
+            self.status.refused(where, "the name is not valid UTF-8")
+            raise fuse_error(
+                errno.EILSEQ, f"refused write of done/…/{name!r}: the name is not valid UTF-8"
+            ) from None
         if task is None or task not in self.state.intent:
             self.status.refused(where, "not a task of the mission plan")
             raise fuse_error(
@@ -565,6 +584,8 @@ class MissionFS(pyfuse3.Operations):
             )
         if h.fd < 0:
             raise fuse_error(errno.EBADF)
+        if off + len(buf) > MAX_FILE_BYTES:
+            raise fuse_error(errno.EFBIG)
         h.dirty = True
         self._synced.discard(h.ino)
         return os.pwrite(h.fd, buf, off)
@@ -592,15 +613,20 @@ class MissionFS(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh)
-        if h.target is not None and not h.committed and not h.rejected:
-            try:
-                await self._commit_staged(h, final=True)
-            except CommitRefused as e:
-                await self._reject(h, e.reason)
-        if h.fd >= 0:
-            os.close(h.fd)
-        if h.target is not None:
-            self._staged.pop(h.ino, None)
+        try:
+            if h.target is not None and not h.committed and not h.rejected:
+                try:
+                    await self._commit_staged(h, final=True)
+                except CommitRefused as e:
+                    await self._reject(h, e.reason)
+                except OSError as e:  # e.g. a full disk: the bytes are kept, never dropped
+                    await self._reject(h, f"the commit failed: {e.strerror}", recorded=False)
+                    raise
+        finally:  # whatever failed above, the descriptor and the staged name are let go
+            if h.fd >= 0:
+                os.close(h.fd)
+            if h.target is not None:
+                self._staged.pop(h.ino, None)
 
     async def _commit_staged(self, h: Handle, *, final: bool) -> None:
         assert h.target is not None and h.path is not None
@@ -684,6 +710,8 @@ class MissionFS(pyfuse3.Operations):
             raise fuse_error(errno.ENOENT)
         target: int | str | Path = fd if fd >= 0 else path
         if fields.update_size:
+            if attr.st_size > MAX_FILE_BYTES:
+                raise fuse_error(errno.EFBIG)
             os.truncate(target, attr.st_size)
             self._synced.discard(inode)
         if fields.update_mode:
@@ -763,6 +791,15 @@ class MissionFS(pyfuse3.Operations):
         )
 
     async def _claim(self, task: int, ctx: pyfuse3.RequestContext) -> None:
+        """`mv pending/REL claimed/REL`.
+
+        A claim that cannot be persisted (claims.log or journal, e.g. on a full disk) is rolled
+        back and refused with that errno (ENOSPC): a claim acknowledged but not in claims.log
+        would be silently dropped by a restart, and a worker told "disk full" at claim time
+        learns it before scraping a result it could not commit anyway. The rollback is exact:
+        the claim was made in this same step (no await), and the claims log keeps a line it
+        could not write for later, followed by the release's line, so it never holds a claim
+        that the mount refused."""
         # The start-up index may lag the files until the reconcile walk ends: check the file.
         if (
             task in self.state.pending
@@ -771,9 +808,11 @@ class MissionFS(pyfuse3.Operations):
         ):
             self.committer.learn_local_fact(task)
         try:
-            self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
+            claim = self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
         except NotPending:
             raise fuse_error(errno.ENOENT) from None
+        if self.claim_log is not None and self.claim_log.error is not None:
+            self._unclaim(claim, self.claim_log.error)
         if self.fleet is not None:
             try:
                 won = await self.fleet.claim(task)  # the fleet-wide lease (S3)
@@ -786,6 +825,21 @@ class MissionFS(pyfuse3.Operations):
             if not won:
                 raise fuse_error(errno.ENOENT)
         self.committer.journal.append("claim", self.space.rel(task), pid=ctx.pid, lease=self.lease)
+        if self.committer.journal.error is not None:  # not recorded (full disk): roll back
+            if self.fleet is not None:
+                await self.fleet.release(task)
+            self._unclaim(claim, self.committer.journal.error)
+
+    def _unclaim(self, claim: Claim, e: OSError) -> NoReturn:
+        """Roll back a claim that could not be persisted and refuse it (see _claim); only
+        this claim: during a wait on S3 it may have been released and made again by another."""
+        if self.state.claims.get(claim.task) is claim:
+            self.state.release(claim.task)
+        raise fuse_error(
+            e.errno or errno.EIO,
+            f"refused claim of {self.space.rel(claim.task)}: cannot record it ({e.strerror});"
+            " the task stays pending",
+        )
 
     async def _release(self, task: int) -> None:
         """`rm claimed/REL` or `mv claimed/REL pending/REL`: give the task back."""

@@ -11,18 +11,24 @@ Ordering with the change it records — the witness wins: a commit line is appen
 witness is linked and its directory fsync'd, then the start-up index line. After `kill -9` (the
 page cache survives) both lines exist or neither does; a witness whose lines were lost (power
 loss) is found by the start-up reconcile and journalled then with "recovered": true. So the
-journal never names a commit whose witness is missing, and every witness gets its line.
+journal never names a commit whose witness is missing, and every witness gets its line (except
+on a full disk: a line that cannot be written is dropped whole, logged, and the change stands).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from .store import append_whole
+
+log = logging.getLogger("missionfs")
 
 ROTATE_BYTES = 64 * 2**20
 
@@ -33,11 +39,13 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.worker = worker
         self.host = socket.gethostname()
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
         self._size = 0
         self._dirty = False
+        self.error: OSError | None = None  # the last append failed with this
+        self.lost = 0  # lines not written since
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self._file is None or self._size >= ROTATE_BYTES:
             if self._file is not None:
                 self._file.close()
@@ -46,7 +54,8 @@ class Journal:
             path = self.dir / f"journal-{seq:06d}.jsonl"
             if path.exists() and path.stat().st_size >= ROTATE_BYTES:
                 path = self.dir / f"journal-{seq + 1:06d}.jsonl"
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
+            # Unbuffered: each line is one write, cut back whole if the disk is full.
+            self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - long-lived
             self._size = path.stat().st_size
         return self._file
 
@@ -58,11 +67,31 @@ class Journal:
         entry["worker"] = self.worker
         entry["host"] = self.host
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        f = self._open()
-        f.write(line)
-        f.flush()  # in the page cache: survives kill -9; fsync'd by sync()
-        self._size += len(line.encode())
+        # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
+        # which json.loads turns back into the same surrogate: the line stays valid JSON.
+        data = line.encode("utf-8", "backslashreplace")
+        # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the line is
+        # not written at all: never half a line, never one written later.
+        try:
+            f = self._open()
+            append_whole(f.fileno(), data, self._size)
+        except OSError as e:
+            self._failed(e)
+            return
+        self._size += len(data)
         self._dirty = True
+        if self.error is not None:
+            log.warning("journal writable again; %d line(s) were not written", self.lost)
+            self.error, self.lost = None, 0
+
+    def _failed(self, e: OSError) -> None:
+        """A line could not be written (full disk, quota). The journal is history, not truth:
+        the change it records stands, so this is logged once per streak, not raised; a caller
+        that must not go on without its line (a claim) reads `error` after append()."""
+        if self.error is None:
+            log.error("journal line(s) not written: %s", e)
+        self.error = e
+        self.lost += 1
 
     def sync(self) -> None:
         """fsync the current file (the daemon calls this about once a second, in a thread)."""

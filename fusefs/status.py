@@ -24,6 +24,8 @@ class StatusBoard:
         self.refusals = 0
         self.expired = 0
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
+        # Requests the error boundary (boundary.py) answered with an errno, by errno name.
+        self.request_errors: dict[str, int] = {}
         self.reconcile = "pending"
         self.outside_plan = 0
         self.sync_info: Callable[[], dict[str, Any]] | None = None
@@ -52,6 +54,7 @@ class StatusBoard:
             "commits": dict(self.commits),
             "expired_leases": self.expired,
             "refused": self.refusals,
+            "request_errors": dict(self.request_errors),
             "witnesses_outside_plan": self.outside_plan,
             "reconcile": self.reconcile,
             "sync": self.sync_info()
@@ -60,7 +63,18 @@ class StatusBoard:
             "digest": self.digest_info() if self.digest_info else {"state": "off"},
             "uptime_seconds": round(time.time() - self.started, 1),
             "errors": list(self.recent_errors),
+            "pace": self._pace(),
         }
 
+    def _pace(self) -> dict[str, Any] | None:
+        """Rate over the last 10 minutes and the ETA at that rate (eta.py), from the journal."""
+        from .eta import pace
+
+        return pace(self.journal.dir, self.state.counts()) if self.journal else None
+
     def render(self) -> bytes:
-        return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode()
+        # A name with bytes that are not UTF-8 (kept as surrogates) becomes a JSON \uDCxx escape
+        # of its surrogate: still valid JSON, and the status never fails to render.
+        return (json.dumps(self.snapshot(), ensure_ascii=False) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )

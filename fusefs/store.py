@@ -15,6 +15,7 @@ staging name. All methods block: the daemon calls them through trio.to_thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -49,6 +50,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def append_whole(fd: int, data: bytes, size: int) -> None:
+    """Append `data` to the file `fd` (opened with O_APPEND, `size` bytes long now) whole or
+    not at all: on a full disk a short write is cut back to `size` and the OSError raised, so
+    a log never holds half a line, and never a line its writer was told had failed."""
+    try:
+        done = os.write(fd, data)
+        while done < len(data):  # a short write: the next one says why (ENOSPC, EDQUOT)
+            done += os.write(fd, data[done:])
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def replace_text(path: Path, text: str) -> None:
@@ -97,7 +112,14 @@ class LocalStore:
                 os.close(fd)
         os.link(staged, dst)  # FileExistsError: never replaces a witness
         if sync_dir:
-            fsync_dir(dst.parent)
+            try:
+                fsync_dir(dst.parent)
+            except OSError:
+                # Not durable, and the caller is told the commit failed: take the link back
+                # (it is ours, just made) so the task stays pending and the staged file is kept.
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                raise
         else:
             self.dirty_dirs.add(dst.parent)
         os.unlink(staged)
@@ -143,8 +165,13 @@ class LocalStore:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         name = rel.replace("/", "_")
         dst = self.rejected / f"{stamp}.{os.getpid()}.{staged.name}.{name}"
-        os.replace(staged, dst)
-        dst.with_name(dst.name + ".why").write_text(f"{rel}: {reason}\n", encoding="utf-8")
+        os.replace(staged, dst)  # a rename: works on a full disk too
+        note = dst.with_name(dst.name + ".why")
+        try:
+            note.write_text(f"{rel}: {reason}\n", encoding="utf-8", errors="backslashreplace")
+        except OSError:  # a full disk: the bytes are kept, the note (also in the log) is not
+            with contextlib.suppress(OSError):
+                note.unlink()
         return dst
 
     def _write_staged(self, body: bytes) -> Path:
