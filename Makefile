@@ -18,6 +18,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	./scripts/shellcheck-all.sh
+	./scripts/verify-units.sh
 	cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 
 test: setup lint

@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from . import metricsopts
 from .mission import Mission, MissionError, load_mission
 
 log = logging.getLogger("missionfs")
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "commits; a killed daemon never does)",
     )
     _s3_options(m)
+    metricsopts.add_mount_options(m)
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     add_force_mission(m)
@@ -166,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     add_force_mission(lg)
     lg.set_defaults(func=cmd_log)
 
-    from . import digest, fsck
+    from . import digest, fsck, mounthelper
 
     digest.add_commands(sub)
     fsck.add_commands(sub)
@@ -175,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd_map.add_parser(sub)
     cmd_fleet.add_parser(sub)
     cmd_watch.add_options(s)
+    mounthelper.add_parser(sub)
     return p
 
 
@@ -328,7 +331,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(f"{mnt} is already a mount point; unmount it first: missionfs umount {mnt}")
     if args.lease <= 0 or args.refresh <= 0 or args.full_refresh <= 0:
         raise UserError("--lease, --refresh and --full-refresh must be positive numbers of seconds")
+    try:
+        listen = metricsopts.parse_listen(args.metrics, args.metrics_public)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     ws = _open(args, mission, lock=True, lease=args.lease)
+    if listen is not None and args.foreground:
+        _serve_metrics(ws, listen)
     _check_s3(ws, args.quiet)
     if not args.foreground:
         state_dir = ws.store.root
@@ -352,6 +361,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
     finally:
         ws.close()
     return 0
+
+
+def _serve_metrics(ws: Any, listen: tuple[str, int]) -> None:
+    from .metrics import serve
+
+    try:
+        serve(ws, listen)  # before the S3 check: its requests are counted too
+    except OSError as e:
+        ws.close()
+        raise UserError(f"cannot serve metrics on {listen[0]}:{listen[1]}: {e.strerror}") from None
 
 
 def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
@@ -406,6 +425,7 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
             cmd += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     if args.allow_other:
         cmd.append("--allow-other")
+    cmd += metricsopts.forwarded(args)
     err_path = state_dir / "daemon.err"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(

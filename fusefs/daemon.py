@@ -18,6 +18,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import sdnotify
 from .claimlog import CLAIMS_FILE, ClaimLog
 from .fs import MissionFS
 from .fuseconn import (
@@ -87,6 +88,7 @@ class Daemon:
             abort_fuse_connection(conn)
             raise
         finally:
+            sdnotify.stopping(self.mountpoint)  # systemd: stopping, not crashed (Type=notify)
             pyfuse3.close(unmount=True)
             forget_mount(self.store.root)
             self._final_snapshot()
@@ -95,6 +97,7 @@ class Daemon:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
+            nursery.start_soon(sdnotify.ready_when_answering, self.mountpoint, self.mission.name)
             nursery.start_soon(_guarded, self._expiry_loop)
             if self.ws.from_index:
                 nursery.start_soon(self._reconcile)

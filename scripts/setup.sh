@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # nodejs: the Node.js example worker (scraper/examples/worker.mjs), which the tests run.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev nodejs chromium)
-# For `make lint`: shellcheck on the shell scripts, `vagrant validate` on vagrant/Vagrantfile.
+# For `make lint`: shellcheck on the shell scripts, `vagrant validate` on vagrant/Vagrantfile,
+# `systemd-analyze verify` on systemd/missionfs@.service (systemd need not be running).
 # Without recommends: vagrant's recommended libvirt/QEMU stack is not needed to validate.
-LINT_PACKAGES=(shellcheck vagrant)
+LINT_PACKAGES=(shellcheck vagrant systemd)
 
 is_missing() { ! dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
@@ -35,5 +36,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The mount(8) helper (`mount -t fuse.missionfs`, /etc/fstab, the systemd unit's ExecStart):
+# /usr/sbin/mount.fuse.missionfs -> this checkout's .venv/bin/mount.fuse.missionfs.
+if [ "$(id -u)" -eq 0 ]; then
+    .venv/bin/missionfs install-mount-helper || echo "setup: warning: mount helper not linked"
+else
+    echo "setup: not root: run 'sudo .venv/bin/missionfs install-mount-helper' for fstab mounts"
+fi
 touch .venv/.installed
 echo "setup: ready (.venv/bin/missionfs)"
