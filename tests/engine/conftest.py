@@ -7,6 +7,9 @@ runs in seconds.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,18 +56,33 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
 
 
 @pytest.fixture
+def state_root(tmp_path: Path) -> Iterator[Path]:
+    """Where state dirs go: tmpfs when there is one. This tier tests logic, not fsync latency
+    (each commit fsyncs a file and a directory: slow on a disk shared by parallel test runs)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    root = Path(tempfile.mkdtemp(prefix="missionfs-engine-", dir=shm))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def mission(tmp_path: Path) -> Mission:
     return small_mission(tmp_path)
 
 
 @pytest.fixture
 def make_node(
-    tmp_path: Path, mission: Mission, clock: FakeClock
+    state_root: Path, mission: Mission, clock: FakeClock
 ) -> Iterator[Callable[..., EngineNode]]:
     nodes: list[EngineNode] = []
 
     def make(*, bucket: FakeBucket | None = None, name: str = "state") -> EngineNode:
-        node = EngineNode(mission, tmp_path / name, clock, bucket=bucket)
+        node = EngineNode(mission, state_root / name, clock, bucket=bucket)
         nodes.append(node)
         return node
 

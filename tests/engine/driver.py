@@ -255,17 +255,9 @@ class EngineNode:
         head, _, name = path.rpartition("/")
         return await self.resolve(head), name
 
-    # -- queries (raise OSError like the os module) -------------------------------------------
-    def ls_entries(self, path: str) -> list[Entry]:
-        try:
-            return self.run(self._ls, path)
-        except pyfuse3.FUSEError as e:
-            raise _oserror(e.errno, path) from None
-
-    def ls(self, path: str) -> list[str]:
-        return [e.name for e in self.ls_entries(path)]
-
-    async def _ls(self, path: str) -> list[Entry]:
+    # -- queries: async forms (raise FUSEError) to batch many in one trio.run, and sync forms
+    # (raise OSError like the os module) --------------------------------------------------------
+    async def a_ls_entries(self, path: str) -> list[Entry]:
         fh = await self.ops.opendir(await self.resolve(path), self.ctx)
         out: list[Entry] = []
         start = 0
@@ -276,47 +268,64 @@ class EngineNode:
                 if not token.entries:
                     return out
                 out += [e for e, _ in token.entries]
-                start = token.entries[-1][1]
+                start = token.entries[-1][1]  # the kernel resumes after the last entry it kept
             raise AssertionError(f"readdir of {path} never ends")
         finally:
             await self.ops.releasedir(fh)
 
-    def stat(self, path: str) -> Entry:
-        async def go() -> Entry:
-            ino = await self.resolve(path)
-            return _entry(path.rpartition("/")[2], await self.ops.getattr(ino, self.ctx))
+    async def a_ls(self, path: str) -> list[str]:
+        return [e.name for e in await self.a_ls_entries(path)]
 
+    async def a_stat(self, path: str) -> Entry:
+        ino = await self.resolve(path)
+        return _entry(path.rpartition("/")[2], await self.ops.getattr(ino, self.ctx))
+
+    async def a_exists(self, path: str) -> bool:
         try:
-            return self.run(go)
+            await self.resolve(path)
         except pyfuse3.FUSEError as e:
-            raise _oserror(e.errno, path) from None
-
-    def exists(self, path: str) -> bool:
-        try:
-            self.stat(path)
-        except FileNotFoundError:
+            if e.errno != errno.ENOENT:
+                raise
             return False
         return True
 
-    def read(self, path: str) -> bytes:
-        async def go() -> bytes:
-            fi = await self.ops.open(await self.resolve(path), os.O_RDONLY, self.ctx)
-            chunks = []
-            try:
-                while chunk := await self.ops.read(fi.fh, sum(map(len, chunks)), 4096):
-                    chunks.append(chunk)
-                await self.ops.flush(fi.fh)
-            finally:
-                await self.ops.release(fi.fh)
-            return b"".join(chunks)
-
+    async def a_read(self, path: str) -> bytes:
+        fi = await self.ops.open(await self.resolve(path), os.O_RDONLY, self.ctx)
+        chunks: list[bytes] = []
         try:
-            return self.run(go)
+            while chunk := await self.ops.read(fi.fh, sum(map(len, chunks)), 4096):
+                chunks.append(chunk)
+            await self.ops.flush(fi.fh)
+        finally:
+            await self.ops.release(fi.fh)
+        return b"".join(chunks)
+
+    async def a_status(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(await self.a_read("status")))
+
+    def _query(self, fn: Callable[[str], Awaitable[T]], path: str) -> T:
+        try:
+            return self.run(fn, path)
         except pyfuse3.FUSEError as e:
             raise _oserror(e.errno, path) from None
 
+    def ls_entries(self, path: str) -> list[Entry]:
+        return self._query(self.a_ls_entries, path)
+
+    def ls(self, path: str) -> list[str]:
+        return self._query(self.a_ls, path)
+
+    def stat(self, path: str) -> Entry:
+        return self._query(self.a_stat, path)
+
+    def exists(self, path: str) -> bool:
+        return self._query(self.a_exists, path)
+
+    def read(self, path: str) -> bytes:
+        return self._query(self.a_read, path)
+
     def status(self) -> dict[str, Any]:
-        return cast(dict[str, Any], json.loads(self.read("status")))
+        return self.run(self.a_status)
 
     # -- changes (return an errno, 0 when done) ------------------------------------------------
     def rename(self, src: str, dst: str, flags: int = 0) -> int:
@@ -354,9 +363,7 @@ class EngineNode:
             fields = FakeSetattrFields(update_atime=True, update_mtime=True)
             attr = pyfuse3.EntryAttributes()
             attr.st_atime_ns = attr.st_mtime_ns = self.clock.time_ns()
-            await self.ops.setattr(
-                ino, attr, cast(pyfuse3.SetattrFields, fields), None, self.ctx
-            )
+            await self.ops.setattr(ino, attr, cast(pyfuse3.SetattrFields, fields), None, self.ctx)
 
         return self.run(self._errno, go)
 
