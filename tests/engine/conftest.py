@@ -1,0 +1,96 @@
+"""Fixtures of the engine tier: a small mission, a fake clock and nodes over temp state dirs.
+
+No kernel and no S3 server: handlers are called in process (see driver.py), so the whole tier
+runs in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyfuse3
+import pytest
+from pyroaring import BitMap
+
+import fusefs.fs
+from fusefs.mission import Mission, load_mission
+from tests.conftest import write_mission
+from tests.engine.driver import EngineNode, FakeBucket, FakeClock, readdir_reply
+
+# 3 x 3 tiles x 2 phrases (one with a space). Tile 10.2/20.2 is not planned at all and
+# "plumber" is not planned in tile 10.0/20.1: a hole in a planned tile and an absent tile.
+UNPLANNED_TILE = "10.2/20.2"
+UNPLANNED_TASK = "10.0/20.1/plumber.csv"
+
+
+def small_mission(directory: Path) -> Mission:
+    path = write_mission(
+        directory / "mission.toml",
+        name="engine-tier",
+        south="10.0",
+        west="20.0",
+        north="10.3",
+        east="20.3",
+        step="0.1",
+        phrases=("coffee shop", "plumber"),
+    )
+    m = load_mission(path)
+    sp = m.space
+    holes = {sp.parse_rel(UNPLANNED_TASK)}
+    holes |= {sp.parse_rel(f"{UNPLANNED_TILE}/{p}") for p in sp.phrase_names}
+    return dataclasses.replace(m, intent=m.intent - BitMap(holes))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """The wall clock of the FUSE handlers (lease starts and renewals), and the readdir hook."""
+    c = FakeClock()
+    monkeypatch.setattr(fusefs.fs, "time", c)
+    monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
+    yield c
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Iterator[Path]:
+    """Where state dirs go: tmpfs when there is one. This tier tests logic, not fsync latency
+    (each commit fsyncs a file and a directory: slow on a disk shared by parallel test runs)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    root = Path(tempfile.mkdtemp(prefix="missionfs-engine-", dir=shm))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mission(tmp_path: Path) -> Mission:
+    return small_mission(tmp_path)
+
+
+@pytest.fixture
+def make_node(
+    state_root: Path, mission: Mission, clock: FakeClock
+) -> Iterator[Callable[..., EngineNode]]:
+    nodes: list[EngineNode] = []
+
+    def make(*, bucket: FakeBucket | None = None, name: str = "state") -> EngineNode:
+        node = EngineNode(mission, state_root / name, clock, bucket=bucket)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.close()
+
+
+@pytest.fixture
+def node(make_node: Callable[..., EngineNode]) -> EngineNode:
+    return make_node()

@@ -1,0 +1,80 @@
+"""Commits through the FUSE handlers: `mv tmp/X done/REL` and direct writes into done/."""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+import pytest
+
+from tests.engine.conftest import UNPLANNED_TASK, UNPLANNED_TILE
+from tests.engine.driver import EngineNode
+
+REL = "10.1/20.0/coffee shop.csv"
+BODY = b"name,phone\nJoe's,555\n"
+
+
+@pytest.mark.parametrize("how", ["tmp", "direct"])
+def test_valid_commit_becomes_a_witness(node: EngineNode, how: str) -> None:
+    assert node.claim(REL) == 0
+    code = node.commit_tmp("w1", BODY, REL) if how == "tmp" else node.direct_write(REL, BODY)
+    assert code == 0
+    assert node.ls("done") == ["10.1"]
+    assert node.ls("done/10.1/20.0") == ["coffee shop.csv"]
+    assert node.read(f"done/{REL}") == BODY
+    e = node.stat(f"done/{REL}")
+    assert e.size == len(BODY) and stat.S_IMODE(e.mode) == 0o444
+    assert node.ls("claimed") == []  # the commit ended the claim
+    assert node.ls("pending/10.1/20.0") == ["plumber.csv"]
+    assert node.ls("tmp") == []
+    assert (node.state_dir / "scraped-tiles" / REL).read_bytes() == BODY
+    assert node.status()["commits"][{"tmp": "rename", "direct": "write"}[how]] == 1
+
+
+@pytest.mark.parametrize("how", ["tmp", "direct"])
+def test_malformed_csv_is_refused_and_the_task_stays_pending(node: EngineNode, how: str) -> None:
+    bad = b"name,phone\ntruncated"
+    code = node.commit_tmp("w1", bad, REL) if how == "tmp" else node.direct_write(REL, bad)
+    assert code == errno.EBADMSG
+    assert node.ls("done") == []
+    assert "coffee shop.csv" in node.ls("pending/10.1/20.0")
+    if how == "tmp":  # the refused result is still the worker's to fix or delete
+        assert node.ls("tmp") == ["w1"] and node.read("tmp/w1") == bad
+        assert node.unlink("tmp/w1") == 0
+    else:  # kept for inspection, never in done/
+        assert [p.name.endswith(".why") for p in (node.state_dir / "rejected").iterdir()].count(
+            True
+        ) == 1
+    assert node.ls("tmp") == []
+    assert node.status()["refused"] == 1
+
+
+@pytest.mark.parametrize("how", ["tmp", "direct"])
+def test_second_commit_of_a_task_is_refused(node: EngineNode, how: str) -> None:
+    assert node.direct_write(REL, BODY) == 0
+    other = b"name\nother\n"
+    code = node.commit_tmp("w2", other, REL) if how == "tmp" else node.direct_write(REL, other)
+    assert code == errno.EEXIST
+    assert node.read(f"done/{REL}") == BODY  # a witness is immutable
+
+
+@pytest.mark.parametrize("how", ["tmp", "direct"])
+def test_commit_outside_the_plan_is_refused(node: EngineNode, how: str) -> None:
+    code = (
+        node.commit_tmp("w3", BODY, UNPLANNED_TASK)
+        if how == "tmp"
+        else node.direct_write(UNPLANNED_TASK, BODY)
+    )
+    assert code == errno.EACCES
+    assert not node.exists(f"done/{UNPLANNED_TASK}")
+    # A name that is no phrase of the mission, and a tile that is not planned at all.
+    assert node.direct_write("10.1/20.0/locksmith.csv", BODY) == errno.EACCES
+    assert node.direct_write(f"{UNPLANNED_TILE}/plumber.csv", BODY) == errno.ENOENT
+    assert node.ls("done") == []
+
+
+def test_witnesses_cannot_be_changed(node: EngineNode) -> None:
+    assert node.direct_write(REL, BODY) == 0
+    assert node.unlink(f"done/{REL}") == errno.EPERM
+    assert node.rename(f"done/{REL}", f"pending/{REL}") == errno.EPERM
+    assert node.read(f"done/{REL}") == BODY
