@@ -298,7 +298,13 @@ class MissionState:
 
     def _reachable(self, view: View, lo: int, hi: int) -> bool:
         if view is View.PENDING:
-            return self.pending.range_cardinality(lo, hi) > 0
+            # Our own claims keep their pending/ dirs reachable (not listed): the kernel must
+            # resolve pending/LAT/LON for `mv claimed/REL pending/REL`, the documented release,
+            # even when the claim took the tile's last pending task.
+            return (
+                self.pending.range_cardinality(lo, hi) > 0
+                or self.claimed.range_cardinality(lo, hi) > 0
+            )
         return self.intent.range_cardinality(lo, hi) > 0 or self.fact.range_cardinality(lo, hi) > 0
 
 

@@ -77,6 +77,21 @@ def test_claim_commit_cycle_is_visible_when_each_call_returns(mount: Mount) -> N
     assert (s["done"], s["pending"], s["claimed"]) == (1, 23, 0)
 
 
+def test_release_by_mv_of_the_last_pending_task_of_a_tile(mount: Mount) -> None:
+    """Once a tile's last pending task is claimed, `ls pending/LAT/` no longer lists the tile,
+    but `mv claimed/REL pending/REL` (the documented release) must still resolve it."""
+    tile = REL.rsplit("/", 1)[0]
+    names = sorted(os.listdir(mount.p(f"pending/{tile}")))
+    for name in names:
+        sh(f"mv 'pending/{tile}/{name}' 'claimed/{tile}/{name}'", mount.mnt)
+    lat, lon = tile.split("/")
+    assert lon not in os.listdir(mount.p(f"pending/{lat}"))  # listed nowhere: nothing pending
+    for name in names:
+        sh(f"mv 'claimed/{tile}/{name}' 'pending/{tile}/{name}'", mount.mnt)
+    assert sorted(os.listdir(mount.p(f"pending/{tile}"))) == names
+    assert mount.status()["counts"]["claimed"] == 0
+
+
 def test_names_the_kernel_cached_are_dropped_when_tasks_change(mount: Mount) -> None:
     """Positive names held by the kernel (looked up, listed, moved by a claim) and cached
     misses in done/ must all be stale-free after commits that empty a whole tile."""

@@ -185,7 +185,12 @@ class StateMachine(RuleBasedStateMachine):
     def lookups_reach_every_pending_task_and_every_planned_dir(self) -> None:
         pending = self.intent - self.facts - set(self.claims) - self.foreign  # not just listed
         planned = self.intent | self.facts
-        for view, tasks in ((View.PENDING, pending), (View.DONE, planned), (View.CLAIMED, planned)):
+        releasable = pending | set(self.claims)  # `mv claimed/REL pending/REL` needs the dir
+        for view, tasks in (
+            (View.PENDING, releasable),
+            (View.DONE, planned),
+            (View.CLAIMED, planned),
+        ):
             for row in range(SPACE.lat.n):
                 in_row = {SPACE.split(t).col for t in tasks if SPACE.split(t).row == row}
                 assert self.state.row_reachable(view, row) == bool(in_row), (view, row)
