@@ -10,6 +10,7 @@ inline because they hit the page cache and a thread hop would cost more than the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -117,6 +118,9 @@ class MissionFS(pyfuse3.Operations):
         self._kernel_refs: dict[int, BitMap] = {}
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self._committing: set[int] = set()
+        # tmp/staged inodes whose commit is running: writes and truncates through any handle
+        # wait for it (the bytes hashed must be the bytes linked), then fail if it committed.
+        self._frozen: dict[int, trio.Event] = {}
         self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self._on_change)
 
@@ -510,6 +514,12 @@ class MissionFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh), self._real_attr(ino, path, fd)
         if kind is Kind.TILE and view is View.DONE:
             task = self._writable_task(payload, name)
+            if any(w.target == task for w in self._staged.values()):
+                raise fuse_error(
+                    errno.EBUSY,
+                    f"refused second writer of done/{self.space.rel(task)}:"
+                    " another process is writing this task",
+                )
             path = self.store.staging / f"{os.getpid()}.{self._next_fh}.{task}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             ino = inodes.make(Kind.TMP, None, self._next_tmp)
@@ -559,7 +569,12 @@ class MissionFS(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
-        if h.committed or h.rejected:
+        await self._thaw(h.ino)
+        if h.committed or h.rejected or h.ino in self._alias:
+            # Also every handle opened on a tmp file before its commit, and the kernel's
+            # writeback of a shared mmap of it (FUSE_WRITE with one of those handles): the
+            # witness is that very inode (a hard link), so nothing may write through them.
+            self._drop_cached_pages(h.ino)
             raise fuse_error(
                 errno.EPERM, "refused write: this result was already committed or refused"
             )
@@ -568,6 +583,38 @@ class MissionFS(pyfuse3.Operations):
         h.dirty = True
         self._synced.discard(h.ino)
         return os.pwrite(h.fd, buf, off)
+
+    async def _thaw(self, ino: int) -> None:
+        """Wait while a commit of inode `ino` runs (see _frozen)."""
+        ev = self._frozen.get(ino)
+        while ev is not None:
+            await ev.wait()
+            ev = self._frozen.get(ino)
+
+    def _freeze(self, ino: int | None) -> trio.Event | None:
+        if ino is None:
+            return None
+        ev = self._frozen[ino] = trio.Event()
+        return ev
+
+    def _unfreeze(self, ino: int | None, ev: trio.Event | None) -> None:
+        if ino is not None and ev is not None and self._frozen.get(ino) is ev:
+            del self._frozen[ino]
+            ev.set()
+
+    def _drop_cached_pages(self, ino: int) -> None:
+        """After refusing a write to a committed inode, drop the kernel's pages of it: a refused
+        mmap writeback leaves the modified page cached (clean), and a reader of that inode
+        would see bytes the witness does not hold. Done in a thread once this reply is sent
+        (the kernel waits for the reply before it lets the invalidation through)."""
+        if not self.invalidate:
+            return
+
+        async def later() -> None:
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+
+        trio.lowlevel.spawn_system_task(later)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles[fh]
@@ -605,21 +652,27 @@ class MissionFS(pyfuse3.Operations):
     async def _commit_staged(self, h: Handle, *, final: bool) -> None:
         assert h.target is not None and h.path is not None
         self._committing.add(h.target)
+        frozen = self._freeze(h.ino)
         try:
             await self.committer.commit(
                 h.path, h.target, synced=not h.dirty, source="write", final=final
             )
         finally:
             self._committing.discard(h.target)
+            self._unfreeze(h.ino, frozen)
         h.committed = True
         self._alias[h.ino] = h.target
         self._staged.pop(h.ino, None)
+        # Another lookup of done/REL during the write (a refused second writer, a `stat`) may
+        # have left a cached miss: the name must resolve to the witness now.
+        self._invalidate(h.parent, h.name)
 
     async def _reject(self, h: Handle, reason: str, *, recorded: bool = True) -> None:
         """Keep a refused direct write under rejected/ (recorded: the committer already
         counted and journalled the refusal)."""
         assert h.target is not None and h.path is not None
         h.rejected = True
+        self.status.refused_writes += 1
         rel = self.space.rel(h.target)
         kept = await trio.to_thread.run_sync(self.store.reject, h.path, rel, reason)
         if not recorded:
@@ -659,15 +712,40 @@ class MissionFS(pyfuse3.Operations):
                     " only `touch claimed/REL` (renew a lease) is allowed",
                 )
             return await self.getattr(inode)
+        if kind is Kind.TMP:
+            await self._thaw(inode)  # a truncate waits for a running commit, like a write
         if kind is Kind.FILE or inode in self._alias:
             task = payload if kind is Kind.FILE else self._alias[inode]
-            raise fuse_error(
-                errno.EPERM,
-                f"refused change of done/{self.space.rel(task)}: a witness is immutable",
-            )
+            return self._setattr_witness(inode, task, attr, fields)
         if kind is Kind.TMP:
             return self._setattr_real(inode, attr, fields, fh)
         return await self.getattr(inode)
+
+    def _setattr_witness(
+        self, inode: int, task: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+    ) -> pyfuse3.EntryAttributes:
+        """A witness never changes, but asking for what it already is succeeds: `install -m 644`
+        and `rsync --inplace` chmod the file they just wrote (and committed at close). Write
+        bits are ignored in the comparison (a witness is never writable, whatever its bits
+        say); any real change of mode, owner, times or size is refused with EPERM."""
+        cur = self._witness_attr(inode, task)
+        same = {
+            "mode": not fields.update_mode
+            or stat.S_IMODE(attr.st_mode) & ~0o222 == stat.S_IMODE(cur.st_mode) & ~0o222,
+            "owner": (not fields.update_uid or attr.st_uid == cur.st_uid)
+            and (not fields.update_gid or attr.st_gid == cur.st_gid),
+            "size": not fields.update_size or attr.st_size == cur.st_size,
+            "times": (not fields.update_atime or attr.st_atime_ns == cur.st_atime_ns)
+            and (not fields.update_mtime or attr.st_mtime_ns == cur.st_mtime_ns),
+        }
+        changed = [what for what, ok in same.items() if not ok]
+        if changed:
+            rel = self.space.rel(task)
+            raise fuse_error(
+                errno.EPERM,
+                f"refused change of {'/'.join(changed)} of done/{rel}: a witness is immutable",
+            )
+        return cur
 
     def _setattr_real(
         self,
@@ -819,12 +897,16 @@ class MissionFS(pyfuse3.Operations):
         ino = self._tmp_ino.get(fname)
         synced = ino is not None and ino in self._synced
         self._committing.add(task)
+        frozen = self._freeze(ino)
         try:
             await self.committer.commit(path, task, synced=synced, source="rename")
         except CommitRefused as e:
             raise fuse_error(e.errno) from None
         finally:
             self._committing.discard(task)
+            self._unfreeze(ino, frozen)  # waiters resume at our next await: after the alias
+        # Handles opened before the commit now write to the witness's inode: write() and
+        # setattr refuse them through the alias.
         ino = self._tmp_ino.pop(fname, None)
         if ino is not None:
             self._tmp_name.pop(ino, None)
