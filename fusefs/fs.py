@@ -172,8 +172,11 @@ class MissionFS(pyfuse3.Operations):
             st = os.stat(self.store.witness_path(self.space.rel(task)))
         except FileNotFoundError:
             if self.sync is not None and task in self.sync.remote:
-                # Remote only: size unknown until fetched (reads use direct I/O, see open).
-                return self._attr(ino, stat.S_IFREG | 0o444, 0, time.time_ns(), TMP_TIMEOUT)
+                # Remote only: the size the bucket listed (0 until a HEAD of an old manifest's
+                # witness tells it; never asked here), fetched on first read (see open).
+                size = self.sync.sizes.get(task) or 0
+                mtime = self.sync.remote_mtime_ns
+                return self._attr(ino, stat.S_IFREG | 0o444, size, mtime, TMP_TIMEOUT)
             raise fuse_error(errno.ENOENT) from None
         return self._attr(ino, stat.S_IFREG | 0o444, st.st_size, st.st_mtime_ns, WITNESS_TIMEOUT)
 

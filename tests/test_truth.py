@@ -13,12 +13,18 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MISSIONFS, ROOT, Mount, wait_for
+from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
+from tests.s3_servers import MotoServer
+from tests.test_s3 import MISSION, listed, s3_mission, s3_mount
+from tests.test_s3 import commit as s3_commit
 
 REL = "40.71/-74.00/coffee shop.csv"
 CSV = b"name,address\nJoe's,1 Main St\n"
@@ -257,3 +263,79 @@ def test_a_200_mb_commit_costs_the_daemon_far_less_than_200_mb(mount: Mount) -> 
     entry = journal_commit(mount, REL)
     assert entry["sha256"] == sha.hexdigest() and entry["size"] == size
     assert os.stat(mount.p(f"done/{REL}")).st_size == size
+
+
+# -- remote-only witnesses: their size before the first read -----------------------------------
+def test_remote_witnesses_have_their_size_before_any_read(
+    moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """A node that learned results from the bucket shows their real size before fetching them:
+    from its start-up listing, from a manifest, and (a manifest without sizes, as older
+    versions wrote) from a HEAD in the background. tar, rsync -a, copytree, du and find then
+    see the committed bytes, not empty files."""
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    big = "name,note\n" + "café ☕,1\n" * 2000
+    listed_early = {
+        "40.70/-74.02/coffee shop.csv": big,
+        "40.71/-74.02/plumber.csv": "h\nx\n",
+        "40.72/-74.00/coffee shop.csv": "a,b\n1,2\n",
+    }
+    from_manifest = {"40.70/-74.01/plumber.csv": "name\n" + "é\n" * 3000}
+    from_old_manifest = {"40.72/-73.99/plumber.csv": "x,y\n" + "3,4\n" * 100}
+    bodies = {**listed_early, **from_manifest, **from_old_manifest}
+    a = s3_mount(make_mount, mission, moto, "a")
+    for rel, body in listed_early.items():
+        s3_commit(a, rel, body)
+    wait_for(lambda: a.status()["sync"]["queue"] == 0, timeout=60, what="a uploads")
+    b = s3_mount(make_mount, mission, moto, "b")
+    wait_for(lambda: set(listed_early) <= listed(b, "done"), timeout=60, what="b lists a's results")
+    for rel, body in from_manifest.items():
+        s3_commit(a, rel, body)
+    client = moto.client()
+    for rel, body in from_old_manifest.items():
+        data = body.encode()
+        sha = hashlib.sha256(data).hexdigest()
+        root = f"runs/{MISSION}"
+        client.put_object(
+            Bucket=bucket, Key=f"{root}/scraped-tiles/{rel}", Body=data, Metadata={"sha256": sha}
+        )
+        name = f"{int(time.time() * 1000):013d}-old-00000001.txt"
+        client.put_object(
+            Bucket=bucket, Key=f"{root}/manifests/{name}", Body=f"{rel}\t{sha}\n".encode()
+        )
+    wait_for(lambda: set(bodies) <= listed(b, "done"), timeout=60, what="b learns the rest")
+
+    def sizes_shown() -> bool:
+        return all(
+            os.stat(b.p(f"done/{rel}")).st_size == len(body.encode())
+            for rel, body in bodies.items()
+        )
+
+    wait_for(sizes_shown, timeout=30, what="every size shown")
+    assert b.status()["sync"]["fetched"] == 0  # nothing was read yet: the sizes came first
+    paths = [str(b.p(f"done/{rel}")) for rel in bodies]
+    du = subprocess.run(["du", "-b", *paths], capture_output=True, text=True, check=True)
+    assert sorted(int(line.split("\t")[0]) for line in du.stdout.splitlines()) == sorted(
+        len(body.encode()) for body in bodies.values()
+    )
+    found = subprocess.run(
+        ["find", str(b.p("done")), "-type", "f", "-empty"], capture_output=True, text=True
+    )
+    assert found.returncode == 0 and found.stdout == ""
+    copies = {  # each tool on its own row, while every file there is still remote-only
+        "40.70": tmp_path / "rsync",
+        "40.71": tmp_path / "copytree",
+        "40.72": tmp_path / "tar",
+    }
+    subprocess.run(["rsync", "-a", f"{b.p('done/40.70')}/", f"{copies['40.70']}/"], check=True)
+    shutil.copytree(b.p("done/40.71"), copies["40.71"])
+    archive = tmp_path / "done.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(b.p("done/40.72")), "."], check=True)
+    copies["40.72"].mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(copies["40.72"])], check=True)
+    for rel, body in bodies.items():
+        row, rest = rel.split("/", 1)
+        assert (copies[row] / rest).read_bytes() == body.encode(), rel
+        assert (b.mnt / "done" / rel).read_bytes() == body.encode()
+    assert b.status()["sync"]["fetched"] == len(bodies)
