@@ -121,6 +121,7 @@ class MissionFS(pyfuse3.Operations):
         # tmp/staged inodes whose commit is running: writes and truncates through any handle
         # wait for it (the bytes hashed must be the bytes linked), then fail if it committed.
         self._frozen: dict[int, trio.Event] = {}
+        self._dropping: set[int] = set()  # inodes whose cached pages are being dropped
         self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self._on_change)
 
@@ -610,12 +611,16 @@ class MissionFS(pyfuse3.Operations):
         mmap writeback leaves the modified page cached (clean), and a reader of that inode
         would see bytes the witness does not hold. Done in a thread once this reply is sent
         (the kernel waits for the reply before it lets the invalidation through)."""
-        if not self.invalidate:
-            return
+        if not self.invalidate or ino in self._dropping:
+            return  # one at a time per inode, however fast a hostile mapping writes
+        self._dropping.add(ino)
 
         async def later() -> None:
-            with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+            try:
+                with contextlib.suppress(OSError):
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+            finally:
+                self._dropping.discard(ino)
 
         trio.lowlevel.spawn_system_task(later)
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # nodejs: the Node.js example worker (scraper/examples/worker.mjs), which the tests run.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev nodejs)
+# rsync: tests/test_truth.py copies done/ with it (rsync -a, rsync --inplace).
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev nodejs rsync)
 # For `make lint`: shellcheck on the shell scripts, `vagrant validate` on vagrant/Vagrantfile.
 # Without recommends: vagrant's recommended libvirt/QEMU stack is not needed to validate.
 LINT_PACKAGES=(shellcheck vagrant)
