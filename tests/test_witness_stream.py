@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tracemalloc
 from unittest import mock
 
 from hypothesis import given, settings
@@ -79,6 +80,38 @@ def test_stream_agrees_above_the_parse_limit(data: bytes, chunk: int, limit: int
     """Files over MAX_CHECK_BYTES get line-level checks only, in both."""
     with mock.patch.object(witness, "MAX_CHECK_BYTES", limit):
         assert streamed(data, chunk) == reference(data)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=st.one_of(csv_bytes, good_bytes), chunk=st.integers(1, 9), cut=st.integers(0, 6))
+def test_stream_agrees_when_long_lines_are_cut(data: bytes, chunk: int, cut: int) -> None:
+    """Lines longer than CUT_AT reach csv.reader in parts cut after commas: same verdicts."""
+    with mock.patch.object(witness, "CUT_AT", cut):
+        assert streamed(data, chunk) == reference(data)
+
+
+def test_errors_inside_a_cut_line_name_the_right_line() -> None:
+    for data in (b'h1,h2,h3\n1,2,3\n"a"b,c,d\n', b"h\n1\n2,3,4,5\n", b'a,b\n"x,y\n'):
+        for cut in range(4):
+            with mock.patch.object(witness, "CUT_AT", cut):
+                for chunk in (1, 2, 5, 64):
+                    assert streamed(data, chunk) == reference(data), (data, cut, chunk)
+
+
+def test_a_long_line_costs_a_part_not_the_line() -> None:
+    line = b"x," * 3_000_000 + b"x\n"  # 6 MB, one line of 3,000,001 fields
+    data = b",".join([b"h"] * 3_000_001) + b"\n" + line
+    tracemalloc.start()
+    try:
+        checked = check_stream(io.BytesIO(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert checked.rows == 1
+    assert peak < 12 * 2**20, peak  # check_csv: the whole text and 6 million field strings
+    huge_field = b"h\n" + b"a" * 600_000 + b"\n"
+    assert streamed(huge_field, 1 << 16) == reference(huge_field)
+    assert "field larger than field limit" in str(reference(huge_field)[1])
 
 
 def test_boundaries_inside_multibyte_and_crlf() -> None:
