@@ -13,6 +13,7 @@ from array import array
 
 UNKNOWN = 0  # a witness is never empty (check_csv refuses empty files): 0 means "not known"
 _MAX = 2**32 - 1
+_ABSURD = 2**62  # no file is this large
 
 
 class RemoteSizes:
@@ -45,8 +46,8 @@ class RemoteSizes:
         return self._sparse.get(task)
 
     def set(self, task: int, size: int) -> None:
-        if size <= UNKNOWN:
-            return
+        if size <= UNKNOWN or size >= _ABSURD:
+            return  # a hostile manifest's size must not reach st_size (an overflow there kills)
         if size >= _MAX:
             self._forget_small(task)
             self._huge[task] = size

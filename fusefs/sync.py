@@ -575,7 +575,7 @@ class SyncEngine:
         for line in body.decode("utf-8", "surrogateescape").splitlines():
             rel, _, rest = line.partition("\t")
             sha, _, size = rest.partition("\t")
-            rels.append((rel, int(size) if size.isdigit() else None))
+            rels.append((rel, int(size) if size.isascii() and size.isdigit() else None))
             if len(sha) == 64:
                 hashes.append((rel, sha))
         if hashes and self.on_remote_hashes is not None:

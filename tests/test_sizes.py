@@ -22,3 +22,5 @@ def test_sparse_then_dense_then_freed() -> None:
     assert len(sizes) == 0 and sizes._dense is None and sizes.get(7) is None
     sizes.set(9, 10)
     assert sizes.get(9) == 10 and sizes._dense is None
+    sizes.set(11, 10**30)  # from a hostile manifest: ignored, never an st_size overflow
+    assert sizes.get(11) is None
