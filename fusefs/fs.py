@@ -43,6 +43,7 @@ DIR_TIMEOUT = 60.0
 FILE_TIMEOUT = 60.0
 WITNESS_TIMEOUT = 300.0
 TMP_TIMEOUT = 1.0
+RELEASE_WAIT = 1.0  # seconds a new direct writer waits for a closed one's release
 BULK_INVALIDATION = 256  # above this many changed tasks, invalidate rows, not names
 DIR_MODE = stat.S_IFDIR | 0o755
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
@@ -67,6 +68,7 @@ class Handle:
     dirty: bool = False
     committed: bool = False
     rejected: bool = False
+    closing: bool = False  # a direct write whose last request was a close (flush)
     parent: int = 0
     name: bytes = b""
 
@@ -121,6 +123,7 @@ class MissionFS(pyfuse3.Operations):
         # wait for it (the bytes hashed must be the bytes linked), then fail if it committed.
         self._frozen: dict[int, trio.Event] = {}
         self._dropping: set[int] = set()  # inodes whose cached pages are being dropped
+        self._released: dict[int, trio.Event] = {}  # staged inode -> set at its release
         self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self._on_change)
 
@@ -517,12 +520,13 @@ class MissionFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh), self._real_attr(ino, path, fd)
         if kind is Kind.TILE and view is View.DONE:
             task = self._writable_task(payload, name)
-            if any(w.target == task for w in self._staged.values()):
+            if await self._other_writer(task):
                 raise fuse_error(
                     errno.EBUSY,
                     f"refused second writer of done/{self.space.rel(task)}:"
                     " another process is writing this task",
                 )
+            task = self._writable_task(payload, name)  # it may have been committed meanwhile
             path = self.store.staging / f"{os.getpid()}.{self._next_fh}.{task}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             ino = inodes.make(Kind.TMP, None, self._next_tmp)
@@ -547,6 +551,20 @@ class MissionFS(pyfuse3.Operations):
                 " here by claiming (mv pending/REL claimed/REL), never by writing",
             )
         raise fuse_error(errno.EPERM, f"refused create of {name!r}: write results into done/")
+
+    async def _other_writer(self, task: int) -> bool:
+        """Is a direct write of `task` in progress? One that was just closed is given up to
+        RELEASE_WAIT seconds to end: the kernel sends the release of a file after close()
+        returned, so `printf bad > done/REL; printf good > done/REL` would find the first
+        one still open (refused, kept for more writes until its release)."""
+        h = next((w for w in self._staged.values() if w.target == task), None)
+        if h is None:
+            return False
+        if h.closing:
+            ev = self._released.setdefault(h.ino, trio.Event())
+            with trio.move_on_after(RELEASE_WAIT):
+                await ev.wait()
+        return any(w.target == task for w in self._staged.values())
 
     def _writable_task(self, tile: int, name: bytes) -> int:
         task = self._task_in_tile(tile, name)
@@ -584,6 +602,7 @@ class MissionFS(pyfuse3.Operations):
         if h.fd < 0:
             raise fuse_error(errno.EBADF)
         h.dirty = True
+        h.closing = False
         self._synced.discard(h.ino)
         return os.pwrite(h.fd, buf, off)
 
@@ -635,6 +654,7 @@ class MissionFS(pyfuse3.Operations):
         h = self._handles[fh]
         if h.target is None or h.committed or h.rejected:
             return
+        h.closing = True
         if writer_was_killed(h.writer_pid):
             await self._reject(h, "the writer was killed before it closed the file", recorded=False)
             raise fuse_error(errno.EIO)
@@ -656,6 +676,9 @@ class MissionFS(pyfuse3.Operations):
             os.close(h.fd)
         if h.target is not None:
             self._staged.pop(h.ino, None)
+            released = self._released.pop(h.ino, None)
+            if released is not None:
+                released.set()  # a second writer waits for this (see _other_writer)
 
     async def _commit_staged(self, h: Handle, *, final: bool) -> None:
         assert h.target is not None and h.path is not None

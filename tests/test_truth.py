@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fusefs.mission import load_mission
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
 from tests.s3_servers import MotoServer
 from tests.test_s3 import MISSION, listed, s3_mission, s3_mount
@@ -72,6 +73,11 @@ def assert_fsck_clean(m: Mount) -> None:
         cwd=ROOT,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def all_rels(mission: Path) -> set[str]:
+    mi = load_mission(mission)
+    return {mi.space.rel(t) for t in mi.intent}
 
 
 def pending(m: Mount, rel: str) -> bool:
@@ -163,6 +169,20 @@ def test_a_second_direct_writer_gets_ebusy_and_the_first_commits(mount: Mount) -
         first.close()  # must commit (today: EEXIST although no witness exists)
     assert not pending(mount, REL)
     assert_witness_is_the_commit(mount, REL, CSV)
+
+
+def test_a_refused_redirection_then_a_good_one_commits(mount: Mount, mission: Path) -> None:
+    """The kernel releases a closed file after close() returned: the next writer must not find
+    the refused one still "in progress" (EBUSY)."""
+    todo = sorted(all_rels(mission))[:12]
+    script = "".join(
+        f"printf bad > 'done/{rel}' && printf 'a,b\\n' > 'done/{rel}' || exit 7\n" for rel in todo
+    )
+    res = sh(script, mount.mnt)
+    assert res.returncode == 0, res.stderr
+    for rel in todo:
+        assert witness(mount, rel) == b"a,b\n"
+    assert mount.status()["refused_direct_writes"] == len(todo)
 
 
 # -- refusals a shell cannot see ---------------------------------------------------------------
