@@ -619,6 +619,7 @@ class SyncEngine:
             return 0
         limiter = trio.CapacityLimiter(self.uploaders)
         found = 0
+        errors: list[Exception] = []
 
         async def one(task: int) -> None:
             nonlocal found
@@ -627,7 +628,7 @@ class SyncEngine:
                 async with limiter:
                     size = await _s3(self.s3.size_of, self.s3.key(WITNESSES, rel))
             except (S3Unavailable, S3ConfigError) as e:
-                log.info("size of %s not known yet (%s)", rel, e)
+                errors.append(e)  # asked again at the next refresh
                 return
             self.unsized.discard(task)  # gone from the bucket: a full listing will tell
             if size is not None and task not in self.local:
@@ -638,6 +639,8 @@ class SyncEngine:
         async with trio.open_nursery() as nursery:
             for task in todo:
                 nursery.start_soon(one, task)
+        if errors:
+            log.info("sizes of %d remote witnesses not known yet (%s)", len(errors), errors[0])
         return found
 
     async def fetch(self, task: int) -> None:

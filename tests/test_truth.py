@@ -358,3 +358,34 @@ def test_remote_witnesses_have_their_size_before_any_read(
         assert (copies[row] / rest).read_bytes() == body.encode(), rel
         assert (b.mnt / "done" / rel).read_bytes() == body.encode()
     assert b.status()["sync"]["fetched"] == len(bodies)
+
+
+def test_remote_sizes_after_a_restart(
+    moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """Sizes are not persisted: a restarted node lists the bucket at start-up for them."""
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    bodies = {
+        "40.70/-74.02/coffee shop.csv": "h,x\n" + "ü,1\n" * 500,
+        "40.72/-73.99/plumber.csv": CSV.decode(),
+    }
+    a = s3_mount(make_mount, mission, moto, "a")
+    for rel, body in bodies.items():
+        s3_commit(a, rel, body)
+    wait_for(lambda: a.status()["sync"]["queue"] == 0, timeout=60, what="a uploads")
+    b = s3_mount(make_mount, mission, moto, "b")
+    wait_for(lambda: set(bodies) <= listed(b, "done"), timeout=60, what="b learns")
+    b.umount()
+    b.start()
+    wait_for(
+        lambda: all(
+            os.stat(b.p(f"done/{rel}")).st_size == len(body.encode())
+            for rel, body in bodies.items()
+        ),
+        timeout=30,
+        what="sizes after the restart",
+    )
+    assert b.status()["sync"]["fetched"] == 0
+    for rel, body in bodies.items():
+        assert b.p(f"done/{rel}").read_bytes() == body.encode()
