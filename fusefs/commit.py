@@ -9,7 +9,6 @@ the committing call returns never shows the task as pending.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from .ratelog import log_coalesced
 from .state import MissionState
 from .status import StatusBoard
 from .store import LocalStore
-from .witness import InvalidWitness, check_csv
+from .witness import InvalidWitness, check_stream
 
 log = logging.getLogger("missionfs")
 
@@ -110,11 +109,13 @@ class Committer:
             hook()
 
     def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, str, int]:
+        # Validated and hashed in one streamed pass (constant memory, whatever the size). The
+        # mount refuses writes to the file from the start of the commit (MissionFS freezes its
+        # handles), so the bytes hashed here are the bytes linked below.
         with open(path, "rb") as f:
-            data = f.read()
-        rows = check_csv(data)
+            checked = check_stream(f)
         self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
-        return rows, hashlib.sha256(data).hexdigest(), len(data)
+        return checked.rows, checked.sha256, checked.size
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")

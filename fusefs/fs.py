@@ -46,6 +46,7 @@ DIR_TIMEOUT = 60.0
 FILE_TIMEOUT = 60.0
 WITNESS_TIMEOUT = 300.0
 TMP_TIMEOUT = 1.0
+RELEASE_WAIT = 1.0  # seconds a new direct writer waits for a closed one's release
 BULK_INVALIDATION = 256  # above this many changed tasks, invalidate rows, not names
 DIR_MODE = stat.S_IFDIR | 0o755
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
@@ -77,6 +78,7 @@ class Handle:
     dirty: bool = False
     committed: bool = False
     rejected: bool = False
+    closing: bool = False  # a direct write whose last request was a close (flush)
     parent: int = 0
     name: bytes = b""
 
@@ -130,6 +132,11 @@ class MissionFS(pyfuse3.Operations):
         self._kernel_refs: dict[int, BitMap] = {}
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self._committing: set[int] = set()
+        # tmp/staged inodes whose commit is running: writes and truncates through any handle
+        # wait for it (the bytes hashed must be the bytes linked), then fail if it committed.
+        self._frozen: dict[int, trio.Event] = {}
+        self._dropping: set[int] = set()  # inodes whose cached pages are being dropped
+        self._released: dict[int, trio.Event] = {}  # staged inode -> set at its release
         self._phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self._on_change)
 
@@ -181,8 +188,11 @@ class MissionFS(pyfuse3.Operations):
             st = os.stat(self.store.witness_path(self.space.rel(task)))
         except FileNotFoundError:
             if self.sync is not None and task in self.sync.remote:
-                # Remote only: size unknown until fetched (reads use direct I/O, see open).
-                return self._attr(ino, stat.S_IFREG | 0o444, 0, time.time_ns(), TMP_TIMEOUT)
+                # Remote only: the size the bucket listed (0 until a HEAD of an old manifest's
+                # witness tells it; never asked here), fetched on first read (see open).
+                size = self.sync.sizes.get(task) or 0
+                mtime = self.sync.remote_mtime_ns
+                return self._attr(ino, stat.S_IFREG | 0o444, size, mtime, TMP_TIMEOUT)
             raise fuse_error(errno.ENOENT) from None
         return self._attr(ino, stat.S_IFREG | 0o444, st.st_size, st.st_mtime_ns, WITNESS_TIMEOUT)
 
@@ -523,6 +533,13 @@ class MissionFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh), self._real_attr(ino, path, fd)
         if kind is Kind.TILE and view is View.DONE:
             task = self._writable_task(payload, name)
+            if await self._other_writer(task):
+                raise fuse_error(
+                    errno.EBUSY,
+                    f"refused second writer of done/{self.space.rel(task)}:"
+                    " another process is writing this task",
+                )
+            task = self._writable_task(payload, name)  # it may have been committed meanwhile
             path = self.store.staging / f"{os.getpid()}.{self._next_fh}.{task}"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             ino = inodes.make(Kind.TMP, None, self._next_tmp)
@@ -547,6 +564,20 @@ class MissionFS(pyfuse3.Operations):
                 " here by claiming (mv pending/REL claimed/REL), never by writing",
             )
         raise fuse_error(errno.EPERM, f"refused create of {name!r}: write results into done/")
+
+    async def _other_writer(self, task: int) -> bool:
+        """Is a direct write of `task` in progress? One that was just closed is given up to
+        RELEASE_WAIT seconds to end: the kernel sends the release of a file after close()
+        returned, so `printf bad > done/REL; printf good > done/REL` would find the first
+        one still open (refused, kept for more writes until its release)."""
+        h = next((w for w in self._staged.values() if w.target == task), None)
+        if h is None:
+            return False
+        if h.closing:
+            ev = self._released.setdefault(h.ino, trio.Event())
+            with trio.move_on_after(RELEASE_WAIT):
+                await ev.wait()
+        return any(w.target == task for w in self._staged.values())
 
     def _writable_task(self, tile: int, name: bytes) -> int:
         task = self._task_in_tile(tile, name)
@@ -579,7 +610,12 @@ class MissionFS(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
-        if h.committed or h.rejected:
+        await self._thaw(h.ino)
+        if h.committed or h.rejected or h.ino in self._alias:
+            # Also every handle opened on a tmp file before its commit, and the kernel's
+            # writeback of a shared mmap of it (FUSE_WRITE with one of those handles): the
+            # witness is that very inode (a hard link), so nothing may write through them.
+            self._drop_cached_pages(h.ino)
             raise fuse_error(
                 errno.EPERM, "refused write: this result was already committed or refused"
             )
@@ -588,8 +624,46 @@ class MissionFS(pyfuse3.Operations):
         if off + len(buf) > MAX_FILE_BYTES:
             raise fuse_error(errno.EFBIG)
         h.dirty = True
+        h.closing = False
         self._synced.discard(h.ino)
         return os.pwrite(h.fd, buf, off)
+
+    async def _thaw(self, ino: int) -> None:
+        """Wait while a commit of inode `ino` runs (see _frozen)."""
+        ev = self._frozen.get(ino)
+        while ev is not None:
+            await ev.wait()
+            ev = self._frozen.get(ino)
+
+    def _freeze(self, ino: int | None) -> trio.Event | None:
+        if ino is None:
+            return None
+        ev = self._frozen[ino] = trio.Event()
+        return ev
+
+    def _unfreeze(self, ino: int | None, ev: trio.Event | None) -> None:
+        if ino is not None and ev is not None and self._frozen.get(ino) is ev:
+            del self._frozen[ino]
+            ev.set()
+
+    def _drop_cached_pages(self, ino: int) -> None:
+        """After refusing a write to a committed inode, drop the kernel's pages of it: a refused
+        mmap writeback leaves the modified page cached (clean), and a reader of that inode
+        would see bytes the witness does not hold. Done in a thread once this reply is sent
+        (the kernel waits for the reply before it lets the invalidation through)."""
+        if not self.invalidate or ino in self._dropping:
+            return  # one at a time per inode, however fast a hostile mapping writes
+        self._dropping.add(ino)
+
+        async def later() -> None:  # a system task: nothing may escape it
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+            except Exception as e:  # only a stale cache is at stake
+                log.debug("cached pages of inode %d not dropped: %s", ino, e)
+            finally:
+                self._dropping.discard(ino)
+
+        trio.lowlevel.spawn_system_task(later)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles[fh]
@@ -602,6 +676,7 @@ class MissionFS(pyfuse3.Operations):
         h = self._handles[fh]
         if h.target is None or h.committed or h.rejected:
             return
+        h.closing = True
         if writer_was_killed(h.writer_pid):
             await self._reject(h, "the writer was killed before it closed the file", recorded=False)
             raise fuse_error(errno.EIO)
@@ -628,25 +703,34 @@ class MissionFS(pyfuse3.Operations):
                 os.close(h.fd)
             if h.target is not None:
                 self._staged.pop(h.ino, None)
+                released = self._released.pop(h.ino, None)
+                if released is not None:
+                    released.set()  # a second writer waits for this (see _other_writer)
 
     async def _commit_staged(self, h: Handle, *, final: bool) -> None:
         assert h.target is not None and h.path is not None
         self._committing.add(h.target)
+        frozen = self._freeze(h.ino)
         try:
             await self.committer.commit(
                 h.path, h.target, synced=not h.dirty, source="write", final=final
             )
         finally:
             self._committing.discard(h.target)
+            self._unfreeze(h.ino, frozen)
         h.committed = True
         self._alias[h.ino] = h.target
         self._staged.pop(h.ino, None)
+        # Another lookup of done/REL during the write (a refused second writer, a `stat`) may
+        # have left a cached miss: the name must resolve to the witness now.
+        self._invalidate(h.parent, h.name)
 
     async def _reject(self, h: Handle, reason: str, *, recorded: bool = True) -> None:
         """Keep a refused direct write under rejected/ (recorded: the committer already
         counted and journalled the refusal)."""
         assert h.target is not None and h.path is not None
         h.rejected = True
+        self.status.refused_writes += 1
         rel = self.space.rel(h.target)
         kept = await trio.to_thread.run_sync(self.store.reject, h.path, rel, reason)
         if not recorded:
@@ -686,15 +770,40 @@ class MissionFS(pyfuse3.Operations):
                     " only `touch claimed/REL` (renew a lease) is allowed",
                 )
             return await self.getattr(inode)
+        if kind is Kind.TMP:
+            await self._thaw(inode)  # a truncate waits for a running commit, like a write
         if kind is Kind.FILE or inode in self._alias:
             task = payload if kind is Kind.FILE else self._alias[inode]
-            raise fuse_error(
-                errno.EPERM,
-                f"refused change of done/{self.space.rel(task)}: a witness is immutable",
-            )
+            return self._setattr_witness(inode, task, attr, fields)
         if kind is Kind.TMP:
             return self._setattr_real(inode, attr, fields, fh)
         return await self.getattr(inode)
+
+    def _setattr_witness(
+        self, inode: int, task: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+    ) -> pyfuse3.EntryAttributes:
+        """A witness never changes, but asking for what it already is succeeds: `install -m 644`
+        and `rsync --inplace` chmod the file they just wrote (and committed at close). Write
+        bits are ignored in the comparison (a witness is never writable, whatever its bits
+        say); any real change of mode, owner, times or size is refused with EPERM."""
+        cur = self._witness_attr(inode, task)
+        same = {
+            "mode": not fields.update_mode
+            or stat.S_IMODE(attr.st_mode) & ~0o222 == stat.S_IMODE(cur.st_mode) & ~0o222,
+            "owner": (not fields.update_uid or attr.st_uid == cur.st_uid)
+            and (not fields.update_gid or attr.st_gid == cur.st_gid),
+            "size": not fields.update_size or attr.st_size == cur.st_size,
+            "times": (not fields.update_atime or attr.st_atime_ns == cur.st_atime_ns)
+            and (not fields.update_mtime or attr.st_mtime_ns == cur.st_mtime_ns),
+        }
+        changed = [what for what, ok in same.items() if not ok]
+        if changed:
+            rel = self.space.rel(task)
+            raise fuse_error(
+                errno.EPERM,
+                f"refused change of {'/'.join(changed)} of done/{rel}: a witness is immutable",
+            )
+        return cur
 
     def _setattr_real(
         self,
@@ -874,12 +983,16 @@ class MissionFS(pyfuse3.Operations):
         ino = self._tmp_ino.get(fname)
         synced = ino is not None and ino in self._synced
         self._committing.add(task)
+        frozen = self._freeze(ino)
         try:
             await self.committer.commit(path, task, synced=synced, source="rename")
         except CommitRefused as e:
             raise fuse_error(e.errno) from None
         finally:
             self._committing.discard(task)
+            self._unfreeze(ino, frozen)  # waiters resume at our next await: after the alias
+        # Handles opened before the commit now write to the witness's inode: write() and
+        # setattr refuse them through the alias.
         ino = self._tmp_ino.pop(fname, None)
         if ino is not None:
             self._tmp_name.pop(ino, None)

@@ -369,6 +369,24 @@ class S3Store:
         root = f"{self.base}/{WITNESSES}/"
         return [k[len(root) :] for k, _ in self.list_keys(prefix)]
 
+    def sized_rels_under(self, prefix: str) -> list[tuple[str, int | None]]:
+        """(rel, size) of the witnesses under prefix: the listing gives each object's size."""
+        root = f"{self.base}/{WITNESSES}/"
+        return [(k[len(root) :], size) for k, size in self.list_keys(prefix)]
+
+    def size_of(self, key: str) -> int | None:
+        """Content length of an object (a HEAD), or None if there is no such object."""
+        self._count("HEAD")
+        try:
+            r = self.client.head_object(Bucket=self.loc.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if _is_404(e):
+                return None
+            raise classify(e, f"HEAD {key}") from None
+        except Exception as e:
+            raise classify(e, f"HEAD {key}") from None
+        return int(r.get("ContentLength", 0))
+
     def intent_rels(self) -> list[str]:
         root = f"{self.base}/{INTENT}/"
         return [k[len(root) :] for k, _ in self.list_keys(root)]

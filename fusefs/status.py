@@ -23,6 +23,9 @@ class StatusBoard:
         self.started = time.time()
         self.commits = {"rename": 0, "write": 0}
         self.refusals = 0
+        # Direct writes (`cmd > done/REL`) refused at their last close: a shell ignores the
+        # error of that close, so this count and `errors` are where the refusal shows.
+        self.refused_writes = 0
         self.expired = 0
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=20)
         # Requests the error boundary (boundary.py) answered with an errno, by errno name.
@@ -81,6 +84,7 @@ class StatusBoard:
             "expired_leases": self.expired,
             "refused": self.refusals,
             "request_errors": dict(self.request_errors),
+            "refused_direct_writes": self.refused_writes,
             "witnesses_outside_plan": self.outside_plan,
             "reconcile": self.reconcile,
             "sync": self.sync_info()

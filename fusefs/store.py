@@ -199,9 +199,17 @@ class LocalStore:
             return False
         return True
 
-    def adopt(self, rel: str, body: bytes) -> None:
-        """Store a witness fetched from S3 as the local one (never over an existing witness)."""
-        self.create(rel, body)
+    def adopt(self, rel: str, body: bytes, mtime_ns: int | None = None) -> None:
+        """Store a witness fetched from S3 as the local one (never over an existing witness),
+        with the mtime the mount showed for it before the fetch (a `stat` before and after
+        the first read must agree)."""
+        tmp = self._write_staged(body)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        try:
+            self.commit(tmp, rel, fsync_file=False)
+        except FileExistsError:
+            os.unlink(tmp)
 
     def read(self, rel: str) -> bytes:
         return (self.tiles / rel).read_bytes()

@@ -46,6 +46,7 @@ from .s3store import (
     S3Unavailable,
     sha256_hex,
 )
+from .sizes import RemoteSizes
 from .state import MissionState
 from .store import LocalStore, replace_text
 from .threads import blocking as _s3
@@ -102,6 +103,15 @@ class SyncEngine:
         self.synced_index = FactIndex(index_dir, self.space, "synced")
         self.remote = self._load_or_start(self.remote_index)
         self.synced = self._load_or_start(self.synced_index)
+        # Sizes of remote-only witnesses (stat before the first read, see sizes.py). They are
+        # not persisted: remote-only tasks of an earlier run get theirs from a full listing
+        # at start-up (`_list_for_sizes`), those of old size-less manifests from a HEAD each.
+        self.sizes = RemoteSizes(self.space.size)
+        self.unsized: BitMap = self.remote - local  # remote-only tasks of unknown size
+        self._list_for_sizes = bool(self.unsized)
+        # The mtime shown for remote-only witnesses, and given to them when fetched, so that a
+        # `stat` before the read and an `fstat` after it agree (tar compares them).
+        self.remote_mtime_ns = time.time_ns()
         self.cursor_path = index_dir / "manifest-cursor.json"
         self.cursor_ms, self.seen = self._load_cursor()
         self.shard_fresh: TTLCache[str, bool] = TTLCache(maxsize=1 << 16, ttl=full_refresh)
@@ -294,6 +304,7 @@ class SyncEngine:
             self._force = trio.Event()
             full = (
                 forced
+                or self._list_for_sizes
                 or not self.cursor_ms
                 or (time.time() - self.counters.last_full_refresh > self.full_refresh_interval)
             )
@@ -304,8 +315,10 @@ class SyncEngine:
                     # is learned first and the task never shows as pending in between.
                     live = await self.fleet.list_live() if self.fleet else None
                     await self.refresh(full=full, force=forced)
+                    self._list_for_sizes = False
                     if self.fleet is not None and live is not None:
                         self.fleet.apply(live)
+                    await self.fill_sizes()
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
@@ -395,7 +408,7 @@ class SyncEngine:
             self.counters.uploaded += 1
             sha = sha256_hex(body)
             self.note("upload", rel, sha256=sha)
-            self._manifest.append(f"{rel}\t{sha}")
+            self._manifest.append(f"{rel}\t{sha}\t{len(body)}")
             self._mark_synced(task, rel)
         else:
             await self._resolve(task, rel, body)
@@ -473,13 +486,22 @@ class SyncEngine:
         if self.journal is not None:
             self.journal.append(ev, rel, **fields)
 
-    def _learn_rels(self, rels: Iterable[str]) -> int:
+    def _learn_rels(self, rels: Iterable[tuple[str, int | None]]) -> int:
+        """Learn (rel, size) pairs; a size of None (an old manifest) is fetched by a HEAD."""
         ids = []
-        for rel in rels:
+        for rel, size in rels:
             try:
-                ids.append(self.space.parse_rel(rel))
+                task = self.space.parse_rel(rel)
             except OutOfPlan:
                 continue
+            ids.append(task)
+            if task in self.local:
+                continue
+            if size is not None:
+                self.sizes.set(task, size)  # before the fact: no stat may see it sizeless
+                self.unsized.discard(task)
+            elif self.sizes.get(task) is None:
+                self.unsized.add(task)
         new = self._learn(ids)
         self.counters.learned += len(new)
         return len(new)
@@ -544,14 +566,16 @@ class SyncEngine:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return learned
 
-    def _read_manifest(self, key: str) -> list[str]:
-        """GET a manifest: one `rel<TAB>sha256` line per witness (older ones: `rel` only)."""
+    def _read_manifest(self, key: str) -> list[tuple[str, int | None]]:
+        """GET a manifest: one `rel<TAB>sha256<TAB>size` line per witness (older ones:
+        `rel<TAB>sha256` or `rel` only, whose sizes are then asked with a HEAD)."""
         body, _ = self.s3.get(key)
-        rels: list[str] = []
+        rels: list[tuple[str, int | None]] = []
         hashes: list[tuple[str, str]] = []
         for line in body.decode("utf-8", "surrogateescape").splitlines():
-            rel, _, sha = line.partition("\t")
-            rels.append(rel)
+            rel, _, rest = line.partition("\t")
+            sha, _, size = rest.partition("\t")
+            rels.append((rel, int(size) if size.isascii() and size.isdigit() else None))
             if len(sha) == 64:
                 hashes.append((rel, sha))
         if hashes and self.on_remote_hashes is not None:
@@ -571,7 +595,7 @@ class SyncEngine:
             nonlocal learned
             try:
                 async with limiter:
-                    rels = await _s3(self.s3.rels_under, shard)
+                    rels = await _s3(self.s3.sized_rels_under, shard)
             except (S3Unavailable, S3ConfigError) as e:
                 errors.append(e)
                 return
@@ -586,6 +610,39 @@ class SyncEngine:
         return learned
 
     # -- remote-only witnesses ----------------------------------------------------------------
+    async def fill_sizes(self, batch: int = UPLOAD_BATCH) -> int:
+        """HEAD remote-only witnesses whose size no listing or manifest gave (old manifests),
+        a batch per refresh; never on a `stat` (getattr shows 0 until then)."""
+        todo = list(islice(iter(self.unsized - self.local), batch))
+        self.unsized -= self.local
+        if not todo:
+            return 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+        found = 0
+        errors: list[Exception] = []
+
+        async def one(task: int) -> None:
+            nonlocal found
+            rel = self.space.rel(task)
+            try:
+                async with limiter:
+                    size = await _s3(self.s3.size_of, self.s3.key(WITNESSES, rel))
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)  # asked again at the next refresh
+                return
+            self.unsized.discard(task)  # gone from the bucket: a full listing will tell
+            if size is not None and task not in self.local:
+                self.sizes.set(task, size)
+                found += 1
+                self.state.notify((task,))  # drop the kernel's cached size 0
+
+        async with trio.open_nursery() as nursery:
+            for task in todo:
+                nursery.start_soon(one, task)
+        if errors:
+            log.info("sizes of %d remote witnesses not known yet (%s)", len(errors), errors[0])
+        return found
+
     async def fetch(self, task: int) -> None:
         """Bring a remote-only witness into the local store (once); raises S3Unavailable."""
         rel = self.space.rel(task)
@@ -593,7 +650,9 @@ class SyncEngine:
         expected = meta.get("sha256")
         if expected and expected != sha256_hex(body):
             raise S3Unavailable(f"{rel}: downloaded bytes do not match their SHA-256; will retry")
-        await trio.to_thread.run_sync(self.store.adopt, rel, body)
+        await trio.to_thread.run_sync(self.store.adopt, rel, body, self.remote_mtime_ns)
+        self.sizes.drop(task)
+        self.unsized.discard(task)
         self.counters.fetched += 1
         self.note("fetch", rel, sha256=sha256_hex(body))
         self._mark_synced(task, rel)

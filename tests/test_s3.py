@@ -208,9 +208,10 @@ def test_air_gapped_worker_syncs_in_one_batch(
         assert set(keys(server, "offline-bucket", "scraped-tiles")) == set(todo)
         manifests = keys(server, "offline-bucket", "manifests")
         lines = [ln.split("\t") for ln in b"".join(manifests.values()).decode().splitlines()]
-        assert sorted(rel for rel, _ in lines) == sorted(todo)  # hints for the other workers
-        for rel, sha in lines:  # with the hash the digest of another node needs
+        assert sorted(rel for rel, _, _ in lines) == sorted(todo)  # hints for the other workers
+        for rel, sha, size in lines:  # with the hash the digest of another node needs
             assert sha == hashlib.sha256(f"h\n{rel}\n".encode()).hexdigest()
+            assert int(size) == len(f"h\n{rel}\n".encode())  # and the size its `stat` shows
     finally:
         server.stop()
 

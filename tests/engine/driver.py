@@ -417,4 +417,4 @@ class EngineNode:
         """Another worker's witness of `rel` is in the bucket and a refresh lists it."""
         assert self.bucket is not None and self.ws.sync is not None, "node without a bucket"
         self.bucket.put_witness(rel, body)
-        return self.ws.sync._learn_rels([rel])
+        return self.ws.sync._learn_rels([(rel, len(body))])

@@ -366,7 +366,7 @@ class EngineModel(RuleBasedStateMachine):
             rel = f"{tile}/{e.name}"
             assert stat.S_ISREG(e.mode)
             if v is View.DONE:
-                size = 0 if rel in self.model.remote_only else len(self.model.facts[rel])
+                size = len(self.model.facts[rel])  # remote-only too: known from the listing
                 assert (e.size, stat.S_IMODE(e.mode)) == (size, 0o444), rel
             elif v is View.CLAIMED:
                 since = int(self.model.claims[rel][0] * 1e9)

@@ -20,7 +20,7 @@ def test_a_remote_fact_leaves_pending_and_ends_our_claim(
     assert node.ls("claimed") == []
     assert node.ls("pending/10.0/20.2") == ["coffee shop.csv"]
     assert node.ls("done/10.0/20.2") == ["plumber.csv"]
-    assert node.stat(f"done/{REL}").size == 0  # size unknown until fetched
+    assert node.stat(f"done/{REL}").size == len(BODY)  # known from the listing, before a fetch
     assert node.direct_write(REL, b"name\nours\n") == errno.EEXIST
     assert node.read(f"done/{REL}") == BODY  # fetched from the bucket, kept locally
     assert node.stat(f"done/{REL}").size == len(BODY)

@@ -1,0 +1,84 @@
+"""Sizes of remote-only witnesses: what `stat done/REL` says before the file is fetched.
+
+A node that learned a witness from the bucket (a listing or another worker's manifest) shows it
+in `done/` at once but fetches it on first read. Until then its size must still be right:
+`rsync -a`, `tar`, `du`, `find -empty` and `shutil.copytree` trust `st_size`, and a size of 0
+made them copy empty files. The size comes with the fact (ListObjectsV2 gives it, manifests
+carry it) and is dropped once the witness is fetched (the local file answers then).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+UNKNOWN = 0  # a witness is never empty (check_csv refuses empty files): 0 means "not known"
+_MAX = 2**32 - 1
+_ABSURD = 2**62  # no file is this large
+
+
+class RemoteSizes:
+    """task -> size in bytes, for tasks with a witness in S3 and none on this disk.
+
+    Memory stays small at national scale (10M tasks): a dict while few tasks are remote-only
+    (~100 bytes an entry), a dense `array('I')` over the whole task space (4 bytes a task,
+    40 MB for 10M) once more than 1/32 of the space is, which is below the dict's cost at
+    that point. A fresh node joining a finished fleet is the dense case; a busy node whose
+    peers' results it mostly fetched is the sparse one. Sizes of 4 GiB and more go to a small
+    side dict. Fetched tasks are dropped, and the dense array is freed when nothing is left.
+    """
+
+    def __init__(self, space_size: int) -> None:
+        self.space_size = space_size
+        self._sparse: dict[int, int] = {}
+        self._dense: array[int] | None = None
+        self._huge: dict[int, int] = {}  # sizes that do not fit the dense array's 32 bits
+        self._count = 0  # known sizes in the dense array
+
+    def __len__(self) -> int:
+        return len(self._sparse) + self._count + len(self._huge)
+
+    def get(self, task: int) -> int | None:
+        if task in self._huge:
+            return self._huge[task]
+        if self._dense is not None:
+            size = self._dense[task]
+            return None if size == UNKNOWN else size
+        return self._sparse.get(task)
+
+    def set(self, task: int, size: int) -> None:
+        if size <= UNKNOWN or size >= _ABSURD:
+            return  # a hostile manifest's size must not reach st_size (an overflow there kills)
+        if size >= _MAX:
+            self._forget_small(task)
+            self._huge[task] = size
+            return
+        if self._dense is None:
+            self._sparse[task] = size
+            if len(self._sparse) > max(1024, self.space_size // 32):
+                self._densify()
+            return
+        if self._dense[task] == UNKNOWN:
+            self._count += 1
+        self._dense[task] = size
+
+    def drop(self, task: int) -> None:
+        """The witness is now local (or gone): its file tells the size from now on."""
+        self._huge.pop(task, None)
+        self._forget_small(task)
+        if self._dense is not None and self._count == 0:
+            self._dense = None  # every remote-only witness was fetched
+
+    def _forget_small(self, task: int) -> None:
+        if self._dense is None:
+            self._sparse.pop(task, None)
+        elif self._dense[task] != UNKNOWN:
+            self._dense[task] = UNKNOWN
+            self._count -= 1
+
+    def _densify(self) -> None:
+        dense = array("I", bytes(4 * self.space_size))
+        for task, size in self._sparse.items():
+            dense[task] = size
+        self._count = len(self._sparse)
+        self._dense = dense
+        self._sparse = {}
