@@ -35,8 +35,10 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "umask", None) is not None:
-        os.umask(args.umask)  # before any state file is made (the spawned daemon gets it too)
+    umask = getattr(args, "umask", None)
+    # Before any state file is made (the spawned daemon gets it too); given back on return, so
+    # an in-process caller (tests, benchmarks) keeps its own umask for what it creates later.
+    previous = os.umask(umask) if umask is not None else None
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `missionfs log M | head -1`: the reader has all it wanted
         return closed_pipe()
+    finally:
+        if previous is not None:
+            os.umask(previous)
 
 
 SIGPIPE_STATUS = 128 + signal.SIGPIPE  # 141: what `seq 1 1e6 | head -1` and git exit with
@@ -323,7 +328,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
     if args.endpoint_url and not mission.s3:
         raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
-    recovered = _recover(_unresolved(args.mountpoint), _state_dir(mission, args.state))
+    recovered = _recover(
+        _unresolved(args.mountpoint), _state_dir(mission, args.state, args.force_mission)
+    )
     mnt: Path = args.mountpoint.resolve()
     if not mnt.is_dir():
         raise UserError(f"mountpoint {mnt} is not a directory; create it with: mkdir -p {mnt}")
