@@ -3,7 +3,8 @@
 Sets (roaring bitmaps of task ids, persisted like the local index):
     local   witnesses present in STATE/scraped-tiles (the durable upload queue's source)
     synced  local witnesses confirmed in S3 with this content
-    remote  tasks known to have a witness in S3 (ours or other workers')
+    remote  tasks known to have a witness in S3 (ours or other workers'), with the sizes of
+            the remote-only ones (`rel<TAB>size` log lines and a sizes file, see index.py)
 The upload queue is `local - synced`: it needs no file of its own, so it survives `kill -9` by
 construction; a lost `synced` log line only causes a harmless re-upload (a conditional create
 answers 412, the SHA-256 in the object's metadata matches, the task is marked synced).
@@ -13,7 +14,8 @@ manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, a `rel<TAB>sha256` line p
 just uploaded); a refresh is one LIST after the last seen manifest key (minus a clock-skew
 window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard
 in parallel, is the truth: at start-up without a cursor, every `full_refresh` seconds and on
-`missionfs sync`.
+`missionfs sync`. Sizes of remote-only witnesses (sizes.py) come with the facts (listing,
+manifest, else a HEAD) and are persisted with them, so a restart needs S3 for none of them.
 """
 
 from __future__ import annotations
