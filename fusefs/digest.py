@@ -620,6 +620,8 @@ def _remote_logs_without_snapshot(index_dir: Path, space: TaskSpace) -> BitMap:
     first `remote.roaring` only at its first periodic save or at unmount; until then a second
     process would not see what the daemon learned from S3. Without a snapshot every log counts.
     """
+    from .index import split_sized
+
     ids = BitMap()
     if (index_dir / "remote.roaring").exists():
         return ids
@@ -628,9 +630,9 @@ def _remote_logs_without_snapshot(index_dir: Path, space: TaskSpace) -> BitMap:
             lines = log_path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
         except OSError:
             continue
-        for rel in lines[:-1]:  # the last piece is "" or a torn line
+        for line in lines[:-1]:  # the last piece is "" or a torn line
             try:
-                ids.add(space.parse_rel(rel))
+                ids.add(space.parse_rel(split_sized(line)[0]))  # `rel<TAB>size`: the rel
             except OutOfPlan:
                 continue
     return ids

@@ -6,16 +6,29 @@ witness files are the truth; these sets only make mounting fast. Layout in STATE
 
     {name}.roaring    header line (JSON: universe fingerprint, log generation) + bitmap
     {name}-{g}.log    relative paths added since snapshot generation g, one a line
+    {name}-{g}.sizes  (remote only) the sizes of the snapshot's tasks, see below
 
 Loading = snapshot + every log of generation >= the snapshot's (about a millisecond for 1M
 facts). A witness linked just before a `kill -9` but not yet logged is found by the reconcile
 walk that the daemon runs in the background after mounting (and by the claim-time check).
+
+The remote set also keeps the sizes of remote-only witnesses (what `stat` shows before the
+first read, sizes.py), so that a restart of any kind shows them at once, without asking S3:
+a log line may be `rel<TAB>size` (readers take the rel and may ignore the size; a rel ends in
+`.csv`, so the suffix is unambiguous), and with each snapshot goes `{name}-{g}.sizes`: a JSON
+header line (fingerprint, generation, count, sizes of 4 GiB and more) then one little-endian
+uint32 per task of the snapshot bitmap in bitmap order, 0 for "not known" (4 bytes a remote
+fact: 40 MB for 10M). It is written before the snapshot and old ones are deleted after it, so
+a crash at any point leaves a snapshot with its own sizes file. A state dir written before
+sizes were kept has none: those sizes stay unknown (the sync engine lists the bucket for them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
@@ -23,7 +36,16 @@ from typing import IO
 from pyroaring import BitMap
 
 from .codec import OutOfPlan, TaskSpace
+from .sizes import RemoteSizes
 from .store import fsync_dir
+
+
+def split_sized(line: str) -> tuple[str, int | None]:
+    """A log line without its newline: (rel, size), size None when the line has none."""
+    rel, tab, size = line.rpartition("\t")
+    if tab and size.isascii() and size.isdigit():
+        return rel, int(size)
+    return line, None
 
 
 class FactIndex:
@@ -37,8 +59,11 @@ class FactIndex:
         self.appended = 0
 
     # -- loading -------------------------------------------------------------------------------
-    def load(self) -> BitMap | None:
-        """The indexed facts, or None if there is no usable snapshot (walk the tree instead)."""
+    def load(self, sizes: RemoteSizes | None = None) -> BitMap | None:
+        """The indexed facts, or None if there is no usable snapshot (walk the tree instead).
+
+        With `sizes`, also restores the sizes kept with them (the snapshot's sizes file, then
+        the `rel<TAB>size` lines of the logs, later ones winning)."""
         try:
             raw = (self.dir / self.snapshot_name).read_bytes()
             header, _, body = raw.partition(b"\n")
@@ -49,10 +74,40 @@ class FactIndex:
             self.generation = int(meta["generation"])
         except (OSError, ValueError, KeyError):
             return None
+        if sizes is not None:
+            self._load_sizes(facts, sizes)
         for gen in self._log_generations():
             if gen >= self.generation:
-                facts |= self._read_log(gen)
+                facts |= self._read_log(gen, sizes)
         return facts
+
+    def _sizes_path(self, gen: int) -> Path:
+        return self.dir / f"{self.name}-{gen}.sizes"
+
+    def _load_sizes(self, facts: BitMap, sizes: RemoteSizes) -> None:
+        """The snapshot's sizes file, if it has one that matches it (else nothing is known)."""
+        try:
+            raw = self._sizes_path(self.generation).read_bytes()
+            header, _, body = raw.partition(b"\n")
+            meta = json.loads(header)
+            if (
+                meta.get("fingerprint") != self.space.fingerprint()
+                or int(meta["generation"]) != self.generation
+                or int(meta["count"]) != len(facts)
+                or len(body) != 4 * len(facts)
+                or (facts and facts.max() >= self.space.size)
+            ):
+                return
+            values = array("I", body)
+            huge = {int(t): int(n) for t, n in meta.get("huge", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        if sys.byteorder != "little":
+            values.byteswap()
+        sizes.restore(facts.to_array(), values)
+        for task, size in huge.items():
+            if task in facts:
+                sizes.set(task, size)
 
     def _log_generations(self) -> list[int]:
         gens = []
@@ -64,7 +119,7 @@ class FactIndex:
                     continue
         return sorted(gens)
 
-    def _read_log(self, gen: int) -> BitMap:
+    def _read_log(self, gen: int, sizes: RemoteSizes | None = None) -> BitMap:
         ids = BitMap()
         with open(
             self.dir / f"{self.name}-{gen}.log", encoding="utf-8", errors="surrogateescape"
@@ -72,15 +127,20 @@ class FactIndex:
             for line in f:
                 if not line.endswith("\n"):
                     break  # torn last line of a crash
+                rel, size = split_sized(line[:-1])
                 try:
-                    ids.add(self.space.parse_rel(line[:-1]))
+                    task = self.space.parse_rel(rel)
                 except OutOfPlan:
                     continue
+                ids.add(task)
+                if size is not None and sizes is not None:
+                    sizes.set(task, size)
         return ids
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, rels: Iterable[str]) -> None:
-        """Record commits (no fsync: a lost line is recovered by the reconcile walk)."""
+        """Record commits (no fsync: a lost line is recovered by the reconcile walk); a rel
+        may carry its size as `rel<TAB>size` (remote facts)."""
         if self._log is None:
             self._log = open(  # noqa: SIM115 - kept open across appends
                 self.dir / f"{self.name}-{self.generation}.log",
@@ -102,10 +162,13 @@ class FactIndex:
         self.appended = 0
         return self.generation
 
-    def snapshot(self, facts: BitMap, generation: int) -> None:
-        """Atomically write `facts` as the state at the start of log `generation` (blocking)."""
+    def snapshot(self, facts: BitMap, generation: int, sizes: RemoteSizes | None = None) -> None:
+        """Atomically write `facts` as the state at the start of log `generation` (blocking);
+        with `sizes` (a copy nobody changes meanwhile), their sizes file first."""
         facts = facts.copy()
         facts.run_optimize()
+        if sizes is not None:
+            self._write_sizes(facts, generation, sizes)
         header = json.dumps({"fingerprint": self.space.fingerprint(), "generation": generation})
         tmp = self.dir / (self.snapshot_name + ".tmp")
         with open(tmp, "wb") as f:
@@ -118,6 +181,29 @@ class FactIndex:
         for gen in self._log_generations():
             if gen < generation:
                 os.unlink(self.dir / f"{self.name}-{gen}.log")
+        keep = self._sizes_path(generation).name
+        for name in os.listdir(self.dir):  # sizes files of older snapshots
+            if name.startswith(f"{self.name}-") and name.endswith(".sizes") and name != keep:
+                os.unlink(self.dir / name)
+
+    def _write_sizes(self, facts: BitMap, generation: int, sizes: RemoteSizes) -> None:
+        values, huge = sizes.gather(facts)
+        if sys.byteorder != "little":
+            values.byteswap()
+        header = {
+            "fingerprint": self.space.fingerprint(),
+            "generation": generation,
+            "count": len(facts),
+            "huge": {str(t): n for t, n in huge.items()},
+        }
+        path = self._sizes_path(generation)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(header).encode() + b"\n")
+            f.write(values.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def replace(self, tasks: BitMap) -> None:
         """Make the index hold exactly `tasks` (fsck repairs): a new snapshot past every log

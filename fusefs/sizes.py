@@ -5,11 +5,17 @@ in `done/` at once but fetches it on first read. Until then its size must still 
 `rsync -a`, `tar`, `du`, `find -empty` and `shutil.copytree` trust `st_size`, and a size of 0
 made them copy empty files. The size comes with the fact (ListObjectsV2 gives it, manifests
 carry it) and is dropped once the witness is fetched (the local file answers then).
+
+Sizes are kept with the remote facts (index.py: `rel<TAB>size` log lines and a sizes file with
+each snapshot), so a restart, clean or after `kill -9`, shows them at once without asking S3.
 """
 
 from __future__ import annotations
 
 from array import array
+from itertools import compress
+
+from pyroaring import BitMap
 
 UNKNOWN = 0  # a witness is never empty (check_csv refuses empty files): 0 means "not known"
 _MAX = 2**32 - 1
@@ -82,3 +88,56 @@ class RemoteSizes:
         self._count = len(self._sparse)
         self._dense = dense
         self._sparse = {}
+
+    # -- persistence (index.py) ---------------------------------------------------------------
+    def copy(self) -> RemoteSizes:
+        """A copy to write from a worker thread while this one changes (a memcpy when dense)."""
+        other = RemoteSizes(self.space_size)
+        other._sparse = dict(self._sparse)
+        other._dense = None if self._dense is None else array("I", self._dense)
+        other._huge = dict(self._huge)
+        other._count = self._count
+        return other
+
+    def gather(self, tasks: BitMap) -> tuple[array[int], dict[int, int]]:
+        """The sizes of `tasks` in bitmap order (UNKNOWN where not known or 4 GiB and more),
+        and the sizes of 4 GiB and more apart."""
+        if self._dense is not None:
+            values = array("I", map(self._dense.__getitem__, tasks))
+        else:
+            values = array("I", bytes(4 * len(tasks)))
+            for task, size in self._sparse.items():
+                if task in tasks:
+                    values[tasks.rank(task) - 1] = size
+        return values, {t: n for t, n in self._huge.items() if t in tasks}
+
+    def unknown(self, tasks: BitMap) -> BitMap:
+        """Those of `tasks` whose size is not known (in bulk, as restore())."""
+        if self._dense is None:
+            return tasks - BitMap(self._sparse) - BitMap(self._huge)
+        ids = tasks.to_array()
+        missing = [v == UNKNOWN for v in map(self._dense.__getitem__, ids)]
+        return BitMap(array("I", compress(ids, missing))) - BitMap(self._huge)
+
+    def restore(self, tasks: array[int], values: array[int]) -> None:
+        """Set the sizes of `tasks` (ascending) from the parallel `values` (UNKNOWN: skipped).
+        In bulk: at 10M tasks a `set` call per task would take seconds, this about one."""
+        selector = [v != UNKNOWN for v in values]
+        tasks = array("I", compress(tasks, selector))
+        values = array("I", compress(values, selector))
+        if len(self) + len(tasks) <= max(1024, self.space_size // 32):
+            for task, size in zip(tasks, values, strict=True):
+                self.set(task, size)
+            return
+        if self._dense is None:
+            self._densify()
+        dense = self._dense
+        assert dense is not None
+        if self._huge:
+            restored = BitMap(tasks)
+            for task in [t for t in self._huge if t in restored]:
+                del self._huge[task]
+        for task, size in zip(tasks, values, strict=True):
+            if dense[task] == UNKNOWN:
+                self._count += 1
+            dense[task] = size

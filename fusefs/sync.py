@@ -3,7 +3,8 @@
 Sets (roaring bitmaps of task ids, persisted like the local index):
     local   witnesses present in STATE/scraped-tiles (the durable upload queue's source)
     synced  local witnesses confirmed in S3 with this content
-    remote  tasks known to have a witness in S3 (ours or other workers')
+    remote  tasks known to have a witness in S3 (ours or other workers'), with the sizes of
+            the remote-only ones (`rel<TAB>size` log lines and a sizes file, see index.py)
 The upload queue is `local - synced`: it needs no file of its own, so it survives `kill -9` by
 construction; a lost `synced` log line only causes a harmless re-upload (a conditional create
 answers 412, the SHA-256 in the object's metadata matches, the task is marked synced).
@@ -13,7 +14,8 @@ manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, a `rel<TAB>sha256` line p
 just uploaded); a refresh is one LIST after the last seen manifest key (minus a clock-skew
 window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard
 in parallel, is the truth: at start-up without a cursor, every `full_refresh` seconds and on
-`missionfs sync`.
+`missionfs sync`. Sizes of remote-only witnesses (sizes.py) come with the facts (listing,
+manifest, else a HEAD) and are persisted with them, so a restart needs S3 for none of them.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ log = logging.getLogger("missionfs")
 
 SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
 UPLOAD_BATCH = 256
+
+
+# What prepare_save() takes: (index, generation, set, sizes) per set, and the cursor.
+Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
 
 
 @dataclass
@@ -101,13 +107,17 @@ class SyncEngine:
         self.full_refresh_interval = full_refresh
         self.remote_index = FactIndex(index_dir, self.space, "remote")
         self.synced_index = FactIndex(index_dir, self.space, "synced")
-        self.remote = self._load_or_start(self.remote_index)
-        self.synced = self._load_or_start(self.synced_index)
-        # Sizes of remote-only witnesses (stat before the first read, see sizes.py). They are
-        # not persisted: remote-only tasks of an earlier run get theirs from a full listing
-        # at start-up (`_list_for_sizes`), those of old size-less manifests from a HEAD each.
+        # Sizes of remote-only witnesses (stat before the first read, see sizes.py), kept with
+        # the remote facts (index.py), so a restart of any kind shows them at once. Only those
+        # still unknown (a state dir from before sizes were kept, an old size-less manifest's
+        # not yet asked) come from a full listing at start-up (`_list_for_sizes`) or a HEAD.
         self.sizes = RemoteSizes(self.space.size)
-        self.unsized: BitMap = self.remote - local  # remote-only tasks of unknown size
+        self.remote = self._load_or_start(self.remote_index, self.sizes)
+        self.synced = self._load_or_start(self.synced_index)
+        known = self.remote - self.sizes.unknown(self.remote)
+        for task in known & local:
+            self.sizes.drop(task)  # fetched since: the local file tells its size
+        self.unsized: BitMap = self.remote - local - known  # remote-only, size unknown
         self._list_for_sizes = bool(self.unsized)
         # The mtime shown for remote-only witnesses, and given to them when fetched, so that a
         # `stat` before the read and an `fstat` after it agree (tar compares them).
@@ -151,10 +161,10 @@ class SyncEngine:
             return 0, {}
 
     @staticmethod
-    def _load_or_start(index: FactIndex) -> BitMap:
+    def _load_or_start(index: FactIndex, sizes: RemoteSizes | None = None) -> BitMap:
         """Load a set; without a snapshot start one now, so that other processes reading the
         state dir (status, pending, digest) see the log lines this daemon appends."""
-        found = index.load()
+        found = index.load(sizes)
         if found is None:
             found = BitMap()
             index.snapshot(found, index.rotate())
@@ -163,19 +173,20 @@ class SyncEngine:
     def _cursor_json(self) -> str:
         return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})
 
-    def prepare_save(self) -> tuple[list[tuple[FactIndex, int, BitMap]], str]:
-        """Copies of the sets and the cursor, taken on the trio thread (atomic there)."""
+    def prepare_save(self) -> Saved:
+        """Copies of the sets, the remote sizes and the cursor, taken on the trio thread
+        (atomic there)."""
         parts = [
-            (idx, idx.rotate(), bm.copy())
-            for idx, bm in ((self.remote_index, self.remote), (self.synced_index, self.synced))
+            (self.remote_index, self.remote_index.rotate(), self.remote.copy(), self.sizes.copy()),
+            (self.synced_index, self.synced_index.rotate(), self.synced.copy(), None),
         ]
         return parts, self._cursor_json()
 
-    def write_save(self, prepared: tuple[list[tuple[FactIndex, int, BitMap]], str]) -> None:
+    def write_save(self, prepared: Saved) -> None:
         """Write what prepare_save() took (blocking: run it in a worker thread)."""
         parts, cursor = prepared
-        for idx, gen, bm in parts:
-            idx.snapshot(bm, gen)
+        for idx, gen, bm, sizes in parts:
+            idx.snapshot(bm, gen, sizes)
         replace_text(self.cursor_path, cursor)
 
     def save(self) -> None:
@@ -475,12 +486,17 @@ class SyncEngine:
         if new:
             self.remote |= new
             rels = [self.space.rel(t) for t in new]
-            self.remote_index.append(rels)
+            self.remote_index.append(map(self._sized_line, new, rels))
             if not ours:
                 for rel in rels:
                     self.note("remote", rel)
             self.state.add_facts(new)
         return new
+
+    def _sized_line(self, task: int, rel: str) -> str:
+        """A remote log line: `rel<TAB>size` while the size is known (index.py)."""
+        size = self.sizes.get(task)
+        return rel if size is None else f"{rel}\t{size}"
 
     def note(self, ev: str, rel: str, **fields: Any) -> None:
         if self.journal is not None:
@@ -489,6 +505,7 @@ class SyncEngine:
     def _learn_rels(self, rels: Iterable[tuple[str, int | None]]) -> int:
         """Learn (rel, size) pairs; a size of None (an old manifest) is fetched by a HEAD."""
         ids = []
+        sized = []  # known remote facts whose size was unknown: persisted now (a restart)
         for rel, size in rels:
             try:
                 task = self.space.parse_rel(rel)
@@ -498,10 +515,13 @@ class SyncEngine:
             if task in self.local:
                 continue
             if size is not None:
+                if task in self.unsized:
+                    sized.append(task)
                 self.sizes.set(task, size)  # before the fact: no stat may see it sizeless
                 self.unsized.discard(task)
             elif self.sizes.get(task) is None:
                 self.unsized.add(task)
+        self._log_sizes(t for t in sized if t in self.remote)
         new = self._learn(ids)
         self.counters.learned += len(new)
         return len(new)
@@ -633,6 +653,7 @@ class SyncEngine:
             self.unsized.discard(task)  # gone from the bucket: a full listing will tell
             if size is not None and task not in self.local:
                 self.sizes.set(task, size)
+                self._log_sizes((task,))
                 found += 1
                 self.state.notify((task,))  # drop the kernel's cached size 0
 
@@ -642,6 +663,12 @@ class SyncEngine:
         if errors:
             log.info("sizes of %d remote witnesses not known yet (%s)", len(errors), errors[0])
         return found
+
+    def _log_sizes(self, tasks: Iterable[int]) -> None:
+        """Persist sizes learned for tasks already known as remote (a `rel<TAB>size` line)."""
+        lines = [self._sized_line(t, self.space.rel(t)) for t in tasks]
+        if lines:
+            self.remote_index.append(lines)
 
     async def fetch(self, task: int) -> None:
         """Bring a remote-only witness into the local store (once); raises S3Unavailable."""

@@ -23,7 +23,7 @@ import pytest
 
 from fusefs.mission import load_mission
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
-from tests.s3_servers import MotoServer
+from tests.s3_servers import MotoServer, free_port
 from tests.test_s3 import MISSION, listed, s3_mission, s3_mount
 from tests.test_s3 import commit as s3_commit
 
@@ -365,7 +365,7 @@ def test_remote_witnesses_have_their_size_before_any_read(
 def test_remote_sizes_after_a_restart(
     moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
 ) -> None:
-    """Sizes are not persisted: a restarted node lists the bucket at start-up for them."""
+    """Sizes are kept with the remote facts: a node restarted after an unmount shows them."""
     bucket = new_bucket(moto)
     mission = s3_mission(tmp_path / "m.toml", bucket)
     bodies = {
@@ -391,3 +391,75 @@ def test_remote_sizes_after_a_restart(
     assert b.status()["sync"]["fetched"] == 0
     for rel, body in bodies.items():
         assert b.p(f"done/{rel}").read_bytes() == body.encode()
+
+
+def _put_old_manifest(moto: MotoServer, bucket: str, rel: str, body: bytes) -> None:
+    """A witness and a manifest as older versions wrote them: `rel<TAB>sha256`, no size."""
+    sha = hashlib.sha256(body).hexdigest()
+    root = f"runs/{MISSION}"
+    client = moto.client()
+    client.put_object(
+        Bucket=bucket, Key=f"{root}/scraped-tiles/{rel}", Body=body, Metadata={"sha256": sha}
+    )
+    name = f"{int(time.time() * 1000):013d}-old-00000001.txt"
+    client.put_object(
+        Bucket=bucket, Key=f"{root}/manifests/{name}", Body=f"{rel}\t{sha}\n".encode()
+    )
+
+
+def test_remote_sizes_after_a_kill_with_s3_unreachable(
+    moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """kill -9 of a node that learned results from the bucket, then a mount with S3
+    unreachable (no listing, no HEAD can tell a size): `stat`, `ls -l`, `du -b` and
+    `find -empty` show the committed sizes at once, from the state dir alone. Sizes learned
+    before an unmount (the snapshot's sizes file) and after it (log lines only: the kill
+    leaves no snapshot), from the listing, a manifest, and a HEAD (old manifest)."""
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    before_umount = {"40.70/-74.02/coffee shop.csv": "h,x\n" + "ü,1\n" * 500}
+    after_umount = {"40.72/-73.99/plumber.csv": "name\n" + "é\n" * 3000}
+    old_manifest = {"40.71/-74.01/plumber.csv": "x,y\n" + "3,4\n" * 100}
+    bodies = {**before_umount, **after_umount, **old_manifest}
+    a = s3_mount(make_mount, mission, moto, "a")
+    for rel, body in before_umount.items():
+        s3_commit(a, rel, body)
+    wait_for(lambda: a.status()["sync"]["queue"] == 0, timeout=60, what="a uploads")
+    b = s3_mount(make_mount, mission, moto, "b")
+
+    def sizes_shown(rels: dict[str, str]) -> bool:
+        return set(rels) <= listed(b, "done") and all(
+            os.stat(b.p(f"done/{r}")).st_size == len(body.encode()) for r, body in rels.items()
+        )
+
+    wait_for(lambda: sizes_shown(before_umount), timeout=60, what="b learns and sizes")
+    b.umount()
+    b.start()
+    for rel, body in after_umount.items():
+        s3_commit(a, rel, body)
+    for rel, body in old_manifest.items():
+        _put_old_manifest(moto, bucket, rel, body.encode())
+    wait_for(lambda: set(bodies) <= listed(b, "done"), timeout=60, what="b learns the rest")
+    wait_for(lambda: sizes_shown(bodies), timeout=60, what="every size shown")
+    assert b.status()["sync"]["fetched"] == 0
+    b.kill9()
+    b.args[b.args.index("--endpoint-url") + 1] = f"http://127.0.0.1:{free_port()}"  # nothing
+    b.start()
+    assert set(bodies) <= listed(b, "done")
+    for rel, body in bodies.items():  # at once: no wait, nothing to wait for
+        assert os.stat(b.p(f"done/{rel}")).st_size == len(body.encode()), rel
+    paths = [str(b.p(f"done/{rel}")) for rel in bodies]
+    du = subprocess.run(["du", "-b", *paths], capture_output=True, text=True, check=True)
+    assert sorted(int(line.split("\t")[0]) for line in du.stdout.splitlines()) == sorted(
+        len(body.encode()) for body in bodies.values()
+    )
+    rel, body = next(iter(after_umount.items()))
+    ls = subprocess.run(["ls", "-ln", str(b.p(f"done/{rel}"))], capture_output=True, text=True)
+    assert ls.returncode == 0 and ls.stdout.split()[4] == str(len(body.encode())), ls.stdout
+    found = subprocess.run(
+        ["find", str(b.p("done")), "-type", "f", "-empty"], capture_output=True, text=True
+    )
+    assert found.returncode == 0 and found.stdout == ""
+    wait_for(lambda: "unreachable" in b.status()["sync"]["state"], timeout=60, what="offline")
+    assert sizes_shown(bodies)
+    assert b.status()["sync"]["fetched"] == 0

@@ -433,7 +433,7 @@ def test_engine_matches_the_reference_model(machine: type[EngineModel]) -> None:
         machine,
         settings=settings(
             phases=PHASES,
-            max_examples=40,
+            max_examples=80,
             stateful_step_count=25,
             derandomize=True,
             deadline=None,

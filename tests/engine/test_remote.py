@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+from pyroaring import BitMap
+
 from tests.engine.driver import EngineNode, FakeBucket
 
 REL = "10.0/20.2/plumber.csv"
@@ -49,3 +51,55 @@ def test_remote_fact_of_a_task_done_here_changes_nothing(
     node.learn_remote(REL, BODY)
     assert node.ls("done/10.0/20.2") == ["plumber.csv"]
     assert node.read(f"done/{REL}") == b"name\nours\n"
+
+
+def test_remote_sizes_survive_restarts_of_both_kinds_without_a_listing(
+    make_node: Callable[..., EngineNode],
+) -> None:
+    """Sizes are kept with the remote facts: after an unmount (the snapshot's sizes file) and
+    after a kill (no snapshot: the log lines), `stat` is right at once, and no start-up
+    listing is needed for it."""
+    node = make_node(bucket=FakeBucket())
+    other = "10.1/20.0/coffee shop.csv"
+    sizes = {REL: len(BODY), other: 2 * len(BODY)}
+    assert node.learn_remote(REL, BODY) == 1
+    node.restart(clean=True)
+    assert node.learn_remote(other, BODY * 2) == 1  # only in the log: the next restart kills
+    for clean in (False, False, True, False):
+        node.restart(clean=clean)
+        assert node.ws.sync is not None
+        assert not node.ws.sync.unsized and not node.ws.sync._list_for_sizes
+        for rel, size in sizes.items():
+            assert node.stat(f"done/{rel}").size == size, (rel, clean)
+            tile, _, name = rel.rpartition("/")
+            listed = {e.name: e.size for e in node.ls_entries(f"done/{tile}")}
+            assert listed[name] == size, (rel, clean)  # `ls -l`, `du`, rsync's listing
+    assert node.read(f"done/{other}") == BODY * 2
+    node.restart(clean=False)  # fetched since: the local file answers, no size kept for it
+    assert node.stat(f"done/{other}").size == 2 * len(BODY)
+    assert (
+        node.ws.sync is not None
+        and node.ws.sync.sizes.get(node.mission.space.parse_rel(other)) is None
+    )
+
+
+def test_a_state_dir_without_sizes_lists_the_bucket_for_them(
+    make_node: Callable[..., EngineNode],
+) -> None:
+    """The format before sizes were kept: plain `rel` lines, no sizes file. The facts load and
+    the sizes are asked from the bucket (the start-up listing), as before."""
+    node = make_node(bucket=FakeBucket())
+    assert node.learn_remote(REL, BODY) == 1
+    node.close(clean=False)
+    index = node.state_dir / "index"
+    for sizes in index.glob("remote-*.sizes"):
+        sizes.unlink()
+    for log in index.glob("remote-*.log"):
+        log.write_text(
+            "".join(line.split("\t")[0] + "\n" for line in log.read_text().split("\n")[:-1])
+        )
+    node._open()
+    assert node.ls("done/10.0/20.2") == ["plumber.csv"]
+    assert node.ws.sync is not None and node.ws.sync._list_for_sizes
+    assert node.ws.sync.unsized == BitMap([node.mission.space.parse_rel(REL)])
+    assert node.read(f"done/{REL}") == BODY
