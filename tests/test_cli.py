@@ -161,8 +161,13 @@ def test_state_dir_defaults_to_xdg_data_home(tmp_path: Path) -> None:
 def _big_state(tmp_path: Path) -> tuple[Path, Path]:
     """A 40 x 40 tile mission with a witness in every tile and a 5,000-line journal: every
     listing below is far larger than a pipe's buffer, so the writer meets the closed pipe."""
-    mission = write_mission(
-        tmp_path / "big.toml", south="40.00", west="-74.40", north="40.40", east="-74.00"
+    mission = write_mission(  # pending: 3 phrases x 1,600 tiles, ~140 KB (a pipe holds 64)
+        tmp_path / "big.toml",
+        south="40.00",
+        west="-74.40",
+        north="40.40",
+        east="-74.00",
+        phrases=("coffee shop", "plumber", "bakery", "dentist"),
     )
     state = tmp_path / "state"
     for i in range(40):
