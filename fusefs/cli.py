@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         "commits; a killed daemon never does)",
     )
     _s3_options(m)
+    m.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a claim, renew or release waits for S3 before failing with EAGAIN (2)",
+    )
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     m.set_defaults(func=cmd_mount)
@@ -178,6 +184,7 @@ def _sync_options(args: argparse.Namespace) -> Any:
         uploaders=max(1, getattr(args, "uploaders", 16)),
         refresh=getattr(args, "refresh", 15.0),
         full_refresh=getattr(args, "full_refresh", 600.0),
+        claim_timeout=getattr(args, "claim_timeout", 2.0),
     )
 
 
@@ -247,8 +254,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(f"mountpoint {mnt} is not a directory; create it with: mkdir -p {mnt}")
     if os.path.ismount(mnt):
         raise UserError(f"{mnt} is already a mount point; unmount it first: missionfs umount {mnt}")
-    if args.lease <= 0 or args.refresh <= 0 or args.full_refresh <= 0:
-        raise UserError("--lease, --refresh and --full-refresh must be positive numbers of seconds")
+    if min(args.lease, args.refresh, args.full_refresh, args.claim_timeout) <= 0:
+        raise UserError(
+            "--lease, --refresh, --full-refresh and --claim-timeout must be positive numbers"
+            " of seconds"
+        )
     ws = _open(args, mission, lock=True, lease=args.lease)
     _check_s3(ws, args.quiet)
     if not args.foreground:
@@ -302,6 +312,8 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         str(args.uploaders),
         "--durability",
         args.durability,
+        "--claim-timeout",
+        str(args.claim_timeout),
     ]
     for flag in ("endpoint_url", "worker"):
         if getattr(args, flag):
@@ -648,9 +660,7 @@ def _s3_versions(
         return []
     out: list[dict[str, Any]] = []
     for area in ("scraped-tiles", "claims", "conflicts"):
-        prefix = f"{s3.base}/{area}/" + (
-            where if where.endswith(".csv") else (where + "/" if where else "")
-        )
+        prefix = s3.key(area, where if where.endswith(".csv") else (where + "/" if where else ""))
         if area == "conflicts" and where.endswith(".csv"):
             prefix = prefix.removesuffix(".csv")
         try:
@@ -662,7 +672,7 @@ def _s3_versions(
                     t = v["LastModified"].timestamp()
                     if since is not None and t < since:
                         continue
-                    rel = v["Key"][len(f"{s3.base}/{area}/") :]
+                    rel = s3.rel_of(area, v["Key"])
                     entry: dict[str, Any] = {
                         "t": t,
                         "ev": f"s3:{area}" + ("" if "Size" in v else ":deleted"),

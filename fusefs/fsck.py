@@ -366,7 +366,7 @@ class Fsck:
                     for obj in page.get("Contents", []):
                         bar.update(1)
                         try:
-                            task = self.space.parse_rel(obj["Key"][len(root) :])
+                            task = self.space.parse_rel(self.s3.rel_of(WITNESSES, obj["Key"]))
                         except OutOfPlan:
                             outside += 1
                             continue

@@ -43,6 +43,7 @@ from .s3store import (
     WITNESSES,
     S3ConfigError,
     S3Store,
+    S3Timeout,
     S3Unavailable,
     sha256_hex,
 )
@@ -88,6 +89,7 @@ class SyncEngine:
         full_refresh: float = 600.0,
         claims: str = "local",
         lease_seconds: float = 900.0,
+        claim_timeout: float = 2.0,
     ) -> None:
         self.state = state
         self.space: TaskSpace = state.space
@@ -109,6 +111,8 @@ class SyncEngine:
         self.online: bool | None = None  # None: not checked yet
         self.conditional: bool | None = None
         self.state_msg = "starting"
+        self.s3_state = "starting"  # online, degraded (requests time out), offline, error
+        self._ok_msg = "ok"
         self._inflight: set[int] = set()
         self._manifest: list[str] = []  # "rel<TAB>sha256" lines of our uploads
         self._manifest_seq = 0
@@ -127,7 +131,7 @@ class SyncEngine:
         s3.worker = worker
         self.claims_mode = claims
         self.fleet = (
-            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh)
+            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh, claim_timeout)
             if claims != "local"
             else None
         )
@@ -188,6 +192,7 @@ class SyncEngine:
             "endpoint": self.s3.endpoint_url or "(AWS default)",
             "worker": self.worker,
             "state": self.state_msg,
+            "s3": self.s3_state,
             "online": bool(self.online),
             "conditional_writes": self.conditional,
             "checksums_verified_by_server": self.s3.checksums,
@@ -226,7 +231,7 @@ class SyncEngine:
         try:
             conditional = await _s3(self.s3.check)
         except S3Unavailable as e:
-            self.went_offline(str(e))
+            self.went_offline(e)
             return False
         self.checked(conditional)
         return True
@@ -234,20 +239,39 @@ class SyncEngine:
     def checked(self, conditional: bool) -> None:
         """The self-test (S3Store.check) passed: online, with or without conditional writes."""
         self.conditional = conditional
-        self.online = True
-        self.state_msg = (
+        self._ok_msg = (
             "ok"
             if conditional
             else "ok (server ignores If-None-Match: check-then-put, races possible)"
         )
+        self.answered()
         if not conditional:
             log.warning("%s does not honour conditional writes: using check-then-put", self.s3.url)
 
-    def went_offline(self, msg: str) -> None:
+    def answered(self) -> None:
+        """A request was answered: S3 is online again (once the self-test has passed)."""
+        if self.conditional is None or self.online:
+            return
+        if self.online is False:
+            log.info("S3 answers again: online")
+        self.online = True
+        self.s3_state = "online"
+        self.state_msg = self._ok_msg
+
+    def went_offline(self, why: str | Exception) -> None:
+        """A request failed: "degraded" if it timed out (the server takes connections but does
+        not answer), "offline" if the endpoint cannot be reached at all."""
+        msg = str(why)
+        degraded = isinstance(why, S3Timeout)
         if self.online is not False:
-            log.warning("S3 unreachable, working locally and queueing uploads: %s", msg)
+            log.warning(
+                "S3 %s, working locally and queueing uploads: %s",
+                "not answering in time" if degraded else "unreachable",
+                msg,
+            )
         self.online = False
-        self.state_msg = f"unreachable: {msg}"
+        self.s3_state = "degraded" if degraded else "offline"
+        self.state_msg = f"degraded: {msg}" if degraded else f"unreachable: {msg}"
         self.counters.last_error = msg
         if self.claims_mode == "optimistic":
             assert self.fleet is not None
@@ -309,11 +333,12 @@ class SyncEngine:
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
-                self.went_offline(str(e))
+                self.went_offline(e)
             except S3ConfigError as e:
                 self.counters.errors += 1
                 self.counters.last_error = str(e)
                 self.state_msg = f"error: {e}"
+                self.s3_state = "error"
                 log.error("sync: %s", e)
             if forced:
                 done, self._forced_done = self._forced_done, []
@@ -354,7 +379,7 @@ class SyncEngine:
                     await self._upload_one(task)
                 except S3Unavailable as e:
                     failures += 1
-                    self.went_offline(str(e))
+                    self.went_offline(e)
                 except (S3ConfigError, OSError) as e:
                     failures += 1
                     self.counters.errors += 1

@@ -45,6 +45,7 @@ class SyncOptions:
     uploaders: int = 16
     refresh: float = 15.0
     full_refresh: float = 600.0
+    claim_timeout: float = 2.0  # seconds a claim waits for its lease before EAGAIN
 
 
 @dataclass
@@ -196,6 +197,7 @@ def open_workspace(
                 full_refresh=opts.full_refresh,
                 claims=mission.claims,
                 lease_seconds=lease,
+                claim_timeout=opts.claim_timeout,
             )
             engine.journal = journal
             state.add_facts(engine.remote)
