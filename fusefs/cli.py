@@ -189,8 +189,15 @@ def _sync_options(args: argparse.Namespace) -> Any:
 
 
 def _open(
-    args: argparse.Namespace, mission: Mission, *, lock: bool, lease: float = DEFAULT_LEASE
+    args: argparse.Namespace,
+    mission: Mission,
+    *,
+    lock: bool,
+    lease: float = DEFAULT_LEASE,
+    contact_s3: bool = True,
 ) -> Any:
+    """The workspace of the mission's state dir; contact_s3=False for local commands (no S3
+    request, no credentials: see open_workspace)."""
     from .errors import S3ConfigError
     from .workspace import StateDirBusy, open_workspace
 
@@ -204,6 +211,7 @@ def _open(
                 sync=_sync_options(args),
                 lock=lock,
                 progress=progress,
+                contact_s3=contact_s3,
             )
         except PermissionError as e:
             raise UserError(f"cannot use state directory {state_dir}: {e.strerror}") from None
@@ -226,12 +234,15 @@ def _logged_claims(ws: Any) -> None:
 
 def _check_s3(ws: Any, quiet: bool) -> None:
     """Refuse settings that cannot work; an unreachable endpoint only warns (work offline)."""
-    from .errors import S3ConfigError, S3Unavailable
+    from .errors import S3ConfigError, S3NoCredentials, S3Unavailable
 
     if ws.sync is None:
         return
     try:
         ws.sync.checked(ws.sync.s3.check())  # the daemon's loops need not run it again
+    except S3NoCredentials as e:  # an offline node: work locally, upload once credentials come
+        if not quiet:
+            print(f"missionfs: warning: {e}; working offline, uploads are queued", file=sys.stderr)
     except S3ConfigError as e:
         ws.close()
         raise UserError(f"{ws.mission.s3}: {e}") from None
@@ -409,7 +420,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise UserError(f"cannot read {target}/status: {e.strerror}") from None
     else:
         mission = load_mission(target)
-        ws = _open(args, mission, lock=False)
+        ws = _open(args, mission, lock=False, contact_s3=False)
         _logged_claims(ws)
         info = ws.status.snapshot()
         info.pop("pid", None)
@@ -449,7 +460,7 @@ def _print_status(info: dict[str, Any]) -> None:
 
 def cmd_pending(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
-    ws = _open(args, mission, lock=False)
+    ws = _open(args, mission, lock=False, contact_s3=False)
     _logged_claims(ws)
     space = ws.state.space
     out = sys.stdout
@@ -611,7 +622,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         if _matches(e.get("rel"), where) and (since is None or e.get("t", 0) >= since)
     ]
     if mission.s3:
-        entries += _s3_versions(mission, args, where, since)
+        entries += _s3_versions(mission, args, where, since, state_dir)
         entries.sort(key=lambda e: e.get("t", 0))
     if not entries and not (state_dir / "journal").is_dir():
         raise UserError(f"no journal in {state_dir} (nothing has run with this state dir yet)")
@@ -637,12 +648,13 @@ def _format_entry(e: dict[str, Any]) -> str:
 
 
 def _s3_versions(
-    mission: Mission, args: argparse.Namespace, where: str, since: float | None
+    mission: Mission, args: argparse.Namespace, where: str, since: float | None, state_dir: Path
 ) -> list[dict[str, Any]]:
     """Object versions of witness, claim and conflict keys (who wrote what, when)."""
     from .s3store import S3Store
+    from .workspace import s3_endpoint
 
-    s3 = S3Store(mission.s3 or "", mission.name, args.endpoint_url)
+    s3 = S3Store(mission.s3 or "", mission.name, s3_endpoint(state_dir, args.endpoint_url))
     try:
         status = s3.client.get_bucket_versioning(Bucket=s3.loc.bucket).get("Status")
     except Exception as e:  # unreachable or not allowed: the journal is still the history

@@ -5,6 +5,10 @@ class S3ConfigError(Exception):
     """Settings that will not work until the user changes them (bucket, credentials)."""
 
 
+class S3NoCredentials(S3ConfigError):
+    """No AWS credentials at all: a mount works offline (warned), a sync is refused."""
+
+
 class S3Unavailable(Exception):
     """The endpoint cannot be reached or answers with a temporary error: retry later.
 

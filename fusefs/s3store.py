@@ -35,7 +35,7 @@ import botocore.utils
 from botocore.config import Config
 
 from .codec import SUFFIX
-from .errors import Precondition, S3ConfigError, S3Timeout, S3Unavailable
+from .errors import Precondition, S3ConfigError, S3NoCredentials, S3Timeout, S3Unavailable
 
 WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
@@ -84,7 +84,7 @@ def classify(e: Exception, where: str) -> Exception:
     if isinstance(e, S3ConfigError | S3Unavailable):
         return e
     if isinstance(e, botocore.exceptions.NoCredentialsError):
-        return S3ConfigError(
+        return S3NoCredentials(
             "no AWS credentials found (set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
         )

@@ -236,6 +236,17 @@ class SyncEngine:
         self.checked(conditional)
         return True
 
+    async def _reconnect(self) -> bool:
+        """connect() for the background loops: a settings error (no credentials, no bucket)
+        is shown in status and retried later, never raised into the loop."""
+        try:
+            return await self.connect()
+        except S3ConfigError as e:
+            self.counters.last_error = str(e)
+            self.state_msg = f"error: {e}"
+            self.s3_state = "error"
+            return False
+
     def checked(self, conditional: bool) -> None:
         """The self-test (S3Store.check) passed: online, with or without conditional writes."""
         self.conditional = conditional
@@ -289,7 +300,7 @@ class SyncEngine:
     async def _upload_loop(self) -> None:
         backoff = 1.0
         while True:
-            if not self.online and not await self.connect():
+            if not self.online and not await self._reconnect():
                 await self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue

@@ -33,6 +33,7 @@ class S3Proxy:
         self.upstream = (host, int(port))
         self.mode = "pass"
         self.request_lines: list[str] = []  # first lines of requests swallowed or muted
+        self.accepted = 0  # connections accepted, in any mode
         self.errors: list[str] = []  # what went wrong inside the proxy thread (for debugging)
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -98,6 +99,7 @@ class S3Proxy:
             return
         with self._lock:
             mode = self.mode
+            self.accepted += 1
         upstream = None
         if mode != "hang":
             try:

@@ -150,3 +150,71 @@ def test_a_phrase_with_a_backslash_is_done_on_a_fresh_node(
     b = make_mount(mission, name="b", env=s3_env(), args=("--endpoint-url", seaweed.endpoint))
     for i, rel in enumerate(odd):
         assert (b.mnt / "done" / rel).read_text() == f"name\n{i}\n"  # fetched by its key
+
+
+def no_aws_env(proxy: S3Proxy) -> dict[str, str]:
+    """No credentials anywhere, and any HTTPS request (AWS itself) sent to a silent proxy."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+        AWS_CONFIG_FILE="/nonexistent/config",
+        AWS_EC2_METADATA_DISABLED="true",
+        HTTPS_PROXY=proxy.endpoint,
+        https_proxy=proxy.endpoint,
+    )
+    return env
+
+
+def test_local_commands_need_neither_s3_nor_credentials(
+    moto: MotoServer,
+    make_mount: Callable[..., Mount],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    bucket = new_bucket(moto)
+    mission = write_mission(
+        tmp_path / "m.toml", name=MISSION, extra=f'[store]\ns3 = "s3://{bucket}/runs"\n'
+    )
+    all_rels = rels(mission)
+    silent = S3Proxy(moto.endpoint).start()  # where any HTTPS request (to AWS) would go
+    silent.hang()
+    request.addfinalizer(silent.close)
+    aws_blocked = s3_env({"HTTPS_PROXY": silent.endpoint, "https_proxy": silent.endpoint})
+    m = make_mount(
+        mission, name="a", env=aws_blocked, args=("--endpoint-url", moto.endpoint, "--worker", "a")
+    )
+    (m.mnt / "tmp" / "x").write_text("name\nx\n")
+    os.rename(m.mnt / "tmp" / "x", m.mnt / "done" / all_rels[0])
+    m.umount()
+    # Another node's witness lands in the bucket; the endpoint was remembered: a sync without
+    # the flag reaches moto and learns it.
+    key = f"runs/{MISSION}/scraped-tiles/{all_rels[1]}"
+    moto.client().put_object(Bucket=bucket, Key=key, Body=b"name\ny\n")
+    res = run("sync", str(mission), "--state", str(m.state), env=aws_blocked)
+    assert res.returncode == 0 and "learned from listings 1" in res.stdout, res.stdout + res.stderr
+    done = all_rels[:2]
+
+    env = no_aws_env(silent)
+    for args in (
+        ("pending", str(mission), "--state", str(m.state)),
+        ("status", str(mission), "--state", str(m.state), "--json"),
+        ("fsck", str(mission), "--state", str(m.state), "--local"),
+    ):
+        t0 = time.monotonic()
+        res = run(*args, env=env)
+        seconds = time.monotonic() - t0
+        assert res.returncode == 0, (args, res.stderr)
+        assert seconds < PROMPT, (args, seconds)
+        if args[0] == "pending":
+            assert sorted(res.stdout.splitlines()) == all_rels[2:]
+    # Forgetting the endpoint: nothing would be reached but AWS, which is never contacted.
+    (m.state / "s3.json").unlink()
+    res = run("pending", str(mission), "--state", str(m.state), env=env)
+    assert res.returncode == 0 and sorted(res.stdout.splitlines()) == all_rels[2:], res.stderr
+    assert silent.accepted == 0  # no request ever went out
+    # An offline mount without credentials works locally and says why S3 is not used.
+    b = make_mount(mission, name="a", env=env)
+    assert sorted(str(p.relative_to(b.mnt / "done")) for p in b.mnt.glob("done/*/*/*")) == done
+    wait_for(lambda: b.status()["sync"]["s3"] == "error", PROMPT, "status error")
+    assert "no AWS credentials" in b.status()["sync"]["state"]
+    b.umount()
