@@ -94,6 +94,9 @@ class FleetClaims:
         self.held: dict[int, str] = {}  # task -> ETag of our lease object
         self.unconfirmed: set[int] = set()  # claims made offline or restored after a restart
         self._adopted = False  # own leases from before a restart are adopted once
+        # Rels this process asked a lease for before that adoption: their leases are not from
+        # before a restart (held, or given up on and swept), never adopted.
+        self._touched: set[str] = set()
         # Leases of finished tasks, kept as tombstones until the other workers' next refresh
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
@@ -208,6 +211,8 @@ class FleetClaims:
         try:
             if self._busy_with(rel):
                 raise _Busy(f"an earlier lease request for {rel} still waits for S3")
+            if not self._adopted:
+                self._touched.add(rel)
             etag = await self._bounded(rel, self.leases.acquire, late=self._late_acquire)
             if etag is None:
                 self._lost(task)
@@ -217,7 +222,7 @@ class FleetClaims:
                 return task in self.state.fact
         except (S3Unavailable, S3ConfigError) as e:
             # S3 went away somewhere in the middle: never let it escape into the FUSE handler.
-            if not isinstance(e, _Busy):
+            if isinstance(e, S3Unavailable) and not isinstance(e, _Busy):
                 self.engine.went_offline(e)
             if etag is not None and task in self.state.claims:
                 self.held[task] = etag  # the lease object may exist: it is ours until it expires
@@ -242,7 +247,8 @@ class FleetClaims:
         try:
             new = await self._bounded(self.space.rel(task), self.leases.renew, etag)
         except (S3Unavailable, S3ConfigError) as e:
-            self.engine.went_offline(e)
+            if isinstance(e, S3Unavailable):
+                self.engine.went_offline(e)
             return True  # keep working; the lease is renewed at the next touch
         if new is None:
             self.held.pop(task, None)
@@ -343,7 +349,7 @@ class FleetClaims:
                 foreign.add(task)
             elif not self._adopted and task in self.state.fact:
                 heapq.heappush(self._retiring, (now + self.retire_seconds, lease.rel))
-            elif not self._adopted and task not in self.held:
+            elif not self._adopted and task not in self.held and lease.rel not in self._touched:
                 # Ours, from before a restart (only then: later listings may be older than a
                 # release or completion we made meanwhile, and must not bring a lease back).
                 self.held[task] = lease.etag
@@ -353,6 +359,7 @@ class FleetClaims:
         self._lease_marks = marks
         self.state.set_foreign(foreign)
         self._adopted = True
+        self._touched.clear()
         if self.engine.claims_mode == "optimistic":
             self.update_shares(now)
 

@@ -245,6 +245,7 @@ class SyncEngine:
             self.counters.last_error = str(e)
             self.state_msg = f"error: {e}"
             self.s3_state = "error"
+            self.online = False
             return False
 
     def checked(self, conditional: bool) -> None:
@@ -348,9 +349,11 @@ class SyncEngine:
             except S3ConfigError as e:
                 self.counters.errors += 1
                 self.counters.last_error = str(e)
+                if self.state_msg != f"error: {e}":  # once, not at every refresh
+                    log.error("sync: %s", e)
                 self.state_msg = f"error: {e}"
                 self.s3_state = "error"
-                log.error("sync: %s", e)
+                self.online = False  # re-checked (bucket, credentials) before the next refresh
             if forced:
                 done, self._forced_done = self._forced_done, []
                 for cb in done:

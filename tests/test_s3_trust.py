@@ -103,11 +103,15 @@ def test_a_hung_s3_never_stalls_the_mount(
     )
     wait_for(lambda: s3_state(m) == "online", timeout=60, what="status online again")
     # The lease the muted claim left behind is deleted: only the task we hold has one.
-    wait_for(
-        lambda: key_names(moto, bucket, "claims") == {a},
-        timeout=120,
-        what="no lease left for a task we do not hold",
-    )
+    try:
+        wait_for(
+            lambda: key_names(moto, bucket, "claims") == {a},
+            timeout=120,
+            what="no lease left for a task we do not hold",
+        )
+    except AssertionError as e:
+        left = key_names(moto, bucket, "claims")
+        raise AssertionError(f"{e}: leases {sorted(left)}, sync {m.status()['sync']}") from None
     assert (m.mnt / "pending" / c).exists() and (m.mnt / "claimed" / a).exists()
 
 
