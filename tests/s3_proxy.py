@@ -6,6 +6,7 @@ Modes:
              nothing is forwarded and nothing ever answered (a hung S3, not a refusing one)
     mute     requests reach the server (their effects happen) but the answers are dropped: the
              client cannot know whether its request was applied
+    slow     requests reach the server at once, its answers reach the client `delay` s late
 
 Switching to `hang` or `mute` poisons the connections open at that moment (they stay silent
 until the client closes them), so a client's pooled connection cannot carry a half-forwarded
@@ -17,14 +18,18 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from collections import deque
+from dataclasses import dataclass, field
 
 
 @dataclass(eq=False)
 class _Pair:
     client: socket.socket
     upstream: socket.socket | None
-    mode: str  # the mode this connection keeps: "pass", "hang" or "mute"
+    mode: str  # the mode this connection keeps: "pass", "slow", "hang" or "mute"
+    answers: deque[tuple[float, bytes]] = field(default_factory=deque)  # (when due, bytes)
+    server_done: bool = False  # the server closed; the client is closed once answers are out
 
 
 class S3Proxy:
@@ -34,6 +39,7 @@ class S3Proxy:
         self.mode = "pass"
         self.request_lines: list[str] = []  # first lines of requests swallowed or muted
         self.accepted = 0  # connections accepted, in any mode
+        self.delay = 0.0  # seconds answers are held back in "slow" mode
         self.errors: list[str] = []  # what went wrong inside the proxy thread (for debugging)
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -51,12 +57,18 @@ class S3Proxy:
         return self
 
     def set_mode(self, mode: str) -> None:
-        assert mode in ("pass", "hang", "mute")
+        assert mode in ("pass", "slow", "hang", "mute")
         with self._lock:
             self.mode = mode
-            if mode != "pass":
-                for pair in self._pairs:
-                    pair.mode = mode if pair.mode == "pass" else pair.mode
+            for pair in self._pairs:
+                if mode in ("hang", "mute") and pair.mode in ("pass", "slow"):
+                    pair.mode = mode  # poisoned for good
+                elif mode in ("pass", "slow") and pair.mode in ("pass", "slow"):
+                    pair.mode = mode
+
+    def slow(self, delay: float) -> None:
+        self.delay = delay
+        self.set_mode("slow")
 
     def hang(self) -> None:
         self.set_mode("hang")
@@ -83,7 +95,8 @@ class S3Proxy:
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop:
-            for key, _ in self._sel.select(timeout=0.1):
+            self._flush_due()
+            for key, _ in self._sel.select(timeout=0.02):
                 try:
                     if key.data is None:
                         self._accept()
@@ -124,6 +137,10 @@ class S3Proxy:
         except OSError:
             data = b""
         if not data:
+            if sock is pair.upstream and pair.answers:  # answers held back still go out first
+                pair.server_done = True
+                self._sel.unregister(sock)
+                return
             self._drop(pair)
             return
         with self._lock:
@@ -134,9 +151,19 @@ class S3Proxy:
             if mode == "hang" or pair.upstream is None:
                 return  # read, never forwarded
             self._send(pair.upstream, data, pair)
-        elif mode == "pass":
-            self._send(pair.client, data, pair)
+        elif mode in ("pass", "slow"):  # in order, after any answer still held back
+            due = time.monotonic() + (self.delay if mode == "slow" else 0.0)
+            pair.answers.append((due, data))
+            self._flush_due()
         # mute: the server's answer is dropped
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        for pair in list(self._pairs):
+            while pair.answers and pair.answers[0][0] <= now and pair.mode in ("pass", "slow"):
+                self._send(pair.client, pair.answers.popleft()[1], pair)
+            if pair.server_done and not pair.answers:
+                self._drop(pair)
 
     def _send(self, sock: socket.socket, data: bytes, pair: _Pair) -> None:
         sock.setblocking(True)

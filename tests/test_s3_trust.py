@@ -114,6 +114,18 @@ def test_a_hung_s3_never_stalls_the_mount(
         raise AssertionError(f"{e}: leases {sorted(left)}, sync {m.status()['sync']}") from None
     assert (m.mnt / "pending" / c).exists() and (m.mnt / "claimed" / a).exists()
 
+    proxy.slow(3.0)  # the lease PUT lands and its answer arrives after the claim gave up
+    d = rels(mission)[3]
+    res, seconds = mv(m, f"pending/{d}", f"claimed/{d}")
+    assert res.returncode != 0 and EAGAIN_TEXT in res.stderr and seconds < PROMPT, res.stderr
+    assert d in key_names(moto, bucket, "claims")  # it did land
+    wait_for(
+        lambda: key_names(moto, bucket, "claims") == {a},
+        timeout=60,
+        what="the late lease deleted when its answer came",
+    )
+    assert (m.mnt / "pending" / d).exists()
+
 
 def test_a_phrase_with_a_backslash_is_done_on_a_fresh_node(
     seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
