@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _s3_options(m)
     metricsopts.add_mount_options(m)
+    m.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a claim, renew or release waits for S3 before failing with EAGAIN (2)",
+    )
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--debug", action="store_true")
     add_force_mission(m)
@@ -264,12 +270,20 @@ def _sync_options(args: argparse.Namespace) -> Any:
         uploaders=max(1, getattr(args, "uploaders", 16)),
         refresh=getattr(args, "refresh", 15.0),
         full_refresh=getattr(args, "full_refresh", 600.0),
+        claim_timeout=getattr(args, "claim_timeout", 2.0),
     )
 
 
 def _open(
-    args: argparse.Namespace, mission: Mission, *, lock: bool, lease: float = DEFAULT_LEASE
+    args: argparse.Namespace,
+    mission: Mission,
+    *,
+    lock: bool,
+    lease: float = DEFAULT_LEASE,
+    contact_s3: bool = True,
 ) -> Any:
+    """The workspace of the mission's state dir; contact_s3=False for local commands (no S3
+    request, no credentials: see open_workspace)."""
     from .errors import S3ConfigError
     from .workspace import StateDirBusy, open_workspace
 
@@ -285,6 +299,7 @@ def _open(
                 sync=_sync_options(args),
                 lock=lock,
                 progress=progress,
+                contact_s3=contact_s3,
             )
         except PermissionError as e:
             raise UserError(f"cannot use state directory {state_dir}: {e.strerror}") from None
@@ -307,12 +322,15 @@ def _logged_claims(ws: Any) -> None:
 
 def _check_s3(ws: Any, quiet: bool) -> None:
     """Refuse settings that cannot work; an unreachable endpoint only warns (work offline)."""
-    from .errors import S3ConfigError, S3Unavailable
+    from .errors import S3ConfigError, S3NoCredentials, S3Unavailable
 
     if ws.sync is None:
         return
     try:
         ws.sync.checked(ws.sync.s3.check())  # the daemon's loops need not run it again
+    except S3NoCredentials as e:  # an offline node: work locally, upload once credentials come
+        if not quiet:
+            print(f"missionfs: warning: {e}; working offline, uploads are queued", file=sys.stderr)
     except S3ConfigError as e:
         ws.close()
         raise UserError(f"{ws.mission.s3}: {e}") from None
@@ -336,8 +354,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UserError(f"mountpoint {mnt} is not a directory; create it with: mkdir -p {mnt}")
     if os.path.ismount(mnt):
         raise UserError(f"{mnt} is already a mount point; unmount it first: missionfs umount {mnt}")
-    if args.lease <= 0 or args.refresh <= 0 or args.full_refresh <= 0:
-        raise UserError("--lease, --refresh and --full-refresh must be positive numbers of seconds")
+    if min(args.lease, args.refresh, args.full_refresh, args.claim_timeout) <= 0:
+        raise UserError(
+            "--lease, --refresh, --full-refresh and --claim-timeout must be positive numbers"
+            " of seconds"
+        )
     try:
         listen = metricsopts.parse_listen(args.metrics, args.metrics_public)
     except ValueError as e:
@@ -426,6 +447,8 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
         args.durability,
         "--umask",
         f"{args.umask:03o}",
+        "--claim-timeout",
+        str(args.claim_timeout),
     ]
     for flag in ("endpoint_url", "worker"):
         if getattr(args, flag):
@@ -542,7 +565,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise UserError(f"cannot read {target}/status: {e.strerror}") from None
     else:
         mission = load_mission(target)
-        ws = _open(args, mission, lock=False)
+        ws = _open(args, mission, lock=False, contact_s3=False)
         _logged_claims(ws)
         info = ws.status.snapshot()
         info.pop("pid", None)
@@ -590,7 +613,7 @@ def _print_status(info: dict[str, Any]) -> None:
 
 def cmd_pending(args: argparse.Namespace) -> int:
     mission = load_mission(args.mission)
-    ws = _open(args, mission, lock=False)
+    ws = _open(args, mission, lock=False, contact_s3=False)
     _logged_claims(ws)
     space = ws.state.space
     out = sys.stdout
@@ -748,7 +771,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         if _matches(e.get("rel"), where) and (since is None or e.get("t", 0) >= since)
     ]
     if mission.s3:
-        entries += _s3_versions(mission, args, where, since)
+        entries += _s3_versions(mission, args, where, since, state_dir)
         entries.sort(key=lambda e: e.get("t", 0))
     if not entries and not (state_dir / "journal").is_dir():
         raise UserError(f"no journal in {state_dir} (nothing has run with this state dir yet)")
@@ -774,12 +797,13 @@ def _format_entry(e: dict[str, Any]) -> str:
 
 
 def _s3_versions(
-    mission: Mission, args: argparse.Namespace, where: str, since: float | None
+    mission: Mission, args: argparse.Namespace, where: str, since: float | None, state_dir: Path
 ) -> list[dict[str, Any]]:
     """Object versions of witness, claim and conflict keys (who wrote what, when)."""
     from .s3store import S3Store
+    from .workspace import s3_endpoint
 
-    s3 = S3Store(mission.s3 or "", mission.name, args.endpoint_url)
+    s3 = S3Store(mission.s3 or "", mission.name, s3_endpoint(state_dir, args.endpoint_url))
     try:
         status = s3.client.get_bucket_versioning(Bucket=s3.loc.bucket).get("Status")
     except Exception as e:  # unreachable or not allowed: the journal is still the history
@@ -797,9 +821,7 @@ def _s3_versions(
         return []
     out: list[dict[str, Any]] = []
     for area in ("scraped-tiles", "claims", "conflicts"):
-        prefix = f"{s3.base}/{area}/" + (
-            where if where.endswith(".csv") else (where + "/" if where else "")
-        )
+        prefix = s3.key(area, where if where.endswith(".csv") else (where + "/" if where else ""))
         if area == "conflicts" and where.endswith(".csv"):
             prefix = prefix.removesuffix(".csv")
         try:
@@ -811,7 +833,7 @@ def _s3_versions(
                     t = v["LastModified"].timestamp()
                     if since is not None and t < since:
                         continue
-                    rel = v["Key"][len(f"{s3.base}/{area}/") :]
+                    rel = s3.rel_of(area, v["Key"])
                     entry: dict[str, Any] = {
                         "t": t,
                         "ev": f"s3:{area}" + ("" if "Size" in v else ":deleted"),

@@ -582,7 +582,7 @@ def _keeper(args: argparse.Namespace, mission: Any, state: Path | None) -> tuple
         uploaders=16,
         force_mission=getattr(args, "force_mission", False),
     )
-    ws = _open(ns, mission, lock=False)
+    ws = _open(ns, mission, lock=False, contact_s3=False)  # S3 only for hashes not kept
     _reconcile_in_memory(ws)
     keeper: DigestKeeper | None = getattr(ws, "digest", None)
     if keeper is None:  # a workspace built without the daemon's keeper: make one
@@ -865,7 +865,8 @@ def _bucket(args: argparse.Namespace, arg: str, mission: Any, other: DigestKeepe
     url = mission.s3 if arg == "s3" else arg
     if not url:
         raise UserError(f"{args.mission} has no [store] s3: give the bucket as s3://BUCKET/PREFIX")
-    s3 = S3Store(url, mission.name, args.endpoint_url)
+    ours = other.hasher.s3  # the state side's store knows the endpoint its state dir remembers
+    s3 = S3Store(url, mission.name, args.endpoint_url or (ours.endpoint_url if ours else None))
     started = time.monotonic()
     side = bucket_side(s3, other.space, arg)
     log.info("bucket listed and hashed in %.1f s", time.monotonic() - started)

@@ -366,7 +366,7 @@ class Fsck:
                     for obj in page.get("Contents", []):
                         bar.update(1)
                         try:
-                            task = self.space.parse_rel(obj["Key"][len(root) :])
+                            task = self.space.parse_rel(self.s3.rel_of(WITNESSES, obj["Key"]))
                         except OutOfPlan:
                             outside += 1
                             continue
@@ -576,6 +576,12 @@ def add_commands(sub: Any) -> None:
     )
     f.add_argument("--state", type=Path)
     f.add_argument("--endpoint-url")
+    f.add_argument(
+        "--local",
+        action="store_true",
+        help="check the state dir only: no S3 request and no credentials needed (the bucket's "
+        "intent as last seen)",
+    )
     f.add_argument("--worker", help="worker id (default: the one kept in the state dir)")
     f.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     from .cli import add_force_mission, add_umask
@@ -614,6 +620,8 @@ def _run(args: argparse.Namespace, mission: Mission, state_dir: Path) -> int:
     s3 = None
     if mission.s3:
         mission, s3 = _connect(args, mission, state_dir)
+        if getattr(args, "local", False):
+            s3 = None  # the bucket and claims checks are skipped
     return Fsck(
         mission, state_dir, repair=args.repair, quiet=args.quiet, s3=s3, worker=worker
     ).run()
@@ -623,10 +631,11 @@ def _connect(args: argparse.Namespace, mission: Mission, state_dir: Path) -> tup
     """The bucket and the mission united with the bucket's intent (as the daemon sees it)."""
     from .cli import UserError
     from .s3store import S3Store
-    from .workspace import with_bucket_intent
+    from .workspace import s3_endpoint, with_bucket_intent
 
-    s3 = S3Store(mission.s3 or "", mission.name, args.endpoint_url)
+    s3 = S3Store(mission.s3 or "", mission.name, s3_endpoint(state_dir, args.endpoint_url))
+    contact = not getattr(args, "local", False)
     try:
-        return with_bucket_intent(mission, s3, state_dir), s3
+        return with_bucket_intent(mission, s3, state_dir, contact=contact), s3
     except S3ConfigError as e:
         raise UserError(f"{mission.s3}: {e}") from None

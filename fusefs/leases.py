@@ -20,6 +20,9 @@ and when they expire.
 Time: a lease expires at its object's LastModified + its lease seconds + GRACE, judged on the
 *server's* clock (every response carries a Date header; we track our offset to it), so workers'
 clock skew does not matter. Blocking calls only; the sync engine runs them in threads.
+
+The requests a worker's `mv` or `touch` waits for (acquire, renew, release, inspect) use the
+store's `fast` client (short timeouts, no retry); listings use the patient background client.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class LeaseBook:
     def _put(self, rel: str, **cond: str) -> str:
         self.s3._count("PUT")
         try:
-            r = self.s3.client.put_object(
+            r = self.s3.fast.put_object(
                 Bucket=self.s3.loc.bucket, Key=self._key(rel), Body=self._body(), **cond
             )
         except botocore.exceptions.ClientError as e:
@@ -115,7 +118,7 @@ class LeaseBook:
         """Delete our lease; a lease someone else took over is left alone."""
         self.s3._count("DELETE")
         try:
-            r = self.s3.client.delete_object(
+            r = self.s3.fast.delete_object(
                 Bucket=self.s3.loc.bucket, Key=self._key(rel), IfMatch=etag
             )
             self._track(r)
@@ -133,7 +136,7 @@ class LeaseBook:
     def inspect(self, rel: str) -> Lease | None:
         self.s3._count("GET")
         try:
-            r = self.s3.client.get_object(Bucket=self.s3.loc.bucket, Key=self._key(rel))
+            r = self.s3.fast.get_object(Bucket=self.s3.loc.bucket, Key=self._key(rel))
             body = r["Body"].read()
         except botocore.exceptions.ClientError as e:
             if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
@@ -168,7 +171,7 @@ class LeaseBook:
                 self._track(r)
                 now = self.server_now()
                 for obj in r.get("Contents", []):
-                    rel, etag = obj["Key"][len(root) :], str(obj["ETag"])
+                    rel, etag = self.s3.rel_of(CLAIMS, obj["Key"]), str(obj["ETag"])
                     seen.add(etag)
                     if etag not in self._bodies:
                         lease = self.inspect(rel)

@@ -9,6 +9,13 @@ standard boto3 chain and never appear in messages.
     {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
                                                                      (a `rel<TAB>sha256` line each)
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
+
+A rel becomes a key through `encode_rel` and a listed key a rel through `decode_rel` (a phrase
+may hold a backslash, which SeaweedFS takes for a path separator).
+
+Two boto3 clients, made on first use only (local commands never need one): `client` for the
+background work (uploads, listings: patient timeouts and a retry), `fast` for the requests a
+caller waits on (leases: a short read timeout and no retry, so a hung server is seen quickly).
 """
 
 from __future__ import annotations
@@ -28,13 +35,32 @@ import botocore.utils
 from botocore.config import Config
 
 from .codec import SUFFIX
-from .errors import Precondition, S3ConfigError, S3Unavailable
+from .errors import Precondition, S3ConfigError, S3NoCredentials, S3Timeout, S3Unavailable
 
 WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
 MANIFESTS = "manifests"
 INTENT = "intent"
 SHA_META = "sha256"
+
+# Timeouts (seconds). Background: a big upload on a slow link may take a while to be answered.
+# Interactive (leases, which a `mv` waits for): a silent server must be noticed in seconds;
+# the caller bounds its own wait further (FleetClaims), this bounds the abandoned thread.
+BACKGROUND_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 20, "max_attempts": 2}
+FAST_TIMEOUTS = {"connect_timeout": 2, "read_timeout": 5, "max_attempts": 1}
+
+
+def encode_rel(rel: str) -> str:
+    """The key form of a rel: a backslash (SeaweedFS takes it for a path separator) becomes
+    `%5C`, as if the codec had escaped it. Reversible because the codec escapes every `%` of a
+    phrase (a rel's `%` always starts one of its escapes, never `%5C`); every rel without a
+    backslash is its own key, so the keys of existing buckets do not change."""
+    return rel.replace("\\", "%5C")
+
+
+def decode_rel(key: str) -> str:
+    """The rel of a key part written by `encode_rel`."""
+    return key.replace("%5C", "\\")
 
 
 @dataclass(frozen=True)
@@ -58,7 +84,7 @@ def classify(e: Exception, where: str) -> Exception:
     if isinstance(e, S3ConfigError | S3Unavailable):
         return e
     if isinstance(e, botocore.exceptions.NoCredentialsError):
-        return S3ConfigError(
+        return S3NoCredentials(
             "no AWS credentials found (set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
         )
@@ -89,9 +115,20 @@ def classify(e: Exception, where: str) -> Exception:
         ):
             return S3Unavailable(f"{where}: server error {code or status}; will retry")
         return S3ConfigError(f"{where}: {code or status}: {err.get('Message', '')}".strip())
-    if isinstance(e, botocore.exceptions.BotoCoreError | OSError):
-        return S3Unavailable(f"{where}: {type(e).__name__}: endpoint unreachable; will retry")
-    return e
+    out: S3Unavailable
+    if isinstance(
+        e, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError
+    ):
+        out = S3Timeout(f"{where}: no answer in time ({type(e).__name__}); will retry")
+    elif isinstance(e, botocore.exceptions.BotoCoreError | OSError):
+        out = S3Unavailable(f"{where}: {type(e).__name__}: endpoint unreachable; will retry")
+    else:
+        return e
+    # No connection could be made: the request never reached the server.
+    out.sent = not isinstance(
+        e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
+    )
+    return out
 
 
 EXPECT_ABOVE = 1 << 20  # bytes: larger PUT bodies still wait for "100 Continue"
@@ -122,33 +159,55 @@ class S3Store:
         self.url = url
         self.endpoint_url = endpoint_url
         self.base = "/".join(p for p in (self.loc.prefix, mission) if p)
-        cfg = Config(
-            max_pool_connections=pool,
-            connect_timeout=3,
-            read_timeout=20,
-            retries={"max_attempts": 2, "mode": "standard"},
-        )
-        self.client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, config=cfg
-        )
-        # botocore asks every PUT body to wait for "100 Continue": a round trip (whose reply it
-        # reads a byte per syscall) that only pays off for large bodies; leases and most
-        # witnesses are a few hundred bytes.
-        events = self.client.meta.events
-        events.unregister("before-call.s3", botocore.handlers.add_expect_header)
-        events.register("before-call.s3", _expect_large_bodies)
+        self.pool = pool
+        self._clients: dict[str, Any] = {}
+        self._client_lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self._count_lock = threading.Lock()
         self.conditional = True  # set by check(): does the server honour If-None-Match?
         self.worker = ""  # recorded in object metadata: who wrote a witness or conflict
         self.checksums = False  # set by check(): does the server verify x-amz-checksum-sha256?
 
+    @property
+    def client(self) -> Any:
+        """The background client (uploads, listings), made on first use."""
+        return self._client("background", BACKGROUND_TIMEOUTS)
+
+    @property
+    def fast(self) -> Any:
+        """The client for requests a caller waits on (leases): a hung server fails fast."""
+        return self._client("fast", FAST_TIMEOUTS)
+
+    def _client(self, name: str, timeouts: dict[str, int]) -> Any:
+        with self._client_lock:
+            c = self._clients.get(name)
+            if c is None:
+                cfg = Config(
+                    max_pool_connections=self.pool,
+                    connect_timeout=timeouts["connect_timeout"],
+                    read_timeout=timeouts["read_timeout"],
+                    retries={"max_attempts": timeouts["max_attempts"], "mode": "standard"},
+                )
+                c = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=cfg)
+                # botocore asks every PUT body to wait for "100 Continue": a round trip (whose
+                # reply it reads a byte per syscall) that only pays off for large bodies;
+                # leases and most witnesses are a few hundred bytes.
+                events = c.meta.events
+                events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+                events.register("before-call.s3", _expect_large_bodies)
+                self._clients[name] = c
+            return c
+
     def _count(self, op: str) -> None:
         with self._count_lock:  # called from many uploader threads
             self.requests[op] = self.requests.get(op, 0) + 1
 
     def key(self, area: str, rel: str) -> str:
-        return f"{self.base}/{area}/{rel}"
+        return f"{self.base}/{area}/{encode_rel(rel)}"
+
+    def rel_of(self, area: str, key: str) -> str:
+        """The rel of a listed key under `area` (the inverse of `key`)."""
+        return decode_rel(key[len(f"{self.base}/{area}/") :])
 
     def conflict_rel(self, rel: str, worker: str) -> str:
         return f"{rel.removesuffix(SUFFIX)}.{worker}{SUFFIX}"
@@ -366,8 +425,7 @@ class S3Store:
         return self.list_dirs(f"{self.base}/{WITNESSES}/")
 
     def rels_under(self, prefix: str) -> list[str]:
-        root = f"{self.base}/{WITNESSES}/"
-        return [k[len(root) :] for k, _ in self.list_keys(prefix)]
+        return [self.rel_of(WITNESSES, k) for k, _ in self.list_keys(prefix)]
 
     def sized_rels_under(self, prefix: str) -> list[tuple[str, int | None]]:
         """(rel, size) of the witnesses under prefix: the listing gives each object's size."""
@@ -389,7 +447,7 @@ class S3Store:
 
     def intent_rels(self) -> list[str]:
         root = f"{self.base}/{INTENT}/"
-        return [k[len(root) :] for k, _ in self.list_keys(root)]
+        return [self.rel_of(INTENT, k) for k, _ in self.list_keys(root)]
 
 
 def _is_404(e: Exception) -> bool:

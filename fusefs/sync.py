@@ -45,6 +45,7 @@ from .s3store import (
     WITNESSES,
     S3ConfigError,
     S3Store,
+    S3Timeout,
     S3Unavailable,
     sha256_hex,
 )
@@ -95,6 +96,7 @@ class SyncEngine:
         full_refresh: float = 600.0,
         claims: str = "local",
         lease_seconds: float = 900.0,
+        claim_timeout: float = 2.0,
     ) -> None:
         self.state = state
         self.space: TaskSpace = state.space
@@ -129,6 +131,8 @@ class SyncEngine:
         self.online: bool | None = None  # None: not checked yet
         self.conditional: bool | None = None
         self.state_msg = "starting"
+        self.s3_state = "starting"  # online, degraded (requests time out), offline, error
+        self._ok_msg = "ok"
         self._inflight: set[int] = set()
         self._manifest: list[str] = []  # "rel<TAB>sha256" lines of our uploads
         self._manifest_seq = 0
@@ -147,7 +151,7 @@ class SyncEngine:
         s3.worker = worker
         self.claims_mode = claims
         self.fleet = (
-            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh)
+            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh, claim_timeout)
             if claims != "local"
             else None
         )
@@ -209,6 +213,7 @@ class SyncEngine:
             "endpoint": self.s3.endpoint_url or "(AWS default)",
             "worker": self.worker,
             "state": self.state_msg,
+            "s3": self.s3_state,
             "online": bool(self.online),
             "conditional_writes": self.conditional,
             "checksums_verified_by_server": self.s3.checksums,
@@ -247,28 +252,59 @@ class SyncEngine:
         try:
             conditional = await _s3(self.s3.check)
         except S3Unavailable as e:
-            self.went_offline(str(e))
+            self.went_offline(e)
             return False
         self.checked(conditional)
         return True
 
+    async def _reconnect(self) -> bool:
+        """connect() for the background loops: a settings error (no credentials, no bucket)
+        is shown in status and retried later, never raised into the loop."""
+        try:
+            return await self.connect()
+        except S3ConfigError as e:
+            self.counters.last_error = str(e)
+            self.state_msg = f"error: {e}"
+            self.s3_state = "error"
+            self.online = False
+            return False
+
     def checked(self, conditional: bool) -> None:
         """The self-test (S3Store.check) passed: online, with or without conditional writes."""
         self.conditional = conditional
-        self.online = True
-        self.state_msg = (
+        self._ok_msg = (
             "ok"
             if conditional
             else "ok (server ignores If-None-Match: check-then-put, races possible)"
         )
+        self.answered()
         if not conditional:
             log.warning("%s does not honour conditional writes: using check-then-put", self.s3.url)
 
-    def went_offline(self, msg: str) -> None:
+    def answered(self) -> None:
+        """A request was answered: S3 is online again (once the self-test has passed)."""
+        if self.conditional is None or self.online:
+            return
+        if self.online is False:
+            log.info("S3 answers again: online")
+        self.online = True
+        self.s3_state = "online"
+        self.state_msg = self._ok_msg
+
+    def went_offline(self, why: str | Exception) -> None:
+        """A request failed: "degraded" if it timed out (the server takes connections but does
+        not answer), "offline" if the endpoint cannot be reached at all."""
+        msg = str(why)
+        degraded = isinstance(why, S3Timeout)
         if self.online is not False:
-            log.warning("S3 unreachable, working locally and queueing uploads: %s", msg)
+            log.warning(
+                "S3 %s, working locally and queueing uploads: %s",
+                "not answering in time" if degraded else "unreachable",
+                msg,
+            )
         self.online = False
-        self.state_msg = f"unreachable: {msg}"
+        self.s3_state = "degraded" if degraded else "offline"
+        self.state_msg = f"degraded: {msg}" if degraded else f"unreachable: {msg}"
         self.counters.last_error = msg
         if self.claims_mode == "optimistic":
             assert self.fleet is not None
@@ -286,7 +322,7 @@ class SyncEngine:
     async def _upload_loop(self) -> None:
         backoff = 1.0
         while True:
-            if not self.online and not await self.connect():
+            if not self.online and not await self._reconnect():
                 await self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
@@ -333,12 +369,15 @@ class SyncEngine:
                     if forced:
                         await self.drain()
             except S3Unavailable as e:
-                self.went_offline(str(e))
+                self.went_offline(e)
             except S3ConfigError as e:
                 self.counters.errors += 1
                 self.counters.last_error = str(e)
+                if self.state_msg != f"error: {e}":  # once, not at every refresh
+                    log.error("sync: %s", e)
                 self.state_msg = f"error: {e}"
-                log.error("sync: %s", e)
+                self.s3_state = "error"
+                self.online = False  # re-checked (bucket, credentials) before the next refresh
             if forced:
                 done, self._forced_done = self._forced_done, []
                 for cb in done:
@@ -378,7 +417,7 @@ class SyncEngine:
                     await self._upload_one(task)
                 except S3Unavailable as e:
                     failures += 1
-                    self.went_offline(str(e))
+                    self.went_offline(e)
                 except (S3ConfigError, OSError) as e:
                     failures += 1
                     self.counters.errors += 1

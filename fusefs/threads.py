@@ -7,8 +7,22 @@ from typing import Any
 
 import trio
 
+S3_THREADS = 64  # S3 calls have threads of their own: a hung S3 never starves the commit path
+_s3_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("s3_limiter")
+
+
+def s3_limiter() -> trio.CapacityLimiter:
+    """This trio run's limiter for S3 threads (the default one, 40 threads, serves fsyncs and
+    links: requests waiting on a silent S3 must not take all its threads)."""
+    try:
+        return _s3_limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(S3_THREADS)
+        _s3_limiter.set(limiter)
+        return limiter
+
 
 async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
     """A blocking S3 call in a worker thread; on shutdown it is abandoned, not awaited (every
     S3 effect here is idempotent: an upload whose result is lost is redone at next start)."""
-    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=s3_limiter())

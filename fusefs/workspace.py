@@ -8,6 +8,7 @@ the commit path and, with `[store] s3`, the sync engine. The daemon mounts one; 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class SyncOptions:
     uploaders: int = 16
     refresh: float = 15.0
     full_refresh: float = 600.0
+    claim_timeout: float = 2.0  # seconds a claim waits for its lease before EAGAIN
 
 
 @dataclass
@@ -171,6 +173,34 @@ def remember_mission_name(state_dir: Path, name: str) -> None:
     replace_text(target, name + "\n")
 
 
+S3_FILE = "s3.json"  # S3 connection options given at mount or sync (the endpoint URL)
+
+
+def remember_s3(state_dir: Path, endpoint_url: str | None) -> None:
+    """Keep the endpoint given on the command line, so that later commands on this state dir
+    (`sync`, `log`, `fsck`, a remount) reach the same server without the flag."""
+    if not endpoint_url:
+        return
+    text = json.dumps({"endpoint_url": endpoint_url}) + "\n"
+    try:
+        if (state_dir / S3_FILE).read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    replace_text(state_dir / S3_FILE, text)
+
+
+def s3_endpoint(state_dir: Path, given: str | None) -> str | None:
+    """The endpoint URL to use: the one given, else the one the state dir remembers."""
+    if given:
+        return given
+    try:
+        value = json.loads((state_dir / S3_FILE).read_text(encoding="utf-8")).get("endpoint_url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
 def daemon_pid(state_dir: Path) -> int | None:
     """The pid of the daemon holding this state dir, or None if no daemon runs on it."""
     try:
@@ -180,17 +210,23 @@ def daemon_pid(state_dir: Path) -> int | None:
     return None
 
 
-def with_bucket_intent(mission: Mission, s3: S3Store, state_dir: Path) -> Mission:
-    """Unite the bucket's intent/ tree; use the last copy seen when S3 is unreachable."""
-    from .errors import S3Unavailable
+def with_bucket_intent(
+    mission: Mission, s3: S3Store, state_dir: Path, *, contact: bool = True
+) -> Mission:
+    """Unite the bucket's intent/ tree; use the last copy seen when S3 is unreachable or must
+    not be contacted (local commands)."""
+    from .errors import S3NoCredentials, S3Unavailable
 
     cache = state_dir / "index" / INTENT_CACHE
-    try:
-        rels = s3.intent_rels()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        replace_text(cache, "".join(r + "\n" for r in rels))
-    except S3Unavailable as e:
-        log.warning("bucket intent/ not listed (%s); using the last copy seen", e)
+    rels: list[str] | None = None
+    if contact:
+        try:
+            rels = s3.intent_rels()
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            replace_text(cache, "".join(r + "\n" for r in rels))
+        except (S3Unavailable, S3NoCredentials) as e:
+            log.warning("bucket intent/ not listed (%s); using the last copy seen", e)
+    if rels is None:
         rels = cache.read_text(encoding="utf-8").splitlines() if cache.exists() else []
     return extend_intent(mission, rels, f"{s3.url}/{mission.name}/intent/")
 
@@ -203,8 +239,12 @@ def open_workspace(
     sync: SyncOptions | None = None,
     lock: bool = True,
     progress: Callable[[int], None] | None = None,
+    contact_s3: bool = True,
 ) -> Workspace:
-    """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError."""
+    """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError.
+
+    contact_s3=False (read-only local commands): no request to S3 and no credentials needed;
+    the bucket's intent comes from the copy kept at the last contact."""
     lock_file = lock_state_dir(state_dir) if lock else None
     try:
         store = LocalStore(state_dir)
@@ -217,8 +257,11 @@ def open_workspace(
             from .s3store import S3Store
 
             opts = sync or SyncOptions()
-            s3 = S3Store(mission.s3, mission.name, opts.endpoint_url, pool=opts.uploaders + 8)
-            mission = with_bucket_intent(mission, s3, state_dir)
+            if lock:
+                remember_s3(state_dir, opts.endpoint_url)
+            endpoint = s3_endpoint(state_dir, opts.endpoint_url)
+            s3 = S3Store(mission.s3, mission.name, endpoint, pool=opts.uploaders + 8)
+            mission = with_bucket_intent(mission, s3, state_dir, contact=contact_s3)
         index = FactIndex(store.index_dir, mission.space)
         local = index.load()
         outside: list[str] = []
@@ -250,6 +293,7 @@ def open_workspace(
                 full_refresh=opts.full_refresh,
                 claims=mission.claims,
                 lease_seconds=lease,
+                claim_timeout=opts.claim_timeout,
             )
             engine.journal = journal
             state.add_facts(engine.remote)

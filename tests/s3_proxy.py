@@ -1,0 +1,188 @@
+"""A tiny TCP proxy on 127.0.0.1 in front of a test S3 server, that a test can make misbehave.
+
+Modes:
+    pass     bytes flow both ways
+    hang     the server looks alive but silent: connections are accepted and requests read,
+             nothing is forwarded and nothing ever answered (a hung S3, not a refusing one)
+    mute     requests reach the server (their effects happen) but the answers are dropped: the
+             client cannot know whether its request was applied
+    slow     requests reach the server at once, its answers reach the client `delay` s late
+
+Switching to `hang` or `mute` poisons the connections open at that moment (they stay silent
+until the client closes them), so a client's pooled connection cannot carry a half-forwarded
+request into the next mode. One thread, non-blocking sockets, a selector.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class _Pair:
+    client: socket.socket
+    upstream: socket.socket | None
+    mode: str  # the mode this connection keeps: "pass", "slow", "hang" or "mute"
+    answers: deque[tuple[float, bytes]] = field(default_factory=deque)  # (when due, bytes)
+    server_done: bool = False  # the server closed; the client is closed once answers are out
+
+
+class S3Proxy:
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("http://").partition(":")
+        self.upstream = (host, int(port))
+        self.mode = "pass"
+        self.request_lines: list[str] = []  # first lines of requests swallowed or muted
+        self.accepted = 0  # connections accepted, in any mode
+        self.delay = 0.0  # seconds answers are held back in "slow" mode
+        self.errors: list[str] = []  # what went wrong inside the proxy thread (for debugging)
+        self._lock = threading.Lock()
+        self._sel = selectors.DefaultSelector()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._pairs: set[_Pair] = set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="s3-proxy", daemon=True)
+
+    def start(self) -> S3Proxy:
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._thread.start()
+        return self
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "slow", "hang", "mute")
+        with self._lock:
+            self.mode = mode
+            for pair in self._pairs:
+                if mode in ("hang", "mute") and pair.mode in ("pass", "slow"):
+                    pair.mode = mode  # poisoned for good
+                elif mode in ("pass", "slow") and pair.mode in ("pass", "slow"):
+                    pair.mode = mode
+
+    def slow(self, delay: float) -> None:
+        self.delay = delay
+        self.set_mode("slow")
+
+    def hang(self) -> None:
+        self.set_mode("hang")
+
+    def mute(self) -> None:
+        self.set_mode("mute")
+
+    def resume(self) -> None:
+        self.set_mode("pass")
+
+    def seen(self, needle: str) -> int:
+        """How many swallowed or muted requests had `needle` in their first line."""
+        with self._lock:
+            return sum(needle in line for line in self.request_lines)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=10)
+        for pair in list(self._pairs):
+            self._drop(pair)
+        self._listener.close()
+        self._sel.close()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop:
+            self._flush_due()
+            for key, _ in self._sel.select(timeout=0.02):
+                try:
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._read(key.fileobj, key.data)  # type: ignore[arg-type]
+                except Exception as e:  # the proxy must outlive any one connection
+                    self.errors.append(repr(e))
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except OSError:
+            return
+        with self._lock:
+            mode = self.mode
+            self.accepted += 1
+        upstream = None
+        if mode != "hang":
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                return
+            upstream.setblocking(False)
+        client.setblocking(False)
+        pair = _Pair(client, upstream, mode)
+        with self._lock:
+            self._pairs.add(pair)
+        self._sel.register(client, selectors.EVENT_READ, pair)
+        if upstream is not None:
+            self._sel.register(upstream, selectors.EVENT_READ, pair)
+
+    def _read(self, sock: socket.socket, pair: _Pair) -> None:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if sock is pair.upstream and pair.answers:  # answers held back still go out first
+                pair.server_done = True
+                self._sel.unregister(sock)
+                return
+            self._drop(pair)
+            return
+        with self._lock:
+            mode = pair.mode
+            if sock is pair.client and mode != "pass" and data[:8].split(b" ")[0].isalpha():
+                self.request_lines.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+        if sock is pair.client:
+            if mode == "hang" or pair.upstream is None:
+                return  # read, never forwarded
+            self._send(pair.upstream, data, pair)
+        elif mode in ("pass", "slow"):  # in order, after any answer still held back
+            due = time.monotonic() + (self.delay if mode == "slow" else 0.0)
+            pair.answers.append((due, data))
+            self._flush_due()
+        # mute: the server's answer is dropped
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        for pair in list(self._pairs):
+            while pair.answers and pair.answers[0][0] <= now and pair.mode in ("pass", "slow"):
+                self._send(pair.client, pair.answers.popleft()[1], pair)
+            if pair.server_done and not pair.answers:
+                self._drop(pair)
+
+    def _send(self, sock: socket.socket, data: bytes, pair: _Pair) -> None:
+        sock.setblocking(True)
+        try:
+            sock.sendall(data)
+        except OSError:
+            self._drop(pair)
+        finally:
+            if sock.fileno() >= 0:
+                sock.setblocking(False)
+
+    def _drop(self, pair: _Pair) -> None:
+        with self._lock:
+            self._pairs.discard(pair)
+        for s in (pair.client, pair.upstream):
+            if s is None:
+                continue
+            try:
+                self._sel.unregister(s)  # found by identity even once closed
+            except (KeyError, ValueError):
+                pass
+            s.close()
