@@ -429,8 +429,7 @@ class S3Store:
 
     def sized_rels_under(self, prefix: str) -> list[tuple[str, int | None]]:
         """(rel, size) of the witnesses under prefix: the listing gives each object's size."""
-        root = f"{self.base}/{WITNESSES}/"
-        return [(k[len(root) :], size) for k, size in self.list_keys(prefix)]
+        return [(self.rel_of(WITNESSES, k), size) for k, size in self.list_keys(prefix)]
 
     def size_of(self, key: str) -> int | None:
         """Content length of an object (a HEAD), or None if there is no such object."""

@@ -129,7 +129,7 @@ def test_malformed_answer_is_reported_in_one_line(mount: Mount, stub: OverpassSt
     assert set(summary["failed"]) == {PLUMBER, "40.70/-74.02/coffee shop.csv"}
     why = summary["failed"][PLUMBER]
     assert why.startswith(f"overpass: malformed JSON from {stub.url}: ") and "line 25" in why
-    assert sum("malformed JSON" in line for line in err.splitlines()) == 2
+    assert sum("malformed JSON" in line for line in err.splitlines()) == 2, err
     assert_no_claims_and_clean_tmp(mount)
 
 
