@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import write_mission
 from tests.kill9_util import MISSION, Loop
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from fusefs.witness import check_csv
+from fusefs.model.witness import check_csv
 from scraper.schema import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyroaring import BitMap
 
-from fusefs.affinity import MEMBER_SECONDS, SETTLE_SECONDS, Crew, chunk_bounds, others_share
+from fusefs.model.affinity import MEMBER_SECONDS, SETTLE_SECONDS, Crew, chunk_bounds, others_share
 
 WORKERS = ["host-a-1", "host-b-7", "laptop", "vm-3"]
 

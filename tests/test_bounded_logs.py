@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.ratelog import Coalescer, log_coalesced
+from fusefs.statedir.ratelog import Coalescer, log_coalesced
 from tests.conftest import Mount, write_mission
 
 TRIES = 5000
@@ -79,7 +79,7 @@ def test_log_coalesced_says_a_message_once_then_its_count(
     with caplog.at_level(logging.WARNING, logger=logger.name):
         for _ in range(100):
             log_coalesced(logger, logging.WARNING, "refused claim of 1/2/x.csv: retry later")
-        from fusefs.ratelog import LOG_REPEATS
+        from fusefs.statedir.ratelog import LOG_REPEATS
 
         LOG_REPEATS.flush(everything=True)
     msgs = [r.getMessage() for r in caplog.records]
@@ -91,7 +91,7 @@ def test_log_coalesced_says_a_message_once_then_its_count(
 def test_missionfs_log_rotates_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon's log handler (a 4 KiB limit here instead of 10 MiB): 1,000 distinct lines
     leave missionfs.log and three older files, each within the limit, and the newest lines."""
-    from fusefs import cli
+    from fusefs.cli import mount as cli
 
     monkeypatch.setattr(cli, "LOG_BYTES", 4096)
     logger = logging.getLogger("missionfs")

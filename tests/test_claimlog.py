@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pyroaring import BitMap
 
-from fusefs.claimlog import ClaimLog
-from fusefs.codec import Axis, TaskSpace
-from fusefs.state import MissionState
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.state import MissionState
+from fusefs.statedir.claimlog import ClaimLog
 
 SPACE = TaskSpace(Axis(0, 1, 2, 2), Axis(100, 1, 2, 2), ("a", "b"))
 NOW = 1_000_000.0

@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusefs.codec import (
+from fusefs.model.codec import (
     Axis,
     TaskSpace,
     decode_phrase,
@@ -109,7 +109,7 @@ def test_descriptor_is_one_json_line_of_the_advertised_size() -> None:
 def test_parse_rel_explains_what_is_wrong() -> None:
     import pytest
 
-    from fusefs.codec import OutOfPlan
+    from fusefs.model.codec import OutOfPlan
 
     space = _space()
     with pytest.raises(OutOfPlan, match=r"latitude '41\.00'"):

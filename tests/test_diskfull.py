@@ -206,12 +206,12 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     import pyfuse3
     import trio
 
-    from fusefs import journal as journal_module
-    from fusefs.claimlog import CLAIMS_FILE, ClaimLog
-    from fusefs.fs import MissionFS
-    from fusefs.mission import load_mission
-    from fusefs.state import MissionState
-    from fusefs.workspace import open_workspace
+    from fusefs.engine.workspace import open_workspace
+    from fusefs.fuse.fs import MissionFS
+    from fusefs.model.mission import load_mission
+    from fusefs.model.state import MissionState
+    from fusefs.statedir import journal as journal_module
+    from fusefs.statedir.claimlog import CLAIMS_FILE, ClaimLog
 
     mission = load_mission(write_mission(tmp_path / "mission.toml"))
     ws = open_workspace(mission, tmp_path / "state", lock=False)

@@ -164,7 +164,7 @@ def test_status_eta_from_the_last_ten_minutes(
 
 
 def test_pace_reads_only_what_the_journal_appended(tmp_path: Path) -> None:
-    from fusefs.eta import finished_since
+    from fusefs.engine.eta import finished_since
 
     j = tmp_path / "journal"
     j.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import MotoServer, s3_env
 from tests.test_s3 import MISSION, keys, s3_mission, s3_mount, sync

@@ -176,7 +176,7 @@ def test_boundary_maps_each_exception_to_its_errno_and_passes_fuse_errors() -> N
     import pyfuse3
     import trio
 
-    from fusefs.boundary import RequestErrors, error_boundary
+    from fusefs.fuse.boundary import RequestErrors, error_boundary
 
     @error_boundary
     class Ops(pyfuse3.Operations):

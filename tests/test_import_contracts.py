@@ -36,5 +36,5 @@ def test_a_breach_of_each_contract_is_caught(tmp_path: Path) -> None:
         f.write("\nimport boto3  # noqa\n")
     res = lint(tmp_path)
     assert res.returncode != 0
-    assert "fusefs.objects.memory -> fusefs.codec" in res.stdout
-    assert "fusefs.status -> boto3" in res.stdout
+    assert "fusefs.objects.memory -> fusefs.model.codec" in res.stdout
+    assert "fusefs.engine.status -> boto3" in res.stdout

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from fusefs.journal import read_journal
+from fusefs.statedir.journal import read_journal
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
 from tests.s3_servers import MotoServer, s3_env
 from tests.test_mount import all_rels, commit_via_tmp, sh

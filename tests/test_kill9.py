@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import MISSIONFS, ROOT, wait_for, write_mission
 from tests.kill9_util import MISSION, Loop, proc_state
 

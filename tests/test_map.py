@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from pyroaring import BitMap
 
-from fusefs.codec import Axis, TaskSpace
-from fusefs.mapfiles import frame_for, place
-from fusefs.mission import load_mission
-from fusefs.progressmap import (
+from fusefs.cli.mapfiles import frame_for, place
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.mission import load_mission
+from fusefs.model.progressmap import (
     CLAIMED,
     COLOURS,
     CONFLICT,
@@ -339,8 +339,8 @@ def test_ten_million_tasks_render_in_seconds(tmp_path: Path) -> None:
     assert r.state[-1, 0] == DONE  # the first third (southern rows) is done
     # Too many cells for one <rect> each: the SVG embeds the map as a PNG, the PNG writer's
     # pixels decode to the same states.
-    from fusefs.mapfiles import png_bytes, svg_text
-    from fusefs.progressmap import rgb
+    from fusefs.cli.mapfiles import png_bytes, svg_text
+    from fusefs.model.progressmap import rgb
 
     fr = place(frame_for(space, 900)[0], r)
     svg = ET.fromstring(svg_text(space, r, fr, "big", "now"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fusefs.metrics import reason_label, s3_outcome
+from fusefs.engine.metrics import reason_label, s3_outcome
 from tests.conftest import MISSIONFS, ROOT, Mount, _mounted, wait_for
 from tests.s3_servers import MotoServer, s3_env
 from tests.test_s3 import new_bucket, s3_mission

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import MissionError, load_mission
+from fusefs.model.mission import MissionError, load_mission
 from tests.conftest import MISSIONFS, ROOT, write_mission
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import Mount, wait_for, write_mission
 
 REL = "40.71/-74.00/coffee shop.csv"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mounthelper import (
+from fusefs.cli.mounthelper import (
     PROG,
     OptionError,
     mount_flags,

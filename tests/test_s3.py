@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fusefs.mission import load_mission
-from fusefs.s3store import S3Store
+from fusefs.model.mission import load_mission
+from fusefs.objects.s3store import S3Store
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
 from tests.s3_servers import ACCESS_KEY, MotoServer, SeaweedServer, Server, free_port, s3_env
 
@@ -345,8 +345,8 @@ def test_the_commit_hash_travels_with_the_upload(
 ) -> None:
     """Where the server verifies x-amz-checksum-sha256, a body that does not match the SHA-256
     recorded at commit is refused; elsewhere the hash still travels as metadata."""
-    from fusefs.errors import S3ConfigError
-    from fusefs.s3store import S3Store, sha256_hex
+    from fusefs.model.errors import S3ConfigError
+    from fusefs.objects.s3store import S3Store, sha256_hex
 
     for k, v in s3_env().items():
         monkeypatch.setenv(k, v)

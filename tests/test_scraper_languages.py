@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import ROOT, Mount, wait_for, write_mission
 from tests.s3_servers import MotoServer, free_port, s3_env
 from tests.scraper_util import (

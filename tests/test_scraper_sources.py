@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from scraper.overpass import ATTRIBUTION, OverpassSource, normalise
 from scraper.ratelimit import RateLimiter
 from scraper.schema import COLUMNS, DescriptorError, TaskInfo, to_csv

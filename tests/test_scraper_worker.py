@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from scraper import cli, walk
 from scraper.overpass import normalise
 from scraper.schema import TaskInfo

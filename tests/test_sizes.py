@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pyroaring import BitMap
 
-from fusefs.codec import Axis, TaskSpace
-from fusefs.digest import _remote_logs_without_snapshot
-from fusefs.index import FactIndex
-from fusefs.sizes import RemoteSizes
+from fusefs.engine.digest import remote_logs_without_snapshot
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.sizes import RemoteSizes
+from fusefs.statedir.index import FactIndex
 
 
 def test_sparse_then_dense_then_freed() -> None:
@@ -65,7 +65,7 @@ def test_sizes_round_trip_through_snapshot_and_logs(tmp_path: Path) -> None:
     # Readers that want only the facts (fsck, status, pending, digest) take the rel.
     assert FactIndex(tmp_path, SPACE, "remote").load() == facts
     (tmp_path / "remote.roaring").unlink()  # a daemon before its first snapshot
-    assert _remote_logs_without_snapshot(tmp_path, SPACE) == BitMap([2, 5, 6])
+    assert remote_logs_without_snapshot(tmp_path, SPACE) == BitMap([2, 5, 6])
 
 
 def test_dense_sizes_round_trip(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pyroaring import BitMap
 
-from fusefs import state as state_module
-from fusefs.codec import Axis, TaskSpace
-from fusefs.state import WINDOW, MissionState, NotClaimed, NotPending, View
+from fusefs.model import state as state_module
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.state import WINDOW, MissionState, NotClaimed, NotPending, View
 
 SPACE = TaskSpace(Axis(0, 1, 4, 2), Axis(100, 1, 5, 2), ("a", "b", "c"))
 LEASE = 10.0

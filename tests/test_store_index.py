@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pyroaring import BitMap
 
-from fusefs.codec import Axis, TaskSpace
-from fusefs.index import FactIndex, walk_facts
-from fusefs.store import LocalStore
-from fusefs.witness import InvalidWitness, check_csv
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.witness import InvalidWitness, check_csv
+from fusefs.statedir.index import FactIndex, walk_facts
+from fusefs.statedir.store import LocalStore
 
 SPACE = TaskSpace(Axis(4070, 1, 3, 2), Axis(-7402, 1, 4, 2), ("coffee shop", "plumber"))
 

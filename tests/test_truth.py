@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
 from tests.s3_servers import MotoServer, free_port
 from tests.test_s3 import MISSION, listed, s3_mission, s3_mount

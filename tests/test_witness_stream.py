@@ -16,8 +16,8 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusefs import witness
-from fusefs.witness import InvalidWitness, check_csv, check_stream
+from fusefs.model import witness
+from fusefs.model.witness import InvalidWitness, check_csv, check_stream
 
 PIECES = [
     b"a",

@@ -17,8 +17,8 @@ import pyfuse3
 import pytest
 from pyroaring import BitMap
 
-import fusefs.fs
-from fusefs.mission import Mission, load_mission
+import fusefs.fuse.fs
+from fusefs.model.mission import Mission, load_mission
 from tests.conftest import write_mission
 from tests.engine.driver import EngineNode, FakeBucket, FakeClock, readdir_reply
 
@@ -50,7 +50,7 @@ def small_mission(directory: Path) -> Mission:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     """The wall clock of the FUSE handlers (lease starts and renewals), and the readdir hook."""
     c = FakeClock()
-    monkeypatch.setattr(fusefs.fs, "time", c)
+    monkeypatch.setattr(fusefs.fuse.fs, "time", c)
     monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
     yield c
 
