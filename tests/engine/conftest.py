@@ -19,8 +19,8 @@ from pyroaring import BitMap
 
 import fusefs.fuse.fs
 from fusefs.model.mission import Mission, load_mission
-from tests.conftest import write_mission
 from tests.engine.driver import EngineNode, FakeBucket, FakeClock, readdir_reply
+from tests.support.mounts import write_mission
 
 # 3 x 3 tiles x 2 phrases (one with a space). Tile 10.2/20.2 is not planned at all and
 # "plumber" is not planned in tile 10.0/20.1: a hole in a planned tile and an absent tile.

@@ -37,9 +37,9 @@ from fusefs.model.progressmap import (
     make_layout,
     raster,
 )
-from tests.conftest import MISSIONFS, ROOT, Mount, wait_for
-from tests.pngread import read_png
-from tests.s3_servers import free_port
+from tests.support.mounts import MISSIONFS, ROOT, Mount, wait_for
+from tests.support.pngread import read_png
+from tests.support.s3_servers import free_port
 
 CHROMIUM = shutil.which("chromium")
 WIDTH = 700

@@ -14,8 +14,15 @@ import pytest
 
 from fusefs.model.mission import load_mission
 from fusefs.objects.s3store import S3Store
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
-from tests.s3_servers import ACCESS_KEY, MotoServer, SeaweedServer, Server, free_port, s3_env
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
+from tests.support.s3_servers import (
+    ACCESS_KEY,
+    MotoServer,
+    SeaweedServer,
+    Server,
+    free_port,
+    s3_env,
+)
 
 MISSION = "s3-mission"
 

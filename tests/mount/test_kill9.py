@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
-from tests.conftest import MISSIONFS, ROOT, wait_for, write_mission
-from tests.kill9_util import MISSION, Loop, proc_state
+from tests.support.kill9_util import MISSION, Loop, proc_state
+from tests.support.mounts import MISSIONFS, ROOT, wait_for, write_mission
 
 TRIES = int(os.environ.get("MISSIONFS_KILL9_TRIES", "8"))
 

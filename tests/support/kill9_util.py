@@ -18,7 +18,7 @@ A wedged try is counted, then cleaned up by aborting the connection here (so the
 and leaves nothing stuck): the harness never depends on the code under test to clean up.
 
 Used by tests/test_kill9.py (a few tries) and bench/kill9_loop.py (50 tries).
-Run a worker: python -m tests.kill9_util worker MNT RELS_FILE ACK_FILE STOP_FILE SEED
+Run a worker: python -m tests.support.kill9_util worker MNT RELS_FILE ACK_FILE STOP_FILE SEED
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MISSIONFS = [sys.executable, "-m", "fusefs"]
 WORKERS = 4
 DEADLINE = 30.0  # recovery, worker exit: generous on a loaded 2-core machine
@@ -250,7 +250,7 @@ class Loop:
                 [
                     sys.executable,
                     "-m",
-                    "tests.kill9_util",
+                    "tests.support.kill9_util",
                     "worker",
                     str(self.mnt),
                     str(self.work / "rels.txt"),

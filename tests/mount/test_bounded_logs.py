@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.statedir.ratelog import Coalescer, log_coalesced
-from tests.conftest import Mount, write_mission
+from tests.support.mounts import Mount, write_mission
 
 TRIES = 5000
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
-from tests.conftest import Mount, wait_for, write_mission
+from tests.support.mounts import Mount, wait_for, write_mission
 
 REL = "40.71/-74.00/coffee shop.csv"
 CSV = "name,address\nJoe's,1 Main St\n"

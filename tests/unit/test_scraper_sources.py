@@ -21,8 +21,8 @@ from scraper.ratelimit import RateLimiter
 from scraper.schema import COLUMNS, DescriptorError, TaskInfo, to_csv
 from scraper.source import SourceError, Stopped
 from scraper.synthetic import SyntheticSource, synthetic_rows
-from tests.conftest import ROOT, write_mission
-from tests.scraper_util import (
+from tests.support.mounts import ROOT, write_mission
+from tests.support.scraper_util import (
     COFFEE,
     OverpassStub,
     Reply,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, new_bucket, wait_for, write_mission
-from tests.s3_proxy import S3Proxy
-from tests.s3_servers import MotoServer, SeaweedServer, s3_env
-from tests.test_s3 import MISSION, key_names, rels, run
+from tests.mount.test_s3 import MISSION, key_names, rels, run
+from tests.support.mounts import Mount, new_bucket, wait_for, write_mission
+from tests.support.s3_proxy import S3Proxy
+from tests.support.s3_servers import MotoServer, SeaweedServer, s3_env
 
 EAGAIN_TEXT = "Resource temporarily unavailable"
 PROMPT = 8.0  # seconds: "promptly" for a claim refused or a commit made while S3 hangs

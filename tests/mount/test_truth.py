@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
-from tests.s3_servers import MotoServer, free_port
-from tests.test_s3 import MISSION, listed, s3_mission, s3_mount
-from tests.test_s3 import commit as s3_commit
+from tests.mount.test_s3 import MISSION, listed, s3_mission, s3_mount
+from tests.mount.test_s3 import commit as s3_commit
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for
+from tests.support.s3_servers import MotoServer, free_port
 
 REL = "40.71/-74.00/coffee shop.csv"
 CSV = b"name,address\nJoe's,1 Main St\n"

@@ -20,9 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusefs.engine.metrics import reason_label, s3_outcome
-from tests.conftest import MISSIONFS, ROOT, Mount, _mounted, wait_for
-from tests.s3_servers import MotoServer, s3_env
-from tests.test_s3 import new_bucket, s3_mission
+from tests.mount.test_s3 import new_bucket, s3_mission
+from tests.support.mounts import MISSIONFS, ROOT, Mount, _mounted, wait_for
+from tests.support.s3_servers import MotoServer, s3_env
 
 DASHBOARD = ROOT / "docs" / "grafana-missionfs.json"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

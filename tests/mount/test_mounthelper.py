@@ -23,7 +23,7 @@ from fusefs.cli.mounthelper import (
     parse_command_line,
     split_options,
 )
-from tests.conftest import MISSIONFS, ROOT, _mounted, wait_for
+from tests.support.mounts import MISSIONFS, ROOT, _mounted, wait_for
 
 HELPER = Path("/usr/sbin") / PROG
 UNIT = ROOT / "systemd" / "missionfs@.service"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MISSIONFS, ROOT, Mount
-from tests.test_mount import CSV, REL, commit_via_tmp, sh
+from tests.mount.test_mount import CSV, REL, commit_via_tmp, sh
+from tests.support.mounts import MISSIONFS, ROOT, Mount
 
 TILE = "40.71/-74.00"
 OTHER = "40.72/-73.99/plumber.csv"  # the task of the liveness check

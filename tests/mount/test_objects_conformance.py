@@ -30,8 +30,8 @@ from fusefs.objects import (
 )
 from fusefs.objects.memory import MemoryStore, PrefixLimiter
 from fusefs.objects.s3 import S3ObjectStore, classify
-from tests.conftest import new_bucket
-from tests.s3_servers import ACCESS_KEY, SECRET_KEY, Server, free_port
+from tests.support.mounts import new_bucket
+from tests.support.s3_servers import ACCESS_KEY, SECRET_KEY, Server, free_port
 
 BACKENDS = ["memory", "moto", "seaweed"]
 

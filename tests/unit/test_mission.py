@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import MissionError, load_mission
-from tests.conftest import MISSIONFS, ROOT, write_mission
+from tests.support.mounts import MISSIONFS, ROOT, write_mission
 
 
 def test_demo_grid(tmp_path: Path) -> None:

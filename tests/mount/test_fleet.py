@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Mount, new_bucket, wait_for, write_mission
-from tests.s3_servers import SeaweedServer, s3_env
-from tests.test_s3 import MISSION, key_names, keys, listed, rels
+from tests.mount.test_s3 import MISSION, key_names, keys, listed, rels
+from tests.support.mounts import Mount, new_bucket, wait_for, write_mission
+from tests.support.s3_servers import SeaweedServer, s3_env
 
 # A worker in plain shell: pick a random pending task, claim it with mv, write, commit with mv.
 WORKER = r"""

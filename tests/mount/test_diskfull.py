@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MISSIONFS, ROOT, Mount, write_mission
-from tests.test_mount import CSV, commit_via_tmp, sh
+from tests.mount.test_mount import CSV, commit_via_tmp, sh
+from tests.support.mounts import MISSIONFS, ROOT, Mount, write_mission
 
 EARLY = "40.700/-74.020/plumber.csv"  # committed before the disk fills up
 NEW_TILE = "40.725/-73.985/coffee shop.csv"  # a row and tile with no witness yet

@@ -22,7 +22,7 @@ from pathlib import Path
 from fusefs.model.witness import check_csv
 from scraper.schema import COLUMNS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "overpass"
 EXAMPLES = ROOT / "scraper" / "examples"
 SCRAPER = [sys.executable, "-m", "scraper"]

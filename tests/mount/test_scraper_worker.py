@@ -19,8 +19,8 @@ from scraper import cli, walk
 from scraper.overpass import normalise
 from scraper.schema import TaskInfo
 from scraper.synthetic import synthetic_rows
-from tests.conftest import Mount, wait_for, write_mission
-from tests.scraper_util import (
+from tests.support.mounts import Mount, wait_for, write_mission
+from tests.support.scraper_util import (
     COFFEE,
     PLUMBER,
     SCRAPER,

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
-from tests.s3_servers import MotoServer, s3_env
-from tests.test_s3 import commit, rels, s3_mission, s3_mount
+from tests.mount.test_s3 import commit, rels, s3_mission, s3_mount
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for
+from tests.support.s3_servers import MotoServer, s3_env
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

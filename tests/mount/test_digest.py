@@ -16,9 +16,9 @@ from typing import Any
 from fusefs.cli import main
 from fusefs.engine.digest import DigestTree, build_tree, fold, tile_digest
 from fusefs.model.mission import load_mission
-from tests.conftest import Mount, new_bucket, wait_for, write_mission
-from tests.s3_servers import MotoServer, s3_env
-from tests.test_s3 import commit, rels, s3_mission, s3_mount, sync
+from tests.mount.test_s3 import commit, rels, s3_mission, s3_mount, sync
+from tests.support.mounts import Mount, new_bucket, wait_for, write_mission
+from tests.support.s3_servers import MotoServer, s3_env
 
 
 def sha(text: str) -> str:

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
-from tests.conftest import ROOT, Mount, wait_for, write_mission
-from tests.s3_servers import MotoServer, free_port, s3_env
-from tests.scraper_util import (
+from tests.mount.test_s3 import s3_mission
+from tests.support.mounts import ROOT, Mount, wait_for, write_mission
+from tests.support.s3_servers import MotoServer, free_port, s3_env
+from tests.support.scraper_util import (
     EXAMPLES,
     SCRAPER,
     check_witness,
@@ -26,7 +27,6 @@ from tests.scraper_util import (
     start,
     tree_files,
 )
-from tests.test_s3 import s3_mission
 
 SOURCES = {"synthetic", "node-synthetic"}
 BASH = ["bash", str(EXAMPLES / "worker.sh")]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MISSIONFS, ROOT, Mount, wait_for, write_mission
+from tests.support.mounts import MISSIONFS, ROOT, Mount, wait_for, write_mission
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
-from tests.s3_servers import MotoServer, s3_env
-from tests.test_s3 import MISSION, keys, s3_mission, s3_mount, sync
+from tests.mount.test_s3 import MISSION, keys, s3_mission, s3_mount, sync
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
+from tests.support.s3_servers import MotoServer, s3_env
 
 TILES = "scraped-tiles"
 Damage = Callable[[Path, list[str]], tuple[set[tuple[str, str]], list[bytes]]]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fusefs.model.mission import load_mission
-from tests.conftest import Mount, write_mission
+from tests.support.mounts import Mount, write_mission
 
 PHRASES = ("a", "b/c", ".dot", "100%", "café", *(f"p{i:03d}" for i in range(40)))
 

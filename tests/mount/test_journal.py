@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fusefs.statedir.journal import read_journal
-from tests.conftest import MISSIONFS, ROOT, Mount, new_bucket, wait_for
-from tests.s3_servers import MotoServer, s3_env
-from tests.test_mount import all_rels, commit_via_tmp, sh
-from tests.test_s3 import commit, keys, rels, s3_mission, s3_mount
+from tests.mount.test_mount import all_rels, commit_via_tmp, sh
+from tests.mount.test_s3 import commit, keys, rels, s3_mission, s3_mount
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for
+from tests.support.s3_servers import MotoServer, s3_env
 
 REL = "40.71/-74.00/coffee shop.csv"
 
