@@ -24,7 +24,7 @@ from pathlib import Path
 
 import common as c
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 
 TARGET = 0.9
 BODY = b"name,address,lat,lon,rating\n" + b"".join(

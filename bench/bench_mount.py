@@ -19,7 +19,7 @@ from pathlib import Path
 
 import common as c
 
-from fusefs.mission import load_mission
+from fusefs.model.mission import load_mission
 
 TARGET = 1.5
 SYSTEMS = ("native", "minimal", "missionfs")

@@ -26,9 +26,9 @@ from pathlib import Path
 import common as c
 from pyroaring import BitMap
 
-from fusefs.index import FactIndex
-from fusefs.mission import load_mission
-from fusefs.store import LocalStore
+from fusefs.model.mission import load_mission
+from fusefs.statedir.index import FactIndex
+from fusefs.statedir.store import LocalStore
 
 SNAPSHOT = getattr(FactIndex, "SNAPSHOT", "facts.roaring")  # STATE/index/facts.roaring
 STATE_TARGET_MIB = 64.0
@@ -37,13 +37,13 @@ MOUNT_TARGET_S = 2.0
 
 def inproc_rss(mission: str, state: str) -> None:
     """Child mode: load mission + state like `mount` does (no mount), print RSS as JSON."""
-    from fusefs.daemon import Daemon
+    from fusefs.fuse.daemon import Daemon
 
     m = load_mission(mission)
     try:
-        from fusefs.workspace import open_workspace
-    except ImportError:  # the API before fusefs.workspace existed
-        from fusefs.daemon import load_state  # type: ignore[attr-defined]
+        from fusefs.engine.workspace import open_workspace
+    except ImportError:  # the API before fusefs.engine.workspace existed
+        from fusefs.fuse.daemon import load_state  # type: ignore[attr-defined]
 
         loaded = load_state(m, Path(state))
         d = Daemon(m, loaded, Path(state) / "unused-mnt", 900.0)  # type: ignore[call-arg]

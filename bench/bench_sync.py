@@ -28,9 +28,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fusefs.mission import load_mission  # noqa: E402
-from fusefs.workspace import SyncOptions, open_workspace  # noqa: E402
-from tests.s3_servers import SeaweedServer, s3_env  # noqa: E402
+from fusefs.engine.workspace import SyncOptions, open_workspace  # noqa: E402
+from fusefs.model.mission import load_mission  # noqa: E402
+from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
 
 BODY = b"source,source_id,name,category,lat,lon\nsynthetic,1,Cafe,coffee,40.71,-74.00\n"
 

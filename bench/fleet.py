@@ -67,8 +67,8 @@ sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import common as c  # noqa: E402
 
-from fusefs.mission import load_mission  # noqa: E402
-from tests.s3_servers import SeaweedServer, free_port, s3_env  # noqa: E402
+from fusefs.model.mission import load_mission  # noqa: E402
+from tests.support.s3_servers import SeaweedServer, free_port, s3_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BUCKET = "fleet"

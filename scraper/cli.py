@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `missionfs-scrape MNT --json | head -c 10`: as missionfs does
-        from fusefs.cli import closed_pipe
+        from fusefs.cli.common import closed_pipe
 
         return closed_pipe()
 

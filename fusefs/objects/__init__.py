@@ -6,7 +6,7 @@ no other `fusefs` module: it is the bottom layer (checked by import-linter, see 
 The S3 implementation is not imported here, so `import fusefs.objects` stays cheap (no boto3).
 """
 
-from .base import (
+from fusefs.objects.base import (
     AccessDenied,
     BadDigest,
     ConfigError,

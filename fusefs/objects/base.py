@@ -19,7 +19,7 @@ Contract points that are not obvious from S3's own documentation:
   bytes, `/`-separated segments of 1 to 255 bytes, no `.` or `..` segment, no backslash.
   Reason: SeaweedFS (a filer underneath) turns `\\` into `/`, drops a leading `/`, merges `//`,
   refuses `.`/`..` segments and names longer than 255 bytes, so such keys would silently
-  alias other keys there. Callers encode what they need (fusefs.codec escapes file names).
+  alias other keys there. Callers encode what they need (fusefs.model.codec escapes file names).
   Spaces, unicode, `+`, `%`, `?`, `#` and control characters other than NUL are fine.
 - **Time.** `last_modified` is epoch seconds (S3 keeps whole seconds). `server_time()` is the
   server's clock as of the last response's `Date` header, advanced by our monotonic clock, so

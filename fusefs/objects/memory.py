@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .base import (
+from fusefs.objects.base import (
     KEY_MAX,
     PAGE,
     READS,

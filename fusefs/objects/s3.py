@@ -26,7 +26,7 @@ import botocore.handlers
 import botocore.utils
 from botocore.config import Config
 
-from .base import (
+from fusefs.objects.base import (
     PAGE,
     AccessDenied,
     BadDigest,

@@ -17,10 +17,10 @@ import pyfuse3
 import pytest
 from pyroaring import BitMap
 
-import fusefs.fs
-from fusefs.mission import Mission, load_mission
-from tests.conftest import write_mission
+import fusefs.fuse.fs
+from fusefs.model.mission import Mission, load_mission
 from tests.engine.driver import EngineNode, FakeBucket, FakeClock, readdir_reply
+from tests.support.mounts import write_mission
 
 # 3 x 3 tiles x 2 phrases (one with a space). Tile 10.2/20.2 is not planned at all and
 # "plumber" is not planned in tile 10.0/20.1: a hole in a planned tile and an absent tile.
@@ -50,7 +50,7 @@ def small_mission(directory: Path) -> Mission:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     """The wall clock of the FUSE handlers (lease starts and renewals), and the readdir hook."""
     c = FakeClock()
-    monkeypatch.setattr(fusefs.fs, "time", c)
+    monkeypatch.setattr(fusefs.fuse.fs, "time", c)
     monkeypatch.setattr(pyfuse3, "readdir_reply", readdir_reply)
     yield c
 

@@ -10,7 +10,7 @@ compare them with a model. A FUSE handler answering anything but FUSEError is a 
 
 Two module attributes are replaced for the whole test (see conftest.py): `pyfuse3.readdir_reply`
 (it needs a kernel token: here the token is a `Listing` that collects entries, with a small
-buffer so listings resume from offsets as with a real kernel) and `fusefs.fs.time` (a
+buffer so listings resume from offsets as with a real kernel) and `fusefs.fuse.fs.time` (a
 `FakeClock`: leases start and end when the test says so).
 """
 
@@ -28,13 +28,13 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from fusefs import inodes
-from fusefs.daemon import Daemon
-from fusefs.journal import worker_id
-from fusefs.mission import Mission
-from fusefs.s3store import S3Store
-from fusefs.sync import SyncEngine
-from fusefs.workspace import Workspace, open_workspace
+from fusefs.engine.sync import SyncEngine
+from fusefs.engine.workspace import Workspace, open_workspace
+from fusefs.fuse import inodes
+from fusefs.fuse.daemon import Daemon
+from fusefs.model.mission import Mission
+from fusefs.objects.s3store import S3Store
+from fusefs.statedir.journal import worker_id
 
 T = TypeVar("T")
 LEASE = 100.0
@@ -42,7 +42,7 @@ NO_MOUNTPOINT = Path("/nonexistent/engine-tier")  # the daemon is built, never m
 
 
 class FakeClock:
-    """Stands in for the `time` module inside fusefs.fs: wall time only moves when told."""
+    """Stands in for the `time` module inside fusefs.fuse.fs: wall time only moves when told."""
 
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
@@ -129,7 +129,7 @@ class FakeBucket:
         return f"{area}/{rel}"
 
     def put_witness(self, rel: str, body: bytes) -> None:
-        from fusefs.s3store import WITNESSES
+        from fusefs.objects.s3store import WITNESSES
 
         self.objects[self.key(WITNESSES, rel)] = body
 

@@ -34,8 +34,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fusefs.mission import Mission
-from fusefs.state import View
+from fusefs.model.mission import Mission
+from fusefs.model.state import View
 from tests.engine.conftest import UNPLANNED_TASK, UNPLANNED_TILE, small_mission
 from tests.engine.driver import LEASE, EngineNode, FakeBucket, FakeClock
 

@@ -1,0 +1,52 @@
+"""`missionfs`: one module per command (mount, status, sync, log, fsck, digest, map, fleet, ...); this one parses and dispatches, and turns errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fusefs.cli.common import UserError, closed_pipe
+from fusefs.model.mission import MissionError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    umask = getattr(args, "umask", None)
+    # Before any state file is made (the spawned daemon gets it too); given back on return, so
+    # an in-process caller (tests, benchmarks) keeps its own umask for what it creates later.
+    previous = os.umask(umask) if umask is not None else None
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
+        return status
+    except (UserError, MissionError) as e:
+        print(f"missionfs: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `missionfs log M | head -1`: the reader has all it wanted
+        return closed_pipe()
+    finally:
+        if previous is not None:
+            os.umask(previous)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from fusefs.cli import digest, fleet, fsck, mount, mounthelper, status, sync, watch
+    from fusefs.cli import log as log_cmd
+    from fusefs.cli import map as map_cmd
+
+    p = argparse.ArgumentParser(prog="missionfs", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    mount.add_parser(sub)
+    s = status.add_parser(sub)
+    watch.add_options(s)
+    sync.add_parser(sub)
+    log_cmd.add_parser(sub)
+    digest.add_commands(sub)
+    fsck.add_commands(sub)
+    map_cmd.add_parser(sub)
+    fleet.add_parser(sub)
+    mounthelper.add_parser(sub)
+    return p

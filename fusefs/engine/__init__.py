@@ -1,0 +1,1 @@
+"""The node's services (commit, claims, sync, fleet, digest, fsck), without FUSE."""

@@ -1,0 +1,154 @@
+"""Turning a finished file into a witness: validate, link without replacing, record.
+
+One path for both ways of completing a task (`mv tmp/X done/REL` and a direct write closed in
+done/). The blocking part (read for validation, fsync, link, fsync of the directory) runs in a
+worker thread; the state update happens on the trio thread right after, so a listing made after
+the committing call returns never shows the task as pending.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from pyroaring import BitMap
+
+from fusefs.engine.status import StatusBoard
+from fusefs.model.state import MissionState
+from fusefs.model.witness import InvalidWitness, check_stream
+from fusefs.statedir.index import FactIndex
+from fusefs.statedir.journal import Journal
+from fusefs.statedir.ratelog import log_coalesced
+from fusefs.statedir.store import LocalStore
+
+log = logging.getLogger("missionfs")
+
+
+@dataclass
+class CommitRefused(Exception):
+    errno: int
+    reason: str
+    final: bool = True  # False: the writer may still fix it (more writes before the last close)
+
+
+class Committer:
+    """Owns the set of local witnesses (`local`), the start-up index that persists it, and the
+    hooks (the S3 upload queue) that hear about every new local witness."""
+
+    def __init__(
+        self,
+        state: MissionState,
+        store: LocalStore,
+        index: FactIndex,
+        status: StatusBoard,
+        local: BitMap,
+        journal: Journal,
+    ) -> None:
+        self.state = state
+        self.journal = journal
+        self.store = store
+        self.index = index
+        self.status = status
+        self.local = local
+        self.reconciled = False
+        self.batched = False  # durability "batched": directory fsyncs grouped by the daemon
+        self.hooks: list[Callable[[], None]] = []  # called after new local witnesses
+        self.remote: BitMap = BitMap()  # facts known from S3 (the sync engine's set)
+        self._in_flight: set[int] = set()
+
+    async def commit(
+        self, path: Path, task: int, *, synced: bool, source: str, final: bool = True
+    ) -> int:
+        """Commit `path` as the witness of `task`; returns its data row count.
+
+        With final=False (a close that may not be the last one) an invalid CSV is not reported:
+        the writer may still complete it.
+        """
+        rel = self.state.space.rel(task)
+        where = f"done/{rel}"
+        if task not in self.state.intent:
+            raise self._refuse(errno.EACCES, where, "not a task of the mission plan")
+        if task in self.state.fact or task in self._in_flight:
+            raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable")
+        self._in_flight.add(task)
+        try:
+            if self.batched and synced and self.store.commit_is_quick(path, rel):
+                # No fsync left to do (the file was fsync'd, the directory's fsync is batched):
+                # a few small syscalls, cheaper inline than a hop to a worker thread and back.
+                rows, sha, size = self._commit_blocking(path, rel, False)
+            else:
+                rows, sha, size = await trio.to_thread.run_sync(
+                    self._commit_blocking, path, rel, not synced
+                )
+        except InvalidWitness as e:
+            reason = f"not a well-formed CSV: {e}"
+            if not final:
+                raise CommitRefused(errno.EBADMSG, reason, final=False) from None
+            raise self._refuse(errno.EBADMSG, where, reason) from None
+        except FileExistsError:
+            self.learn_local_fact(task)
+            raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
+        finally:
+            self._in_flight.discard(task)
+        # The witness is durable: now its journal line, then its start-up index line (on a full
+        # disk either may be missing: history and a cache; the commit stands).
+        self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
+        self._record(task)
+        self.status.committed(source)
+        return rows
+
+    def _record(self, task: int) -> None:
+        self.local.add(task)
+        self._index([self.state.space.rel(task)])
+        self.state.add_fact(task)
+        for hook in self.hooks:
+            hook()
+
+    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, str, int]:
+        # Validated and hashed in one streamed pass (constant memory, whatever the size). The
+        # mount refuses writes to the file from the start of the commit (MissionFS freezes its
+        # handles), so the bytes hashed here are the bytes linked below.
+        with open(path, "rb") as f:
+            checked = check_stream(f)
+        self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
+        return checked.rows, checked.sha256, checked.size
+
+    def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
+        log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")
+        self.status.refused(where, reason)  # journalled there, with every other refusal
+        return CommitRefused(code, reason, final)
+
+    def _index(self, rels: list[str]) -> None:
+        """Start-up index lines: a cache. On a full disk they are skipped (logged), never
+        raised: the next start's reconcile walk finds what they miss."""
+        try:
+            self.index.append(rels)
+        except OSError as e:
+            log.error("start-up index: %d line(s) not written: %s", len(rels), e)
+
+    def learn_local_fact(self, task: int) -> None:
+        """A witness was found on disk that the index did not know (crash or offline copy)."""
+        if task not in self.local:
+            self.journal.append("commit", self.state.space.rel(task), recovered=True)
+            self._record(task)
+
+    def reconcile(self, found: BitMap, loaded: BitMap) -> tuple[BitMap, BitMap]:
+        """Make `local` agree with a walk of the files; returns (new, gone)."""
+        new = found - self.local
+        if new:
+            self.local |= new
+            for t in new:
+                self.journal.append("commit", self.state.space.rel(t), recovered=True)
+            self._index([self.state.space.rel(t) for t in new])
+            self.state.add_facts(new)
+            for hook in self.hooks:
+                hook()
+        gone = loaded - found
+        if gone:
+            self.local -= gone
+            self.state.remove_facts(gone - self.remote)
+        return new, gone

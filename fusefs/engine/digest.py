@@ -1,0 +1,673 @@
+"""Merkle summary of the Fact tree: one digest per tile, per latitude row and for the mission.
+
+Why: two nodes (or a node and the bucket) that should hold the same facts can prove it by
+comparing one hex string, and when they do not, `missionfs diff` finds the differing tasks by
+descending only into rows and tiles whose digests differ.
+
+Definitions (names, never task ids, so the digest does not depend on the id layout):
+
+    content hash   sha256 of the witness bytes (hex)
+    tile digest    sha256 over the sorted lines "NAME\\0SHA\\n" of the tile's witnesses
+    row digest     fold("row", n, sum of H("LON\\0TILE_DIGEST\\n") over its n non-empty tiles)
+    mission root   fold("mission", n, sum of H("LAT\\0ROW_DIGEST\\n") over its n non-empty rows)
+
+where H(x) = sha256(x) read as a 256-bit integer, sums are mod 2**256 and
+fold(kind, n, acc) = sha256("KIND\\0n\\0ACC as 64 hex digits\\n") (hex). A tile has at most one
+witness per phrase, so sorting it is cheap; rows and the mission use the order-independent sum so
+that a change costs O(depth): recompute the tile (O(phrases)), subtract its old term from its row
+and add the new one, then the same for the row in the mission: a few sha256 calls, whatever the
+size of the mission. The sum is a set hash for cooperating nodes, not a defence against someone
+who crafts witnesses to collide (that would need Wagner-style attacks on the 256-bit sum).
+
+Where content hashes come from:
+- A witness present in STATE/scraped-tiles is hashed from its bytes. The hashes are cached in
+  STATE/index/hashes.sqlite keyed by relative path, with (size, mtime_ns, inode): a restart or a
+  CLI run only stats the files, and a file that changed (e.g. a conflict winner replacing ours) is
+  hashed again.
+- A remote-only fact (known from S3, not downloaded) uses the object's `sha256` metadata (one HEAD
+  per witness; objects written by other tools without it are read and hashed), cached for good in
+  the same database: witnesses in S3 are create-once. Since the metadata is the SHA-256 of the
+  uploaded bytes, a node that only knows the remote witness computes the same tile digest as a
+  node holding the file. The writer's manifest line carries that hash too, so a fact learned
+  from a manifest costs nothing; one learned from a full listing costs one HEAD, once per state
+  dir.
+
+The daemon keeps a `DigestKeeper` subscribed to the state: every changed task marks its tile
+dirty; a trio loop hashes dirty tiles in a worker thread (batches of BATCH_TILES) and applies the
+new tile digests on the trio thread. `status` shows the root and whether it is current. At start
+the whole Fact tree is dirty (cache lookups and stats, O(facts) once). Tiles whose hashes cannot
+be had (S3 unreachable) keep their previous digest and are retried every RETRY_SECONDS; status
+then says "incomplete". Memory: one hex digest per non-empty tile and one integer per non-empty
+row; content hashes stay in the database, read back per tile (O(phrases)) when it changes.
+
+Commands: `missionfs digest MISSION.toml [--state DIR] [--depth mission|row|tile] [--json]`
+computes the tree from a state dir without a mount and without its lock (cache + stats + HEADs
+for uncached remote-only facts). Files are the truth, so it walks the witness tree in memory
+(never writing the index or journal a running daemon owns) and also reads remote-fact logs that
+the daemon has not snapshotted yet. Output: "DIGEST  PATH" lines, PATH "." for the root;
+`missionfs diff A B [--mission MISSION.toml]` compares two state dirs, or a state dir and the
+mission's bucket (`s3` or `s3://BUCKET/PREFIX`; one LIST of the witness tree plus one HEAD per
+witness, never cached, since that is what an audit is for). It prints one line per differing
+task: "only-in-a REL", "only-in-b REL" or "differs REL" (--json for an object); exit status 1
+when the roots differ, 0 when they are equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+from pyroaring import BitMap
+
+from fusefs.model.codec import OutOfPlan, TaskSpace
+from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.model.state import MissionState
+from fusefs.statedir.store import LocalStore
+
+if TYPE_CHECKING:
+    from fusefs.objects.s3store import S3Store
+
+log = logging.getLogger("missionfs")
+
+HASH_DB = "hashes.sqlite"
+BATCH_TILES = 256
+RETRY_SECONDS = 5.0
+SETTLE_SECONDS = 0.5  # commits arriving together are hashed together, off the commit path
+HEAD_THREADS = 16
+_MOD = 1 << 256
+
+
+# -- the digest functions (pure) ----------------------------------------------------------------
+def tile_digest(files: Mapping[str, str]) -> str:
+    """Digest of one tile from {witness file name: content sha256 hex}; order of input is moot."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _term(key: str, digest: str) -> int:
+    """A child's contribution to its parent's sum: H("KEY\\0DIGEST\\n") as an integer."""
+    raw = hashlib.sha256(f"{key}\0{digest}\n".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(raw, "big")
+
+
+def fold(kind: str, count: int, acc: int) -> str:
+    """Digest of a row or the mission from its child count and the sum of the child terms."""
+    return hashlib.sha256(f"{kind}\0{count}\0{acc:064x}\n".encode()).hexdigest()
+
+
+EMPTY_ROOT = fold("mission", 0, 0)
+
+
+class DigestTree:
+    """Tile digests plus per-row and mission sums, updated in O(depth) by `set_tile`."""
+
+    def __init__(self, space: TaskSpace) -> None:
+        self.space = space
+        self._tiles: dict[int, dict[int, str]] = {}  # row -> col -> tile digest
+        self._acc: dict[int, int] = {}  # row -> sum of its tile terms
+        self._macc = 0  # sum of the row terms
+        self._root = EMPTY_ROOT
+
+    def set_tile(self, tile: int, digest: str | None) -> bool:
+        """Set (or with None, drop) the digest of tile id `tile`; True if anything changed."""
+        row, col = divmod(tile, self.space.lon.n)
+        cols = self._tiles.get(row)
+        old = cols.get(col) if cols is not None else None
+        if old == digest:
+            return False
+        old_row = self.row_digest(row)
+        lon = self.space.lon.name(col)
+        acc = self._acc.get(row, 0)
+        if old is not None:
+            acc -= _term(lon, old)
+        if digest is not None:
+            acc += _term(lon, digest)
+            self._tiles.setdefault(row, {})[col] = digest
+        elif cols is not None:
+            del cols[col]
+        if self._tiles.get(row):
+            self._acc[row] = acc % _MOD
+        else:
+            self._tiles.pop(row, None)
+            self._acc.pop(row, None)
+        new_row = self.row_digest(row)
+        lat = self.space.lat.name(row)
+        if old_row is not None:
+            self._macc -= _term(lat, old_row)
+        if new_row is not None:
+            self._macc += _term(lat, new_row)
+        self._macc %= _MOD
+        self._root = fold("mission", len(self._tiles), self._macc)
+        return True
+
+    def root(self) -> str:
+        return self._root
+
+    def row_digest(self, row: int) -> str | None:
+        cols = self._tiles.get(row)
+        return fold("row", len(cols), self._acc[row]) if cols else None
+
+    def tile_digest(self, tile: int) -> str | None:
+        row, col = divmod(tile, self.space.lon.n)
+        return self._tiles.get(row, {}).get(col)
+
+    def rows(self) -> dict[str, tuple[int, str]]:
+        """{lat name: (row index, row digest)} of the non-empty rows."""
+        return {
+            self.space.lat.name(r): (r, fold("row", len(c), self._acc[r]))
+            for r, c in self._tiles.items()
+        }
+
+    def tiles(self, row: int) -> dict[str, tuple[int, str]]:
+        """{lon name: (tile id, tile digest)} of the non-empty tiles of `row`."""
+        n = self.space.lon.n
+        return {
+            self.space.lon.name(c): (row * n + c, d) for c, d in self._tiles.get(row, {}).items()
+        }
+
+    def counts(self) -> tuple[int, int]:
+        """(non-empty rows, non-empty tiles)."""
+        return len(self._tiles), sum(len(c) for c in self._tiles.values())
+
+    def to_json(self, depth: str) -> dict[str, Any]:
+        """The tree down to `depth` (mission|row|tile), rows and tiles in grid order."""
+        out: dict[str, Any] = {"root": self._root}
+        if depth == "mission":
+            return out
+        rows: dict[str, Any] = {}
+        for r in sorted(self._tiles):
+            entry: dict[str, Any] = {"digest": self.row_digest(r)}
+            if depth == "tile":
+                cols = self._tiles[r]
+                entry["tiles"] = {self.space.lon.name(c): cols[c] for c in sorted(cols)}
+            rows[self.space.lat.name(r)] = entry
+        out["rows"] = rows
+        return out
+
+
+def build_tree(space: TaskSpace, shas: Mapping[int, str]) -> DigestTree:
+    """A tree from {task id: content sha256} (tests, the bucket side of `diff`)."""
+    by_tile: dict[int, dict[str, str]] = {}
+    for task, sha in shas.items():
+        tile, phrase = divmod(task, space.nphr)
+        by_tile.setdefault(tile, {})[space.phrase_names[phrase]] = sha
+    tree = DigestTree(space)
+    for tile, files in by_tile.items():
+        tree.set_tile(tile, tile_digest(files))
+    return tree
+
+
+# -- content hashes -----------------------------------------------------------------------------
+class HashCache:
+    """STATE/index/hashes.sqlite: local hashes with the stat they were taken at, remote hashes.
+
+    Opened on first use (so `status` without a mount creates nothing); shared by worker threads.
+    Any database error disables the cache for this process: hashes are then only recomputed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._broken = False
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self._db is None and not self._broken:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                # A cache (rebuilt from the files if lost): no fsync per write, which would
+                # compete with the fsyncs of commits on the same disk.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS local (rel TEXT PRIMARY KEY, sha TEXT NOT NULL,"
+                    " size INTEGER, mtime_ns INTEGER, ino INTEGER) WITHOUT ROWID"
+                )
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS remote (rel TEXT PRIMARY KEY, sha TEXT NOT NULL)"
+                    " WITHOUT ROWID"
+                )
+                db.commit()
+                self._db = db
+            except (sqlite3.Error, OSError) as e:
+                log.warning("hash cache %s unusable (%s); hashing without it", self.path, e)
+                self._broken = True
+        return self._db
+
+    def _select(self, table: str, cols: str, rels: list[str]) -> dict[str, tuple[Any, ...]]:
+        out: dict[str, tuple[Any, ...]] = {}
+        with self._lock:
+            db = self._conn()
+            if db is None:
+                return out
+            try:
+                for i in range(0, len(rels), 500):
+                    chunk = rels[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    q = f"SELECT rel, {cols} FROM {table} WHERE rel IN ({marks})"
+                    for row in db.execute(q, chunk):
+                        out[row[0]] = tuple(row[1:])
+            except sqlite3.Error as e:
+                log.warning("hash cache read failed (%s)", e)
+        return out
+
+    def local(self, rels: list[str]) -> dict[str, tuple[str, int, int, int]]:
+        got = self._select("local", "sha, size, mtime_ns, ino", rels)
+        return {k: (v[0], v[1], v[2], v[3]) for k, v in got.items()}
+
+    def remote(self, rels: list[str]) -> dict[str, str]:
+        return {k: v[0] for k, v in self._select("remote", "sha", rels).items()}
+
+    def put(
+        self, local: list[tuple[str, str, int, int, int]], remote: list[tuple[str, str]]
+    ) -> None:
+        if not local and not remote:
+            return
+        with self._lock:
+            db = self._conn()
+            if db is None:
+                return
+            try:
+                db.executemany("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?)", local)
+                db.executemany("INSERT OR REPLACE INTO remote VALUES (?, ?)", remote)
+                db.commit()
+            except sqlite3.Error as e:
+                log.warning("hash cache write failed (%s)", e)
+
+    def put_remote(self, remote: list[tuple[str, str]]) -> None:
+        """Hashes of remote witnesses learned without a HEAD (from the writers' manifests)."""
+        self.put([], remote)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class Hasher:
+    """Content hashes of facts: local file (cached by stat), else the S3 object's sha256."""
+
+    def __init__(self, space: TaskSpace, store: LocalStore, s3: S3Store | None) -> None:
+        self.space = space
+        self.store = store
+        self.s3 = s3
+        self.cache = HashCache(store.index_dir / HASH_DB)
+        self.heads = 0  # HEADs of remote witnesses whose hash no manifest or cache gave
+
+    def tile_files(
+        self, jobs: Mapping[int, list[int]]
+    ) -> tuple[dict[int, dict[str, str]], set[int]]:
+        """{tile: [fact task ids]} -> ({tile: {name: sha}}, tiles whose hashes are unavailable).
+
+        Blocking (file reads, sqlite, HEADs in parallel): call it from a worker thread.
+        """
+        rels = {t: self.space.rel(t) for tasks in jobs.values() for t in tasks}
+        cached = self.cache.local(list(rels.values()))
+        shas: dict[int, str] = {}
+        new_local: list[tuple[str, str, int, int, int]] = []
+        absent: list[int] = []
+        for task, rel in rels.items():
+            path = self.store.witness_path(rel)
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                absent.append(task)
+                continue
+            except OSError as e:
+                log.warning("digest: cannot stat %s (%s)", path, e)
+                continue
+            c = cached.get(rel)
+            if c is not None and c[1:] == (st.st_size, st.st_mtime_ns, st.st_ino):
+                shas[task] = c[0]
+                continue
+            try:
+                sha, size, mtime_ns, ino = _hash_file(path)
+            except FileNotFoundError:
+                absent.append(task)
+                continue
+            except OSError as e:
+                log.warning("digest: cannot read %s (%s)", path, e)
+                continue
+            shas[task] = sha
+            new_local.append((rel, sha, size, mtime_ns, ino))
+        new_remote: list[tuple[str, str]] = []
+        if absent:
+            known = self.cache.remote([rels[t] for t in absent])
+            heads = []
+            for t in absent:
+                if rels[t] in known:
+                    shas[t] = known[rels[t]]
+                else:
+                    heads.append(t)
+            if heads and self.s3 is not None:
+                with ThreadPoolExecutor(min(HEAD_THREADS, len(heads))) as ex:
+                    got = ex.map(self._remote_sha, [rels[t] for t in heads])
+                    for t, remote_sha in zip(heads, got, strict=True):
+                        if remote_sha is not None:
+                            shas[t] = remote_sha
+                            new_remote.append((rels[t], remote_sha))
+        self.cache.put(new_local, new_remote)
+        files: dict[int, dict[str, str]] = {}
+        failed: set[int] = set()
+        for tile, tasks in jobs.items():
+            if all(t in shas for t in tasks):
+                files[tile] = {self.space.phrase_names[t % self.space.nphr]: shas[t] for t in tasks}
+            else:
+                failed.add(tile)
+        return files, failed
+
+    def _remote_sha(self, rel: str) -> str | None:
+        assert self.s3 is not None
+        self.heads += 1
+        try:
+            return self.s3.witness_sha(rel)
+        except (S3Unavailable, S3ConfigError) as e:
+            log.info("digest: no hash for remote witness %s yet (%s)", rel, e)
+            return None
+
+
+def _hash_file(path: Path) -> tuple[str, int, int, int]:
+    """sha256 of the file and the stat of the very inode that was read."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    return sha, st.st_size, st.st_mtime_ns, st.st_ino
+
+
+# -- the incremental keeper ---------------------------------------------------------------------
+class DigestKeeper:
+    """Keeps a DigestTree equal to the Fact tree as it changes (commits, remote facts, conflicts)."""
+
+    def __init__(self, state: MissionState, hasher: Hasher) -> None:
+        self.state = state
+        self.space = state.space
+        self.hasher = hasher
+        self.tree = DigestTree(self.space)
+        self.known = BitMap()  # the facts the tree reflects
+        self.dirty: set[int] = set()  # tile ids to recompute
+        self.failed: set[int] = set()  # tiles whose hashes were unavailable; retried
+        self.inflight = 0
+        self.started = False
+        self.updates = 0
+        self._wake = trio.Event()
+
+    @classmethod
+    def for_workspace(
+        cls, state: MissionState, store: LocalStore, s3: S3Store | None
+    ) -> DigestKeeper:
+        keeper = cls(state, Hasher(state.space, store, s3))
+        state.subscribe(keeper.changed)
+        return keeper
+
+    def changed(self, tasks: Iterable[int]) -> None:
+        """State listener: a task changed view or content; its tile is recomputed if a fact."""
+        fact, known, nphr = self.state.fact, self.known, self.space.nphr
+        before = len(self.dirty)
+        for t in tasks:
+            if t in fact or t in known:
+                self.dirty.add(t // nphr)
+        if len(self.dirty) != before:
+            self._wake.set()
+
+    def _tile_facts(self, tile: int) -> list[int]:
+        lo = tile * self.space.nphr
+        hi = lo + self.space.nphr
+        out = []
+        for t in self.state.fact.iter_equal_or_larger(lo):
+            if t >= hi:
+                break
+            out.append(t)
+        return out
+
+    def _take(self) -> dict[int, list[int]]:
+        batch = [self.dirty.pop() for _ in range(min(BATCH_TILES, len(self.dirty)))]
+        return {tile: self._tile_facts(tile) for tile in batch}
+
+    def _apply(
+        self, jobs: Mapping[int, list[int]], files: Mapping[int, dict[str, str]], failed: set[int]
+    ) -> None:
+        nphr = self.space.nphr
+        for tile, tasks in jobs.items():
+            if tile in failed:
+                self.failed.add(tile)
+                continue
+            self.failed.discard(tile)
+            tf = files.get(tile, {})
+            if self.tree.set_tile(tile, tile_digest(tf) if tf else None):
+                self.updates += 1
+            self.known.remove_range(tile * nphr, (tile + 1) * nphr)
+            self.known.update(tasks)
+
+    def build(self) -> DigestTree:
+        """Compute the whole tree now, blocking (the CLI). Raises S3Unavailable if remote-only
+        facts could not be hashed."""
+        self.started = True
+        self.dirty |= _tiles_of(self.state.fact, self.space.nphr)
+        while self.dirty:
+            jobs = self._take()
+            files, failed = self.hasher.tile_files(jobs)
+            self._apply(jobs, files, failed)
+        if self.failed:
+            n = sum(len(self._tile_facts(t)) for t in self.failed)
+            raise S3Unavailable(
+                f"{len(self.failed)} tile(s) ({n} witnesses) could not be hashed: "
+                "remote-only witnesses need S3 (check --endpoint-url and the network)"
+            )
+        return self.tree
+
+    async def run(self) -> None:
+        """The daemon's loop; never takes the mount down (errors are logged and retried)."""
+        self.started = True
+        fact = self.state.fact.copy()
+        self.dirty |= await trio.to_thread.run_sync(_tiles_of, fact, self.space.nphr)
+        while True:
+            if not self.dirty:
+                self._wake = trio.Event()
+                if self.failed:
+                    with trio.move_on_after(RETRY_SECONDS):
+                        await self._wake.wait()
+                    self.dirty |= self.failed
+                    self.failed.clear()
+                else:
+                    await self._wake.wait()
+                continue
+            await trio.sleep(SETTLE_SECONDS)
+            jobs = self._take()
+            self.inflight = len(jobs)
+            try:
+                files, failed = await trio.to_thread.run_sync(
+                    self.hasher.tile_files, jobs, abandon_on_cancel=True
+                )
+            except Exception:
+                log.exception("digest: hashing %d tile(s) failed; will retry", len(jobs))
+                files, failed = {}, set(jobs)
+            finally:
+                self.inflight = 0
+            self._apply(jobs, files, failed)
+
+    def info(self) -> dict[str, Any]:
+        """The `digest` field of the status file."""
+        if not self.started:
+            return {"state": "not computed without a mount (run: missionfs digest MISSION)"}
+        pending = len(self.dirty) + self.inflight
+        rows, tiles = self.tree.counts()
+        if pending:
+            st = "updating"
+        elif self.failed:
+            st = "incomplete"
+        else:
+            st = "current"
+        return {
+            "root": self.tree.root(),
+            "state": st,
+            "facts": len(self.known),
+            "rows": rows,
+            "tiles": tiles,
+            "pending_tiles": pending,
+            "unhashed_tiles": len(self.failed),
+            "updates": self.updates,
+            "remote_heads": self.hasher.heads,
+        }
+
+
+def _tiles_of(fact: BitMap, nphr: int) -> set[int]:
+    return {t // nphr for t in fact}
+
+
+def reconcile_in_memory(ws: Any) -> None:
+    """Files are the truth: an audit must not trust the start-up index (a daemon may be down
+    or files copied in by hand). Walks the witness tree like the daemon's reconcile, but only
+    in memory: this process holds no lock, so it writes neither the index nor the journal."""
+    from fusefs.statedir.index import walk_facts
+
+    remote = BitMap()
+    if ws.sync is not None:
+        remote = ws.sync.remote | remote_logs_without_snapshot(ws.store.index_dir, ws.state.space)
+        ws.state.add_facts(remote - ws.state.fact)
+    if not ws.from_index:  # the tree was just walked to open the workspace
+        return
+    found, _ = walk_facts(ws.store.scan_tiles(), ws.state.space)
+    ws.state.add_facts(found - ws.state.fact)
+    ws.state.remove_facts((ws.committer.local - found) - remote)
+
+
+def remote_logs_without_snapshot(index_dir: Path, space: TaskSpace) -> BitMap:
+    """Remote facts a running daemon has logged but not yet snapshotted.
+
+    FactIndex.load() ignores logs when there is no snapshot, and the sync engine writes its
+    first `remote.roaring` only at its first periodic save or at unmount; until then a second
+    process would not see what the daemon learned from S3. Without a snapshot every log counts.
+    """
+    from fusefs.statedir.index import split_sized
+
+    ids = BitMap()
+    if (index_dir / "remote.roaring").exists():
+        return ids
+    for log_path in index_dir.glob("remote-*.log"):
+        try:
+            lines = log_path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+        except OSError:
+            continue
+        for line in lines[:-1]:  # the last piece is "" or a torn line
+            try:
+                ids.add(space.parse_rel(split_sized(line)[0]))  # `rel<TAB>size`: the rel
+            except OutOfPlan:
+                continue
+    return ids
+
+
+def s3_of(ws: Any) -> S3Store | None:
+    return ws.sync.s3 if ws.sync is not None else None
+
+
+class Side(Protocol):
+    """One side of `diff`: a tree and, on request, the files of one of its tiles."""
+
+    label: str
+    tree: DigestTree
+
+    def files(self, tile: int) -> dict[str, str]: ...
+
+
+@dataclass
+class StateSide:
+    label: str
+    keeper: DigestKeeper
+    tree: DigestTree
+
+    def files(self, tile: int) -> dict[str, str]:
+        files, failed = self.keeper.hasher.tile_files({tile: self.keeper._tile_facts(tile)})
+        if failed:
+            raise S3Unavailable(f"{self.label}: tile {tile} could not be hashed")
+        return files.get(tile, {})
+
+
+@dataclass
+class BucketSide:
+    label: str
+    tree: DigestTree
+    by_tile: dict[int, dict[str, str]]
+
+    def files(self, tile: int) -> dict[str, str]:
+        return self.by_tile.get(tile, {})
+
+
+def bucket_side(s3: S3Store, space: TaskSpace, label: str) -> BucketSide:
+    """LIST the witness tree and HEAD every witness (in parallel): the bucket's Fact tree."""
+    tasks: dict[int, str] = {}
+    for rel in s3.scan():
+        try:
+            tasks[space.parse_rel(rel)] = rel
+        except OutOfPlan:
+            continue
+    shas: dict[int, str] = {}
+    if tasks:
+        with ThreadPoolExecutor(HEAD_THREADS) as ex:
+            for t, sha in zip(tasks, ex.map(s3.witness_sha, tasks.values()), strict=True):
+                if sha is not None:  # deleted between LIST and HEAD: not a fact any more
+                    shas[t] = sha
+    by_tile: dict[int, dict[str, str]] = {}
+    for t, sha in shas.items():
+        by_tile.setdefault(t // space.nphr, {})[space.phrase_names[t % space.nphr]] = sha
+    return BucketSide(label, build_tree(space, shas), by_tile)
+
+
+def _coord_key(name: str) -> tuple[int, Decimal | str]:
+    try:
+        return (0, Decimal(name))
+    except InvalidOperation:
+        return (1, name)
+
+
+@dataclass
+class DiffResult:
+    tasks: list[tuple[str, str]]  # (kind, rel): only-in-a | only-in-b | differs
+    rows_compared: int = 0
+    rows_descended: int = 0
+    tiles_descended: int = 0
+
+
+def diff_sides(a: Side, b: Side) -> DiffResult:
+    """Descend from the roots into rows, tiles and files only where the digests differ."""
+    res = DiffResult([])
+    if a.tree.root() == b.tree.root():
+        return res
+    ra, rb = a.tree.rows(), b.tree.rows()
+    res.rows_compared = len(ra.keys() | rb.keys())
+    for lat in sorted(ra.keys() | rb.keys(), key=_coord_key):
+        xa, xb = ra.get(lat), rb.get(lat)
+        if xa is not None and xb is not None and xa[1] == xb[1]:
+            continue
+        res.rows_descended += 1
+        ta = a.tree.tiles(xa[0]) if xa is not None else {}
+        tb = b.tree.tiles(xb[0]) if xb is not None else {}
+        for lon in sorted(ta.keys() | tb.keys(), key=_coord_key):
+            ya, yb = ta.get(lon), tb.get(lon)
+            if ya is not None and yb is not None and ya[1] == yb[1]:
+                continue
+            res.tiles_descended += 1
+            fa = a.files(ya[0]) if ya is not None else {}
+            fb = b.files(yb[0]) if yb is not None else {}
+            for name in sorted(fa.keys() | fb.keys()):
+                rel = f"{lat}/{lon}/{name}"
+                if name not in fb:
+                    res.tasks.append(("only-in-a", rel))
+                elif name not in fa:
+                    res.tasks.append(("only-in-b", rel))
+                elif fa[name] != fb[name]:
+                    res.tasks.append(("differs", rel))
+    return res

@@ -1,0 +1,558 @@
+"""`missionfs fsck MISSION.toml [--repair]`: check a state dir (and its bucket) for damage.
+
+Modelled on S3QL's fsck: a fixed list of small named checks, each reporting what it found and,
+with --repair, fixing it conservatively. **No repair deletes a byte of a result**: bad files are
+moved to `STATE/quarantine/` (or `STATE/rejected/` for staging leftovers) next to a `.why` note,
+index files are rewritten from the witness files (the truth), and a bucket object that was
+altered after we uploaded it is first copied to `conflicts/` before our witness is put back.
+
+Checks, in order:
+    staging    files left in STATE/staging/ (a direct write cut short)     -> rejected/ + .why
+    witnesses  every file under scraped-tiles/: a plan task, canonical name, regular file, not
+               empty, ends in a newline, well-formed CSV, SHA-256 = the journal's last record
+                                                                            -> quarantine/ + .why
+    index      the start-up index (facts.roaring + logs) against a walk of the files -> rebuilt
+    bucket     (S3) the upload queue against the bucket: tasks marked uploaded but missing there
+               (re-queued), remote-index entries gone from the bucket, objects whose bytes differ
+               from our committed witness (restored, the altered bytes kept under conflicts/)
+    claims     (S3) live leases of this worker although no daemon runs       -> released
+
+fsck refuses to run on a mounted state dir (exit 2, one line): it takes the state dir's lock for
+its whole run, so no daemon can start meanwhile. Exit status: 0 clean (or everything repaired),
+1 problems left, 2 usage errors.
+
+Quarantining a witness makes its task pending again (it is no longer done locally; with S3 a
+good copy in the bucket keeps it done and is fetched on first read). The bytes stay in
+quarantine/ for a human to inspect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyroaring import BitMap
+
+from fusefs.model.codec import OutOfPlan, TaskSpace
+from fusefs.model.errors import S3Unavailable
+from fusefs.model.mission import Mission
+from fusefs.model.witness import InvalidWitness, check_csv
+from fusefs.statedir.index import FactIndex, walk_facts
+from fusefs.statedir.journal import Journal, read_journal
+from fusefs.statedir.store import WITNESS_DIR, LocalStore, fsync_dir, hidden
+
+if TYPE_CHECKING:
+    from fusefs.objects.s3store import S3Store
+
+QUARANTINE = "quarantine"
+CONFLICTS = "conflicts"  # the bucket area where altered objects are kept
+WITNESS_KINDS = {"empty", "truncated", "malformed", "changed"}  # quarantined contents
+
+
+@dataclass
+class Problem:
+    check: str
+    kind: str
+    where: str
+    what: str
+    repaired: str | None = None
+
+
+@dataclass
+class Local:
+    """What the witness check learned about one good local witness."""
+
+    sha: str
+    md5: str
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def unrepaired(self) -> list[Problem]:
+        return [p for p in self.problems if p.repaired is None]
+
+
+class Fsck:
+    """One run over one state dir; `run()` returns the exit status."""
+
+    def __init__(
+        self,
+        mission: Mission,
+        state_dir: Path,
+        *,
+        repair: bool,
+        quiet: bool,
+        s3: S3Store | None,
+        worker: str,
+    ) -> None:
+        self.mission = mission
+        self.space: TaskSpace = mission.space
+        self.root = state_dir
+        self.store = LocalStore(state_dir)
+        self.repair = repair
+        self.quiet = quiet
+        self.s3 = s3
+        self.worker = worker
+        self.report = Report()
+        self.good: dict[int, Local] = {}  # task -> digests of its well-formed local witness
+        self.moved: BitMap = BitMap()  # tasks whose witness was quarantined by this run
+        self.present: BitMap = BitMap()  # tasks with a witness file (good or not) after repairs
+        self.journal: Journal | None = None
+        self.stamp = time.strftime("%Y%m%dT%H%M%S")
+        self.origins: dict[int, tuple[str, str]] = {}  # task -> (journal event, sha256)
+
+    # -- driver ----------------------------------------------------------------------------
+    def checks(self) -> list[Callable[[], None]]:
+        out = [self.check_staging, self.check_witnesses, self.check_index]
+        if self.s3 is not None:
+            out += [self.check_bucket, self.check_claims]
+        return out
+
+    def run(self) -> int:
+        self.say(f"fsck {self.mission.name}: state {self.root}" + self._s3_label())
+        try:
+            offline = False
+            for check in self.checks():
+                before = len(self.report.problems)
+                name = check.__name__.removeprefix("check_")
+                if offline and name in ("bucket", "claims"):
+                    self.say(f"{name}: skipped (S3 unreachable)")
+                    continue
+                try:
+                    check()
+                except S3Unavailable as e:
+                    offline = True
+                    self.problem(name, "s3-unreachable", self._s3_label().lstrip(", "), str(e))
+                self._summary_line(name, before)
+        finally:
+            if self.journal is not None:
+                self.journal.close()
+        return self._finish()
+
+    def _s3_label(self) -> str:
+        return f", bucket {self.s3.url}" if self.s3 is not None else ""
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+
+    def note(self, line: str) -> None:
+        self.report.notes.append(line)
+        self.say(f"  note: {line}")
+
+    def problem(self, check: str, kind: str, where: str, what: str) -> Problem:
+        p = Problem(check, kind, where, what)
+        self.report.problems.append(p)
+        return p
+
+    def fixed(self, p: Problem, how: str) -> None:
+        p.repaired = how
+        self._journal("fsck", p.where, kind=p.kind, action=how)
+
+    def _journal(self, ev: str, where: str, **fields: Any) -> None:
+        """Repairs go into the journal too, so `missionfs log REL` tells what fsck did."""
+        if self.journal is None:
+            self.journal = Journal(self.root / "journal", self.worker)
+        rel = where.removeprefix(f"{WITNESS_DIR}/")
+        try:
+            self.space.parse_rel(rel)
+        except OutOfPlan:
+            self.journal.append(ev, None, where=where, **fields)
+        else:
+            self.journal.append(ev, rel, **fields)
+
+    def _summary_line(self, name: str, before: int) -> None:
+        found = self.report.problems[before:]
+        for p in found:
+            tail = f"  [repaired: {p.repaired}]" if p.repaired else ""
+            print(f"  [{p.kind}] {p.where}: {p.what}{tail}", flush=True)
+        fixed = sum(1 for p in found if p.repaired)
+        extra = f" ({fixed} repaired)" if fixed else ""
+        self.say(f"{name}: {'ok' if not found else f'{len(found)} problem(s)'}{extra}")
+
+    def _finish(self) -> int:
+        total = len(self.report.problems)
+        left = len(self.report.unrepaired())
+        if not total:
+            print("fsck: clean")
+            return 0
+        if not left:
+            print(f"fsck: {total} problem(s), all repaired")
+            return 0
+        hint = "" if self.repair else "; run again with --repair to fix them"
+        print(f"fsck: {total} problem(s), {left} not repaired{hint}")
+        return 1
+
+    # -- moving things aside (never deleting) ------------------------------------------------
+    def move_aside(self, src: Path, dst: Path, why: str) -> Path:
+        """Move src to dst (a fresh name, never replacing anything) with a `.why` note."""
+        n = 0
+        base = dst
+        while os.path.lexists(dst) or os.path.lexists(_why(dst)):
+            n += 1
+            dst = base.with_name(f"{base.name}-{n}")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _why(dst).write_text(why + "\n", encoding="utf-8")
+        if src.is_dir() and not src.is_symlink():
+            os.rename(src, dst)
+        else:
+            os.link(src, dst, follow_symlinks=False)  # fails rather than replace
+            os.unlink(src)
+        fsync_dir(dst.parent)
+        fsync_dir(src.parent)
+        return dst
+
+    def quarantine(self, rel: str, why: str) -> str:
+        dst = self.root / QUARANTINE / WITNESS_DIR / f"{rel}.{self.stamp}"
+        kept = self.move_aside(self.store.tiles / rel, dst, f"{WITNESS_DIR}/{rel}: {why}")
+        return f"moved to {kept.relative_to(self.root)}"
+
+    # -- staging -----------------------------------------------------------------------------
+    def check_staging(self) -> None:
+        """Files in staging/ are direct writes that never committed (the daemon was stopped)."""
+        try:
+            entries = sorted(os.scandir(self.store.staging), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for e in entries:
+            linked = e.stat(follow_symlinks=False).st_nlink > 1 and not e.is_dir(
+                follow_symlinks=False
+            )
+            what = (
+                "a second name of a committed witness (crash between link and unlink)"
+                if linked
+                else "an uncommitted direct write left in staging/"
+            )
+            p = self.problem("staging", "staging-leftover", f"staging/{e.name}", what)
+            if self.repair:
+                dst = self.store.rejected / f"{self.stamp}.fsck.{e.name}"
+                kept = self.move_aside(Path(e.path), dst, f"staging/{e.name}: {what}")
+                self.fixed(p, f"moved to {kept.relative_to(self.root)}")
+
+    # -- witnesses ---------------------------------------------------------------------------
+    def check_witnesses(self) -> None:
+        """Every entry of the witness tree, checked against the plan, the CSV rules and the
+        SHA-256 the journal recorded when it was committed (or fetched, or won a conflict)."""
+        from tqdm import tqdm
+
+        self.origins = journal_origins(self.root / "journal", self.space)
+        expected = {task: sha for task, (_, sha) in self.origins.items()}
+        entries = list(tree_entries(self.store.tiles))
+        with tqdm(
+            entries,
+            desc="checking witnesses",
+            unit=" files",
+            disable=self.quiet or None,
+            file=sys.stderr,
+            delay=0.5,
+        ) as bar:
+            for rel, regular in bar:
+                self._check_one(rel, regular, expected)
+        self.say(f"  {len(entries)} file(s) under {WITNESS_DIR}/, {len(self.good)} good witnesses")
+        self._note_outside_intent()
+
+    def _check_one(self, rel: str, regular: bool, expected: dict[int, str]) -> None:
+        kind, what, task = self._classify(rel, regular)
+        if kind is None:
+            assert task is not None
+            self.present.add(task)
+            data = (self.store.tiles / rel).read_bytes()
+            kind, what = self._content(data, expected.get(task))
+            if kind is None:
+                self.good[task] = Local(_sha(data), hashlib.md5(data).hexdigest())
+                return
+        p = self.problem("witnesses", kind, f"{WITNESS_DIR}/{rel}", what)
+        if self.repair:
+            self.fixed(p, self.quarantine(rel, what))
+            if task is not None:
+                self.moved.add(task)
+                self.present.discard(task)
+
+    def _classify(self, rel: str, regular: bool) -> tuple[str | None, str, int | None]:
+        """(problem kind or None, why, task id) from the name and the file type alone."""
+        try:
+            task = self.space.parse_rel(rel)
+        except OutOfPlan as e:
+            return "outside-plan", f"not a task of the mission: {e}", None
+        if self.space.rel(task) != rel:
+            return "not-canonical", f"the codec names this task {self.space.rel(task)}", None
+        if not regular:
+            return "not-a-file", "not a regular file", None
+        return None, "", task
+
+    def _content(self, data: bytes, sha: str | None) -> tuple[str | None, str]:
+        try:
+            check_csv(data)
+        except InvalidWitness as e:
+            kind = "empty" if not data else "truncated" if not data.endswith(b"\n") else "malformed"
+            return kind, str(e)
+        if sha is not None and _sha(data) != sha:
+            return "changed", f"bytes changed after commit (journal sha256 {sha[:12]}…)"
+        return None, ""
+
+    def _note_outside_intent(self) -> None:
+        extra = BitMap(self.good) - self.mission.intent
+        if extra:
+            self.note(f"{len(extra)} witness(es) of tasks no longer in the intent (kept)")
+
+    # -- start-up index ----------------------------------------------------------------------
+    def check_index(self) -> None:
+        """The index only makes mounting fast; the walk of the files is the truth."""
+        self.store.index_dir.mkdir(parents=True, exist_ok=True)
+        index = FactIndex(self.store.index_dir, self.space)
+        loaded = index.load()
+        found, _ = walk_facts(self.store.scan_tiles(), self.space)
+        if loaded is not None and loaded == found:
+            return
+        if loaded is None:
+            p = self.problem("index", "index-missing", "index/facts.roaring", _missing_why(index))
+        else:
+            mismatch = self._index_mismatch(loaded, found)
+            if mismatch is None:  # only the witnesses this run quarantined: part of that repair
+                index.replace(found)
+                return
+            p = mismatch
+        if self.repair:
+            index.replace(found)
+            self.fixed(p, f"rebuilt from the files ({len(found)} witnesses)")
+
+    def _index_mismatch(self, loaded: BitMap, found: BitMap) -> Problem | None:
+        stale = loaded - found - self.moved
+        unindexed = found - loaded
+        if not stale and not unindexed:
+            return None
+        what = f"{len(stale)} indexed task(s) without a witness file, {len(unindexed)} not indexed"
+        return self.problem("index", "index-stale", "index/facts.roaring", what)
+
+    # -- bucket --------------------------------------------------------------------------------
+    def check_bucket(self) -> None:
+        """The upload queue (local - synced) and the remote set against a listing of the bucket."""
+        listed = self._list_bucket()
+        listing = BitMap(listed)
+        synced_ix = FactIndex(self.store.index_dir, self.space, "synced")
+        synced = synced_ix.load() or BitMap()
+        self._check_synced(synced_ix, synced, listing)
+        self._check_remote(listing)
+        self._check_contents(listed, synced)
+        waiting = len(BitMap(self.good) - synced)
+        self.note(f"upload queue: {waiting} witness(es) waiting (uploaded by the daemon)")
+        self.note(f"{len(listing - self.present)} remote-only witness(es) (fine)")
+
+    def _list_bucket(self) -> dict[int, tuple[str, int]]:
+        """task -> (ETag without quotes, size) for every plan witness in the bucket."""
+        from tqdm import tqdm
+
+        from fusefs.objects.s3store import WITNESSES, classify
+
+        assert self.s3 is not None
+        root = self.s3.key(WITNESSES, "")
+        out: dict[int, tuple[str, int]] = {}
+        outside = 0
+        pages = self.s3.client.get_paginator("list_objects_v2")
+        bar = tqdm(desc="listing the bucket", unit=" keys", disable=self.quiet or None, delay=0.5)
+        with bar:
+            try:
+                for page in pages.paginate(Bucket=self.s3.loc.bucket, Prefix=root):
+                    for obj in page.get("Contents", []):
+                        bar.update(1)
+                        try:
+                            task = self.space.parse_rel(self.s3.rel_of(WITNESSES, obj["Key"]))
+                        except OutOfPlan:
+                            outside += 1
+                            continue
+                        out[task] = (str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0)))
+            except Exception as e:
+                raise classify(e, f"LIST {root}") from None
+        if outside:
+            self.note(f"{outside} bucket object(s) under {WITNESSES}/ outside the plan (ignored)")
+        return out
+
+    def _check_synced(self, ix: FactIndex, synced: BitMap, listing: BitMap) -> None:
+        """A task marked uploaded must have a local witness and an object in the bucket."""
+        lost = (synced & BitMap(self.good)) - listing
+        orphans = synced - self.present
+        for task in lost:
+            p = self.problem(
+                "bucket", "upload-lost", self.space.rel(task), "marked uploaded, not in the bucket"
+            )
+            if self.repair:
+                self.fixed(p, "re-queued for upload")
+        for task in orphans - self.moved:
+            p = self.problem(
+                "bucket", "synced-orphan", self.space.rel(task), "marked uploaded, no local witness"
+            )
+            if self.repair:
+                self.fixed(p, "unmarked")
+        if (lost or orphans) and self.repair:
+            ix.replace(synced - lost - orphans)
+
+    def _check_remote(self, listing: BitMap) -> None:
+        """The remote set makes tasks done; one that left the bucket would be unreadable."""
+        ix = FactIndex(self.store.index_dir, self.space, "remote")
+        remote = ix.load()
+        if remote is None:
+            return
+        gone = remote - listing
+        for task in gone - self.present:
+            p = self.problem(
+                "bucket", "remote-gone", self.space.rel(task), "known as remote, not in the bucket"
+            )
+            if self.repair:
+                self.fixed(p, "forgotten (the next listing is the truth)")
+        if gone and self.repair:
+            ix.replace(remote - gone)
+
+    def _check_contents(self, listed: dict[int, tuple[str, int]], synced: BitMap) -> None:
+        racing = 0
+        for task, (etag, _size) in listed.items():
+            mine = self.good.get(task)
+            if mine is None or etag == mine.md5:
+                continue  # single-part uploads: ETag = MD5 of the bytes, no GET needed
+            body = self._remote_body(task)
+            if _sha(body) == mine.sha:
+                continue
+            if task not in synced:
+                racing += 1  # not uploaded yet: the upload will keep it as a conflict
+                continue
+            self._altered(task, etag, body, mine)
+        if racing:
+            self.note(f"{racing} queued upload(s) will end as conflicts (another worker was first)")
+
+    def _remote_body(self, task: int) -> bytes:
+        from fusefs.objects.s3store import WITNESSES
+
+        assert self.s3 is not None
+        return self.s3.get(self.s3.key(WITNESSES, self.space.rel(task)))[0]
+
+    def _altered(self, task: int, etag: str, body: bytes, mine: Local) -> None:
+        rel = self.space.rel(task)
+        p = self.problem("bucket", "altered-in-bucket", rel, "bucket bytes differ from ours")
+        if not self.repair:
+            return
+        if self.origins.get(task) != ("commit", mine.sha):
+            p.what += " (our copy was fetched, not committed here: left for a human)"
+            return
+        if not self._restore(rel, etag, body):
+            p.what += f"; kept under {CONFLICTS}/, but the object changed again: not restored"
+            return
+        self.fixed(p, f"altered bytes kept under {CONFLICTS}/; our witness put back")
+
+    def _restore(self, rel: str, etag: str, altered: bytes) -> bool:
+        """Keep the altered bytes under conflicts/, then put our committed witness back."""
+        import botocore.exceptions
+
+        from fusefs.objects.s3store import SHA_META, WITNESSES, classify
+
+        assert self.s3 is not None
+        self.s3.put_conflict(rel, f"altered-{self.stamp}", altered)
+        ours = (self.store.tiles / rel).read_bytes()
+        try:
+            self.s3.client.put_object(
+                Bucket=self.s3.loc.bucket,
+                Key=self.s3.key(WITNESSES, rel),
+                Body=ours,
+                Metadata={SHA_META: _sha(ours)},
+                IfMatch=f'"{etag}"',
+            )
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
+                raise classify(e, f"PUT {rel}") from None
+            return False  # changed again since we read it: leave it to a human
+        except Exception as e:
+            raise classify(e, f"PUT {rel}") from None
+        return True
+
+    # -- claims --------------------------------------------------------------------------------
+    def check_claims(self) -> None:
+        """Our live leases while no daemon of ours runs: nobody will renew or release them."""
+        from fusefs.engine.leases import LeaseBook
+
+        if self.mission.claims == "local":
+            return
+        assert self.s3 is not None
+        book = LeaseBook(self.s3, self.worker, 900.0)
+        ours = [lease for lease in book.live() if lease.worker == self.worker]
+        for lease in ours:
+            left = max(0.0, lease.expires - book.server_now())
+            p = self.problem(
+                "claims", "stale-claim", f"claims/{lease.rel}", f"our lease, {left:.0f} s left"
+            )
+            if self.repair:
+                book.release(lease.rel, lease.etag)
+                self.fixed(p, "lease released (the task is pending for the fleet again)")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _why(path: Path) -> Path:
+    return path.with_name(path.name + ".why")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _missing_why(index: FactIndex) -> str:
+    path = index.dir / index.snapshot_name
+    if not path.exists():
+        return "no snapshot (deleted?); a mount would walk every witness first"
+    return "unreadable or made for another plan; a mount would walk every witness first"
+
+
+def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:
+    """(path relative to the witness tree, is a regular file) of every non-directory entry at
+    any depth, and of directories where a witness file belongs; dot-entries are skipped."""
+    yield from _entries(tiles, "", 0)
+
+
+def _entries(path: Path, prefix: str, depth: int) -> Iterator[tuple[str, bool]]:
+    try:
+        listing = sorted(os.scandir(path), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for e in listing:
+        if hidden(e.name):  # VCS metadata and the like: not the mission's, never moved
+            continue
+        rel = prefix + e.name
+        if e.is_dir(follow_symlinks=False) and depth < 2:
+            yield from _entries(Path(e.path), rel + "/", depth + 1)
+        else:
+            yield rel, e.is_file(follow_symlinks=False)
+
+
+def journal_origins(directory: Path, space: TaskSpace) -> dict[int, tuple[str, str]]:
+    """task -> (event, sha256) of the last journal record that says what its witness holds:
+    commit (ours), fetch (from the bucket) or conflict (the winner's bytes replaced ours)."""
+    out: dict[int, tuple[str, str]] = {}
+    fields = {"commit": "sha256", "fetch": "sha256", "conflict": "winner_sha256"}
+    for e in read_journal(directory):
+        ev = e.get("ev")
+        if ev == "fsck" and e.get("kind") in WITNESS_KINDS:
+            _forget(out, space, e.get("rel"))
+        if ev not in fields:
+            continue
+        try:
+            task = space.parse_rel(str(e.get("rel", "")))
+        except OutOfPlan:
+            continue
+        sha = e.get(fields[str(ev)])
+        if sha:
+            out[task] = (str(ev), str(sha))
+        else:
+            out.pop(task, None)  # "recovered": found on disk, content never recorded
+    return out
+
+
+def _forget(out: dict[int, tuple[str, str]], space: TaskSpace, rel: object) -> None:
+    try:
+        out.pop(space.parse_rel(str(rel)), None)
+    except OutOfPlan:
+        pass

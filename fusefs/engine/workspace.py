@@ -1,0 +1,327 @@
+"""Everything one node knows about a mission, built once and injected everywhere.
+
+A Workspace is the state dir opened for a mission: local store, start-up index, the state model,
+the commit path and, with `[store] s3`, the sync engine. The daemon mounts one; `missionfs sync`,
+`status` and `pending` use one without FUSE.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from fusefs.engine.commit import Committer
+from fusefs.engine.status import StatusBoard
+from fusefs.model.mission import Mission, extend_intent
+from fusefs.model.state import MissionState
+from fusefs.statedir.index import FactIndex, walk_facts
+from fusefs.statedir.journal import Journal, worker_id
+from fusefs.statedir.ratelog import LOG_REPEATS
+from fusefs.statedir.store import LocalStore, replace_text
+
+if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
+    from fusefs.engine.digest import DigestKeeper
+    from fusefs.engine.sync import SyncEngine
+    from fusefs.objects.s3store import S3Store
+
+log = logging.getLogger("missionfs")
+
+INTENT_CACHE = "intent-s3.txt"
+
+
+def default_state_dir(mission: Mission) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "missionfs" / mission.name
+
+
+@dataclass
+class SyncOptions:
+    endpoint_url: str | None = None
+    worker: str | None = None
+    uploaders: int = 16
+    refresh: float = 15.0
+    full_refresh: float = 600.0
+    claim_timeout: float = 2.0  # seconds a claim waits for its lease before EAGAIN
+
+
+@dataclass
+class Workspace:
+    mission: Mission
+    store: LocalStore
+    index: FactIndex
+    state: MissionState
+    status: StatusBoard
+    committer: Committer
+    sync: SyncEngine | None
+    outside_plan: list[str]
+    from_index: bool
+    lease: float
+    _lock: IO[str] | None = field(default=None, repr=False)
+    digest: DigestKeeper | None = None
+
+    def close(self) -> None:
+        self.status.flush_refusals(everything=True)  # the last counts of repeated refusals
+        LOG_REPEATS.flush(everything=True)
+        self.committer.journal.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+class StateDirBusy(Exception):
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """One daemon per state dir: an flock held for the daemon's life, with its pid inside."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    f = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        text = f.read().strip()
+        f.close()
+        raise StateDirBusy(int(text) if text.isdigit() else None) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+MISSION_FILE = "mission.path"  # where the state dir's mission file was when it was last used
+
+
+def remember_mission(state_dir: Path, path: Path) -> None:
+    """Record the mission file's absolute path, so commands given only state dirs (`diff A B`)
+    can find their mission."""
+    target = state_dir / MISSION_FILE
+    line = f"{path.resolve()}\n"
+    try:
+        if target.read_text(encoding="utf-8", errors="surrogateescape") == line:
+            return
+    except OSError:
+        pass
+    replace_text(target, line)
+
+
+def remembered_mission(state_dir: Path) -> Path | None:
+    try:
+        text = (state_dir / MISSION_FILE).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return None
+    path = text.rstrip("\n")
+    return Path(path) if path else None
+
+
+MISSION_NAME = "mission.name"  # the mission this state dir's witnesses belong to
+
+
+class OtherMission(Exception):
+    """The state dir holds another mission's witnesses (used with --force-mission only)."""
+
+    def __init__(self, state_dir: Path, recorded: str, wanted: str) -> None:
+        super().__init__(state_dir, recorded, wanted)
+        self.state_dir, self.recorded, self.wanted = state_dir, recorded, wanted
+
+
+def recorded_mission_name(state_dir: Path) -> str | None:
+    """The mission name this state dir was used with: STATE/mission.name or, for state dirs
+    made before it existed, the `name` in the mission file STATE/mission.path points to."""
+    try:
+        name = (state_dir / MISSION_NAME).read_text(encoding="utf-8").strip()
+        return name or None
+    except (OSError, UnicodeDecodeError):
+        pass
+    path = remembered_mission(state_dir)
+    if path is None:
+        return None
+    try:
+        import tomllib
+
+        with open(path, "rb") as f:
+            found = tomllib.loads(f.read(2**20).decode("utf-8")).get("name")
+    except (OSError, ValueError, RecursionError):  # moved, edited, truncated: no opinion
+        return None
+    return found if isinstance(found, str) and found else None
+
+
+def check_mission(state_dir: Path, name: str, *, force: bool = False) -> None:
+    """Refuse to use mission A's state dir for mission B: B would see every witness of A as
+    "outside the plan", and commit its own beside them. `force` adopts the dir for B."""
+    recorded = recorded_mission_name(state_dir)
+    if recorded is not None and recorded != name and not force:
+        raise OtherMission(state_dir, recorded, name)
+
+
+def remember_mission_name(state_dir: Path, name: str) -> None:
+    target = state_dir / MISSION_NAME
+    try:
+        if target.read_text(encoding="utf-8") == name + "\n":
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    replace_text(target, name + "\n")
+
+
+S3_FILE = "s3.json"  # S3 connection options given at mount or sync (the endpoint URL)
+
+
+def remember_s3(state_dir: Path, endpoint_url: str | None) -> None:
+    """Keep the endpoint given on the command line, so that later commands on this state dir
+    (`sync`, `log`, `fsck`, a remount) reach the same server without the flag."""
+    if not endpoint_url:
+        return
+    text = json.dumps({"endpoint_url": endpoint_url}) + "\n"
+    try:
+        if (state_dir / S3_FILE).read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    replace_text(state_dir / S3_FILE, text)
+
+
+def s3_endpoint(state_dir: Path, given: str | None) -> str | None:
+    """The endpoint URL to use: the one given, else the one the state dir remembers."""
+    if given:
+        return given
+    try:
+        value = json.loads((state_dir / S3_FILE).read_text(encoding="utf-8")).get("endpoint_url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon holding this state dir, or None if no daemon runs on it."""
+    try:
+        lock_state_dir(state_dir).close()
+    except StateDirBusy as busy:
+        return busy.pid or -1
+    return None
+
+
+def with_bucket_intent(
+    mission: Mission, s3: S3Store, state_dir: Path, *, contact: bool = True
+) -> Mission:
+    """Unite the bucket's intent/ tree; use the last copy seen when S3 is unreachable or must
+    not be contacted (local commands)."""
+    from fusefs.model.errors import S3NoCredentials, S3Unavailable
+
+    cache = state_dir / "index" / INTENT_CACHE
+    rels: list[str] | None = None
+    if contact:
+        try:
+            rels = s3.intent_rels()
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            replace_text(cache, "".join(r + "\n" for r in rels))
+        except (S3Unavailable, S3NoCredentials) as e:
+            log.warning("bucket intent/ not listed (%s); using the last copy seen", e)
+    if rels is None:
+        rels = cache.read_text(encoding="utf-8").splitlines() if cache.exists() else []
+    return extend_intent(mission, rels, f"{s3.url}/{mission.name}/intent/")
+
+
+def open_workspace(
+    mission: Mission,
+    state_dir: Path,
+    *,
+    lease: float = 900.0,
+    sync: SyncOptions | None = None,
+    lock: bool = True,
+    progress: Callable[[int], None] | None = None,
+    contact_s3: bool = True,
+) -> Workspace:
+    """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError.
+
+    contact_s3=False (read-only local commands): no request to S3 and no credentials needed;
+    the bucket's intent comes from the copy kept at the last contact."""
+    lock_file = lock_state_dir(state_dir) if lock else None
+    try:
+        store = LocalStore(state_dir)
+        store.prepare()
+        if lock:
+            remember_mission(state_dir, mission.path)
+            remember_mission_name(state_dir, mission.name)
+        s3 = None
+        if mission.s3:
+            from fusefs.objects.s3store import S3Store
+
+            opts = sync or SyncOptions()
+            if lock:
+                remember_s3(state_dir, opts.endpoint_url)
+            endpoint = s3_endpoint(state_dir, opts.endpoint_url)
+            s3 = S3Store(mission.s3, mission.name, endpoint, pool=opts.uploaders + 8)
+            mission = with_bucket_intent(mission, s3, state_dir, contact=contact_s3)
+        index = FactIndex(store.index_dir, mission.space)
+        local = index.load()
+        outside: list[str] = []
+        from_index = local is not None
+        if local is None:
+            local, outside = walk_facts(store.scan_tiles(), mission.space, progress)
+            index.snapshot(local, index.rotate())
+        state = MissionState(mission.space, mission.intent, local.copy())
+        status = StatusBoard(mission.name, state, str(state_dir), lease)
+        status.outside_plan = len(outside)
+        opts = sync or SyncOptions()
+        wid = worker_id(state_dir, opts.worker)
+        journal = Journal(state_dir / "journal", wid)
+        status.journal = journal
+        committer = Committer(state, store, index, status, local, journal)
+        engine = None
+        if s3 is not None:
+            from fusefs.engine.sync import SyncEngine
+
+            engine = SyncEngine(
+                state,
+                store,
+                s3,
+                local,
+                store.index_dir,
+                wid,
+                uploaders=opts.uploaders,
+                refresh=opts.refresh,
+                full_refresh=opts.full_refresh,
+                claims=mission.claims,
+                lease_seconds=lease,
+                claim_timeout=opts.claim_timeout,
+            )
+            engine.journal = journal
+            state.add_facts(engine.remote)
+            committer.remote = engine.remote
+            committer.hooks.append(engine.wake)
+            engine.on_local_fact = committer.learn_local_fact
+            status.sync_info = engine.info
+        from fusefs.engine.digest import DigestKeeper
+
+        digest = DigestKeeper.for_workspace(state, store, s3)  # Merkle root, kept incrementally
+        if engine is not None:
+            engine.on_remote_hashes = digest.hasher.cache.put_remote
+        status.digest_info = digest.info
+    except BaseException:
+        if lock_file is not None:
+            lock_file.close()
+        raise
+    return Workspace(
+        mission,
+        store,
+        index,
+        state,
+        status,
+        committer,
+        engine,
+        outside,
+        from_index,
+        lease,
+        lock_file,
+        digest,
+    )

@@ -1,0 +1,1 @@
+"""The pyfuse3 Operations over the engine services, inodes, and the daemon."""

@@ -1,0 +1,1 @@
+"""The state directory: every file under STATE and who writes it."""

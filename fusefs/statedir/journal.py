@@ -1,0 +1,142 @@
+"""Append-only JSON-lines journal of every state change: history, not truth.
+
+    STATE/journal/journal-{seq:06d}.jsonl    rotated at ROTATE_BYTES; readable with `jq`
+
+One line per event: {"t": epoch seconds, "ev": ..., "rel": ..., "worker": ..., "host": ..., ...}.
+Events: claim, renew, release, expire, lost_claim, commit (sha256, size, rows, source), refused
+(reason), upload, remote (learned from S3), fetch, conflict (loser_sha256, winner_sha256), and
+fsck (a repair made by `missionfs fsck --repair`).
+
+Ordering with the change it records — the witness wins: a commit line is appended after the
+witness is linked and its directory fsync'd, then the start-up index line. After `kill -9` (the
+page cache survives) both lines exist or neither does; a witness whose lines were lost (power
+loss) is found by the start-up reconcile and journalled then with "recovered": true. So the
+journal never names a commit whose witness is missing, and every witness gets its line (except
+on a full disk: a line that cannot be written is dropped whole, logged, and the change stands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from fusefs.statedir.store import append_whole
+
+log = logging.getLogger("missionfs")
+
+ROTATE_BYTES = 64 * 2**20
+
+
+class Journal:
+    def __init__(self, directory: Path, worker: str) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.worker = worker
+        self.host = socket.gethostname()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._dirty = False
+        self.error: OSError | None = None  # the last append failed with this
+        self.lost = 0  # lines not written since
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None or self._size >= ROTATE_BYTES:
+            if self._file is not None:
+                self._file.close()
+            files = journal_files(self.dir)
+            seq = int(files[-1].stem.split("-")[1]) if files else 0
+            path = self.dir / f"journal-{seq:06d}.jsonl"
+            if path.exists() and path.stat().st_size >= ROTATE_BYTES:
+                path = self.dir / f"journal-{seq + 1:06d}.jsonl"
+            # Unbuffered: each line is one write, cut back whole if the disk is full.
+            self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - long-lived
+            self._size = path.stat().st_size
+        return self._file
+
+    def append(self, ev: str, rel: str | None = None, **fields: Any) -> None:
+        entry: dict[str, Any] = {"t": round(time.time(), 6), "ev": ev}
+        if rel is not None:
+            entry["rel"] = rel
+        entry.update(fields)
+        entry["worker"] = self.worker
+        entry["host"] = self.host
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+        # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
+        # which json.loads turns back into the same surrogate: the line stays valid JSON.
+        data = line.encode("utf-8", "backslashreplace")
+        # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the line is
+        # not written at all: never half a line, never one written later.
+        try:
+            f = self._open()
+            append_whole(f.fileno(), data, self._size)
+        except OSError as e:
+            self._failed(e)
+            return
+        self._size += len(data)
+        self._dirty = True
+        if self.error is not None:
+            log.warning("journal writable again; %d line(s) were not written", self.lost)
+            self.error, self.lost = None, 0
+
+    def _failed(self, e: OSError) -> None:
+        """A line could not be written (full disk, quota). The journal is history, not truth:
+        the change it records stands, so this is logged once per streak, not raised; a caller
+        that must not go on without its line (a claim) reads `error` after append()."""
+        if self.error is None:
+            log.error("journal line(s) not written: %s", e)
+        self.error = e
+        self.lost += 1
+
+    def sync(self) -> None:
+        """fsync the current file (the daemon calls this about once a second, in a thread)."""
+        f = self._file
+        if f is not None and self._dirty:
+            self._dirty = False
+            try:
+                os.fsync(f.fileno())
+            except (OSError, ValueError):  # rotated (closed) meanwhile: closing synced it
+                pass
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+
+def journal_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("journal-*.jsonl"))
+
+
+def read_journal(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every entry, oldest first; a torn last line (crash) is skipped."""
+    for path in journal_files(directory):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+
+def worker_id(state_dir: Path, override: str | None = None) -> str:
+    """A stable id for this state dir (used in manifest and conflict names)."""
+    path = state_dir / "worker-id"
+    if override:
+        path.write_text(override + "\n")
+        return override
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        host = "".join(c if c.isalnum() or c in "-." else "-" for c in os.uname().nodename)
+        wid = f"{host}-{os.urandom(3).hex()}"
+        path.write_text(wid + "\n")
+        return wid

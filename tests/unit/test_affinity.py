@@ -1,0 +1,72 @@
+"""Work affinity: shares of the intent among live workers (pure functions)."""
+
+from __future__ import annotations
+
+from pyroaring import BitMap
+
+from fusefs.model.affinity import MEMBER_SECONDS, SETTLE_SECONDS, Crew, chunk_bounds, others_share
+
+WORKERS = ["host-a-1", "host-b-7", "laptop", "vm-3"]
+
+
+def share(intent: BitMap, workers: list[str], me: str) -> BitMap:
+    return intent - others_share(intent, workers, me)
+
+
+def test_shares_partition_the_intent_and_are_balanced() -> None:
+    intent = BitMap(range(0, 200_000, 2))  # 100k tasks, every other id
+    shares = {w: share(intent, WORKERS, w) for w in WORKERS}
+    assert sum(len(s) for s in shares.values()) == len(intent)
+    assert BitMap.union(*shares.values()) == intent
+    for w, s in shares.items():
+        assert 0.15 < len(s) / len(intent) < 0.35, (w, len(s))
+
+
+def test_a_sparse_intent_is_balanced_too() -> None:
+    # Three dense clusters far apart in the id space (an intent tree, not a grid).
+    intent = BitMap(range(10, 3010)) | BitMap(range(5_000_000, 5_001_000)) | BitMap([9_999_999])
+    sizes = [len(share(intent, WORKERS[:2], w)) for w in WORKERS[:2]]
+    assert sum(sizes) == len(intent) and min(sizes) > 0.35 * len(intent)
+
+
+def test_a_worker_leaving_moves_only_its_own_share() -> None:
+    intent = BitMap(range(50_000))
+    before = {w: share(intent, WORKERS, w) for w in WORKERS}
+    rest = WORKERS[:-1]
+    after = {w: share(intent, rest, w) for w in rest}
+    for w in rest:
+        assert before[w] <= after[w]  # nobody loses tasks: only the leaver's are handed out
+    assert BitMap.union(*(after[w] - before[w] for w in rest)) == before[WORKERS[-1]]
+
+
+def test_alone_a_worker_has_everything_and_bounds_cover_the_intent() -> None:
+    intent = BitMap([3, 4, 8, 100])
+    assert others_share(intent, [], "solo") == BitMap()
+    assert others_share(intent, ["solo"], "solo") == BitMap()
+    bounds = chunk_bounds(intent, chunks=3)
+    assert bounds[0] == 0 and bounds[-1] == 101 and bounds == sorted(bounds)
+    assert chunk_bounds(BitMap()) == [0, 0]
+
+
+def test_crew_protects_the_shares_of_silent_and_returning_workers() -> None:
+    intent = BitMap(range(10_000))
+    crew = Crew("me", intent, quiet=10.0)
+    assert crew.shares(0.0) is None  # alone: nothing changes
+    crew.observe("b", 0.0)
+    elsewhere, protected = crew.shares(0.0) or (BitMap(), BitMap())
+    assert elsewhere == others_share(intent, ["me", "b"], "me") and elsewhere
+    assert protected == elsewhere  # b just appeared: not helped with before it settles
+    assert crew.shares(0.0) is None  # unchanged: no new answer
+    for t in range(0, int(SETTLE_SECONDS) + 10, 5):  # b keeps working
+        crew.observe("b", float(t))
+    assert crew.shares(SETTLE_SECONDS + 5) == (elsewhere, BitMap())  # settled: help allowed
+    assert crew.shares(SETTLE_SECONDS + 5, offline=True) == (elsewhere, elsewhere)
+    assert crew.shares(SETTLE_SECONDS + 5) == (elsewhere, BitMap())  # back online
+    assert crew.shares(SETTLE_SECONDS + 30) == (elsewhere, elsewhere)  # b went silent
+    crew.observe("b", SETTLE_SECONDS + 31)  # back: protected until it settles again
+    assert crew.shares(SETTLE_SECONDS + 32) is None
+    for t in range(int(SETTLE_SECONDS) + 31, 2 * int(SETTLE_SECONDS) + 40, 5):
+        crew.observe("b", float(t))
+    assert crew.shares(2 * SETTLE_SECONDS + 40) == (elsewhere, BitMap())
+    assert crew.shares(MEMBER_SECONDS + 200) == (BitMap(), BitMap())  # gone: its share is ours
+    assert crew.members == ("me",)
