@@ -1,4 +1,6 @@
-"""`missionfs`: one module per command (mount, status, sync, log, fsck, digest, map, fleet, ...); this one parses and dispatches, and turns errors into one line."""
+"""missionfs: a scraping mission mounted as a filesystem (pending = intent - fact, no
+coordinator). One module per command in this package; this one parses, dispatches, and turns
+every refusal into one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     from fusefs.cli import log as log_cmd
     from fusefs.cli import map as map_cmd
 
-    p = argparse.ArgumentParser(prog="missionfs", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="missionfs",
+        description="A scraping mission mounted as a filesystem: pending = intent - fact.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     mount.add_parser(sub)
     s = status.add_parser(sub)
