@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from fusefs.cli.common import UserError, closed_pipe
 from fusefs.model.mission import MissionError
@@ -34,12 +35,21 @@ def main(argv: list[str] | None = None) -> int:
             os.umask(previous)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are refusals like any other: one line (`missionfs CMD: ...; see
+    missionfs CMD --help`) and exit status 2, not argparse's usage block. Subcommand parsers
+    inherit the class (argparse makes them with the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from fusefs.cli import digest, fleet, fsck, mount, mounthelper, status, sync, watch
     from fusefs.cli import log as log_cmd
     from fusefs.cli import map as map_cmd
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="missionfs",
         description="A scraping mission mounted as a filesystem: pending = intent - fact.",
     )

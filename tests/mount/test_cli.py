@@ -290,3 +290,18 @@ def test_umask_sets_the_modes_of_every_state_file(
         assert found[rel] == want, f"{rel}: {found[rel]:o}, want {want:o}"
     assert seen <= set(found), sorted(found)
     assert any(r.startswith("journal/journal-") for r in found)
+
+
+def test_usage_mistakes_are_one_line_and_status_2() -> None:
+    """A wrong flag value, a missing argument or an unknown command: one line naming the
+    command and the help to read, exit status 2 (not argparse's usage block)."""
+    for args, words in (
+        (("nosuch",), "invalid choice: 'nosuch'"),
+        (("map",), "missionfs map: the following arguments are required: mission"),
+        (("mount", "--lease", "abc", "m.toml", "/mnt/x"), "missionfs mount: argument --lease"),
+        (("status", "--nosuch", "m.toml"), "unrecognized arguments: --nosuch"),
+    ):
+        res = run(*args)
+        assert res.returncode == 2, (args, res)
+        assert res.stdout == "" and res.stderr.count("\n") == 1, (args, res.stderr)
+        assert words in res.stderr and "--help" in res.stderr, (args, res.stderr)
