@@ -18,27 +18,27 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 from cachetools import LRUCache
 from pyroaring import BitMap
 
+from fusefs.engine.claims import ClaimNotRecorded, Claims, FleetUnavailable, LeaseLost
 from fusefs.engine.commit import CommitRefused, Committer
 from fusefs.engine.status import StatusBoard
 from fusefs.fuse import inodes
 from fusefs.fuse.boundary import RequestErrors, error_boundary
 from fusefs.fuse.inodes import VIEWS, Kind
 from fusefs.model.codec import TaskSpace
-from fusefs.model.errors import ClaimUnavailable, S3ConfigError, S3Unavailable
-from fusefs.model.state import Claim, MissionState, NotClaimed, NotPending, View, groups
+from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.model.state import MissionState, NotClaimed, NotPending, View, groups
 from fusefs.statedir.ratelog import log_coalesced
 from fusefs.statedir.store import LocalStore
 
 if TYPE_CHECKING:
     from fusefs.engine.sync import SyncEngine
-    from fusefs.statedir.claimlog import ClaimLog
 
 log = logging.getLogger("missionfs")
 
@@ -95,20 +95,20 @@ class MissionFS(pyfuse3.Operations):
         store: LocalStore,
         committer: Committer,
         status: StatusBoard,
-        lease: float,
+        claims: Claims,
         sync: SyncEngine | None = None,
+        *,
+        invalidate: bool = True,
     ) -> None:
         super().__init__()
         self.sync = sync
-        self.fleet = sync.fleet if sync is not None else None  # fleet-wide leases, if any
         self.state = state
         self.space: TaskSpace = state.space
         self.store = store
         self.committer = committer
         self.status = status
+        self.claims = claims  # the claim lifecycle (engine/claims.py)
         self.request_errors = RequestErrors(status.request_errors, status.recent_errors)
-        self.claim_log: ClaimLog | None = None  # set by the daemon: claims must be persisted
-        self.lease = lease
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.started_ns = time.time_ns()
@@ -123,7 +123,7 @@ class MissionFS(pyfuse3.Operations):
         self._pending_attrs: LRUCache[int, pyfuse3.EntryAttributes] = LRUCache(maxsize=1 << 16)
         self._next_tmp = 1
         self._dir_lists: dict[int, list[str]] = {}
-        self.invalidate = True  # off in handler tests without a mount
+        self.invalidate = invalidate  # off in handler tests without a mount
         # Computed inodes the kernel holds (lookup count): only their names can be cached.
         # One bitmap of payloads per inode kind code: a `find` over a national mission leaves
         # millions of inodes in the kernel, a dict of counts would cost ~100 bytes each. The
@@ -755,14 +755,10 @@ class MissionFS(pyfuse3.Operations):
         kind, view, payload = inodes.split(inode)
         if kind is Kind.FILE and view is not View.DONE:
             if payload in self.state.claims and not fields.update_size:
-                self.state.renew(payload, time.time(), self.lease)  # `touch claimed/REL`
-                self.committer.journal.append("renew", self.space.rel(payload))
-                if self.fleet is not None and not await self.fleet.renew(payload):
-                    raise fuse_error(
-                        errno.ENOENT,
-                        f"lease of {self.space.rel(payload)} was taken"
-                        " over by another worker after it expired",
-                    )
+                try:
+                    await self.claims.renew(payload)  # `touch claimed/REL`
+                except LeaseLost as e:
+                    raise fuse_error(errno.ENOENT, str(e)) from None
             elif fields.update_size or payload not in self.state.claims:
                 raise fuse_error(
                     errno.EPERM,
@@ -901,65 +897,22 @@ class MissionFS(pyfuse3.Operations):
         )
 
     async def _claim(self, task: int, ctx: pyfuse3.RequestContext) -> None:
-        """`mv pending/REL claimed/REL`.
-
-        A claim that cannot be persisted (claims.log or journal, e.g. on a full disk) is rolled
-        back and refused with that errno (ENOSPC): a claim acknowledged but not in claims.log
-        would be silently dropped by a restart, and a worker told "disk full" at claim time
-        learns it before scraping a result it could not commit anyway. The rollback is exact:
-        the claim was made in this same step (no await), and the claims log keeps a line it
-        could not write for later, followed by the release's line, so it never holds a claim
-        that the mount refused."""
-        # The start-up index may lag the files until the reconcile walk ends: check the file.
-        if (
-            task in self.state.pending
-            and not self.committer.reconciled
-            and await trio.to_thread.run_sync(self.store.exists, self.space.rel(task))
-        ):
-            self.committer.learn_local_fact(task)
+        """`mv pending/REL claimed/REL` (claims.py; a refused claim leaves the task pending)."""
         try:
-            claim = self.state.claim(task, time.time(), self.lease, owner=f"pid {ctx.pid}")
+            await self.claims.claim(task, ctx.pid)
         except NotPending:
             raise fuse_error(errno.ENOENT) from None
-        if self.claim_log is not None and self.claim_log.error is not None:
-            self._unclaim(claim, self.claim_log.error)
-        if self.fleet is not None:
-            try:
-                won = await self.fleet.claim(task)  # the fleet-wide lease (S3)
-            except (ClaimUnavailable, S3Unavailable, S3ConfigError) as e:
-                raise fuse_error(
-                    errno.EAGAIN,
-                    f"refused claim of {self.space.rel(task)}: strict"
-                    f" claims need S3 ({e}); retry later",
-                ) from None
-            if not won:
-                raise fuse_error(errno.ENOENT)
-        self.committer.journal.append("claim", self.space.rel(task), pid=ctx.pid, lease=self.lease)
-        if self.committer.journal.error is not None:  # not recorded (full disk): roll back
-            if self.fleet is not None:
-                await self.fleet.release(task)
-            self._unclaim(claim, self.committer.journal.error)
-
-    def _unclaim(self, claim: Claim, e: OSError) -> NoReturn:
-        """Roll back a claim that could not be persisted and refuse it (see _claim); only
-        this claim: during a wait on S3 it may have been released and made again by another."""
-        if self.state.claims.get(claim.task) is claim:
-            self.state.release(claim.task)
-        raise fuse_error(
-            e.errno or errno.EIO,
-            f"refused claim of {self.space.rel(claim.task)}: cannot record it ({e.strerror});"
-            " the task stays pending",
-        )
+        except FleetUnavailable as e:
+            raise fuse_error(errno.EAGAIN, str(e)) from None
+        except ClaimNotRecorded as e:
+            raise fuse_error(e.error.errno or errno.EIO, str(e)) from None
 
     async def _release(self, task: int) -> None:
         """`rm claimed/REL` or `mv claimed/REL pending/REL`: give the task back."""
         try:
-            self.state.release(task)
+            await self.claims.release(task)
         except NotClaimed:
             raise fuse_error(errno.ENOENT) from None
-        self.committer.journal.append("release", self.space.rel(task))
-        if self.fleet is not None:
-            await self.fleet.release(task)
 
     def _rename_tmp(self, old: bytes, new: bytes, flags: int) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
