@@ -41,7 +41,7 @@ class ClaimLog:
         self._size = 0
         # Lines that a full disk kept out of the file, written first at the next change; and
         # the error of the last write (None once a write succeeded): a claim made while it is
-        # set was not persisted, and the mount rolls it back (MissionFS._claim).
+        # set was not persisted, and the mount rolls it back (engine/claims.py).
         self._backlog: list[str] = []
         self.error: OSError | None = None
 
