@@ -4,10 +4,11 @@
 Off by default. Almost everything is read at scrape time from what the daemon already keeps
 for its `status` file (StatusBoard, SyncEngine.info and counters, the digest keeper): a custom
 Collector, so the FUSE request path does no metrics work. Three things the status file does not
-break down are counted by thin wrappers installed only when metrics are on (a dict increment
-each): refusals by reason (an observer of StatusBoard.refused), claims by outcome (the observer
-the daemon gives the claims service, engine/claims.py), and S3 requests by kind and outcome (a botocore `response-received` event hook:
-every HTTP attempt, retries included, so throttling shows up even when a retry succeeds).
+break down are counted by observers registered only when metrics are on (a dict increment
+each), never by patching live objects: refusals by reason (StatusBoard.observe_refusals), claims
+by outcome (`Instruments.claim_outcome`, given to the claims service by the daemon's constructor:
+engine/claims.py), and S3 requests by kind and outcome (a botocore `response-received` event
+hook: every HTTP attempt, retries included, so throttling shows up even when a retry succeeds).
 
 The HTTP server runs in a thread (prometheus_client's). The flags are parsed in
 metricsopts.py (the CLI side, which does not import prometheus_client).
@@ -112,7 +113,7 @@ def s3_outcome(response: dict[str, Any] | None, parsed: Any, exception: Any) -> 
 
 
 class Instruments:
-    """The wrappers: installed on one workspace's objects when metrics are on."""
+    """The counters of what the status file does not break down, and their observers."""
 
     def __init__(self) -> None:
         self.refusals = Tally(MAX_REASONS)
