@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     ws = open_ws(args, mission, lock=True, lease=args.lease)
+    claim_outcomes = None
     if listen is not None and args.foreground:
-        _serve_metrics(ws, listen)
+        claim_outcomes = _serve_metrics(ws, listen)
     check_s3(ws, args.quiet)
     if not args.foreground:
         state_dir = ws.store.root
@@ -133,7 +135,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     ws.committer.batched = args.durability == "batched"
     ws.status.durability = args.durability
     try:
-        Daemon(ws, mnt, args.allow_other).run()
+        Daemon(ws, mnt, args.allow_other, claim_outcomes=claim_outcomes).run()
     except RuntimeError as e:
         raise UserError(
             f"cannot mount on {mnt}: {e} (is /dev/fuse usable and fuse3 installed?)"
@@ -143,11 +145,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_metrics(ws: Any, listen: tuple[str, int]) -> None:
+def _serve_metrics(ws: Any, listen: tuple[str, int]) -> Callable[[str], None]:
+    """Serve /metrics; returns the observer of claim outcomes the daemon's claims service
+    reports to."""
     from fusefs.engine.metrics import serve
 
     try:
-        serve(ws, listen)  # before the S3 check: its requests are counted too
+        _server, instruments = serve(ws, listen)  # before the S3 check: its requests count
+        return instruments.claim_outcome
     except OSError as e:
         ws.close()
         raise UserError(f"cannot serve metrics on {listen[0]}:{listen[1]}: {e.strerror}") from None

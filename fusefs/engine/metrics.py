@@ -4,10 +4,11 @@
 Off by default. Almost everything is read at scrape time from what the daemon already keeps
 for its `status` file (StatusBoard, SyncEngine.info and counters, the digest keeper): a custom
 Collector, so the FUSE request path does no metrics work. Three things the status file does not
-break down are counted by thin wrappers installed only when metrics are on (a dict increment
-each): refusals by reason (StatusBoard.refused), claims by outcome (MissionState.claim and the
-fleet's lease), and S3 requests by kind and outcome (a botocore `response-received` event hook:
-every HTTP attempt, retries included, so throttling shows up even when a retry succeeds).
+break down are counted by observers registered only when metrics are on (a dict increment
+each), never by patching live objects: refusals by reason (StatusBoard.observe_refusals), claims
+by outcome (`Instruments.claim_outcome`, given to the claims service by the daemon's constructor:
+engine/claims.py), and S3 requests by kind and outcome (a botocore `response-received` event
+hook: every HTTP attempt, retries included, so throttling shows up even when a retry succeeds).
 
 The HTTP server runs in a thread (prometheus_client's). The flags are parsed in
 metricsopts.py (the CLI side, which does not import prometheus_client).
@@ -41,18 +42,20 @@ STATS_PER_SCRAPE = 2_000  # witness mtimes read per scrape for newly queued entr
 DIGEST_STATES = ("current", "updating", "incomplete", "off", "not_computed")
 
 
-def serve(ws: Any, listen: tuple[str, int]) -> Any:
-    """Instrument the workspace and serve /metrics from a thread; returns the HTTP server.
+def serve(ws: Any, listen: tuple[str, int]) -> tuple[Any, Instruments]:
+    """Instrument the workspace and serve /metrics from a thread; returns the HTTP server and
+    the instruments (the daemon gives `instruments.claim_outcome` to its claims service).
 
     OSError (port in use, address not ours) propagates: the caller refuses to mount.
     """
     from prometheus_client import start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MissionCollector(ws))
+    collector = MissionCollector(ws)
+    registry.register(collector)
     server, _thread = start_http_server(listen[1], addr=listen[0], registry=registry)
     log.info("metrics on http://%s:%d/metrics", listen[0], server.server_address[1])
-    return server
+    return server, collector.instruments
 
 
 # -- counts the status file does not break down ---------------------------------------------------
@@ -110,7 +113,7 @@ def s3_outcome(response: dict[str, Any] | None, parsed: Any, exception: Any) -> 
 
 
 class Instruments:
-    """The wrappers: installed on one workspace's objects when metrics are on."""
+    """The counters of what the status file does not break down, and their observers."""
 
     def __init__(self) -> None:
         self.refusals = Tally(MAX_REASONS)
@@ -118,54 +121,18 @@ class Instruments:
         self.s3 = Tally()
 
     def install(self, ws: Any) -> None:
-        self._wrap_refused(ws.status)
-        self._wrap_claim(ws.state)
+        ws.status.observe_refusals(self._refused)
         sync = getattr(ws, "sync", None)
         if sync is not None:
             self._hook_s3(getattr(sync, "s3", None))
-            if getattr(sync, "fleet", None) is not None:
-                self._wrap_fleet_claim(sync.fleet)
 
-    def _wrap_refused(self, board: Any) -> None:
-        inner = board.refused
+    def _refused(self, where: str, reason: str) -> None:
+        self.refusals.add(reason_label(reason))
 
-        def refused(where: str, reason: str) -> None:
-            self.refusals.add(reason_label(reason))
-            inner(where, reason)
-
-        board.refused = refused
-
-    def _wrap_claim(self, state: Any) -> None:
-        from fusefs.model.state import NotPending
-
-        inner = state.claim
-
-        def claim(task: int, now: float, lease: float, owner: str = "") -> Any:
-            # The FUSE claim path names a pid; others are claims held again after a restart.
-            kind = "claimed" if owner.startswith("pid ") else "restored"
-            try:
-                result = inner(task, now, lease, owner)
-            except NotPending as e:
-                self.claims.add(reason_label(str(e)))
-                raise
-            self.claims.add(kind)
-            return result
-
-        state.claim = claim
-
-    def _wrap_fleet_claim(self, fleet: Any) -> None:
-        inner = fleet.claim
-
-        async def claim(task: int) -> bool:
-            try:
-                won = bool(await inner(task))
-            except Exception:
-                self.claims.add("fleet_lease_unavailable")
-                raise
-            self.claims.add("fleet_lease_won" if won else "lost_to_another_worker")
-            return won
-
-        fleet.claim = claim
+    def claim_outcome(self, outcome: str) -> None:
+        """The claims service's observer: "claimed", "restored", "fleet_lease_won",
+        "lost_to_another_worker", "fleet_lease_unavailable" or why the task was not pending."""
+        self.claims.add(reason_label(outcome))
 
     def _hook_s3(self, s3: Any) -> None:
         events = getattr(getattr(getattr(s3, "client", None), "meta", None), "events", None)

@@ -37,6 +37,11 @@ class StatusBoard:
         self.durability = "strict"
         self.journal: Journal | None = None
         self._repeats: Coalescer[tuple[str, str]] = Coalescer(self._journal_refusal)
+        self._refusal_observers: list[Callable[[str, str], None]] = []
+
+    def observe_refusals(self, observer: Callable[[str, str], None]) -> None:
+        """`observer(where, reason)` is told of every refusal (metrics count them by reason)."""
+        self._refusal_observers.append(observer)
 
     def committed(self, source: str) -> None:
         self.commits[source] = self.commits.get(source, 0) + 1
@@ -45,6 +50,8 @@ class StatusBoard:
         """Count every refusal; journal the first of a run of identical ones and then how many
         followed (ratelog.py): a worker retrying a bad file cannot grow the journal unbounded."""
         self.refusals += 1
+        for observer in self._refusal_observers:
+            observer(where, reason)
         if self._repeats.seen((where, reason)):
             self._journal_refusal((where, reason), 1, 0.0)
         last = self.recent_errors[-1] if self.recent_errors else None

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from fusefs.engine.claims import Claims
 from fusefs.engine.workspace import Workspace
 from fusefs.fuse import sdnotify
 from fusefs.fuse.fs import MissionFS
@@ -42,7 +43,18 @@ SYNC_RESULT = "sync-result.json"
 
 
 class Daemon:
-    def __init__(self, ws: Workspace, mountpoint: Path, allow_other: bool = False) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        mountpoint: Path,
+        allow_other: bool = False,
+        *,
+        clock: Callable[[], float] = time.time,
+        claim_outcomes: Callable[[str], None] | None = None,
+        invalidate: bool = True,
+    ) -> None:
+        """`clock` is the wall clock of leases (tests move it), `claim_outcomes` an observer of
+        every claim's outcome (metrics), `invalidate` off when no kernel cache exists (tests)."""
         self.ws = ws
         self.mission = ws.mission
         self.state = ws.state
@@ -53,19 +65,34 @@ class Daemon:
         self.status = ws.status
         self.committer = ws.committer
         self.sync = ws.sync
-        self.ops = MissionFS(ws.state, ws.store, ws.committer, ws.status, ws.lease, ws.sync)
+        self.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+        self.claims = Claims(
+            ws.state,
+            ws.committer.journal,
+            ws.lease,
+            committer=ws.committer,
+            store=ws.store,
+            status=ws.status,
+            claim_log=self.claim_log,  # a claim it cannot record is rolled back
+            fleet=ws.sync.fleet if ws.sync is not None else None,
+            clock=clock,
+            outcomes=claim_outcomes,
+        )
+        self.ops = MissionFS(
+            ws.state,
+            ws.store,
+            ws.committer,
+            ws.status,
+            self.claims,
+            ws.sync,
+            invalidate=invalidate,
+        )
         self._snapshot_lock = trio.Lock()
         self._forced = 0
-        self.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
-        self.ops.claim_log = self.claim_log  # a claim it cannot record is rolled back
 
     def run(self) -> None:
         self._recover_staging()
-        self.claim_log.restore()  # claims held when the last daemon stopped, before serving
-        if self.sync is not None and self.sync.fleet is not None:
-            # Each restored claim is confirmed fleet-wide (our lease taken again, or lost to
-            # another worker's) at the first listing, like an optimistic claim made offline.
-            self.sync.fleet.unconfirmed.update(self.claim_log.live)
+        self.claims.restore()  # claims held when the last daemon stopped, before serving
         if self.mission.space.size:
             self.mission.space.descriptor_size(0)  # per-phrase sizes: not in the first `ls`
         # Without allow_other only the mounting user can reach the mount, so the kernel's
@@ -143,16 +170,9 @@ class Daemon:
     async def _expiry_loop(self) -> None:
         """Return tasks whose lease ended; sleeps until the next expiry (at most a second)."""
         while True:
-            now = time.time()
-            expired = self.state.expire(now)
-            if expired:
-                self.status.expired += len(expired)
-                for task in expired:
-                    self.committer.journal.append("expire", self.mission.space.rel(task))
-                if self.sync is not None and self.sync.fleet is not None:
-                    self.sync.fleet.forget(expired)
-                log.info("lease expired for %d task(s), back to pending", len(expired))
-            nxt = self.state.next_expiry()
+            now = self.claims.clock()
+            self.claims.expire(now)
+            nxt = self.claims.next_expiry()
             await trio.sleep(min(1.0, max(0.0, nxt - now)) if nxt is not None else 1.0)
 
     async def _reconcile(self) -> None:

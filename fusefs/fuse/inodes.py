@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from fusefs.model.codec import TaskSpace
 from fusefs.model.state import View
 
 ROOT = 1
@@ -48,3 +49,11 @@ def split(ino: int) -> tuple[Kind, View | None, int]:
         return Kind.TMP, None, payload
     base = (k - 1) // 3 * 3 + 1
     return Kind(base), VIEWS[k - base], payload
+
+
+def task_in_tile(space: TaskSpace, tile: int, name: bytes) -> int | None:
+    """The task named `name` in tile `tile`, or None if no phrase of the mission is so named."""
+    phrase = space.phrase_of(name.decode("utf-8", "surrogateescape"))
+    if phrase is None:
+        return None
+    return tile * space.nphr + phrase

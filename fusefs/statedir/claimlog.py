@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pyroaring import BitMap
@@ -41,14 +41,17 @@ class ClaimLog:
         self._size = 0
         # Lines that a full disk kept out of the file, written first at the next change; and
         # the error of the last write (None once a write succeeded): a claim made while it is
-        # set was not persisted, and the mount rolls it back (MissionFS._claim).
+        # set was not persisted, and the mount rolls it back (engine/claims.py).
         self._backlog: list[str] = []
         self.error: OSError | None = None
 
-    def restore(self, now: float | None = None) -> int:
+    def restore(
+        self, now: float | None = None, refused: Callable[[str], None] | None = None
+    ) -> int:
         """Claim again the tasks whose claims were live when the last daemon stopped; returns
-        how many. Then rewrite the file with just those, and start recording."""
-        self.live = self.claim_live(now, "claim from before a restart")
+        how many. Then rewrite the file with just those, and start recording. `refused` is told
+        why a logged claim could not be held again (see claim_live)."""
+        self.live = self.claim_live(now, "claim from before a restart", refused)
         try:
             self._rewrite()
         except OSError as e:  # a full disk: keep appending to the file as it is
@@ -59,10 +62,16 @@ class ClaimLog:
             log.info("%d claim(s) from before the restart are held again", len(self.live))
         return len(self.live)
 
-    def claim_live(self, now: float | None = None, owner: str = "") -> dict[int, float]:
+    def claim_live(
+        self,
+        now: float | None = None,
+        owner: str = "",
+        refused: Callable[[str], None] | None = None,
+    ) -> dict[int, float]:
         """Claim in the state (only there: the file is not touched) every task whose logged
         claim is still live; returns them with their expiry. Read-only users of a state dir
-        (`status`, `pending` beside a running daemon) see the same claims as the mount."""
+        (`status`, `pending` beside a running daemon) see the same claims as the mount.
+        `refused(reason)` is told of a live logged claim not held again (metrics count it)."""
         now = time.time() if now is None else now
         live: dict[int, float] = {}
         space = self.state.space
@@ -75,7 +84,9 @@ class ClaimLog:
                 continue
             try:
                 self.state.claim(task, now, expires - now, owner)
-            except NotPending:
+            except NotPending as e:
+                if refused is not None:
+                    refused(str(e))
                 continue  # done meanwhile (or found done by the start-up walk)
             live[task] = expires
         return live

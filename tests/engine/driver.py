@@ -195,11 +195,11 @@ class EngineNode:
         self.closed = False
         if self.bucket is not None:
             attach_sync(self.ws, self.bucket)
-        self.daemon = Daemon(self.ws, NO_MOUNTPOINT)
+        # No kernel cache to invalidate; leases follow the fake clock.
+        self.daemon = Daemon(self.ws, NO_MOUNTPOINT, clock=self.clock.time, invalidate=False)
         self.ops = self.daemon.ops
-        self.ops.invalidate = False  # no kernel cache to invalidate
         self.daemon._recover_staging()
-        self.daemon.claim_log.restore(now=self.clock.now)
+        self.daemon.claims.restore(now=self.clock.now)
         if self.ws.from_index:
             trio.run(self.daemon._reconcile)  # in the background after mounting, here at once
         else:
@@ -411,7 +411,7 @@ class EngineNode:
     # -- what the daemon's loops and the sync engine do ---------------------------------------
     def expire(self) -> list[str]:
         """One turn of the daemon's expiry loop at the fake clock's time."""
-        return [self.mission.space.rel(t) for t in self.ws.state.expire(self.clock.now)]
+        return [self.mission.space.rel(t) for t in self.daemon.claims.expire(self.clock.now)]
 
     def learn_remote(self, rel: str, body: bytes) -> int:
         """Another worker's witness of `rel` is in the bucket and a refresh lists it."""

@@ -206,6 +206,7 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     import pyfuse3
     import trio
 
+    from fusefs.engine.claims import Claims
     from fusefs.engine.workspace import open_workspace
     from fusefs.fuse.fs import MissionFS
     from fusefs.model.mission import load_mission
@@ -215,10 +216,18 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
 
     mission = load_mission(write_mission(tmp_path / "mission.toml"))
     ws = open_workspace(mission, tmp_path / "state", lock=False)
-    fs = MissionFS(ws.state, ws.store, ws.committer, ws.status, ws.lease, ws.sync)
-    fs.invalidate = False
-    fs.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
-    fs.claim_log.restore()
+    claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+    claims = Claims(
+        ws.state,
+        ws.committer.journal,
+        ws.lease,
+        committer=ws.committer,
+        store=ws.store,
+        status=ws.status,
+        claim_log=claim_log,
+    )
+    fs = MissionFS(ws.state, ws.store, ws.committer, ws.status, claims, invalidate=False)
+    claims.restore()
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -230,7 +239,7 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
         trio.run(fs._claim, task, ctx)  # type: ignore[arg-type]
     assert refused.value.errno == errno.ENOSPC
     assert task in ws.state.pending and task not in ws.state.claims
-    fs.claim_log.close()
+    claim_log.close()
     again = MissionState(mission.space, mission.intent)
     assert ClaimLog(ws.store.root / CLAIMS_FILE, again).claim_live() == {}
     ws.close()
