@@ -56,7 +56,7 @@ class LeaseBook:
         self.expired: list[str] = []  # rels of the expired leases the last live() saw
 
     def server_now(self) -> float:
-        return self.s3.fast.server_time()
+        return self.s3.server_time()
 
     @property
     def offset(self) -> float:

@@ -4,11 +4,13 @@ Blocking calls on one client (thread-safe, pooled connections); callers on the t
 them in `trio.to_thread.run_sync`. Credentials come from the standard boto3 chain and never
 appear in messages. Every botocore failure is classified once, here, by `classify`.
 
-Client settings (the same as fusefs/s3store.py's, plus two for CPU per request):
+The client is made on first use (a command that never reaches S3 needs no credentials).
+Client settings:
 - path-style addressing when an endpoint URL is given (local servers have no per-bucket DNS);
 - no `Expect: 100-continue` for bodies up to 1 MiB: it costs a round trip per PUT and only
   pays off for large bodies (leases and most witnesses are a few hundred bytes);
-- 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode;
+- 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode, unless the
+  constructor says otherwise (s3store's layout asks for shorter ones for leases);
 - checksums only where an operation requires one (DeleteObjects) or the caller sends its own
   SHA-256: botocore's default CRC32 on every PUT/GET is CPU the protocol does not need.
 """
@@ -166,6 +168,7 @@ class S3ObjectStore(ObjectStore):
         self.endpoint_url = endpoint_url
         self.requests = RequestCounter()
         self._offset = 0.0  # server clock - our clock, from the last Date header
+        self.answered_at = 0.0  # monotonic time of that header (0: no answer yet)
         self._settings = (pool, connect_timeout, read_timeout, attempts)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -228,6 +231,7 @@ class S3ObjectStore(ObjectStore):
         except (ValueError, TypeError):
             return
         self._offset = server - time.time()
+        self.answered_at = time.monotonic()
 
     def server_time(self) -> float:
         return time.time() + self._offset

@@ -150,6 +150,12 @@ class S3Store:
                 out[kind] = out.get(kind, 0) + n
         return out
 
+    def server_time(self) -> float:
+        """The server's clock now, as of whichever store heard from it last (a lease listing
+        goes through the background store, a lease write through the fast one)."""
+        stores = self.made() or [self.objects]
+        return max(stores, key=lambda s: float(getattr(s, "answered_at", 0.0))).server_time()
+
     def key(self, area: str, rel: str) -> str:
         return f"{self.base}/{area}/{encode_rel(rel)}"
 
