@@ -115,14 +115,14 @@ def _s3_versions(
 
     s3 = S3Store(mission.s3 or "", mission.name, s3_endpoint(state_dir, args.endpoint_url))
     try:
-        status = s3.client.get_bucket_versioning(Bucket=s3.loc.bucket).get("Status")
+        enabled = s3.versioning_enabled()
     except Exception as e:  # unreachable or not allowed: the journal is still the history
         print(
             f"missionfs: bucket history not read ({type(e).__name__}); journal only",
             file=sys.stderr,
         )
         return []
-    if status != "Enabled":
+    if not enabled:
         print(
             f"missionfs: versioning is off on s3://{s3.loc.bucket}: showing the local journal "
             "only (enable versioning to keep every writer's result in the bucket)",
@@ -131,35 +131,27 @@ def _s3_versions(
         return []
     out: list[dict[str, Any]] = []
     for area in ("scraped-tiles", "claims", "conflicts"):
-        prefix = s3.key(area, where if where.endswith(".csv") else (where + "/" if where else ""))
+        part = where if where.endswith(".csv") else (where + "/" if where else "")
         if area == "conflicts" and where.endswith(".csv"):
-            prefix = prefix.removesuffix(".csv")
+            part = part.removesuffix(".csv")
         try:
-            pages = s3.client.get_paginator("list_object_versions").paginate(
-                Bucket=s3.loc.bucket, Prefix=prefix
-            )
-            for page in pages:
-                for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                    t = v["LastModified"].timestamp()
-                    if since is not None and t < since:
-                        continue
-                    rel = s3.rel_of(area, v["Key"])
-                    entry: dict[str, Any] = {
-                        "t": t,
-                        "ev": f"s3:{area}" + ("" if "Size" in v else ":deleted"),
-                        "rel": rel,
-                        "version": v["VersionId"],
-                        "latest": v.get("IsLatest", False),
-                        "worker": "?",
-                        "host": f"s3://{s3.loc.bucket}",
-                    }
-                    if where.endswith(".csv") and "Size" in v and area != "claims":
-                        meta = s3.client.head_object(
-                            Bucket=s3.loc.bucket, Key=v["Key"], VersionId=v["VersionId"]
-                        ).get("Metadata", {})
-                        entry["worker"] = meta.get("worker", "?")
-                        entry["sha256"] = meta.get("sha256", "?")
-                    out.append(entry)
+            for rel, v in s3.versions(area, part):
+                if since is not None and v.last_modified < since:
+                    continue
+                entry: dict[str, Any] = {
+                    "t": v.last_modified,
+                    "ev": f"s3:{area}" + (":deleted" if v.deleted else ""),
+                    "rel": rel,
+                    "version": v.version_id,
+                    "latest": v.is_latest,
+                    "worker": "?",
+                    "host": f"s3://{s3.loc.bucket}",
+                }
+                if where.endswith(".csv") and not v.deleted and area != "claims":
+                    meta = s3.version_metadata(v.key, v.version_id)
+                    entry["worker"] = meta.get("worker", "?")
+                    entry["sha256"] = meta.get("sha256", "?")
+                out.append(entry)
         except Exception as e:  # unreachable, not allowed: the journal still tells
             print(f"missionfs: {area}/ versions not read ({type(e).__name__})", file=sys.stderr)
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fusefs.engine.leases import GRACE, LeaseBook
-from fusefs.objects.s3store import MANIFESTS, S3Store
+from fusefs.objects.s3store import S3Store
 
 RECENT = 600.0  # "tasks done in the last 10 minutes"
 CACHE_FILE = "fleet-manifests.json"
@@ -85,11 +85,10 @@ def count_manifests(
 ) -> tuple[Counted, int]:
     """Every manifest listed now or counted before, and how many were read now (GETs)."""
     counted = _load_cache(cache_path) if cache_path else Counted()
-    root = f"{s3.base}/{MANIFESTS}/"
     listed: set[str] = set()
     new: list[tuple[str, int, str]] = []
-    for key, _size in s3.list_keys(root):
-        parsed = parse_manifest_name(key[len(root) :])
+    for name, key in s3.manifests():
+        parsed = parse_manifest_name(name)
         if parsed is not None:
             listed.add(key)
             if key not in counted.manifests:

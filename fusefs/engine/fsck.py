@@ -351,27 +351,21 @@ class Fsck:
         """task -> (ETag without quotes, size) for every plan witness in the bucket."""
         from tqdm import tqdm
 
-        from fusefs.objects.s3store import WITNESSES, classify
+        from fusefs.objects.s3store import WITNESSES
 
         assert self.s3 is not None
-        root = self.s3.key(WITNESSES, "")
         out: dict[int, tuple[str, int]] = {}
         outside = 0
-        pages = self.s3.client.get_paginator("list_objects_v2")
         bar = tqdm(desc="listing the bucket", unit=" keys", disable=self.quiet or None, delay=0.5)
         with bar:
-            try:
-                for page in pages.paginate(Bucket=self.s3.loc.bucket, Prefix=root):
-                    for obj in page.get("Contents", []):
-                        bar.update(1)
-                        try:
-                            task = self.space.parse_rel(self.s3.rel_of(WITNESSES, obj["Key"]))
-                        except OutOfPlan:
-                            outside += 1
-                            continue
-                        out[task] = (str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0)))
-            except Exception as e:
-                raise classify(e, f"LIST {root}") from None
+            for rel, obj in self.s3.objects_in(WITNESSES):
+                bar.update(1)
+                try:
+                    task = self.space.parse_rel(rel)
+                except OutOfPlan:
+                    outside += 1
+                    continue
+                out[task] = (obj.etag, obj.size)
         if outside:
             self.note(f"{outside} bucket object(s) under {WITNESSES}/ outside the plan (ignored)")
         return out
@@ -448,28 +442,11 @@ class Fsck:
 
     def _restore(self, rel: str, etag: str, altered: bytes) -> bool:
         """Keep the altered bytes under conflicts/, then put our committed witness back."""
-        import botocore.exceptions
-
-        from fusefs.objects.s3store import SHA_META, WITNESSES, classify
-
         assert self.s3 is not None
         self.s3.put_conflict(rel, f"altered-{self.stamp}", altered)
         ours = (self.store.tiles / rel).read_bytes()
-        try:
-            self.s3.client.put_object(
-                Bucket=self.s3.loc.bucket,
-                Key=self.s3.key(WITNESSES, rel),
-                Body=ours,
-                Metadata={SHA_META: _sha(ours)},
-                IfMatch=f'"{etag}"',
-            )
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") not in (409, 412):
-                raise classify(e, f"PUT {rel}") from None
-            return False  # changed again since we read it: leave it to a human
-        except Exception as e:
-            raise classify(e, f"PUT {rel}") from None
-        return True
+        # False: changed again (or gone) since we read it: leave it to a human
+        return self.s3.replace_witness(rel, ours, etag)
 
     # -- claims --------------------------------------------------------------------------------
     def check_claims(self) -> None:

@@ -7,8 +7,9 @@ Collector, so the FUSE request path does no metrics work. Three things the statu
 break down are counted by observers registered only when metrics are on (a dict increment
 each), never by patching live objects: refusals by reason (StatusBoard.observe_refusals), claims
 by outcome (`Instruments.claim_outcome`, given to the claims service by the daemon's constructor:
-engine/claims.py), and S3 requests by kind and outcome (a botocore `response-received` event
-hook: every HTTP attempt, retries included, so throttling shows up even when a retry succeeds).
+engine/claims.py), and S3 requests by kind and outcome (a listener on the S3 stores, fed by
+botocore's `response-received` event: every HTTP attempt, retries included, so throttling shows
+up even when a retry succeeds; the stores' own `requests` count requests, not attempts).
 
 The HTTP server runs in a thread (prometheus_client's). The flags are parsed in
 metricsopts.py (the CLI side, which does not import prometheus_client).
@@ -119,6 +120,7 @@ class Instruments:
         self.refusals = Tally(MAX_REASONS)
         self.claims = Tally()
         self.s3 = Tally()
+        self._hooked: list[Any] = []  # stores listened to (the fast one may be the same)
 
     def install(self, ws: Any) -> None:
         ws.status.observe_refusals(self._refused)
@@ -135,21 +137,18 @@ class Instruments:
         self.claims.add(reason_label(outcome))
 
     def _hook_s3(self, s3: Any) -> None:
-        events = getattr(getattr(getattr(s3, "client", None), "meta", None), "events", None)
-        if events is None:
-            return
+        """Count every HTTP attempt of the S3 stores (the background and the fast one) by
+        operation and outcome, through the seam's listener (an in-process store has none)."""
+        for store in (getattr(s3, "objects", None), getattr(s3, "fast", None)):
+            add_listener = getattr(store, "add_listener", None)
+            if add_listener is None or store in self._hooked:
+                continue
+            self._hooked.append(store)
 
-        def received(
-            event_name: str = "",
-            response_dict: Any = None,
-            parsed_response: Any = None,
-            exception: Any = None,
-            **_: Any,
-        ) -> None:
-            kind = event_name.rsplit(".", 1)[-1]
-            self.s3.add(kind, s3_outcome(response_dict, parsed_response, exception))
+            def received(op: str, response: Any, parsed: Any, exception: Any) -> None:
+                self.s3.add(op, s3_outcome(response, parsed, exception))
 
-        events.register("response-received.s3", received)
+            add_listener(received)
 
 
 class QueueAges:

@@ -38,18 +38,10 @@ from fusefs.engine.fleet import FleetClaims
 from fusefs.engine.leases import LeaseBook
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model.codec import OutOfPlan, TaskSpace
-from fusefs.model.errors import MAX_BACKOFF
+from fusefs.model.errors import MAX_BACKOFF, S3ConfigError, S3Timeout, S3Unavailable
 from fusefs.model.sizes import RemoteSizes
 from fusefs.model.state import MissionState
-from fusefs.objects.s3store import (
-    MANIFESTS,
-    WITNESSES,
-    S3ConfigError,
-    S3Store,
-    S3Timeout,
-    S3Unavailable,
-    sha256_hex,
-)
+from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 from fusefs.statedir.index import FactIndex
 from fusefs.statedir.journal import Journal
 from fusefs.statedir.store import LocalStore, replace_text
@@ -583,13 +575,11 @@ class SyncEngine:
         return learned
 
     async def _refresh_manifests(self) -> int:
-        root = f"{self.s3.base}/{MANIFESTS}/"
-        start = root + f"{max(0, self.cursor_ms - SKEW_MS):013d}"
-        listed = await _s3(lambda: list(self.s3.list_keys(root, start)))
+        start = f"{max(0, self.cursor_ms - SKEW_MS):013d}"
+        listed = await _s3(lambda: list(self.s3.manifests(start)))
         new_keys: list[tuple[str, int]] = []
         now = time.monotonic()
-        for key, _ in listed:
-            name = key[len(root) :]
+        for name, key in listed:
             ms_text, _, rest = name.partition("-")
             if key in self.seen or not ms_text.isdigit():
                 continue

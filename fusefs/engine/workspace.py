@@ -28,6 +28,7 @@ from fusefs.statedir.store import LocalStore, replace_text
 if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
     from fusefs.engine.digest import DigestKeeper
     from fusefs.engine.sync import SyncEngine
+    from fusefs.objects.base import ObjectStore
     from fusefs.objects.s3store import S3Store
 
 log = logging.getLogger("missionfs")
@@ -48,6 +49,9 @@ class SyncOptions:
     refresh: float = 15.0
     full_refresh: float = 600.0
     claim_timeout: float = 2.0  # seconds a claim waits for its lease before EAGAIN
+    # The bucket behind mission.s3: None for S3 itself (made from the URL and endpoint on first
+    # use); the engine test tier and simulations give an in-process MemoryStore here.
+    objects: ObjectStore | None = None
 
 
 @dataclass
@@ -260,7 +264,9 @@ def open_workspace(
             if lock:
                 remember_s3(state_dir, opts.endpoint_url)
             endpoint = s3_endpoint(state_dir, opts.endpoint_url)
-            s3 = S3Store(mission.s3, mission.name, endpoint, pool=opts.uploaders + 8)
+            s3 = S3Store(
+                mission.s3, mission.name, endpoint, pool=opts.uploaders + 8, objects=opts.objects
+            )
             mission = with_bucket_intent(mission, s3, state_dir, contact=contact_s3)
         index = FactIndex(store.index_dir, mission.space)
         local = index.load()

@@ -1,8 +1,8 @@
 """The object-store seam: the only package that talks to S3 (and the only one importing boto3).
 
 `base` holds the `ObjectStore` interface and the one error classification; `s3` is the boto3
-implementation, `memory` an in-process one for fast tests and simulation. This package imports
-no other `fusefs` module: it is the bottom layer (checked by import-linter, see pyproject.toml).
+implementation, `memory` an in-process one for fast tests and simulation. It imports only
+`fusefs.model` (whose error classes the seam's refine: one classification, see `base`).
 The S3 implementation is not imported here, so `import fusefs.objects` stays cheap (no boto3).
 """
 
@@ -12,6 +12,7 @@ from fusefs.objects.base import (
     ConfigError,
     InvalidKey,
     ListPage,
+    NoCredentials,
     NotFound,
     ObjectInfo,
     ObjectStore,
@@ -20,6 +21,7 @@ from fusefs.objects.base import (
     PreconditionFailed,
     RequestCounter,
     SlowDown,
+    Timeout,
     Unavailable,
     check_key,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "ConfigError",
     "InvalidKey",
     "ListPage",
+    "NoCredentials",
     "NotFound",
     "ObjectInfo",
     "ObjectStore",
@@ -38,6 +41,7 @@ __all__ = [
     "PreconditionFailed",
     "RequestCounter",
     "SlowDown",
+    "Timeout",
     "Unavailable",
     "check_key",
 ]

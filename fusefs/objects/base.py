@@ -38,6 +38,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from fusefs.model.errors import (
+    Precondition,
+    S3ConfigError,
+    S3NoCredentials,
+    S3Timeout,
+    S3Unavailable,
+)
+
 PAGE = 1000  # S3's largest ListObjectsV2 page and DeleteObjects batch
 KEY_MAX = 1024  # bytes of UTF-8: S3's key length limit
 SEGMENT_MAX = 255  # bytes of UTF-8 per `/`-separated segment: SeaweedFS's (a filer's) name limit
@@ -47,39 +55,55 @@ READS = frozenset({"GET", "HEAD", "LIST"})  # S3's 5,500/s-per-prefix class; the
 
 
 # -- errors -----------------------------------------------------------------------------------
+# One classification for the whole program. The layers above caught fusefs.model.errors'
+# S3ConfigError / S3Unavailable / Precondition long before this seam existed (model cannot import
+# objects, objects may import model), so each class here also *is* the model class it refines:
+# `except S3Unavailable` and `except Unavailable` catch the same failures, and nothing needs a
+# translation table. Code above the seam may catch either name; new code should prefer these.
 class ObjectStoreError(Exception):
     """Any failure of an object-store call, already classified; the message is one line and
     never contains credentials."""
 
 
-class PreconditionFailed(ObjectStoreError):
+class PreconditionFailed(ObjectStoreError, Precondition):
     """A conditional write or delete lost: the object exists (If-None-Match), has another ETag
     or is gone (If-Match). HTTP 412, or 409 ConditionalRequestConflict under a race."""
 
 
-class NotFound(ObjectStoreError):
-    """GET of a key that does not exist (HEAD answers None instead)."""
+class NotFound(ObjectStoreError, S3ConfigError):
+    """GET of a key that does not exist (HEAD answers None instead). An S3ConfigError for the
+    callers that predate the seam: retrying the same GET does not make the key appear."""
 
 
-class Unavailable(ObjectStoreError):
-    """The endpoint cannot be reached, timed out, or answered 5xx: retry later, with backoff."""
+class Unavailable(ObjectStoreError, S3Unavailable):
+    """The endpoint cannot be reached, timed out, or answered 5xx: retry later, with backoff.
+    `sent` (from S3Unavailable) is False only when no connection could be made."""
+
+
+class Timeout(Unavailable, S3Timeout):
+    """The endpoint took the connection (or not) but did not answer in time: "degraded"."""
 
 
 class SlowDown(Unavailable):
     """503 SlowDown: too many requests on one prefix; back off before trying again."""
 
 
-class ConfigError(ObjectStoreError):
+class ConfigError(ObjectStoreError, S3ConfigError):
     """Will not work until someone changes a setting: no such bucket, no credentials, a
     request the server does not implement. Retrying does not help."""
+
+
+class NoCredentials(ConfigError, S3NoCredentials):
+    """No credentials at all: a mount works offline (warned), a sync is refused."""
 
 
 class AccessDenied(ConfigError):
     """403: the credentials are wrong, expired, or not allowed to do this."""
 
 
-class BadDigest(ObjectStoreError):
-    """The body does not match the SHA-256 sent with it: the server refused to store it."""
+class BadDigest(ObjectStoreError, S3ConfigError):
+    """The body does not match the SHA-256 sent with it: the server refused to store it.
+    An S3ConfigError for the callers that predate the seam: sending it again will not help."""
 
 
 class InvalidKey(ObjectStoreError, ValueError):

@@ -4,11 +4,13 @@ Blocking calls on one client (thread-safe, pooled connections); callers on the t
 them in `trio.to_thread.run_sync`. Credentials come from the standard boto3 chain and never
 appear in messages. Every botocore failure is classified once, here, by `classify`.
 
-Client settings (the same as fusefs/s3store.py's, plus two for CPU per request):
+The client is made on first use (a command that never reaches S3 needs no credentials).
+Client settings:
 - path-style addressing when an endpoint URL is given (local servers have no per-bucket DNS);
 - no `Expect: 100-continue` for bodies up to 1 MiB: it costs a round trip per PUT and only
   pays off for large bodies (leases and most witnesses are a few hundred bytes);
-- 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode;
+- 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode, unless the
+  constructor says otherwise (s3store's layout asks for shorter ones for leases);
 - checksums only where an operation requires one (DeleteObjects) or the caller sends its own
   SHA-256: botocore's default CRC32 on every PUT/GET is CPU the protocol does not need.
 """
@@ -16,8 +18,9 @@ Client settings (the same as fusefs/s3store.py's, plus two for CPU per request):
 from __future__ import annotations
 
 import base64
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -32,6 +35,7 @@ from fusefs.objects.base import (
     BadDigest,
     ConfigError,
     ListPage,
+    NoCredentials,
     NotFound,
     ObjectInfo,
     ObjectStore,
@@ -40,6 +44,7 @@ from fusefs.objects.base import (
     PreconditionFailed,
     RequestCounter,
     SlowDown,
+    Timeout,
     Unavailable,
     check_key,
     chunks,
@@ -92,15 +97,26 @@ def classify(e: Exception, what: str, *, conditional: bool = False) -> ObjectSto
     if isinstance(
         e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
     ):
-        return ConfigError(
+        return NoCredentials(
             f"{what}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
         )
     if isinstance(e, botocore.exceptions.ParamValidationError):
         return ConfigError(f"{what}: invalid request: {e}".splitlines()[0])
-    if isinstance(e, botocore.exceptions.BotoCoreError | OSError):
-        return Unavailable(f"{what}: {type(e).__name__}: endpoint unreachable; will retry")
-    return Unavailable(f"{what}: {type(e).__name__}: {e}".splitlines()[0])
+    out: Unavailable
+    if isinstance(
+        e, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError
+    ):
+        out = Timeout(f"{what}: no answer in time ({type(e).__name__}); will retry")
+    elif isinstance(e, botocore.exceptions.BotoCoreError | OSError):
+        out = Unavailable(f"{what}: {type(e).__name__}: endpoint unreachable; will retry")
+    else:
+        return Unavailable(f"{what}: {type(e).__name__}: {e}".splitlines()[0])
+    # No connection could be made: the request surely never reached the server.
+    out.sent = not isinstance(
+        e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
+    )
+    return out
 
 
 def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
@@ -126,9 +142,16 @@ def _unquote(etag: Any) -> str:
     return str(etag or "").strip('"')
 
 
+Listener = Callable[[str, Any, Any, Any], None]
+"""Called after every HTTP attempt (retries too): (operation name, response dict or None,
+parsed response, exception or None), as botocore's `response-received` event gives them."""
+
+
 class S3ObjectStore(ObjectStore):
-    """One bucket through boto3. `client` may be given (tests); otherwise built from the
-    endpoint URL and the standard credential chain."""
+    """One bucket through boto3. `client` may be given (tests); otherwise it is built on first
+    use (so a command that never reaches S3 needs no credentials) from the endpoint URL, the
+    standard credential chain and the timeouts: `connect_timeout`/`read_timeout` seconds,
+    `attempts` tries in botocore's standard retry mode."""
 
     def __init__(
         self,
@@ -137,27 +160,65 @@ class S3ObjectStore(ObjectStore):
         *,
         pool: int = 32,
         client: Any = None,
+        connect_timeout: float = 3,
+        read_timeout: float = 20,
+        attempts: int = 2,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.requests = RequestCounter()
         self._offset = 0.0  # server clock - our clock, from the last Date header
-        if client is None:
-            cfg = Config(
-                max_pool_connections=pool,
-                connect_timeout=3,
-                read_timeout=20,
-                retries={"max_attempts": 2, "mode": "standard"},
-                s3={"addressing_style": "path" if endpoint_url else "auto"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
-        self.client: Any = client
+        self.answered_at = 0.0  # monotonic time of that header (0: no answer yet)
+        self._settings = (pool, connect_timeout, read_timeout, attempts)
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._client: Any = None
+        if client is not None:
+            self._install(client)
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use (thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                pool, connect, read, attempts = self._settings
+                cfg = Config(
+                    max_pool_connections=pool,
+                    connect_timeout=connect,
+                    read_timeout=read,
+                    retries={"max_attempts": attempts, "mode": "standard"},
+                    s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                session = boto3.session.Session()
+                self._install(session.client("s3", endpoint_url=self.endpoint_url, config=cfg))
+            return self._client
+
+    def _install(self, client: Any) -> None:
         events = client.meta.events
         events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         events.register("before-call.s3", _expect_large_bodies)
         events.register("after-call.s3", self._track_date)
+        events.register("response-received.s3", self._received)
+        self._client = client
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener` after every HTTP attempt from now on (metrics count them by
+        operation and outcome: retries included, which `requests` does not show)."""
+        self._listeners.append(listener)
+
+    def _received(
+        self,
+        event_name: str = "",
+        response_dict: Any = None,
+        parsed_response: Any = None,
+        exception: Any = None,
+        **_: Any,
+    ) -> None:
+        op = event_name.rsplit(".", 1)[-1]
+        for listener in list(self._listeners):
+            listener(op, response_dict, parsed_response, exception)
 
     def _track_date(self, http_response: Any = None, **kwargs: Any) -> None:
         """Every response (errors too) carries a Date header: keep our offset to it. The
@@ -170,6 +231,7 @@ class S3ObjectStore(ObjectStore):
         except (ValueError, TypeError):
             return
         self._offset = server - time.time()
+        self.answered_at = time.monotonic()
 
     def server_time(self) -> float:
         return time.time() + self._offset

@@ -1,59 +1,59 @@
 """The S3 side of a mission: witness, conflict, manifest and intent keys under one base prefix.
 
-Blocking boto3 calls only (the daemon runs them in worker threads). The same code talks to AWS
-S3, MinIO, Ceph, SeaweedFS or moto: only the endpoint URL differs; credentials come from the
-standard boto3 chain and never appear in messages.
+A layout over an `ObjectStore` (fusefs.objects.base): S3 in production (`S3ObjectStore`, built
+lazily from the mission's URL and endpoint), an in-process `MemoryStore` in tests and simulation
+(given to the constructor). Blocking calls only (the daemon runs them in worker threads).
 
     {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
     {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
     {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
                                                                      (a `rel<TAB>sha256` line each)
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
+    {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv               fleet leases (engine/leases)
 
 A rel becomes a key through `encode_rel` and a listed key a rel through `decode_rel` (a phrase
 may hold a backslash, which SeaweedFS takes for a path separator).
 
-Two boto3 clients, made on first use only (local commands never need one): `client` for the
-background work (uploads, listings: patient timeouts and a retry), `fast` for the requests a
-caller waits on (leases: a short read timeout and no retry, so a hung server is seen quickly).
+Two stores, the S3 ones made on first use only (local commands never need a client or
+credentials): `objects` for the background work (uploads, listings: patient timeouts and a
+retry), `fast` for the requests a caller waits on (leases: a short read timeout and no retry, so
+a hung server is seen quickly). Given stores are used as they are (`fast` defaults to `objects`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import boto3
-import botocore.exceptions
-import botocore.handlers
-import botocore.utils
-from botocore.config import Config
 
 from fusefs.model.codec import SUFFIX
-from fusefs.model.errors import (
-    Precondition,
-    S3ConfigError,
-    S3NoCredentials,
-    S3Timeout,
-    S3Unavailable,
+from fusefs.model.errors import S3ConfigError as S3ConfigError  # re-exported: fleet's import
+from fusefs.model.errors import S3Timeout as S3Timeout
+from fusefs.model.errors import S3Unavailable as S3Unavailable
+from fusefs.objects.base import (
+    BadDigest,
+    ConfigError,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    ObjectVersion,
+    PreconditionFailed,
 )
 
 WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
 MANIFESTS = "manifests"
 INTENT = "intent"
+CLAIMS = "claims"
 SHA_META = "sha256"
 
 # Timeouts (seconds). Background: a big upload on a slow link may take a while to be answered.
 # Interactive (leases, which a `mv` waits for): a silent server must be noticed in seconds;
 # the caller bounds its own wait further (FleetClaims), this bounds the abandoned thread.
-BACKGROUND_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 20, "max_attempts": 2}
-FAST_TIMEOUTS = {"connect_timeout": 2, "read_timeout": 5, "max_attempts": 1}
+BACKGROUND_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 20, "attempts": 2}
+FAST_TIMEOUTS = {"connect_timeout": 2, "read_timeout": 5, "attempts": 1}
 
 
 def encode_rel(rel: str) -> str:
@@ -85,135 +85,87 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def classify(e: Exception, where: str) -> Exception:
-    """Map a boto error to S3ConfigError / S3Unavailable with a one-line message."""
-    if isinstance(e, S3ConfigError | S3Unavailable):
-        return e
-    if isinstance(e, botocore.exceptions.NoCredentialsError):
-        return S3NoCredentials(
-            "no AWS credentials found (set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
-        )
-    if isinstance(e, botocore.exceptions.ClientError):
-        err = e.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in ("NoSuchBucket",) or (code == "404" and where == "bucket"):
-            return S3ConfigError(f"{where}: no such bucket (check [store] s3 and --endpoint-url)")
-        if (
-            code
-            in (
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-                "AccessDenied",
-                "InvalidClientTokenId",
-                "ExpiredToken",
-                "403",
-            )
-            or status == 403
-        ):
-            return S3ConfigError(f"{where}: access denied ({code}); check the AWS credentials")
-        if status >= 500 or code in (
-            "SlowDown",
-            "ServiceUnavailable",
-            "InternalError",
-            "RequestTimeout",
-        ):
-            return S3Unavailable(f"{where}: server error {code or status}; will retry")
-        return S3ConfigError(f"{where}: {code or status}: {err.get('Message', '')}".strip())
-    out: S3Unavailable
-    if isinstance(
-        e, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError
-    ):
-        out = S3Timeout(f"{where}: no answer in time ({type(e).__name__}); will retry")
-    elif isinstance(e, botocore.exceptions.BotoCoreError | OSError):
-        out = S3Unavailable(f"{where}: {type(e).__name__}: endpoint unreachable; will retry")
-    else:
-        return e
-    # No connection could be made: the request never reached the server.
-    out.sent = not isinstance(
-        e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
-    )
-    return out
-
-
-EXPECT_ABOVE = 1 << 20  # bytes: larger PUT bodies still wait for "100 Continue"
-
-
-def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
-    """botocore's add_expect_header, for bodies over EXPECT_ABOVE only."""
-    if model.http.get("method", "") not in ("PUT", "POST"):
-        return
-    body = params.get("body")
-    if isinstance(body, bytes | bytearray):
-        size: int | None = len(body)
-    elif hasattr(body, "read"):
-        size = botocore.utils.determine_content_length(body)
-    else:
-        return
-    if size is None or size > EXPECT_ABOVE:
-        params["headers"]["Expect"] = "100-continue"
-
-
 class S3Store:
-    """One mission's keys in one bucket; thread-safe (one boto3 client, pooled connections)."""
+    """One mission's keys in one bucket; thread-safe (so are the stores underneath).
+
+    `objects`/`fast`: the stores to use (tests and simulation give a `MemoryStore`); when
+    `objects` is None, S3 stores are made from `url` and `endpoint_url` on first use.
+    """
 
     def __init__(
-        self, url: str, mission: str, endpoint_url: str | None = None, pool: int = 32
+        self,
+        url: str,
+        mission: str,
+        endpoint_url: str | None = None,
+        pool: int = 32,
+        *,
+        objects: ObjectStore | None = None,
+        fast: ObjectStore | None = None,
     ) -> None:
         self.loc = S3Location.parse(url)
         self.url = url
         self.endpoint_url = endpoint_url
         self.base = "/".join(p for p in (self.loc.prefix, mission) if p)
         self.pool = pool
-        self._clients: dict[str, Any] = {}
-        self._client_lock = threading.Lock()
-        self.requests: dict[str, int] = {}
-        self._count_lock = threading.Lock()
+        self._objects = objects
+        self._fast = fast if fast is not None else objects
+        self._lock = threading.Lock()
         self.conditional = True  # set by check(): does the server honour If-None-Match?
         self.worker = ""  # recorded in object metadata: who wrote a witness or conflict
         self.checksums = False  # set by check(): does the server verify x-amz-checksum-sha256?
 
     @property
-    def client(self) -> Any:
-        """The background client (uploads, listings), made on first use."""
-        return self._client("background", BACKGROUND_TIMEOUTS)
+    def objects(self) -> ObjectStore:
+        """The store for background work (uploads, listings), made on first use."""
+        with self._lock:
+            if self._objects is None:
+                self._objects = self._s3(pool=self.pool, **BACKGROUND_TIMEOUTS)
+            return self._objects
 
     @property
-    def fast(self) -> Any:
-        """The client for requests a caller waits on (leases): a hung server fails fast."""
-        return self._client("fast", FAST_TIMEOUTS)
+    def fast(self) -> ObjectStore:
+        """The store for requests a caller waits on (leases): a hung server fails fast."""
+        with self._lock:
+            if self._fast is None:
+                self._fast = self._s3(pool=self.pool, **FAST_TIMEOUTS)
+            return self._fast
 
-    def _client(self, name: str, timeouts: dict[str, int]) -> Any:
-        with self._client_lock:
-            c = self._clients.get(name)
-            if c is None:
-                cfg = Config(
-                    max_pool_connections=self.pool,
-                    connect_timeout=timeouts["connect_timeout"],
-                    read_timeout=timeouts["read_timeout"],
-                    retries={"max_attempts": timeouts["max_attempts"], "mode": "standard"},
-                )
-                c = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=cfg)
-                # botocore asks every PUT body to wait for "100 Continue": a round trip (whose
-                # reply it reads a byte per syscall) that only pays off for large bodies;
-                # leases and most witnesses are a few hundred bytes.
-                events = c.meta.events
-                events.unregister("before-call.s3", botocore.handlers.add_expect_header)
-                events.register("before-call.s3", _expect_large_bodies)
-                self._clients[name] = c
-            return c
+    def _s3(self, **settings: int) -> ObjectStore:
+        from fusefs.objects.s3 import S3ObjectStore  # boto3 only when S3 is needed
 
-    def _count(self, op: str) -> None:
-        with self._count_lock:  # called from many uploader threads
-            self.requests[op] = self.requests.get(op, 0) + 1
+        return S3ObjectStore(self.loc.bucket, self.endpoint_url, **settings)
+
+    def made(self) -> list[ObjectStore]:
+        """The stores made so far (each once): what `requests` adds up."""
+        with self._lock:
+            stores = [s for s in (self._objects, self._fast) if s is not None]
+        return list({id(s): s for s in stores}.values())
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """Requests made so far by kind (PUT, GET, HEAD, LIST, DELETE, POST), all stores."""
+        out: dict[str, int] = {}
+        for store in self.made():
+            for kind, n in store.requests.snapshot().items():
+                out[kind] = out.get(kind, 0) + n
+        return out
+
+    def server_time(self) -> float:
+        """The server's clock now, as of whichever store heard from it last (a lease listing
+        goes through the background store, a lease write through the fast one)."""
+        stores = self.made() or [self.objects]
+        return max(stores, key=lambda s: float(getattr(s, "answered_at", 0.0))).server_time()
 
     def key(self, area: str, rel: str) -> str:
         return f"{self.base}/{area}/{encode_rel(rel)}"
 
+    def root(self, area: str) -> str:
+        """The listing prefix of an area (`key(area, "")`)."""
+        return self.key(area, "")
+
     def rel_of(self, area: str, key: str) -> str:
         """The rel of a listed key under `area` (the inverse of `key`)."""
-        return decode_rel(key[len(f"{self.base}/{area}/") :])
+        return decode_rel(key[len(self.root(area)) :])
 
     def conflict_rel(self, rel: str, worker: str) -> str:
         return f"{rel.removesuffix(SUFFIX)}.{worker}{SUFFIX}"
@@ -222,44 +174,32 @@ class S3Store:
     def check(self) -> bool:
         """Verify bucket and credentials; return whether conditional create is atomic-capable.
 
-        Raises S3ConfigError (refuse to start) or S3Unavailable (start offline, retry later).
+        Raises ConfigError (refuse to start) or Unavailable (start offline, retry later).
         """
-        where = f"s3://{self.loc.bucket}"
-        try:
-            self._count("HEAD")
-            self.client.head_bucket(Bucket=self.loc.bucket)
-        except Exception as e:
-            raise classify(e, "bucket" if _is_404(e) else where) from None
+        self.objects.check()
         probe = f"{self.base}/.missionfs/probe-{uuid.uuid4().hex}"
+        self.objects.put(probe, b"1", if_none_match=True)
         try:
-            self._put(probe, b"1", if_none_match=True)
-            try:
-                self._put(probe, b"2", if_none_match=True)
-                supported = False  # the header was ignored: the second create succeeded
-            except Precondition:
-                supported = True
-            except S3ConfigError:
-                supported = False  # e.g. 501 NotImplemented
-            self._count("DELETE")
-            self.client.delete_object(Bucket=self.loc.bucket, Key=probe)
-            self.checksums = self._verifies_checksums(probe + "-sum")
-        except Exception as e:
-            raise classify(e, where) from None
+            self.objects.put(probe, b"2", if_none_match=True)
+            supported = False  # the header was ignored: the second create succeeded
+        except PreconditionFailed:
+            supported = True
+        except ConfigError:
+            supported = False  # e.g. 501 NotImplemented
+        self.objects.delete(probe)
+        self.checksums = self._verifies_checksums(probe + "-sum")
         self.conditional = supported
         return supported
 
     def _verifies_checksums(self, key: str) -> bool:
-        """Does the server reject a body whose x-amz-checksum-sha256 is wrong? Then send it."""
-        wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
+        """Does the server reject a body whose SHA-256 is wrong? Then send it with every put."""
         try:
-            self._count("PUT")
-            self.client.put_object(Bucket=self.loc.bucket, Key=key, Body=b"1", ChecksumSHA256=wrong)
-        except botocore.exceptions.ClientError:
+            self.objects.put(key, b"1", sha256=sha256_hex(b"not the body"))
+        except (BadDigest, ConfigError):
             return True  # refused, as it should be
         except Exception:
             return False
-        self._count("DELETE")
-        self.client.delete_object(Bucket=self.loc.bucket, Key=key)
+        self.objects.delete(key)
         return False  # accepted a wrong checksum: rely on metadata + checks at fetch
 
     # -- objects ------------------------------------------------------------------------------
@@ -271,26 +211,9 @@ class S3Store:
         if_none_match: bool = False,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Key": key, "Body": body}
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
-        if metadata:
-            kwargs["Metadata"] = metadata
-            if self.checksums and SHA_META in metadata:
-                # The hash recorded at commit travels with the body: the server verifies it.
-                kwargs["ChecksumSHA256"] = base64.b64encode(
-                    bytes.fromhex(metadata[SHA_META])
-                ).decode()
-        self._count("PUT")
-        try:
-            self.client.put_object(**kwargs)
-        except botocore.exceptions.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise Precondition(key) from None
-            raise classify(e, f"PUT {key}") from None
-        except Exception as e:
-            raise classify(e, f"PUT {key}") from None
+        sha = (metadata or {}).get(SHA_META) if self.checksums else None
+        # The hash recorded at commit travels with the body: the server verifies it.
+        self.objects.put(key, body, if_none_match=if_none_match, metadata=metadata, sha256=sha)
 
     def create_witness(self, rel: str, body: bytes, conditional: bool) -> bool:
         """Create the witness unless one exists; True if ours is now the witness."""
@@ -300,7 +223,18 @@ class S3Store:
             return False  # check-then-put: racy, the self-test said so
         try:
             self._put(key, body, if_none_match=conditional, metadata=meta)
-        except Precondition:
+        except PreconditionFailed:
+            return False
+        return True
+
+    def replace_witness(self, rel: str, body: bytes, etag: str) -> bool:
+        """Put `body` back as the witness if it is still the object with `etag` (fsck's repair
+        of altered bytes); False if it changed (or vanished) since it was read."""
+        try:
+            self.objects.put(
+                self.key(WITNESSES, rel), body, if_match=etag, metadata={SHA_META: sha256_hex(body)}
+            )
+        except PreconditionFailed:
             return False
         return True
 
@@ -324,35 +258,27 @@ class S3Store:
         return key
 
     def put_manifest(self, name: str, body: bytes) -> None:
-        self._put(f"{self.base}/{MANIFESTS}/{name}", body)
+        self._put(self.key(MANIFESTS, name), body)
 
     def delete_many(self, keys: list[str], what: str) -> None:
-        """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine."""
-        for i in range(0, len(keys), 1000):
-            chunk = keys[i : i + 1000]
-            self._count("POST")
-            try:
-                r = self.client.delete_objects(
-                    Bucket=self.loc.bucket,
-                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-                )
-            except Exception as e:
-                raise classify(e, f"DeleteObjects of {len(chunk)} {what}") from None
-            failed = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
-            if failed:
-                raise S3Unavailable(
-                    f"DeleteObjects: {len(failed)} {what} not deleted ({failed[0].get('Code')}:"
-                    f" {failed[0].get('Message')}); retried later"
-                )
+        """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine.
+        `what` names them for the log (the store's message names the count)."""
+        self.objects.delete_many(keys)
+
+    def manifests(self, start_after: str | None = None) -> Iterator[tuple[str, str]]:
+        """(name, key) of every manifest in name order (after the manifest `start_after`)."""
+        root = self.root(MANIFESTS)
+        after = None if start_after is None else root + start_after
+        for info in self.objects.list(root, start_after=after):
+            yield info.key[len(root) :], info.key
 
     def prune_manifests(self, before_ms: int) -> int:
         """Delete every worker's manifests named before `before_ms`; returns how many. Old
         manifests are never read again: refreshes list the last minutes only, and a worker
         away longer does a full listing first."""
-        root = f"{self.base}/{MANIFESTS}/"
         old = []
-        for key, _ in self.list_keys(root):
-            ms = key[len(root) :].partition("-")[0]
+        for name, key in self.manifests():
+            ms = name.partition("-")[0]
             if not ms.isdigit():
                 continue  # not ours to judge
             if int(ms) >= before_ms:
@@ -364,24 +290,13 @@ class S3Store:
 
     def head(self, key: str) -> dict[str, str] | None:
         """Object metadata, or None if there is no such object."""
-        self._count("HEAD")
-        try:
-            r = self.client.head_object(Bucket=self.loc.bucket, Key=key)
-        except botocore.exceptions.ClientError as e:
-            if _is_404(e):
-                return None
-            raise classify(e, f"HEAD {key}") from None
-        except Exception as e:
-            raise classify(e, f"HEAD {key}") from None
-        return dict(r.get("Metadata", {}))
+        info = self.objects.head(key)
+        return None if info is None else dict(info.metadata or {})
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]]:
-        self._count("GET")
-        try:
-            r = self.client.get_object(Bucket=self.loc.bucket, Key=key)
-            return r["Body"].read(), dict(r.get("Metadata", {}))
-        except Exception as e:
-            raise classify(e, f"GET {key}") from None
+        """Body and metadata; NotFound (an S3ConfigError) if there is no such object."""
+        body, info = self.objects.get(key)
+        return body, dict(info.metadata or {})
 
     def witness_sha(self, rel: str) -> str | None:
         """SHA-256 of the remote witness (from metadata, else by reading it); None if absent."""
@@ -390,45 +305,30 @@ class S3Store:
             return None
         if SHA_META in meta:
             return meta[SHA_META]
-        body, _ = self.get(self.key(WITNESSES, rel))
+        try:
+            body, _ = self.get(self.key(WITNESSES, rel))
+        except NotFound:
+            return None  # deleted between the HEAD and the GET
         return sha256_hex(body)
 
     # -- listings -----------------------------------------------------------------------------
     def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix, in key order."""
-        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": prefix}
-        if start_after:
-            kwargs["StartAfter"] = start_after
-        try:
-            while True:
-                self._count("LIST")
-                r = self.client.list_objects_v2(**kwargs)
-                for obj in r.get("Contents", []):
-                    yield obj["Key"], int(obj.get("Size", 0))
-                if not r.get("IsTruncated"):
-                    return
-                kwargs["ContinuationToken"] = r["NextContinuationToken"]
-        except Exception as e:
-            raise classify(e, f"LIST {prefix}") from None
+        for info in self.objects.list(prefix, start_after=start_after):
+            yield info.key, info.size
+
+    def objects_in(self, area: str) -> Iterator[tuple[str, ObjectInfo]]:
+        """(rel, info) of every object of an area, in key order (fsck, leases)."""
+        for info in self.objects.list(self.root(area)):
+            yield self.rel_of(area, info.key), info
 
     def list_dirs(self, prefix: str) -> list[str]:
         """Immediate 'subdirectory' prefixes of prefix (CommonPrefixes)."""
-        kwargs: dict[str, Any] = {"Bucket": self.loc.bucket, "Prefix": prefix, "Delimiter": "/"}
-        out: list[str] = []
-        try:
-            while True:
-                self._count("LIST")
-                r = self.client.list_objects_v2(**kwargs)
-                out += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
-                if not r.get("IsTruncated"):
-                    return out
-                kwargs["ContinuationToken"] = r["NextContinuationToken"]
-        except Exception as e:
-            raise classify(e, f"LIST {prefix}") from None
+        return list(self.objects.common_prefixes(prefix))
 
     def witness_shards(self) -> list[str]:
         """The per-latitude prefixes of the witness tree: the unit of parallel listing."""
-        return self.list_dirs(f"{self.base}/{WITNESSES}/")
+        return self.list_dirs(self.root(WITNESSES))
 
     def rels_under(self, prefix: str) -> list[str]:
         return [self.rel_of(WITNESSES, k) for k, _ in self.list_keys(prefix)]
@@ -439,25 +339,23 @@ class S3Store:
 
     def size_of(self, key: str) -> int | None:
         """Content length of an object (a HEAD), or None if there is no such object."""
-        self._count("HEAD")
-        try:
-            r = self.client.head_object(Bucket=self.loc.bucket, Key=key)
-        except botocore.exceptions.ClientError as e:
-            if _is_404(e):
-                return None
-            raise classify(e, f"HEAD {key}") from None
-        except Exception as e:
-            raise classify(e, f"HEAD {key}") from None
-        return int(r.get("ContentLength", 0))
+        info = self.objects.head(key)
+        return None if info is None else info.size
 
     def intent_rels(self) -> list[str]:
-        root = f"{self.base}/{INTENT}/"
-        return [self.rel_of(INTENT, k) for k, _ in self.list_keys(root)]
+        return [self.rel_of(INTENT, k) for k, _ in self.list_keys(self.root(INTENT))]
 
+    # -- history (`missionfs log`) ------------------------------------------------------------
+    def versioning_enabled(self) -> bool:
+        return self.objects.versioning_enabled()
 
-def _is_404(e: Exception) -> bool:
-    if isinstance(e, botocore.exceptions.ClientError):
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket") or status == 404
-    return False
+    def versions(self, area: str, part: str) -> Iterator[tuple[str, ObjectVersion]]:
+        """(rel, version) of every version whose rel starts with `part` (a rel, a directory of
+        rels ending in `/`, or "" for the whole area), by key then newest first."""
+        for v in self.objects.list_versions(self.key(area, part)):
+            yield self.rel_of(area, v.key), v
+
+    def version_metadata(self, key: str, version_id: str) -> dict[str, str]:
+        """User metadata of one version (who wrote it); empty if it is gone."""
+        info = self.objects.head(key, version_id=version_id)
+        return {} if info is None else dict(info.metadata or {})

@@ -1,7 +1,7 @@
 """Fixtures of the engine tier: a small mission, a fake clock and nodes over temp state dirs.
 
-No kernel and no S3 server: handlers are called in process (see driver.py), so the whole tier
-runs in seconds.
+No kernel and no S3 server: handlers are called in process (see driver.py) and the bucket is
+an in-process MemoryStore, so the whole tier runs in seconds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pyroaring import BitMap
 
 import fusefs.fuse.fs
 from fusefs.model.mission import Mission, load_mission
-from tests.engine.driver import EngineNode, FakeBucket, FakeClock, readdir_reply
+from fusefs.objects.memory import MemoryStore
+from tests.engine.driver import EngineNode, FakeClock, memory_bucket, readdir_reply
 from tests.support.mounts import write_mission
 
 # 3 x 3 tiles x 2 phrases (one with a space). Tile 10.2/20.2 is not planned at all and
@@ -81,14 +82,28 @@ def make_node(
 ) -> Iterator[Callable[..., EngineNode]]:
     nodes: list[EngineNode] = []
 
-    def make(*, bucket: FakeBucket | None = None, name: str = "state") -> EngineNode:
-        node = EngineNode(mission, state_root / name, clock, bucket=bucket)
+    def make(
+        *,
+        bucket: MemoryStore | None = None,
+        name: str = "state",
+        claims: str = "local",
+        worker: str | None = None,
+    ) -> EngineNode:
+        node = EngineNode(
+            mission, state_root / name, clock, bucket=bucket, claims=claims, worker=worker
+        )
         nodes.append(node)
         return node
 
     yield make
     for node in nodes:
         node.close()
+
+
+@pytest.fixture
+def bucket(clock: FakeClock) -> MemoryStore:
+    """One in-process bucket (nodes given it share it), on the test's clock."""
+    return memory_bucket(clock)
 
 
 @pytest.fixture

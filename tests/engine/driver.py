@@ -16,8 +16,8 @@ buffer so listings resume from offsets as with a real kernel) and `fusefs.fuse.f
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -29,12 +29,12 @@ import pyfuse3
 import trio
 
 from fusefs.engine.sync import SyncEngine
-from fusefs.engine.workspace import Workspace, open_workspace
+from fusefs.engine.workspace import SyncOptions, open_workspace
 from fusefs.fuse import inodes
 from fusefs.fuse.daemon import Daemon
 from fusefs.model.mission import Mission
-from fusefs.objects.s3store import S3Store
-from fusefs.statedir.journal import worker_id
+from fusefs.objects.memory import MemoryStore
+from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 
 T = TypeVar("T")
 LEASE = 100.0
@@ -114,52 +114,12 @@ def readdir_reply(token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_i
     return cast(Listing, token).reply(name, attr, next_id)
 
 
-class FakeBucket:
-    """The few S3Store calls a sync engine makes to learn and fetch other workers' witnesses."""
-
-    def __init__(self) -> None:
-        self.url = "s3://engine-tier"
-        self.endpoint_url: str | None = None
-        self.checksums = False
-        self.requests: dict[str, int] = {}
-        self.worker = ""
-        self.objects: dict[str, bytes] = {}
-
-    def key(self, area: str, rel: str) -> str:
-        return f"{area}/{rel}"
-
-    def put_witness(self, rel: str, body: bytes) -> None:
-        from fusefs.objects.s3store import WITNESSES
-
-        self.objects[self.key(WITNESSES, rel)] = body
-
-    def get(self, key: str) -> tuple[bytes, dict[str, str]]:
-        self.requests["GET"] = self.requests.get("GET", 0) + 1
-        body = self.objects[key]
-        return body, {"sha256": hashlib.sha256(body).hexdigest()}
+BUCKET_URL = "s3://engine-tier/runs"  # the mission's `[store] s3`: the MemoryStore stands in
 
 
-def attach_sync(ws: Workspace, bucket: FakeBucket) -> SyncEngine:
-    """Wire a sync engine over `bucket` into `ws` as open_workspace does for `[store] s3`
-    (kept in step with workspace.py by hand; its loops are not run: no uploads, no listing)."""
-    engine = SyncEngine(
-        ws.state,
-        ws.store,
-        cast(S3Store, bucket),
-        ws.committer.local,
-        ws.store.index_dir,
-        worker_id(ws.store.root, None),
-        claims="local",
-        lease_seconds=ws.lease,
-    )
-    engine.journal = ws.committer.journal
-    ws.state.add_facts(engine.remote)
-    ws.committer.remote = engine.remote
-    ws.committer.hooks.append(engine.wake)
-    engine.on_local_fact = ws.committer.learn_local_fact
-    ws.status.sync_info = engine.info
-    ws.sync = engine
-    return engine
+def memory_bucket(clock: FakeClock) -> MemoryStore:
+    """An in-process bucket whose server clock is the test's clock (lease expiry, LastModified)."""
+    return MemoryStore(clock=clock.time)
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -175,11 +135,16 @@ class EngineNode:
         state_dir: Path,
         clock: FakeClock,
         *,
-        bucket: FakeBucket | None = None,
+        bucket: MemoryStore | None = None,
+        claims: str = "local",
+        worker: str | None = None,
         lease: float = LEASE,
         readdir_room: int = 3,
     ) -> None:
+        if bucket is not None:  # the bucket behind `[store] s3`, with its claims mode
+            mission = dataclasses.replace(mission, s3=BUCKET_URL, claims=claims)
         self.mission = mission
+        self.worker = worker
         self.state_dir = state_dir
         self.clock = clock
         self.bucket = bucket
@@ -191,10 +156,13 @@ class EngineNode:
 
     # -- life cycle: what `missionfs mount` and its end do, minus the kernel ------------------
     def _open(self) -> None:
-        self.ws = open_workspace(self.mission, self.state_dir, lease=self.lease)
+        # The real sync engine over the in-process bucket, wired by open_workspace itself; its
+        # loops are not run: a test calls `upload`, `refresh` and the claims when it wants them.
+        # A generous claim timeout: a lease request is never given up on because the machine
+        # is busy (the bucket answers at once; tests/mount cover a silent server).
+        opts = SyncOptions(worker=self.worker, objects=self.bucket, claim_timeout=60.0)
+        self.ws = open_workspace(self.mission, self.state_dir, lease=self.lease, sync=opts)
         self.closed = False
-        if self.bucket is not None:
-            attach_sync(self.ws, self.bucket)
         # No kernel cache to invalidate; leases follow the fake clock.
         self.daemon = Daemon(self.ws, NO_MOUNTPOINT, clock=self.clock.time, invalidate=False)
         self.ops = self.daemon.ops
@@ -413,8 +381,51 @@ class EngineNode:
         """One turn of the daemon's expiry loop at the fake clock's time."""
         return [self.mission.space.rel(t) for t in self.daemon.claims.expire(self.clock.now)]
 
+    @property
+    def sync(self) -> SyncEngine:
+        assert self.ws.sync is not None, "node without a bucket"
+        return self.ws.sync
+
     def learn_remote(self, rel: str, body: bytes) -> int:
         """Another worker's witness of `rel` is in the bucket and a refresh lists it."""
-        assert self.bucket is not None and self.ws.sync is not None, "node without a bucket"
-        self.bucket.put_witness(rel, body)
-        return self.ws.sync._learn_rels([(rel, len(body))])
+        assert self.bucket is not None, "node without a bucket"
+        other = S3Store(BUCKET_URL, self.mission.name, objects=self.bucket)
+        meta = {"sha256": sha256_hex(body), "worker": "another-worker"}
+        self.bucket.put(other.key(WITNESSES, rel), body, metadata=meta)
+        return self.sync._learn_rels([(rel, len(body))])
+
+    def upload(self) -> int:
+        """One turn of the uploader: connect if not yet, upload the queue, write the manifest;
+        returns what is left queued."""
+
+        async def go() -> int:
+            if not self.sync.online and not await self.sync.connect():
+                return self.sync.queue_size()
+            return await self.sync.drain()
+
+        return self.run(go)
+
+    def refresh(self, *, full: bool = False) -> int:
+        """One turn of the refresh loop, as `SyncEngine._refresh_loop` makes it: the live
+        leases (fleet claims) listed before the facts and applied after them; facts from the
+        manifests (once a first full listing set the cursor) or a full listing. Facts learned."""
+
+        async def go() -> int:
+            engine = self.sync
+            if not engine.online:
+                assert await engine.connect(), engine.state_msg
+            fleet = engine.fleet
+            live = await fleet.list_live() if fleet is not None else None
+            learned = await engine.refresh(full=full or not engine.cursor_ms, force=True)
+            if fleet is not None and live is not None:
+                fleet.apply(live)
+            await engine.fill_sizes()
+            return learned
+
+        return self.run(go)
+
+    def leases(self) -> list[tuple[str, str]]:
+        """(rel, worker) of every live lease in the bucket, on the bucket's clock."""
+        fleet = self.sync.fleet
+        assert fleet is not None, "node without fleet claims"
+        return sorted((lease.rel, lease.worker) for lease in fleet.leases.live())

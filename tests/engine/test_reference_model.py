@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 from fusefs.model.mission import Mission
 from fusefs.model.state import View
 from tests.engine.conftest import UNPLANNED_TASK, UNPLANNED_TILE, small_mission
-from tests.engine.driver import LEASE, EngineNode, FakeBucket, FakeClock
+from tests.engine.driver import LEASE, EngineNode, FakeClock, memory_bucket
 
 # Empty, last line cut, a record with too few fields, not UTF-8.
 MALFORMED = (b"", b"name,phone\nA,1", b"name,phone\nA\n", b"\xff\xfe\n")
@@ -116,7 +116,7 @@ class EngineModel(RuleBasedStateMachine):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="reftest-", dir=self.base))
         self.clock.now = 1_000_000.0
-        self.bucket = FakeBucket()
+        self.bucket = memory_bucket(self.clock)
         self.node = EngineNode(self.mission, self.dir / "state", self.clock, bucket=self.bucket)
         self.model = Model(self.mission)
         self.n = 0

@@ -1,4 +1,4 @@
-"""Remote facts (other workers' witnesses learned by the sync engine), without an S3 server."""
+"""Remote facts (other workers' witnesses learned by the sync engine), over an in-process bucket."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from collections.abc import Callable
 
 from pyroaring import BitMap
 
-from tests.engine.driver import EngineNode, FakeBucket
+from fusefs.objects.memory import MemoryStore
+from tests.engine.driver import EngineNode
 
 REL = "10.0/20.2/plumber.csv"
 BODY = b"name\nfrom another worker\n"
 
 
 def test_a_remote_fact_leaves_pending_and_ends_our_claim(
-    make_node: Callable[..., EngineNode],
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
-    node = make_node(bucket=FakeBucket())
+    node = make_node(bucket=bucket)
     assert node.claim(REL) == 0
     assert node.learn_remote(REL, BODY) == 1
     assert node.ls("claimed") == []
@@ -31,9 +32,8 @@ def test_a_remote_fact_leaves_pending_and_ends_our_claim(
 
 
 def test_remote_facts_survive_a_restart_without_the_bucket_listing_them_again(
-    make_node: Callable[..., EngineNode],
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
-    bucket = FakeBucket()
     node = make_node(bucket=bucket)
     assert node.learn_remote(REL, BODY) == 1
     node.restart()
@@ -44,9 +44,9 @@ def test_remote_facts_survive_a_restart_without_the_bucket_listing_them_again(
 
 
 def test_remote_fact_of_a_task_done_here_changes_nothing(
-    make_node: Callable[..., EngineNode],
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
-    node = make_node(bucket=FakeBucket())
+    node = make_node(bucket=bucket)
     assert node.direct_write(REL, b"name\nours\n") == 0
     node.learn_remote(REL, BODY)
     assert node.ls("done/10.0/20.2") == ["plumber.csv"]
@@ -54,12 +54,12 @@ def test_remote_fact_of_a_task_done_here_changes_nothing(
 
 
 def test_remote_sizes_survive_restarts_of_both_kinds_without_a_listing(
-    make_node: Callable[..., EngineNode],
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
     """Sizes are kept with the remote facts: after an unmount (the snapshot's sizes file) and
     after a kill (no snapshot: the log lines), `stat` is right at once, and no start-up
     listing is needed for it."""
-    node = make_node(bucket=FakeBucket())
+    node = make_node(bucket=bucket)
     other = "10.1/20.0/coffee shop.csv"
     sizes = {REL: len(BODY), other: 2 * len(BODY)}
     assert node.learn_remote(REL, BODY) == 1
@@ -84,11 +84,11 @@ def test_remote_sizes_survive_restarts_of_both_kinds_without_a_listing(
 
 
 def test_a_state_dir_without_sizes_lists_the_bucket_for_them(
-    make_node: Callable[..., EngineNode],
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
     """The format before sizes were kept: plain `rel` lines, no sizes file. The facts load and
     the sizes are asked from the bucket (the start-up listing), as before."""
-    node = make_node(bucket=FakeBucket())
+    node = make_node(bucket=bucket)
     assert node.learn_remote(REL, BODY) == 1
     node.close(clean=False)
     index = node.state_dir / "index"
@@ -103,3 +103,30 @@ def test_a_state_dir_without_sizes_lists_the_bucket_for_them(
     assert node.ws.sync is not None and node.ws.sync._list_for_sizes
     assert node.ws.sync.unsized == BitMap([node.mission.space.parse_rel(REL)])
     assert node.read(f"done/{REL}") == BODY
+
+
+def test_a_commit_uploaded_by_one_node_is_learned_by_the_other_with_its_size(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
+) -> None:
+    """The whole path through the real SyncEngine and the bucket layout: node A commits and
+    uploads (witness, then its manifest); node B learns the fact by a full listing first, then
+    from A's next manifest alone, each with its size before any fetch, then reads the bytes."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    b = make_node(bucket=bucket, name="b", worker="worker-b")
+    assert a.direct_write(REL, BODY) == 0
+    assert a.upload() == 0  # nothing left queued
+    assert b.refresh(full=True) == 1
+    assert b.ls("done/10.0/20.2") == ["plumber.csv"]
+    assert b.stat(f"done/{REL}").size == len(BODY)  # from the listing
+    other, body = "10.1/20.0/coffee shop.csv", BODY * 3
+    assert a.commit_tmp("x.csv", body, other) == 0
+    assert a.upload() == 0
+    listed = bucket.requests["LIST"]
+    assert b.refresh() == 1  # the manifest written since B's cursor
+    assert bucket.requests["LIST"] - listed == 1  # one listing of manifests/, no full listing
+    assert b.stat(f"done/{other}").size == len(body)  # from the manifest line
+    assert not b.exists(f"pending/{other}")
+    assert b.read(f"done/{other}") == body
+    assert b.read(f"done/{REL}") == BODY
+    assert b.refresh() == 0  # nothing new
+    assert a.refresh(full=True) == 0  # its own uploads are facts already
