@@ -25,6 +25,7 @@ from fusefs.cli.common import (
     state_dir_for,
 )
 from fusefs.model.mission import load_mission
+from fusefs.statedir.layout import StateLayout
 
 log = logging.getLogger("missionfs")
 
@@ -160,7 +161,7 @@ def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     # Bounded: at most LOG_BYTES x (1 + LOG_BACKUPS) on disk (missionfs.log, .log.1, .log.2, ...)
     # backslashreplace: a logged name with bytes that are not UTF-8 must not break the line.
     rotating = RotatingFileHandler(
-        state_dir / "missionfs.log",
+        StateLayout(state_dir).log,
         maxBytes=LOG_BYTES,
         backupCount=LOG_BACKUPS,
         encoding="utf-8",
@@ -208,7 +209,7 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
     if args.allow_other:
         cmd.append("--allow-other")
     cmd += metricsopts.forwarded(args)
-    err_path = state_dir / "daemon.err"
+    err_path = StateLayout(state_dir).daemon_err
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
             cmd,

@@ -16,6 +16,7 @@ buffer so listings resume from offsets as with a real kernel) and `fusefs.fuse.f
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -28,13 +29,11 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from fusefs.engine.sync import SyncEngine
-from fusefs.engine.workspace import Workspace, open_workspace
+from fusefs.engine.workspace import open_workspace
 from fusefs.fuse import inodes
 from fusefs.fuse.daemon import Daemon
 from fusefs.model.mission import Mission
 from fusefs.objects.s3store import S3Store
-from fusefs.statedir.journal import worker_id
 
 T = TypeVar("T")
 LEASE = 100.0
@@ -139,29 +138,6 @@ class FakeBucket:
         return body, {"sha256": hashlib.sha256(body).hexdigest()}
 
 
-def attach_sync(ws: Workspace, bucket: FakeBucket) -> SyncEngine:
-    """Wire a sync engine over `bucket` into `ws` as open_workspace does for `[store] s3`
-    (kept in step with workspace.py by hand; its loops are not run: no uploads, no listing)."""
-    engine = SyncEngine(
-        ws.state,
-        ws.store,
-        cast(S3Store, bucket),
-        ws.committer.local,
-        ws.store.index_dir,
-        worker_id(ws.store.root, None),
-        claims="local",
-        lease_seconds=ws.lease,
-    )
-    engine.journal = ws.committer.journal
-    ws.state.add_facts(engine.remote)
-    ws.committer.remote = engine.remote
-    ws.committer.hooks.append(engine.wake)
-    engine.on_local_fact = ws.committer.learn_local_fact
-    ws.status.sync_info = engine.info
-    ws.sync = engine
-    return engine
-
-
 def _oserror(code: int, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
 
@@ -191,10 +167,14 @@ class EngineNode:
 
     # -- life cycle: what `missionfs mount` and its end do, minus the kernel ------------------
     def _open(self) -> None:
-        self.ws = open_workspace(self.mission, self.state_dir, lease=self.lease)
+        mission, bucket = self.mission, None
+        if self.bucket is not None:  # sync over the fake bucket; its loops are not run
+            mission, bucket = (
+                dataclasses.replace(mission, claims="local"),
+                cast(S3Store, self.bucket),
+            )
+        self.ws = open_workspace(mission, self.state_dir, lease=self.lease, bucket=bucket)
         self.closed = False
-        if self.bucket is not None:
-            attach_sync(self.ws, self.bucket)
         self.daemon = Daemon(self.ws, NO_MOUNTPOINT)
         self.ops = self.daemon.ops
         self.ops.invalidate = False  # no kernel cache to invalidate
