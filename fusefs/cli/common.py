@@ -142,6 +142,7 @@ def open_ws(
                 lock=lock,
                 progress=progress,
                 contact_s3=contact_s3,
+                durability=getattr(args, "durability", "strict"),
             )
         except PermissionError as e:
             raise UserError(f"cannot use state directory {state_dir}: {e.strerror}") from None

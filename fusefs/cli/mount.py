@@ -131,8 +131,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
     if recovered:
         log.warning("%s", recovered)
-    ws.committer.batched = args.durability == "batched"
-    ws.status.durability = args.durability
     try:
         Daemon(ws, mnt, args.allow_other).run()
     except RuntimeError as e:

@@ -45,6 +45,8 @@ class Committer:
         status: StatusBoard,
         facts: Facts,
         journal: Journal,
+        *,
+        batched: bool = False,
     ) -> None:
         self.state = state
         self.journal = journal
@@ -52,7 +54,7 @@ class Committer:
         self.status = status
         self.facts = facts
         self.reconciled = False
-        self.batched = False  # durability "batched": directory fsyncs grouped by the daemon
+        self.batched = batched  # durability "batched": directory fsyncs grouped by the daemon
         self._in_flight: set[int] = set()
 
     @property

@@ -26,6 +26,7 @@ class StatusBoard:
         outside_plan: int = 0,
         sync_info: Callable[[], dict[str, Any]] | None = None,
         digest_info: Callable[[], dict[str, Any]] | None = None,
+        durability: str = "strict",
     ) -> None:
         self.mission = mission
         self.state = state
@@ -45,7 +46,7 @@ class StatusBoard:
         self.outside_plan = outside_plan  # updated by the daemon's reconcile
         self.sync_info = sync_info  # the sync engine's counters (with `[store] s3`)
         self.digest_info = digest_info  # Merkle root (digest.py)
-        self.durability = "strict"
+        self.durability = durability
         self.journal = journal
         self._repeats: Coalescer[tuple[str, str]] = Coalescer(self._journal_refusal)
 

@@ -238,16 +238,18 @@ def open_workspace(
     progress: Callable[[int], None] | None = None,
     contact_s3: bool = True,
     bucket: S3Store | None = None,
+    durability: str = "strict",
 ) -> Workspace:
     """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError.
 
-    contact_s3=False (read-only local commands): no request to S3 and no credentials needed;
-    the bucket's intent comes from the copy kept at the last contact. `bucket` (the in-process
-    test tier): sync with this store instead of the mission's `[store] s3`.
+        contact_s3=False (read-only local commands): no request to S3 and no credentials needed;
+        the bucket's intent comes from the copy kept at the last contact. `bucket` (the in-process
+        test tier): sync with this store instead of the mission's `[store] s3`. `durability`: "strict"
+    (every commit fsyncs its directory) or "batched" (the daemon groups directory fsyncs).
 
-    Every service gets what it uses in its constructor, in dependency order: the fact sets,
-    then the sync engine (which subscribes to new local witnesses), the digest, the status
-    board (which shows both) and last the committer."""
+        Every service gets what it uses in its constructor, in dependency order: the fact sets,
+        then the sync engine (which subscribes to new local witnesses), the digest, the status
+        board (which shows both) and last the committer."""
     lock_file = lock_state_dir(state_dir) if lock else None
     try:
         store = LocalStore(state_dir)
@@ -288,8 +290,9 @@ def open_workspace(
             outside_plan=len(outside),
             sync_info=engine.info if engine is not None else None,
             digest_info=digest.info,
+            durability=durability,
         )
-        committer = Committer(state, store, status, facts, journal)
+        committer = Committer(state, store, status, facts, journal, batched=durability == "batched")
     except BaseException:
         if lock_file is not None:
             lock_file.close()
