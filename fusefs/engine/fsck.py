@@ -33,14 +33,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyroaring import BitMap
 
 from fusefs.engine.facts import Drift, walk
-from fusefs.engine.fsckscan import journal_origins, tree_entries
+from fusefs.engine.fsckscan import Local, Problem, Report, journal_origins, tree_entries
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3Unavailable
 from fusefs.model.mission import Mission
@@ -54,32 +53,6 @@ if TYPE_CHECKING:
     from fusefs.objects.s3store import S3Store
 
 CONFLICTS = "conflicts"  # the bucket area where altered objects are kept
-
-
-@dataclass
-class Problem:
-    check: str
-    kind: str
-    where: str
-    what: str
-    repaired: str | None = None
-
-
-@dataclass
-class Local:
-    """What the witness check learned about one good local witness."""
-
-    sha: str
-    md5: str
-
-
-@dataclass
-class Report:
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def unrepaired(self) -> list[Problem]:
-        return [p for p in self.problems if p.repaired is None]
 
 
 class Fsck:

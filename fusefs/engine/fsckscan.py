@@ -1,11 +1,12 @@
-"""What fsck reads besides the files' bytes: every entry of the witness tree at any depth (a
-stray directory or symlink is a problem too, where the reconcile walk only lists tile files) and
-the journal's record of what each witness should hold."""
+"""fsck's records (a problem, the report) and what it reads besides the files' bytes: every
+entry of the witness tree at any depth (a stray directory or symlink is a problem too, where the
+reconcile walk only lists tile files) and the journal's record of what each witness holds."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusefs.model.codec import OutOfPlan, TaskSpace
@@ -13,6 +14,32 @@ from fusefs.statedir.journal import read_journal
 from fusefs.statedir.store import hidden
 
 WITNESS_KINDS = {"empty", "truncated", "malformed", "changed"}  # quarantined contents
+
+
+@dataclass
+class Problem:
+    check: str
+    kind: str
+    where: str
+    what: str
+    repaired: str | None = None
+
+
+@dataclass
+class Local:
+    """What the witness check learned about one good local witness."""
+
+    sha: str
+    md5: str
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def unrepaired(self) -> list[Problem]:
+        return [p for p in self.problems if p.repaired is None]
 
 
 def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:
