@@ -142,6 +142,7 @@ def open_ws(
                 lock=lock,
                 progress=progress,
                 contact_s3=contact_s3,
+                durability=getattr(args, "durability", "strict"),
             )
         except PermissionError as e:
             raise UserError(f"cannot use state directory {state_dir}: {e.strerror}") from None
@@ -157,9 +158,9 @@ def open_ws(
 def hold_logged_claims(ws: Any) -> None:
     """Hold the live claims of STATE/claims.log (a running or stopped daemon's), as a mount
     would: a claimed task is not pending for `status` and `pending` either."""
-    from fusefs.statedir.claimlog import CLAIMS_FILE, ClaimLog
+    from fusefs.statedir.claimlog import ClaimLog
 
-    ClaimLog(ws.store.root / CLAIMS_FILE, ws.state).claim_live(owner="claims.log")
+    ClaimLog(ws.store.layout.claims_log, ws.state).claim_live(owner="claims.log")
 
 
 def check_s3(ws: Any, quiet: bool) -> None:

@@ -15,16 +15,15 @@ from fusefs.cli.common import UserError, open_ws
 from fusefs.engine.digest import (
     BucketSide,
     DigestKeeper,
-    DigestTree,
     Hasher,
-    Side,
     StateSide,
     bucket_side,
-    diff_sides,
-    reconcile_in_memory,
     s3_of,
 )
+from fusefs.engine.facts import reconcile_in_memory
 from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.model.merkle import DigestTree, Side, diff_sides
+from fusefs.statedir.layout import StateLayout
 
 log = logging.getLogger("missionfs")
 
@@ -78,7 +77,9 @@ def _keeper(args: argparse.Namespace, mission: Any, state: Path | None) -> tuple
         force_mission=getattr(args, "force_mission", False),
     )
     ws = open_ws(ns, mission, lock=False, contact_s3=False)  # S3 only for hashes not kept
-    reconcile_in_memory(ws)
+    reconcile_in_memory(
+        ws.facts, ws.store, with_remote=ws.sync is not None, walked=not ws.from_index
+    )
     keeper: DigestKeeper | None = getattr(ws, "digest", None)
     if keeper is None:  # a workspace built without the daemon's keeper: make one
         keeper = DigestKeeper(ws.state, Hasher(ws.state.space, ws.store, s3_of(ws)))
@@ -155,7 +156,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if _is_bucket(args.a) and _is_bucket(args.b):
         raise UserError("diff compares two state dirs, or a state dir and the bucket")
     for arg in (args.a, args.b):
-        if not _is_bucket(arg) and not (Path(arg) / "scraped-tiles").is_dir():
+        if not _is_bucket(arg) and not StateLayout(Path(arg)).tiles.is_dir():
             raise UserError(f"{arg} is not a missionfs state directory (no scraped-tiles/)")
     mission = load_mission(args.mission or _diff_mission(args.a, args.b))
     sides: dict[str, Side] = {}

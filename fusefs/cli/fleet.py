@@ -38,9 +38,10 @@ def add_parser(sub: Any) -> None:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from fusefs.cli.common import UserError, state_dir_for
-    from fusefs.engine.fleetview import CACHE_FILE, fleet
+    from fusefs.engine.fleetview import fleet
     from fusefs.model.errors import S3ConfigError, S3Unavailable
     from fusefs.objects.s3store import S3Store
+    from fusefs.statedir.layout import StateLayout
 
     if args.silent <= 0 or args.lease <= 0:
         raise UserError("--silent and --lease must be positive numbers of seconds")
@@ -48,7 +49,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if not mission.s3:
         raise UserError(f"{args.mission} has no [store] s3: a fleet shares a bucket")
     state_dir = state_dir_for(mission, args.state)
-    cache = state_dir / CACHE_FILE if state_dir.is_dir() else None
+    cache = StateLayout(state_dir).fleet_cache if state_dir.is_dir() else None
     try:
         s3 = S3Store(mission.s3, mission.name, args.endpoint_url)
         view = fleet(s3, cache, lease_seconds=args.lease, silent_after=args.silent)

@@ -12,7 +12,7 @@ from fusefs.engine.fsck import Fsck
 from fusefs.model.errors import S3ConfigError
 from fusefs.model.mission import Mission, load_mission
 from fusefs.statedir.journal import worker_id
-from fusefs.statedir.store import WITNESS_DIR
+from fusefs.statedir.layout import WITNESS_DIR, StateLayout
 
 
 def add_commands(sub: Any) -> None:
@@ -53,7 +53,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     if args.endpoint_url and not mission.s3:
         raise UserError(f"--endpoint-url given but {args.mission} has no [store] s3")
     state_dir = state_dir_for(mission, args.state, args.force_mission)
-    if not (state_dir / WITNESS_DIR).is_dir():
+    if not StateLayout(state_dir).tiles.is_dir():
         raise UserError(f"{state_dir} is not a missionfs state dir (no {WITNESS_DIR}/)")
     try:
         lock = lock_state_dir(state_dir)

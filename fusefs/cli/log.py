@@ -70,6 +70,7 @@ def _matches(rel: str | None, where: str) -> bool:
 def cmd_log(args: argparse.Namespace) -> int:
     """History from the journal; with S3 and a versioned bucket, also from object versions."""
     from fusefs.statedir.journal import read_journal
+    from fusefs.statedir.layout import StateLayout
 
     mission = load_mission(args.mission)
     state_dir = state_dir_for(mission, args.state, args.force_mission)
@@ -77,13 +78,13 @@ def cmd_log(args: argparse.Namespace) -> int:
     where = args.where.strip("/")
     entries = [
         e
-        for e in read_journal(state_dir / "journal")
+        for e in read_journal(StateLayout(state_dir).journal)
         if _matches(e.get("rel"), where) and (since is None or e.get("t", 0) >= since)
     ]
     if mission.s3:
         entries += _s3_versions(mission, args, where, since, state_dir)
         entries.sort(key=lambda e: e.get("t", 0))
-    if not entries and not (state_dir / "journal").is_dir():
+    if not entries and not StateLayout(state_dir).journal.is_dir():
         raise UserError(f"no journal in {state_dir} (nothing has run with this state dir yet)")
     for e in entries:
         if args.json:

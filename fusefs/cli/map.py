@@ -129,7 +129,7 @@ def snapshot(args: argparse.Namespace, mission: Any) -> tuple[TaskSpace, Any]:
         hold_logged_claims(ws)
         st = ws.state
         space = st.space
-        conflicts = conflict_tasks(space, ws.store.root / "conflicts")
+        conflicts = conflict_tasks(space, ws.store.layout.conflicts)
         _, map_w, max_h = frame_for(space, args.width)
         lay = make_layout(space, map_w, max_h)
         return space, raster(space, lay, st.intent, st.fact, st.claimed | st.foreign, conflicts)

@@ -26,6 +26,7 @@ from fusefs.cli.common import (
     state_dir_for,
 )
 from fusefs.model.mission import load_mission
+from fusefs.statedir.layout import StateLayout
 
 log = logging.getLogger("missionfs")
 
@@ -132,8 +133,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _setup_logging(ws.store.root, args.debug, to_stderr=not args.quiet)
     if recovered:
         log.warning("%s", recovered)
-    ws.committer.batched = args.durability == "batched"
-    ws.status.durability = args.durability
     try:
         Daemon(ws, mnt, args.allow_other, claim_outcomes=claim_outcomes).run()
     except RuntimeError as e:
@@ -165,7 +164,7 @@ def _setup_logging(state_dir: Path, debug: bool, to_stderr: bool) -> None:
     # Bounded: at most LOG_BYTES x (1 + LOG_BACKUPS) on disk (missionfs.log, .log.1, .log.2, ...)
     # backslashreplace: a logged name with bytes that are not UTF-8 must not break the line.
     rotating = RotatingFileHandler(
-        state_dir / "missionfs.log",
+        StateLayout(state_dir).log,
         maxBytes=LOG_BYTES,
         backupCount=LOG_BACKUPS,
         encoding="utf-8",
@@ -213,7 +212,7 @@ def _spawn_daemon(args: argparse.Namespace, mnt: Path, state_dir: Path) -> int:
     if args.allow_other:
         cmd.append("--allow-other")
     cmd += metricsopts.forwarded(args)
-    err_path = state_dir / "daemon.err"
+    err_path = StateLayout(state_dir).daemon_err
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
             cmd,

@@ -64,9 +64,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _sync_through_daemon(state_dir: Path, pid: int, quiet: bool) -> int:
-    from fusefs.fuse.daemon import SYNC_RESULT
+    from fusefs.statedir.layout import StateLayout
 
-    result = state_dir / SYNC_RESULT
+    result = StateLayout(state_dir).sync_result
     before = result.stat().st_mtime_ns if result.exists() else 0
     try:
         os.kill(pid, signal.SIGUSR1)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from pyroaring import BitMap
 
+from fusefs.engine.facts import Facts
 from fusefs.engine.status import StatusBoard
 from fusefs.model.state import MissionState
 from fusefs.model.witness import InvalidWitness, check_stream
-from fusefs.statedir.index import FactIndex
 from fusefs.statedir.journal import Journal
 from fusefs.statedir.ratelog import log_coalesced
 from fusefs.statedir.store import LocalStore
@@ -36,29 +35,32 @@ class CommitRefused(Exception):
 
 
 class Committer:
-    """Owns the set of local witnesses (`local`), the start-up index that persists it, and the
-    hooks (the S3 upload queue) that hear about every new local witness."""
+    """Turns finished files into witnesses; the fact sets and the records a new local witness
+    gets (index line, listeners such as the S3 upload queue) belong to `facts` (facts.py)."""
 
     def __init__(
         self,
         state: MissionState,
         store: LocalStore,
-        index: FactIndex,
         status: StatusBoard,
-        local: BitMap,
+        facts: Facts,
         journal: Journal,
+        *,
+        batched: bool = False,
     ) -> None:
         self.state = state
         self.journal = journal
         self.store = store
-        self.index = index
         self.status = status
-        self.local = local
+        self.facts = facts
         self.reconciled = False
-        self.batched = False  # durability "batched": directory fsyncs grouped by the daemon
-        self.hooks: list[Callable[[], None]] = []  # called after new local witnesses
-        self.remote: BitMap = BitMap()  # facts known from S3 (the sync engine's set)
+        self.batched = batched  # durability "batched": directory fsyncs grouped by the daemon
         self._in_flight: set[int] = set()
+
+    @property
+    def local(self) -> BitMap:
+        """The local witnesses (facts.local: the one set, shared with the sync engine)."""
+        return self.facts.local
 
     async def commit(
         self, path: Path, task: int, *, synced: bool, source: str, final: bool = True
@@ -90,23 +92,16 @@ class Committer:
                 raise CommitRefused(errno.EBADMSG, reason, final=False) from None
             raise self._refuse(errno.EBADMSG, where, reason) from None
         except FileExistsError:
-            self.learn_local_fact(task)
+            self.facts.learn_local(task)
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable") from None
         finally:
             self._in_flight.discard(task)
         # The witness is durable: now its journal line, then its start-up index line (on a full
         # disk either may be missing: history and a cache; the commit stands).
         self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
-        self._record(task)
+        self.facts.record_local(task)
         self.status.committed(source)
         return rows
-
-    def _record(self, task: int) -> None:
-        self.local.add(task)
-        self._index([self.state.space.rel(task)])
-        self.state.add_fact(task)
-        for hook in self.hooks:
-            hook()
 
     def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, str, int]:
         # Validated and hashed in one streamed pass (constant memory, whatever the size). The
@@ -122,33 +117,6 @@ class Committer:
         self.status.refused(where, reason)  # journalled there, with every other refusal
         return CommitRefused(code, reason, final)
 
-    def _index(self, rels: list[str]) -> None:
-        """Start-up index lines: a cache. On a full disk they are skipped (logged), never
-        raised: the next start's reconcile walk finds what they miss."""
-        try:
-            self.index.append(rels)
-        except OSError as e:
-            log.error("start-up index: %d line(s) not written: %s", len(rels), e)
-
     def learn_local_fact(self, task: int) -> None:
-        """A witness was found on disk that the index did not know (crash or offline copy)."""
-        if task not in self.local:
-            self.journal.append("commit", self.state.space.rel(task), recovered=True)
-            self._record(task)
-
-    def reconcile(self, found: BitMap, loaded: BitMap) -> tuple[BitMap, BitMap]:
-        """Make `local` agree with a walk of the files; returns (new, gone)."""
-        new = found - self.local
-        if new:
-            self.local |= new
-            for t in new:
-                self.journal.append("commit", self.state.space.rel(t), recovered=True)
-            self._index([self.state.space.rel(t) for t in new])
-            self.state.add_facts(new)
-            for hook in self.hooks:
-                hook()
-        gone = loaded - found
-        if gone:
-            self.local -= gone
-            self.state.remove_facts(gone - self.remote)
-        return new, gone
+        """A witness found on disk that the index did not know (see Facts.learn_local)."""
+        self.facts.learn_local(task)

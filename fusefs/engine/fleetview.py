@@ -32,7 +32,6 @@ from fusefs.engine.leases import GRACE, LeaseBook
 from fusefs.objects.s3store import S3Store
 
 RECENT = 600.0  # "tasks done in the last 10 minutes"
-CACHE_FILE = "fleet-manifests.json"
 
 
 def parse_manifest_name(name: str) -> tuple[int, str] | None:

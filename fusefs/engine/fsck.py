@@ -32,53 +32,27 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyroaring import BitMap
 
+from fusefs.engine.facts import Drift, walk
+from fusefs.engine.fsckscan import Local, Problem, Report, journal_origins, tree_entries
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3Unavailable
 from fusefs.model.mission import Mission
 from fusefs.model.witness import InvalidWitness, check_csv
-from fusefs.statedir.index import FactIndex, walk_facts
-from fusefs.statedir.journal import Journal, read_journal
-from fusefs.statedir.store import WITNESS_DIR, LocalStore, fsync_dir, hidden
+from fusefs.statedir.index import FactIndex
+from fusefs.statedir.journal import Journal
+from fusefs.statedir.layout import WITNESS_DIR
+from fusefs.statedir.store import LocalStore, fsync_dir
 
 if TYPE_CHECKING:
     from fusefs.objects.s3store import S3Store
 
-QUARANTINE = "quarantine"
 CONFLICTS = "conflicts"  # the bucket area where altered objects are kept
-WITNESS_KINDS = {"empty", "truncated", "malformed", "changed"}  # quarantined contents
-
-
-@dataclass
-class Problem:
-    check: str
-    kind: str
-    where: str
-    what: str
-    repaired: str | None = None
-
-
-@dataclass
-class Local:
-    """What the witness check learned about one good local witness."""
-
-    sha: str
-    md5: str
-
-
-@dataclass
-class Report:
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def unrepaired(self) -> list[Problem]:
-        return [p for p in self.problems if p.repaired is None]
 
 
 class Fsck:
@@ -161,7 +135,7 @@ class Fsck:
     def _journal(self, ev: str, where: str, **fields: Any) -> None:
         """Repairs go into the journal too, so `missionfs log REL` tells what fsck did."""
         if self.journal is None:
-            self.journal = Journal(self.root / "journal", self.worker)
+            self.journal = Journal(self.store.layout.journal, self.worker)
         rel = where.removeprefix(f"{WITNESS_DIR}/")
         try:
             self.space.parse_rel(rel)
@@ -212,7 +186,7 @@ class Fsck:
         return dst
 
     def quarantine(self, rel: str, why: str) -> str:
-        dst = self.root / QUARANTINE / WITNESS_DIR / f"{rel}.{self.stamp}"
+        dst = self.store.layout.quarantine / WITNESS_DIR / f"{rel}.{self.stamp}"
         kept = self.move_aside(self.store.tiles / rel, dst, f"{WITNESS_DIR}/{rel}: {why}")
         return f"moved to {kept.relative_to(self.root)}"
 
@@ -244,7 +218,7 @@ class Fsck:
         SHA-256 the journal recorded when it was committed (or fetched, or won a conflict)."""
         from tqdm import tqdm
 
-        self.origins = journal_origins(self.root / "journal", self.space)
+        self.origins = journal_origins(self.store.layout.journal, self.space)
         expected = {task: sha for task, (_, sha) in self.origins.items()}
         entries = list(tree_entries(self.store.tiles))
         with tqdm(
@@ -310,13 +284,13 @@ class Fsck:
         self.store.index_dir.mkdir(parents=True, exist_ok=True)
         index = FactIndex(self.store.index_dir, self.space)
         loaded = index.load()
-        found, _ = walk_facts(self.store.scan_tiles(), self.space)
-        if loaded is not None and loaded == found:
+        found, _ = walk(self.store, self.space)
+        if loaded is not None and Drift.between(loaded, found).clean:
             return
         if loaded is None:
             p = self.problem("index", "index-missing", "index/facts.roaring", _missing_why(index))
         else:
-            mismatch = self._index_mismatch(loaded, found)
+            mismatch = self._index_mismatch(Drift.between(loaded, found))
             if mismatch is None:  # only the witnesses this run quarantined: part of that repair
                 index.replace(found)
                 return
@@ -325,9 +299,9 @@ class Fsck:
             index.replace(found)
             self.fixed(p, f"rebuilt from the files ({len(found)} witnesses)")
 
-    def _index_mismatch(self, loaded: BitMap, found: BitMap) -> Problem | None:
-        stale = loaded - found - self.moved
-        unindexed = found - loaded
+    def _index_mismatch(self, drift: Drift) -> Problem | None:
+        stale = drift.gone - self.moved
+        unindexed = drift.new
         if not stale and not unindexed:
             return None
         what = f"{len(stale)} indexed task(s) without a witness file, {len(unindexed)} not indexed"
@@ -482,54 +456,3 @@ def _missing_why(index: FactIndex) -> str:
     if not path.exists():
         return "no snapshot (deleted?); a mount would walk every witness first"
     return "unreadable or made for another plan; a mount would walk every witness first"
-
-
-def tree_entries(tiles: Path) -> Iterator[tuple[str, bool]]:
-    """(path relative to the witness tree, is a regular file) of every non-directory entry at
-    any depth, and of directories where a witness file belongs; dot-entries are skipped."""
-    yield from _entries(tiles, "", 0)
-
-
-def _entries(path: Path, prefix: str, depth: int) -> Iterator[tuple[str, bool]]:
-    try:
-        listing = sorted(os.scandir(path), key=lambda e: e.name)
-    except FileNotFoundError:
-        return
-    for e in listing:
-        if hidden(e.name):  # VCS metadata and the like: not the mission's, never moved
-            continue
-        rel = prefix + e.name
-        if e.is_dir(follow_symlinks=False) and depth < 2:
-            yield from _entries(Path(e.path), rel + "/", depth + 1)
-        else:
-            yield rel, e.is_file(follow_symlinks=False)
-
-
-def journal_origins(directory: Path, space: TaskSpace) -> dict[int, tuple[str, str]]:
-    """task -> (event, sha256) of the last journal record that says what its witness holds:
-    commit (ours), fetch (from the bucket) or conflict (the winner's bytes replaced ours)."""
-    out: dict[int, tuple[str, str]] = {}
-    fields = {"commit": "sha256", "fetch": "sha256", "conflict": "winner_sha256"}
-    for e in read_journal(directory):
-        ev = e.get("ev")
-        if ev == "fsck" and e.get("kind") in WITNESS_KINDS:
-            _forget(out, space, e.get("rel"))
-        if ev not in fields:
-            continue
-        try:
-            task = space.parse_rel(str(e.get("rel", "")))
-        except OutOfPlan:
-            continue
-        sha = e.get(fields[str(ev)])
-        if sha:
-            out[task] = (str(ev), str(sha))
-        else:
-            out.pop(task, None)  # "recovered": found on disk, content never recorded
-    return out
-
-
-def _forget(out: dict[int, tuple[str, str]], space: TaskSpace, rel: object) -> None:
-    try:
-        out.pop(space.parse_rel(str(rel)), None)
-    except OutOfPlan:
-        pass

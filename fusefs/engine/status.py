@@ -15,7 +15,19 @@ from fusefs.statedir.ratelog import Coalescer
 
 
 class StatusBoard:
-    def __init__(self, mission: str, state: MissionState, state_dir: str, lease: float) -> None:
+    def __init__(
+        self,
+        mission: str,
+        state: MissionState,
+        state_dir: str,
+        lease: float,
+        *,
+        journal: Journal | None = None,
+        outside_plan: int = 0,
+        sync_info: Callable[[], dict[str, Any]] | None = None,
+        digest_info: Callable[[], dict[str, Any]] | None = None,
+        durability: str = "strict",
+    ) -> None:
         self.mission = mission
         self.state = state
         self.state_dir = state_dir
@@ -31,11 +43,11 @@ class StatusBoard:
         # Requests the error boundary (boundary.py) answered with an errno, by errno name.
         self.request_errors: dict[str, int] = {}
         self.reconcile = "pending"
-        self.outside_plan = 0
-        self.sync_info: Callable[[], dict[str, Any]] | None = None
-        self.digest_info: Callable[[], dict[str, Any]] | None = None  # Merkle root (digest.py)
-        self.durability = "strict"
-        self.journal: Journal | None = None
+        self.outside_plan = outside_plan  # updated by the daemon's reconcile
+        self.sync_info = sync_info  # the sync engine's counters (with `[store] s3`)
+        self.digest_info = digest_info  # Merkle root (digest.py)
+        self.durability = durability
+        self.journal = journal
         self._repeats: Coalescer[tuple[str, str]] = Coalescer(self._journal_refusal)
         self._refusal_observers: list[Callable[[str, str], None]] = []
 

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from fusefs.engine.commit import Committer
+from fusefs.engine.facts import Facts
 from fusefs.engine.status import StatusBoard
 from fusefs.model.mission import Mission, extend_intent
 from fusefs.model.state import MissionState
 from fusefs.statedir.index import FactIndex, walk_facts
 from fusefs.statedir.journal import Journal, worker_id
+from fusefs.statedir.layout import StateLayout
 from fusefs.statedir.ratelog import LOG_REPEATS
 from fusefs.statedir.store import LocalStore, replace_text
 
@@ -32,8 +34,6 @@ if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions 
     from fusefs.objects.s3store import S3Store
 
 log = logging.getLogger("missionfs")
-
-INTENT_CACHE = "intent-s3.txt"
 
 
 def default_state_dir(mission: Mission) -> Path:
@@ -61,6 +61,7 @@ class Workspace:
     index: FactIndex
     state: MissionState
     status: StatusBoard
+    facts: Facts
     committer: Committer
     sync: SyncEngine | None
     outside_plan: list[str]
@@ -87,7 +88,7 @@ class StateDirBusy(Exception):
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """One daemon per state dir: an flock held for the daemon's life, with its pid inside."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    f = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held until close()
+    f = open(StateLayout(state_dir).lock, "a+")  # noqa: SIM115 - held until close()
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -102,13 +103,10 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return f
 
 
-MISSION_FILE = "mission.path"  # where the state dir's mission file was when it was last used
-
-
 def remember_mission(state_dir: Path, path: Path) -> None:
     """Record the mission file's absolute path, so commands given only state dirs (`diff A B`)
     can find their mission."""
-    target = state_dir / MISSION_FILE
+    target = StateLayout(state_dir).mission_path
     line = f"{path.resolve()}\n"
     try:
         if target.read_text(encoding="utf-8", errors="surrogateescape") == line:
@@ -120,14 +118,13 @@ def remember_mission(state_dir: Path, path: Path) -> None:
 
 def remembered_mission(state_dir: Path) -> Path | None:
     try:
-        text = (state_dir / MISSION_FILE).read_text(encoding="utf-8", errors="surrogateescape")
+        text = StateLayout(state_dir).mission_path.read_text(
+            encoding="utf-8", errors="surrogateescape"
+        )
     except OSError:
         return None
     path = text.rstrip("\n")
     return Path(path) if path else None
-
-
-MISSION_NAME = "mission.name"  # the mission this state dir's witnesses belong to
 
 
 class OtherMission(Exception):
@@ -142,7 +139,7 @@ def recorded_mission_name(state_dir: Path) -> str | None:
     """The mission name this state dir was used with: STATE/mission.name or, for state dirs
     made before it existed, the `name` in the mission file STATE/mission.path points to."""
     try:
-        name = (state_dir / MISSION_NAME).read_text(encoding="utf-8").strip()
+        name = StateLayout(state_dir).mission_name.read_text(encoding="utf-8").strip()
         return name or None
     except (OSError, UnicodeDecodeError):
         pass
@@ -168,7 +165,7 @@ def check_mission(state_dir: Path, name: str, *, force: bool = False) -> None:
 
 
 def remember_mission_name(state_dir: Path, name: str) -> None:
-    target = state_dir / MISSION_NAME
+    target = StateLayout(state_dir).mission_name
     try:
         if target.read_text(encoding="utf-8") == name + "\n":
             return
@@ -177,21 +174,19 @@ def remember_mission_name(state_dir: Path, name: str) -> None:
     replace_text(target, name + "\n")
 
 
-S3_FILE = "s3.json"  # S3 connection options given at mount or sync (the endpoint URL)
-
-
 def remember_s3(state_dir: Path, endpoint_url: str | None) -> None:
     """Keep the endpoint given on the command line, so that later commands on this state dir
     (`sync`, `log`, `fsck`, a remount) reach the same server without the flag."""
     if not endpoint_url:
         return
     text = json.dumps({"endpoint_url": endpoint_url}) + "\n"
+    path = StateLayout(state_dir).s3_options
     try:
-        if (state_dir / S3_FILE).read_text(encoding="utf-8") == text:
+        if path.read_text(encoding="utf-8") == text:
             return
     except OSError:
         pass
-    replace_text(state_dir / S3_FILE, text)
+    replace_text(path, text)
 
 
 def s3_endpoint(state_dir: Path, given: str | None) -> str | None:
@@ -199,7 +194,9 @@ def s3_endpoint(state_dir: Path, given: str | None) -> str | None:
     if given:
         return given
     try:
-        value = json.loads((state_dir / S3_FILE).read_text(encoding="utf-8")).get("endpoint_url")
+        value = json.loads(StateLayout(state_dir).s3_options.read_text(encoding="utf-8")).get(
+            "endpoint_url"
+        )
     except (OSError, ValueError, AttributeError):
         return None
     return str(value) if value else None
@@ -221,7 +218,7 @@ def with_bucket_intent(
     not be contacted (local commands)."""
     from fusefs.model.errors import S3NoCredentials, S3Unavailable
 
-    cache = state_dir / "index" / INTENT_CACHE
+    cache = StateLayout(state_dir).intent_cache
     rels: list[str] | None = None
     if contact:
         try:
@@ -244,11 +241,19 @@ def open_workspace(
     lock: bool = True,
     progress: Callable[[int], None] | None = None,
     contact_s3: bool = True,
+    durability: str = "strict",
 ) -> Workspace:
     """Open the state dir for `mission`; S3 errors that need the user raise S3ConfigError.
 
     contact_s3=False (read-only local commands): no request to S3 and no credentials needed;
-    the bucket's intent comes from the copy kept at the last contact."""
+    the bucket's intent comes from the copy kept at the last contact. `sync.objects` (the
+    in-process test tier and the simulator): the object store behind the mission's `[store] s3`
+    instead of S3. `durability`: "strict" (every commit fsyncs its directory) or "batched" (the
+    daemon groups directory fsyncs).
+
+    Every service gets what it uses in its constructor, in dependency order: the fact sets,
+        then the sync engine (which subscribes to new local witnesses), the digest, the status
+        board (which shows both) and last the committer."""
     lock_file = lock_state_dir(state_dir) if lock else None
     try:
         store = LocalStore(state_dir)
@@ -256,11 +261,11 @@ def open_workspace(
         if lock:
             remember_mission(state_dir, mission.path)
             remember_mission_name(state_dir, mission.name)
-        s3 = None
+        opts = sync or SyncOptions()
+        s3: S3Store | None = None
         if mission.s3:
             from fusefs.objects.s3store import S3Store
 
-            opts = sync or SyncOptions()
             if lock:
                 remember_s3(state_dir, opts.endpoint_url)
             endpoint = s3_endpoint(state_dir, opts.endpoint_url)
@@ -276,43 +281,24 @@ def open_workspace(
             local, outside = walk_facts(store.scan_tiles(), mission.space, progress)
             index.snapshot(local, index.rotate())
         state = MissionState(mission.space, mission.intent, local.copy())
-        status = StatusBoard(mission.name, state, str(state_dir), lease)
-        status.outside_plan = len(outside)
-        opts = sync or SyncOptions()
         wid = worker_id(state_dir, opts.worker)
-        journal = Journal(state_dir / "journal", wid)
-        status.journal = journal
-        committer = Committer(state, store, index, status, local, journal)
-        engine = None
-        if s3 is not None:
-            from fusefs.engine.sync import SyncEngine
-
-            engine = SyncEngine(
-                state,
-                store,
-                s3,
-                local,
-                store.index_dir,
-                wid,
-                uploaders=opts.uploaders,
-                refresh=opts.refresh,
-                full_refresh=opts.full_refresh,
-                claims=mission.claims,
-                lease_seconds=lease,
-                claim_timeout=opts.claim_timeout,
-            )
-            engine.journal = journal
-            state.add_facts(engine.remote)
-            committer.remote = engine.remote
-            committer.hooks.append(engine.wake)
-            engine.on_local_fact = committer.learn_local_fact
-            status.sync_info = engine.info
-        from fusefs.engine.digest import DigestKeeper
-
-        digest = DigestKeeper.for_workspace(state, store, s3)  # Merkle root, kept incrementally
-        if engine is not None:
-            engine.on_remote_hashes = digest.hasher.cache.put_remote
-        status.digest_info = digest.info
+        journal = Journal(store.layout.journal, wid)
+        facts = Facts(state, local, index, journal)
+        engine, digest = _sync_and_digest(
+            mission, store, state, facts, journal, s3, wid, opts, lease
+        )
+        status = StatusBoard(
+            mission.name,
+            state,
+            str(state_dir),
+            lease,
+            journal=journal,
+            outside_plan=len(outside),
+            sync_info=engine.info if engine is not None else None,
+            digest_info=digest.info,
+            durability=durability,
+        )
+        committer = Committer(state, store, status, facts, journal, batched=durability == "batched")
     except BaseException:
         if lock_file is not None:
             lock_file.close()
@@ -323,6 +309,7 @@ def open_workspace(
         index,
         state,
         status,
+        facts,
         committer,
         engine,
         outside,
@@ -331,3 +318,42 @@ def open_workspace(
         lock_file,
         digest,
     )
+
+
+def _sync_and_digest(
+    mission: Mission,
+    store: LocalStore,
+    state: MissionState,
+    facts: Facts,
+    journal: Journal,
+    s3: S3Store | None,
+    worker: str,
+    opts: SyncOptions,
+    lease: float,
+) -> tuple[SyncEngine | None, DigestKeeper]:
+    """The sync engine (with S3) and the Merkle digest keeper, sharing the hash cache: the
+    engine hands it the hashes it reads in manifests."""
+    from fusefs.engine.digest import DigestKeeper, HashCache
+
+    cache = HashCache(store.layout.hash_cache)
+    engine = None
+    if s3 is not None:
+        from fusefs.engine.sync import SyncEngine
+
+        engine = SyncEngine(
+            state,
+            store,
+            s3,
+            facts,
+            worker,
+            journal=journal,
+            on_remote_hashes=cache.put_remote,
+            uploaders=opts.uploaders,
+            refresh=opts.refresh,
+            full_refresh=opts.full_refresh,
+            claims=mission.claims,
+            lease_seconds=lease,
+            claim_timeout=opts.claim_timeout,
+        )
+    digest = DigestKeeper.for_workspace(state, store, s3, cache)  # Merkle root, incremental
+    return engine, digest

@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from fusefs.engine.claims import Claims
+from fusefs.engine.facts import walk as facts_walk
 from fusefs.engine.workspace import Workspace
 from fusefs.fuse import sdnotify
 from fusefs.fuse.fs import MissionFS
@@ -29,8 +30,7 @@ from fusefs.fuse.fuseconn import (
     record_mount,
     start_guardian,
 )
-from fusefs.statedir.claimlog import CLAIMS_FILE, ClaimLog
-from fusefs.statedir.index import walk_facts
+from fusefs.statedir.claimlog import ClaimLog
 from fusefs.statedir.ratelog import LOG_REPEATS
 from fusefs.statedir.store import LocalStore, replace_text
 
@@ -39,7 +39,6 @@ log = logging.getLogger("missionfs")
 SNAPSHOT_EVERY_COMMITS = 20_000
 SNAPSHOT_EVERY_SECONDS = 60.0
 DIR_SYNC_SECONDS = 0.25
-SYNC_RESULT = "sync-result.json"
 
 
 class Daemon:
@@ -65,7 +64,7 @@ class Daemon:
         self.status = ws.status
         self.committer = ws.committer
         self.sync = ws.sync
-        self.claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+        self.claim_log = ClaimLog(ws.store.layout.claims_log, ws.state)
         self.claims = Claims(
             ws.state,
             ws.committer.journal,
@@ -163,7 +162,7 @@ class Daemon:
 
         def done() -> None:
             result = {"generation": generation, "pid": os.getpid(), **sync.info()}
-            replace_text(self.store.root / SYNC_RESULT, json.dumps(result))
+            replace_text(self.store.layout.sync_result, json.dumps(result))
 
         sync.force(done)
 
@@ -178,20 +177,18 @@ class Daemon:
     async def _reconcile(self) -> None:
         """Compare the index with the files (the truth) in the background after mounting."""
         self.status.reconcile = "running"
-        loaded = self.committer.local.copy()
-        found, outside = await trio.to_thread.run_sync(
-            lambda: walk_facts(self.store.scan_tiles(), self.mission.space)
-        )
-        new, gone = self.committer.reconcile(found, loaded)
+        loaded = self.ws.facts.local.copy()
+        found, outside = await trio.to_thread.run_sync(facts_walk, self.store, self.mission.space)
+        drift = self.ws.facts.reconcile(found, loaded)  # journals and indexes what it finds
         self.status.outside_plan = len(outside)
         self.committer.reconciled = True
         self.status.reconcile = "done"
-        if new or gone:
+        if not drift.clean:
             log.warning(
                 "reconcile: %d witness(es) found that the index missed, %d indexed but "
                 "missing on disk",
-                len(new),
-                len(gone),
+                len(drift.new),
+                len(drift.gone),
             )
             await self._snapshot()
 

@@ -27,9 +27,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fusefs.statedir.layout import MOUNT_RECORD, StateLayout
+
 log = logging.getLogger("missionfs")
 
-RECORD = "mount.json"
+RECORD = MOUNT_RECORD
 FUSECTL = Path("/sys/fs/fuse/connections")
 PROBE_SECONDS = 3.0  # statfs of a mount with no record: longer than this means "not answering"
 RELEASE_SECONDS = 20.0  # an aborted zombie ends and frees the lock well within this
@@ -170,7 +172,7 @@ def record_mount(state_dir: Path, mountpoint: Path, conn: str | None) -> None:
         return
     rec = MountRecord(os.getpid(), start_time(os.getpid()), conn, str(mountpoint), str(state_dir))
     text = json.dumps(asdict(rec))
-    targets = [state_dir / RECORD]
+    targets = [StateLayout(state_dir).mount_record]
     run = runtime_dir()
     if run is not None:
         targets.append(run / f"conn-{conn}.json")
@@ -186,7 +188,7 @@ def record_mount(state_dir: Path, mountpoint: Path, conn: str | None) -> None:
 
 def forget_mount(state_dir: Path) -> None:
     """Removed on a clean exit: a record left behind means the daemon did not end cleanly."""
-    rec = _read(state_dir / RECORD)
+    rec = _read(StateLayout(state_dir).mount_record)
     if rec is not None and rec.pid == os.getpid():
         _drop_record(rec)
 
@@ -202,7 +204,7 @@ def _lock_holder(state_dir: Path) -> int | None:
     """The pid written in STATE/daemon.lock if a process holds the lock, None if it is free
     (checked with a shared, non-blocking flock: nothing is written)."""
     try:
-        f = open(state_dir / "daemon.lock")  # noqa: SIM115 - closed below
+        f = open(StateLayout(state_dir).lock)  # noqa: SIM115 - closed below
     except OSError:
         return None
     with f:
@@ -228,7 +230,7 @@ class NotAnswering(Exception):
 def _find_record(mountpoint: Path, state_dir: Path | None, conn: str | None) -> MountRecord | None:
     """The record of the daemon of STATE_DIR, else of the mount on MOUNTPOINT (runtime dir)."""
     if state_dir is not None:
-        rec = _read(state_dir / RECORD)
+        rec = _read(StateLayout(state_dir).mount_record)
         if rec is not None:
             return rec
     run = runtime_dir()
@@ -240,7 +242,9 @@ def _find_record(mountpoint: Path, state_dir: Path | None, conn: str | None) -> 
 
 def _drop_record(rec: MountRecord) -> None:
     run = runtime_dir()
-    paths = [Path(rec.state) / RECORD] + ([run / f"conn-{rec.conn}.json"] if run else [])
+    paths = [StateLayout(Path(rec.state)).mount_record] + (
+        [run / f"conn-{rec.conn}.json"] if run else []
+    )
     for path in paths:
         with contextlib.suppress(OSError):
             if (_read(path) or rec).pid == rec.pid:
@@ -300,7 +304,7 @@ def _release(pid: int, conn: str, mountpoint: Path, state_dir: Path | None) -> s
             time.sleep(0.02)
     if fuse_connection(mountpoint) == conn:
         lazy_unmount(mountpoint)
-    for stale in (state_dir / RECORD,) if state_dir else ():
+    for stale in (StateLayout(state_dir).mount_record,) if state_dir else ():
         with contextlib.suppress(OSError):
             stale.unlink()
     run = runtime_dir()
@@ -324,7 +328,7 @@ GUARD_POLL = 0.5  # seconds between looks at the daemon's /proc entry
 
 def log_line(state_dir: Path, line: str) -> None:
     """One line in STATE/missionfs.log, in the daemon's format, written from outside it."""
-    with contextlib.suppress(OSError), open(state_dir / "missionfs.log", "a") as f:
+    with contextlib.suppress(OSError), open(StateLayout(state_dir).log, "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} missionfs WARNING: {line}\n")
 
 
@@ -358,7 +362,7 @@ def guard(pid: int, start: int, mountpoint: Path, state_dir: Path) -> None:
     while not is_dead(pid, start):
         time.sleep(GUARD_POLL)
     time.sleep(GUARD_POLL)  # a thread finishing an fsync is not stuck: look twice
-    rec = _read(state_dir / RECORD)
+    rec = _read(StateLayout(state_dir).mount_record)
     if rec is None or rec.pid != pid or not _stuck(pid):
         return  # a clean exit, already recovered, or nothing holds the connection open
     waiting = abort_fuse_connection(rec.conn)

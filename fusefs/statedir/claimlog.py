@@ -27,7 +27,6 @@ from fusefs.statedir.store import append_whole
 
 log = logging.getLogger("missionfs")
 
-CLAIMS_FILE = "claims.log"
 COMPACT_LINES = 10_000  # rewrite the file when it holds this many more lines than live claims
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from fusefs.statedir.layout import StateLayout
 from fusefs.statedir.store import append_whole
 
 log = logging.getLogger("missionfs")
@@ -129,7 +130,7 @@ def read_journal(directory: Path) -> Iterator[dict[str, Any]]:
 
 def worker_id(state_dir: Path, override: str | None = None) -> str:
     """A stable id for this state dir (used in manifest and conflict names)."""
-    path = state_dir / "worker-id"
+    path = StateLayout(state_dir).worker_id
     if override:
         path.write_text(override + "\n")
         return override

@@ -1,12 +1,9 @@
 """Where witness files live. `Store` is the small interface; `LocalStore` the embedded default.
 
-The local store is a state directory of plain files, readable without the daemon:
-
-    STATE/scraped-tiles/{lat}/{lon}/{phrase}.csv   the Fact tree (witness files only)
-    STATE/tmp/        the mount's tmp/ (Maildir-style scratch)
-    STATE/staging/    direct writes to done/ until they are committed
-    STATE/rejected/   refused direct writes, kept with a note (nothing is ever dropped)
-    STATE/index/      start-up index of the Fact tree (see index.py)
+The local store is a state directory of plain files, readable without the daemon (its paths
+come from layout.py): the Fact tree STATE/scraped-tiles/{lat}/{lon}/{phrase}.csv (witness files
+only), tmp/ (the mount's scratch), staging/ (direct writes until committed), rejected/ (refused
+direct writes, kept with a note: nothing is ever dropped) and conflicts/.
 
 Commit = fsync the file, hard-link it under its witness name (link never replaces, so an existing
 witness cannot be overwritten, not even by a racing commit), fsync the directory, drop the
@@ -22,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from fusefs.statedir.layout import StateLayout
+
 KNOWN_DIRS = 4096
 QUICK_BYTES = 64 * 1024  # a commit inline on the event loop reads at most this much
-
-WITNESS_DIR = "scraped-tiles"
 
 
 def hidden(name: str) -> bool:
@@ -85,11 +82,12 @@ def replace_text(path: Path, text: str) -> None:
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.tiles = root / WITNESS_DIR
-        self.tmp = root / "tmp"
-        self.staging = root / "staging"
-        self.rejected = root / "rejected"
-        self.index_dir = root / "index"
+        self.layout = StateLayout(root)
+        self.tiles = self.layout.tiles
+        self.tmp = self.layout.tmp
+        self.staging = self.layout.staging
+        self.rejected = self.layout.rejected
+        self.index_dir = self.layout.index
         self.dirty_dirs: set[Path] = set()  # witness dirs whose new links await an fsync
         # Tile directories known to exist (their creation was fsync'd): most commits land in
         # a tile that already has witnesses, and a stat per commit is measurable. A plain set
@@ -97,7 +95,7 @@ class LocalStore:
         self._known_dirs: set[Path] = set()
 
     def prepare(self) -> None:
-        for d in (self.root, self.tiles, self.tmp, self.staging, self.rejected, self.index_dir):
+        for d in self.layout.dirs():
             d.mkdir(parents=True, exist_ok=True)
 
     def witness_path(self, rel: str) -> Path:
@@ -220,7 +218,7 @@ class LocalStore:
         The only replacement of a witness there is, done by the daemon, never through the mount.
         """
         local = self.tiles / rel
-        keep = self.root / "conflicts" / f"{rel.removesuffix('.csv')}.{worker}.csv"
+        keep = self.layout.conflicts / f"{rel.removesuffix('.csv')}.{worker}.csv"
         self._ensure_dir(keep.parent)
         if not keep.exists():
             os.link(local, keep)

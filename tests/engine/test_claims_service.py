@@ -24,7 +24,7 @@ from fusefs.engine.workspace import Workspace, open_workspace
 from fusefs.model.errors import ClaimUnavailable
 from fusefs.model.mission import Mission
 from fusefs.statedir import journal as journal_module
-from fusefs.statedir.claimlog import CLAIMS_FILE, ClaimLog
+from fusefs.statedir.claimlog import ClaimLog
 from fusefs.statedir.journal import read_journal
 from tests.engine.driver import FakeClock
 
@@ -77,7 +77,7 @@ class Service:
         self.ws = ws
         self.fleet = FakeFleet(ws)  # given to the service only with fleet=True
         self.outcomes: list[str] = []
-        self.log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+        self.log = ClaimLog(ws.store.layout.claims_log, ws.state)
         self.claims = Claims(
             ws.state,
             ws.committer.journal,

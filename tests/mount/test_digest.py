@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fusefs.cli import main
-from fusefs.engine.digest import DigestTree, build_tree, fold, tile_digest
+from fusefs.model.merkle import DigestTree, build_tree, fold, tile_digest
 from fusefs.model.mission import load_mission
 from tests.mount.test_s3 import commit, rels, s3_mission, s3_mount, sync
 from tests.support.mounts import Mount, new_bucket, wait_for, write_mission

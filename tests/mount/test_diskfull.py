@@ -212,11 +212,11 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     from fusefs.model.mission import load_mission
     from fusefs.model.state import MissionState
     from fusefs.statedir import journal as journal_module
-    from fusefs.statedir.claimlog import CLAIMS_FILE, ClaimLog
+    from fusefs.statedir.claimlog import ClaimLog
 
     mission = load_mission(write_mission(tmp_path / "mission.toml"))
     ws = open_workspace(mission, tmp_path / "state", lock=False)
-    claim_log = ClaimLog(ws.store.root / CLAIMS_FILE, ws.state)
+    claim_log = ClaimLog(ws.store.layout.claims_log, ws.state)
     claims = Claims(
         ws.state,
         ws.committer.journal,
@@ -241,5 +241,5 @@ def test_claim_whose_journal_line_fails_is_rolled_back(
     assert task in ws.state.pending and task not in ws.state.claims
     claim_log.close()
     again = MissionState(mission.space, mission.intent)
-    assert ClaimLog(ws.store.root / CLAIMS_FILE, again).claim_live() == {}
+    assert ClaimLog(ws.store.layout.claims_log, again).claim_live() == {}
     ws.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pyroaring import BitMap
 
-from fusefs.engine.digest import remote_logs_without_snapshot
+from fusefs.engine.facts import remote_logs_without_snapshot
 from fusefs.model.codec import Axis, TaskSpace
 from fusefs.model.sizes import RemoteSizes
 from fusefs.statedir.index import FactIndex

@@ -1,0 +1,332 @@
+"""The remote half of the sync engine: the remote and synced sets, their persistence, and
+learning other workers' witnesses (manifests, full listings, sizes of remote-only witnesses).
+
+A mixin of SyncEngine (sync.py), split off so that each module stays readable (the upload side,
+the connection and the loops are in sync.py); the methods are the engine's and use its state,
+declared below. See sync.py's docstring for the sets, manifests and listings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from cachetools import TTLCache
+from pyroaring import BitMap
+
+from fusefs.engine.facts import Facts
+from fusefs.engine.threads import blocking as _s3
+from fusefs.model.codec import OutOfPlan, TaskSpace
+from fusefs.model.sizes import RemoteSizes
+from fusefs.model.state import MissionState
+from fusefs.objects.s3store import (
+    WITNESSES,
+    S3ConfigError,
+    S3Store,
+    S3Unavailable,
+)
+from fusefs.statedir.index import FactIndex
+from fusefs.statedir.journal import Journal
+from fusefs.statedir.store import LocalStore, replace_text
+
+if TYPE_CHECKING:
+    from fusefs.engine.fleet import FleetClaims
+
+log = logging.getLogger("missionfs")
+
+SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
+UPLOAD_BATCH = 256
+
+# What prepare_save() takes: (index, generation, set, sizes) per set, and the cursor.
+Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
+
+
+@dataclass
+class SyncCounters:
+    uploaded: int = 0
+    already_there: int = 0
+    conflicts: int = 0
+    learned: int = 0
+    fetched: int = 0
+    errors: int = 0
+    refreshes: int = 0
+    full_refreshes: int = 0
+    last_error: str = ""
+    last_refresh: float = 0.0
+    last_full_refresh: float = 0.0
+    conflict_keys: list[str] = field(default_factory=list)
+    lost_claims: int = 0
+
+
+class RemoteFacts:
+    """Remote facts and their persistence; mixed into SyncEngine, which sets these up."""
+
+    state: MissionState
+    space: TaskSpace
+    store: LocalStore
+    s3: S3Store
+    facts: Facts
+    worker: str
+    uploaders: int
+    remote_index: FactIndex
+    synced_index: FactIndex
+    sizes: RemoteSizes
+    synced: BitMap
+    unsized: BitMap
+    cursor_path: Path
+    cursor_ms: int
+    seen: dict[str, int]
+    shard_fresh: TTLCache[str, bool]
+    counters: SyncCounters
+    fleet: FleetClaims | None
+    journal: Journal | None
+    on_remote_hashes: Callable[[list[tuple[str, str]]], None] | None
+
+    @property
+    def local(self) -> BitMap:
+        """Local witnesses (facts.local): the source of the upload queue `local - synced`."""
+        return self.facts.local
+
+    @property
+    def remote(self) -> BitMap:
+        """Tasks known to have a witness in the bucket (facts.remote, persisted here)."""
+        return self.facts.remote
+
+    # -- persistence --------------------------------------------------------------------------
+    def _load_cursor(self) -> tuple[int, dict[str, int]]:
+        try:
+            data = json.loads(self.cursor_path.read_text())
+            return int(data["cursor_ms"]), {k: int(v) for k, v in data.get("seen", {}).items()}
+        except (OSError, ValueError, KeyError):
+            return 0, {}
+
+    @staticmethod
+    def _load_or_start(index: FactIndex, sizes: RemoteSizes | None = None) -> BitMap:
+        """Load a set; without a snapshot start one now, so that other processes reading the
+        state dir (status, pending, digest) see the log lines this daemon appends."""
+        found = index.load(sizes)
+        if found is None:
+            found = BitMap()
+            index.snapshot(found, index.rotate())
+        return found
+
+    def _cursor_json(self) -> str:
+        return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})
+
+    def prepare_save(self) -> Saved:
+        """Copies of the sets, the remote sizes and the cursor, taken on the trio thread
+        (atomic there)."""
+        parts = [
+            (self.remote_index, self.remote_index.rotate(), self.remote.copy(), self.sizes.copy()),
+            (self.synced_index, self.synced_index.rotate(), self.synced.copy(), None),
+        ]
+        return parts, self._cursor_json()
+
+    def write_save(self, prepared: Saved) -> None:
+        """Write what prepare_save() took (blocking: run it in a worker thread)."""
+        parts, cursor = prepared
+        for idx, gen, bm, sizes in parts:
+            idx.snapshot(bm, gen, sizes)
+        replace_text(self.cursor_path, cursor)
+
+    def save(self) -> None:
+        """Snapshot everything now (blocking; when no other thread touches the engine)."""
+        self.write_save(self.prepare_save())
+
+    def close(self) -> None:
+        self.remote_index.close()
+        self.synced_index.close()
+
+    # -- remote facts -------------------------------------------------------------------------
+    def _learn(self, tasks: Iterable[int], *, ours: bool = False) -> BitMap:
+        new = BitMap(tasks) - self.remote
+        if new:
+            rels = [self.space.rel(t) for t in new]
+            self.remote_index.append(map(self._sized_line, new, rels))
+            if not ours:
+                for rel in rels:
+                    self.note("remote", rel)
+            self.facts.add_remote(new)
+        return new
+
+    def _sized_line(self, task: int, rel: str) -> str:
+        """A remote log line: `rel<TAB>size` while the size is known (index.py)."""
+        size = self.sizes.get(task)
+        return rel if size is None else f"{rel}\t{size}"
+
+    def note(self, ev: str, rel: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(ev, rel, **fields)
+
+    def _learn_rels(self, rels: Iterable[tuple[str, int | None]]) -> int:
+        """Learn (rel, size) pairs; a size of None (an old manifest) is fetched by a HEAD."""
+        ids = []
+        sized = []  # known remote facts whose size was unknown: persisted now (a restart)
+        for rel, size in rels:
+            try:
+                task = self.space.parse_rel(rel)
+            except OutOfPlan:
+                continue
+            ids.append(task)
+            if task in self.local:
+                continue
+            if size is not None:
+                if task in self.unsized:
+                    sized.append(task)
+                self.sizes.set(task, size)  # before the fact: no stat may see it sizeless
+                self.unsized.discard(task)
+            elif self.sizes.get(task) is None:
+                self.unsized.add(task)
+        self._log_sizes(t for t in sized if t in self.remote)
+        new = self._learn(ids)
+        self.counters.learned += len(new)
+        return len(new)
+
+    async def refresh(self, *, full: bool, force: bool = False) -> int:
+        """Learn other workers' witnesses; returns how many new facts were learned.
+
+        A full refresh skips shards listed less than `full_refresh` seconds ago (a TTL cache)
+        unless forced (`missionfs sync`)."""
+        started_ms = int(time.time() * 1000)
+        learned = await self._refresh_manifests() if self.cursor_ms else 0
+        if full:
+            learned += await self._refresh_full(force)
+            self.cursor_ms = max(self.cursor_ms, started_ms)
+            self.counters.full_refreshes += 1
+            self.counters.last_full_refresh = time.time()
+        self.counters.refreshes += 1
+        self.counters.last_refresh = time.time()
+        await trio.to_thread.run_sync(replace_text, self.cursor_path, self._cursor_json())
+        return learned
+
+    async def _refresh_manifests(self) -> int:
+        start = f"{max(0, self.cursor_ms - SKEW_MS):013d}"
+        listed = await _s3(lambda: list(self.s3.manifests(start)))
+        new_keys: list[tuple[str, int]] = []
+        now = time.monotonic()
+        for name, key in listed:
+            ms_text, _, rest = name.partition("-")
+            if key in self.seen or not ms_text.isdigit():
+                continue
+            if self.fleet is not None:  # a new manifest: its writer is at work
+                self.fleet.crew.observe(rest.rsplit("-", 1)[0], now)
+            if rest.startswith(f"{self.worker}-"):
+                self.seen[key] = int(ms_text)
+            else:
+                new_keys.append((key, int(ms_text)))
+        learned = 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+        errors: list[Exception] = []
+
+        async def read(key: str, ms: int) -> None:
+            nonlocal learned
+            try:
+                async with limiter:
+                    rels = await _s3(self._read_manifest, key)
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)  # not marked seen: read again at the next refresh
+                return
+            learned += self._learn_rels(rels)
+            self.seen[key] = ms
+
+        async with trio.open_nursery() as nursery:
+            for key, ms in new_keys:
+                nursery.start_soon(read, key, ms)
+        if self.seen:
+            self.cursor_ms = max(self.cursor_ms, max(self.seen.values()))
+        horizon = self.cursor_ms - 2 * SKEW_MS
+        self.seen = {k: ms for k, ms in self.seen.items() if ms >= horizon}
+        if errors:
+            raise errors[0]  # one plain exception, not a group, for the refresh loop
+        return learned
+
+    def _read_manifest(self, key: str) -> list[tuple[str, int | None]]:
+        """GET a manifest: one `rel<TAB>sha256<TAB>size` line per witness (older ones:
+        `rel<TAB>sha256` or `rel` only, whose sizes are then asked with a HEAD)."""
+        body, _ = self.s3.get(key)
+        rels: list[tuple[str, int | None]] = []
+        hashes: list[tuple[str, str]] = []
+        for line in body.decode("utf-8", "surrogateescape").splitlines():
+            rel, _, rest = line.partition("\t")
+            sha, _, size = rest.partition("\t")
+            rels.append((rel, int(size) if size.isascii() and size.isdigit() else None))
+            if len(sha) == 64:
+                hashes.append((rel, sha))
+        if hashes and self.on_remote_hashes is not None:
+            self.on_remote_hashes(hashes)
+        return rels
+
+    async def _refresh_full(self, force: bool) -> int:
+        shards = await _s3(self.s3.witness_shards)
+        if not force:
+            shards = [s for s in shards if s not in self.shard_fresh]
+        learned = 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+
+        errors: list[Exception] = []
+
+        async def one(shard: str) -> None:
+            nonlocal learned
+            try:
+                async with limiter:
+                    rels = await _s3(self.s3.sized_rels_under, shard)
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)
+                return
+            learned += self._learn_rels(rels)
+            self.shard_fresh[shard] = True
+
+        async with trio.open_nursery() as nursery:
+            for shard in shards:
+                nursery.start_soon(one, shard)
+        if errors:
+            raise errors[0]  # one plain exception, not a group, for the refresh loop
+        return learned
+
+    # -- remote-only witnesses ----------------------------------------------------------------
+    async def fill_sizes(self, batch: int = UPLOAD_BATCH) -> int:
+        """HEAD remote-only witnesses whose size no listing or manifest gave (old manifests),
+        a batch per refresh; never on a `stat` (getattr shows 0 until then)."""
+        todo = list(islice(iter(self.unsized - self.local), batch))
+        self.unsized -= self.local
+        if not todo:
+            return 0
+        limiter = trio.CapacityLimiter(self.uploaders)
+        found = 0
+        errors: list[Exception] = []
+
+        async def one(task: int) -> None:
+            nonlocal found
+            rel = self.space.rel(task)
+            try:
+                async with limiter:
+                    size = await _s3(self.s3.size_of, self.s3.key(WITNESSES, rel))
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)  # asked again at the next refresh
+                return
+            self.unsized.discard(task)  # gone from the bucket: a full listing will tell
+            if size is not None and task not in self.local:
+                self.sizes.set(task, size)
+                self._log_sizes((task,))
+                found += 1
+                self.state.notify((task,))  # drop the kernel's cached size 0
+
+        async with trio.open_nursery() as nursery:
+            for task in todo:
+                nursery.start_soon(one, task)
+        if errors:
+            log.info("sizes of %d remote witnesses not known yet (%s)", len(errors), errors[0])
+        return found
+
+    def _log_sizes(self, tasks: Iterable[int]) -> None:
+        """Persist sizes learned for tasks already known as remote (a `rel<TAB>size` line)."""
+        lines = [self._sized_line(t, self.space.rel(t)) for t in tasks]
+        if lines:
+            self.remote_index.append(lines)
