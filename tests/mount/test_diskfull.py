@@ -8,7 +8,6 @@ and checks that work resumes, that the witnesses committed before are intact and
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import subprocess
@@ -18,34 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.mount.test_mount import CSV, commit_via_tmp, sh
+from tests.support.loopfs import loop_ext4
 from tests.support.mounts import MISSIONFS, ROOT, Mount, write_mission
 
 EARLY = "40.700/-74.020/plumber.csv"  # committed before the disk fills up
 NEW_TILE = "40.725/-73.985/coffee shop.csv"  # a row and tile with no witness yet
-
-
-def _run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
-
-
-@contextlib.contextmanager
-def loop_ext4(img: Path, where: Path) -> Iterator[Path]:
-    """A 16 MiB ext4 (1 KiB blocks, no root reserve) mounted on `where`; always unmounted and
-    its loop device detached, even when the test fails."""
-    assert _run("truncate", "-s", "16M", img).returncode == 0
-    res = _run("mkfs.ext4", "-q", "-F", "-b", "1024", "-m", "0", img)
-    assert res.returncode == 0, res.stderr
-    where.mkdir()
-    res = _run("mount", "-o", "loop", img, where)
-    assert res.returncode == 0, res.stderr
-    dev = _run("findmnt", "-n", "-o", "SOURCE", where).stdout.strip()
-    try:
-        yield where
-    finally:
-        if _run("umount", where).returncode != 0:
-            _run("umount", "-l", where)
-        if dev.startswith("/dev/loop") and img.name in _run("losetup", dev).stdout:
-            _run("losetup", "-d", dev)
+# A 16 MiB ext4 with 1 KiB blocks and no root reserve: fills up in a moment, to the last byte.
+SMALL_DISK = ("16M", "-b", "1024", "-m", "0")
 
 
 def fill(d: Path) -> None:
@@ -76,7 +54,7 @@ def full(tmp_path: Path, make_mount: Callable[..., Mount]) -> Iterator[Mount]:
     Teardown order: the daemon first (make_mount's mounts are cleaned up here too, before the
     loop filesystem under them is unmounted)."""
     mission = write_mission(tmp_path / "mission.toml", step="0.005")
-    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state") as state:
+    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state", *SMALL_DISK) as state:
         m = make_mount(mission)
         try:
             assert m.state == state
@@ -130,7 +108,7 @@ def test_commit_into_new_tile_on_full_disk_is_enospc_and_keeps_the_tmp_file(
     tmp_path: Path, make_mount: Callable[..., Mount]
 ) -> None:
     mission = write_mission(tmp_path / "mission.toml", step="0.005")
-    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state") as state:
+    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state", *SMALL_DISK) as state:
         m = make_mount(mission)
         try:
             commit_via_tmp(m, EARLY)

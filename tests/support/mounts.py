@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.loopfs import is_mounted as _mounted
 from tests.support.s3_servers import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,11 +146,6 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         with contextlib.suppress(Exception):
             self.log.close()
-
-
-def _mounted(mnt: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(mnt) for line in f)
 
 
 _buckets = iter(range(1, 1_000_000))
