@@ -17,34 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.mount.test_mount import CSV, commit_via_tmp, sh
-from tests.support.loopfs import loop_ext4
+from tests.support.loopfs import fill, free, loop_ext4
 from tests.support.mounts import MISSIONFS, ROOT, Mount, write_mission
 
 EARLY = "40.700/-74.020/plumber.csv"  # committed before the disk fills up
 NEW_TILE = "40.725/-73.985/coffee shop.csv"  # a row and tile with no witness yet
 # A 16 MiB ext4 with 1 KiB blocks and no root reserve: fills up in a moment, to the last byte.
 SMALL_DISK = ("16M", "-b", "1024", "-m", "0")
-
-
-def fill(d: Path) -> None:
-    """Write one file until the filesystem refuses even a byte more."""
-    fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 1 << 12, 1 << 10, 1):
-            while True:
-                try:
-                    os.write(fd, bytes(chunk))
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def free(d: Path) -> None:
-    os.unlink(d / "filler")
-    os.sync()  # ext4 gives the blocks back at the journal commit
 
 
 @pytest.fixture

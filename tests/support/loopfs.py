@@ -9,6 +9,8 @@ fsync-sensitive runs, tmpfs for big trees) and bench/outage_run.py.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,3 +68,26 @@ def tmpfs(where: Path, size: str = "8G") -> Iterator[Path]:
         yield where
     finally:
         umount(where)
+
+
+def fill(d: Path) -> None:
+    """Write one file d/filler until the filesystem refuses even a byte more (ENOSPC)."""
+    fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12, 1 << 10, 1):
+            while True:
+                try:
+                    os.write(fd, bytes(chunk))
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free(d: Path) -> None:
+    """Remove what `fill` wrote and give the blocks back now."""
+    os.unlink(d / "filler")
+    os.sync()  # ext4 gives the blocks back at the journal commit
