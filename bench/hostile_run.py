@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusefs.model.mission import load_mission
 from fusefs.statedir.journal import read_journal
-from tests.support.mounts import MISSIONFS, ROOT, Mount, wait_for, write_mission
+from tests.support.mounts import Mount, wait_for, write_mission
 
 CSV = b"name,address\nJoe's,1 Main St\n"
 
@@ -235,13 +235,7 @@ class Hostile:
 
     def fsck(self) -> None:
         self.m.umount()
-        res = subprocess.run(
-            [*MISSIONFS, "fsck", str(self.m.mission), "--state", str(self.m.state), "--quiet"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        res = self.m.fsck()
         self.check("missionfs fsck clean", res.returncode == 0, res.stdout + res.stderr)
 
     def verdict(self) -> str:

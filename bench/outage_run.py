@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import errno
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusefs.model.mission import load_mission
 from tests.support.loopfs import fill, free, loop_ext4
-from tests.support.mounts import MISSIONFS, ROOT, Mount, wait_for, write_mission
+from tests.support.mounts import Mount, wait_for, write_mission
 from tests.support.s3_proxy import S3Proxy
 from tests.support.s3_servers import MotoServer, s3_env
 
@@ -156,17 +155,6 @@ def lost(m: Mount, acked: dict[str, bytes]) -> list[str]:
     return out
 
 
-def fsck(m: Mount, env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MISSIONFS, "fsck", str(m.mission), "--state", str(m.state), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 def all_rels(mission: Path) -> list[str]:
     mi = load_mission(mission)
     return sorted(mi.space.rel(t) for t in mi.intent)
@@ -195,7 +183,7 @@ def diskfull(work: Path, commits: int) -> dict[str, object]:
             free(state)
             log("space freed")
             until_more(w, commits, "after the space is freed")
-            return verdict(m, w, w.finish(), None)
+            return verdict(m, w, w.finish())
         finally:
             w.stop.set()
             m.cleanup()
@@ -235,7 +223,7 @@ def s3hang(work: Path, commits: int) -> dict[str, object]:
             # wait for that steady state, or fsck rightly calls them stale.
             leases = wait_bucket(moto, bucket, "claims", lambda there: there & acked)
             return {
-                **verdict(m, w, wedged, s3_env()),
+                **verdict(m, w, wedged),
                 "not uploaded": uploaded,
                 "leases left": leases,
             }
@@ -264,13 +252,13 @@ def wait_bucket(
     return len(wrong(names()))
 
 
-def verdict(m: Mount, w: Workers, wedged: int, env: dict[str, str] | None) -> dict[str, object]:
+def verdict(m: Mount, w: Workers, wedged: int) -> dict[str, object]:
     """The counts of one run; unmounts (the real CLI) and runs fsck."""
     died = m.proc is None or m.proc.poll() is not None
     gone = lost(m, dict(w.tally.acked)) if not died else sorted(w.tally.acked)
     if not died:
         m.umount()
-    res = fsck(m, env)
+    res = m.fsck()
     if res.returncode != 0:
         print(res.stdout + res.stderr, file=sys.stderr)
     return {

@@ -4,7 +4,7 @@ Blocking calls on one client (thread-safe, pooled connections); callers on the t
 them in `trio.to_thread.run_sync`. Credentials come from the standard boto3 chain and never
 appear in messages. Every botocore failure is classified once, here, by `classify`.
 
-Client settings (the same as fusefs/s3store.py's, plus two for CPU per request):
+Client settings (the same as fusefs/objects/s3store.py's, plus two for CPU per request):
 - path-style addressing when an endpoint URL is given (local servers have no per-bucket DNS);
 - no `Expect: 100-continue` for bodies up to 1 MiB: it costs a round trip per PUT and only
   pays off for large bodies (leases and most witnesses are a few hundred bytes);

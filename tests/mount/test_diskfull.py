@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from tests.mount.test_mount import CSV, commit_via_tmp, sh
 from tests.support.loopfs import fill, free, loop_ext4
-from tests.support.mounts import MISSIONFS, ROOT, Mount, write_mission
+from tests.support.mounts import Mount, write_mission
 
 EARLY = "40.700/-74.020/plumber.csv"  # committed before the disk fills up
 NEW_TILE = "40.725/-73.985/coffee shop.csv"  # a row and tile with no witness yet
@@ -57,13 +56,7 @@ def assert_alive_then_recovers(m: Mount) -> None:
     commit_via_tmp(m, rel, name="after")
     assert m.p(f"done/{EARLY}").read_text() == CSV
     m.umount()
-    res = subprocess.run(
-        [*MISSIONFS, "fsck", str(m.mission), "--state", str(m.state), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    res = m.fsck()
     assert res.returncode == 0 and "fsck: clean" in res.stdout, res.stdout + res.stderr
     assert (m.state / "scraped-tiles" / EARLY).read_text() == CSV
 

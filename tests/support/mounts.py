@@ -122,6 +122,17 @@ class Mount:
         assert self.proc is not None
         assert self.proc.wait(timeout=30) == 0, self.daemon_log()
 
+    def fsck(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`missionfs fsck MISSION --state STATE --quiet` (the oracle), run after unmounting."""
+        return subprocess.run(
+            [*MISSIONFS, "fsck", str(self.mission), "--state", str(self.state), "--quiet", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env=self.env,
+        )
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
