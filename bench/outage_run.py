@@ -3,13 +3,15 @@ claiming and committing through one real mount; every run must end with 0 lost, 
 0 daemon deaths.
 
 Usage: python bench/outage_run.py {diskfull,s3hang} [--commits N] [--work DIR]
+       [--full-refusals N (diskfull)] [--hung-commits N (s3hang)]
 
 diskfull: the state dir is a small ext4 on a loop device. Workers commit; the disk is filled up
-  (one file) while they go on; once they have met ENOSPC a number of times the space is freed,
+  (one file) while they go on; once they have met ENOSPC --full-refusals times the space is freed,
   and they go on until N more commits are acknowledged.
 s3hang:   moto behind tests/support/s3_proxy.py, a mission with `claims = "strict"`. Workers (two
   claim before they commit, two commit directly) run; the proxy switches to hang (connections
-  accepted, nothing answered) while they go on; then it passes again (recovery).
+  accepted, nothing answered) until --hung-commits more commits are acknowledged and a claim
+  was refused; then it passes again (recovery).
 
 An acknowledged commit is a rename tmp/X -> done/REL that returned 0. Lost: an acknowledged
 commit whose bytes are not the witness's (in done/, in STATE/scraped-tiles; for s3hang also in
@@ -167,7 +169,8 @@ def mission_for(work: Path, commits: int, extra: str = "") -> Path:
 
 
 # -- the two runs ----------------------------------------------------------------------------------
-def diskfull(work: Path, commits: int) -> dict[str, object]:
+def diskfull(work: Path, commits: int, refusals: int) -> dict[str, object]:
+    """Commits, a full disk until the workers met ENOSPC `refusals` times, freed, commits."""
     mission = mission_for(work, commits)
     with loop_ext4(work / "disk.img", work / "state", "16M", "-b", "1024", "-m", "0") as state:
         m = Mount(mission, work / "mnt", state, args=["--quiet"])
@@ -178,10 +181,11 @@ def diskfull(work: Path, commits: int) -> dict[str, object]:
             until_more(w, commits, "before the disk fills")
             fill(state)
             log("disk full")
-            enospc = w.tally.n_errors("ENOSPC")
-            wait_for(lambda: w.tally.n_errors("ENOSPC") >= enospc + 20, PHASE, "ENOSPC met")
+            enospc, acked = w.tally.n_errors("ENOSPC"), w.tally.n_acked()
+            goal = enospc + refusals
+            wait_for(lambda: w.tally.n_errors("ENOSPC") >= goal, PHASE, "ENOSPC met")
             free(state)
-            log("space freed")
+            log(f"space freed; {w.tally.n_acked() - acked} commits acknowledged while full")
             until_more(w, commits, "after the space is freed")
             return verdict(m, w, w.finish())
         finally:
@@ -189,7 +193,11 @@ def diskfull(work: Path, commits: int) -> dict[str, object]:
             m.cleanup()
 
 
-def s3hang(work: Path, commits: int) -> dict[str, object]:
+def s3hang(work: Path, commits: int, hung: int) -> dict[str, object]:
+    """Commits, S3 hung until `hung` more commits and a refused claim, recovery, commits.
+
+    While S3 hangs, a commit (a cross-directory rename) can wait behind a claim that waits for
+    its lease PUT (up to the claim's deadline, see SEMANTICS.md): commits go on, slowly."""
     moto = MotoServer(work / "moto.log").start()
     proxy = S3Proxy(moto.endpoint).start()
     try:
@@ -207,10 +215,11 @@ def s3hang(work: Path, commits: int) -> dict[str, object]:
             until_more(w, commits, "with S3 answering")
             proxy.hang()
             log("S3 hangs")
+            t0, n0 = time.monotonic(), w.tally.n_acked()
             wait_for(lambda: str(m.status()["sync"].get("s3")) == "degraded", PHASE, "degraded")
-            until_more(w, commits, "while S3 hangs")
-            eagain = w.tally.n_errors("EAGAIN")
-            wait_for(lambda: w.tally.n_errors("EAGAIN") > eagain, PHASE, "a claim refused")
+            until_more(w, hung, "while S3 hangs")
+            wait_for(lambda: w.tally.n_errors("EAGAIN") > 0, PHASE, "a claim refused")
+            hung_rate = (w.tally.n_acked() - n0) / (time.monotonic() - t0)
             proxy.resume()
             log("S3 answers again")
             wait_for(lambda: str(m.status()["sync"].get("s3")) == "online", PHASE, "online")
@@ -226,6 +235,7 @@ def s3hang(work: Path, commits: int) -> dict[str, object]:
                 **verdict(m, w, wedged),
                 "not uploaded": uploaded,
                 "leases left": leases,
+                "commits/s while hung": f"{hung_rate:.2f}",
             }
         finally:
             w.stop.set()
@@ -276,11 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", choices=("diskfull", "s3hang"))
     p.add_argument("--commits", type=int, default=200, help="commits per phase (200)")
+    p.add_argument("--full-refusals", type=int, default=200, help="diskfull: ENOSPC to meet")
+    p.add_argument("--hung-commits", type=int, default=10, help="s3hang: commits while hung")
     p.add_argument("--work", type=Path, help="scratch directory (default: a new temp dir)")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"outage-{args.run}-"))
     t0 = time.monotonic()
-    r = (diskfull if args.run == "diskfull" else s3hang)(work, args.commits)
+    if args.run == "diskfull":
+        r = diskfull(work, args.commits, args.full_refusals)
+    else:
+        r = s3hang(work, args.commits, args.hung_commits)
     bad = r["lost"] or r["wedged"] or r["deaths"] or r["fsck"] != "clean"
     bad = bad or r.get("not uploaded") or r.get("leases left")
     counts = " ".join(f"{k.replace(' ', '-')} {v}" for k, v in r.items() if k != "refusals")

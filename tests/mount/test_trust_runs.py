@@ -60,7 +60,9 @@ def test_hostile_run_oracle_catches_a_witness_changed_behind_the_daemon(tmp_path
 
 
 def test_outage_run_diskfull_small(tmp_path: Path) -> None:
-    res = script("outage_run.py", "diskfull", "--commits", "10", work=tmp_path)
+    res = script(
+        "outage_run.py", "diskfull", "--commits", "10", "--full-refusals", "20", work=tmp_path
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     line = verdict(res)
     assert line.startswith("outage_run diskfull: OK:") and " lost 0 " in line, line
@@ -68,7 +70,7 @@ def test_outage_run_diskfull_small(tmp_path: Path) -> None:
 
 
 def test_outage_run_s3hang_small(tmp_path: Path) -> None:
-    res = script("outage_run.py", "s3hang", "--commits", "4", work=tmp_path)
+    res = script("outage_run.py", "s3hang", "--commits", "4", "--hung-commits", "2", work=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     line = verdict(res)
     assert line.startswith("outage_run s3hang: OK:") and " lost 0 " in line, line
