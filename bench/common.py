@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: scratch filesystems, daemons with deadlines, timing, tables.
+"""Shared benchmark helpers: timing, tables, missions; scratch filesystems and daemons with
+deadlines come from tests/support (loopfs, fuseproc), shared with the tests.
 
 Every resource (tmpfs, loop ext4, FUSE mount, daemon process) is handed out by a context
 manager that releases it in `finally`, so a failed or interrupted run leaves nothing mounted.
@@ -8,7 +9,6 @@ Processes are only ever stopped by the PID we started them with.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -17,15 +17,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-PYTHON = sys.executable
-MOUNT_DEADLINE = 120.0
+if str(ROOT) not in sys.path:  # bench scripts run as `python bench/X.py`: reach tests.support
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import fuseproc, loopfs  # noqa: E402
+from tests.support.fuseproc import MOUNT_DEADLINE, PYTHON, FuseProc, mounted  # noqa: E402
+from tests.support.mounts import write_mission as support_mission  # noqa: E402
+
+__all__ = ["MOUNT_DEADLINE", "PYTHON", "FuseProc", "mounted"]
 
 
 # -- small utilities -----------------------------------------------------------------------------
@@ -125,41 +130,24 @@ def write_mission(
     st = Decimal(step)
     s, w = Decimal(south).quantize(st), Decimal(west).quantize(st)
     n, e = s + rows * st, w + cols * st
-    ph = ", ".join(json.dumps(p) for p in phrases)
-    path.write_text(
-        f'name = "{name}"\n[grid]\nsouth = {s}\nwest = {w}\nnorth = {n}\neast = {e}\n'
-        f"step = {step}\nphrases = [{ph}]\n",
-        encoding="utf-8",
+    return support_mission(
+        path, name, str(s), str(w), str(n), str(e), step=step, phrases=tuple(phrases)
     )
-    return path
 
 
 def phrases(n: int) -> list[str]:
     return [f"phrase {i:05d}" for i in range(n)]
 
 
-# -- scratch filesystems ---------------------------------------------------------------------------
-def _mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
-
-
-def _umount(path: Path) -> None:
-    for cmd in (["umount", str(path)], ["umount", "-l", str(path)]):
-        if not _mounted(path):
-            return
-        subprocess.run(cmd, capture_output=True, check=False)
-
-
+# -- scratch filesystems (tests/support/loopfs.py) ------------------------------------------------
 @contextlib.contextmanager
 def tmpfs(size: str = "8G", prefix: str = "bench-tmpfs-") -> Iterator[Path]:
-    """A private tmpfs (trees and state dirs: fast creates, no disk noise)."""
+    """A private tmpfs in a new temp dir (trees and state dirs: fast creates, no disk noise)."""
     d = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes=0", "tmpfs", str(d)])
-        yield d
+        with loopfs.tmpfs(d, size):
+            yield d
     finally:
-        _umount(d)
         with contextlib.suppress(OSError):
             d.rmdir()
 
@@ -168,91 +156,19 @@ def tmpfs(size: str = "8G", prefix: str = "bench-tmpfs-") -> Iterator[Path]:
 def loop_ext4(size: str = "2G", prefix: str = "bench-ext4-") -> Iterator[Path]:
     """A fresh journaled ext4 on a loop image (fsync-sensitive tests; root fs has no journal)."""
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    img, mnt = base / "fs.img", base / "mnt"
-    mnt.mkdir()
     try:
-        run(["truncate", "-s", size, str(img)])
-        run(["mkfs.ext4", "-q", "-F", str(img)])
-        run(["mount", "-o", "loop", str(img), str(mnt)])
-        yield mnt
+        with loopfs.loop_ext4(base / "fs.img", base / "mnt", size) as mnt:
+            yield mnt
     finally:
-        _umount(mnt)
         shutil.rmtree(base, ignore_errors=True)
 
 
-# -- FUSE daemons ----------------------------------------------------------------------------------
-@dataclass
-class FuseProc:
-    """A FUSE daemon we started (missionfs or the minimal tree) and its mountpoint."""
-
-    proc: subprocess.Popen[bytes]
-    mnt: Path
-    err_path: Path
-    mount_seconds: float
-    kind: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr_tail(self) -> str:
-        try:
-            return self.err_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def status(self) -> dict[str, Any]:
-        return json.loads((self.mnt / "status").read_text())
-
-    def stop(self) -> None:
-        """Clean unmount (missionfs saves its index), then the PID, never a name."""
-        if self.proc.poll() is None and _mounted(self.mnt):
-            if self.kind == "missionfs":
-                cmd = [PYTHON, "-m", "fusefs", "umount", str(self.mnt)]
-            else:
-                cmd = ["fusermount3", "-u", str(self.mnt)]
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run(cmd, capture_output=True, timeout=90, check=False, cwd=BENCH)
-        if _mounted(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
-def wait_mounted(mnt: Path, proc: subprocess.Popen[bytes], deadline: float, err: Path) -> None:
-    """Poll until `mnt` is a mount that answers statfs (reaches the daemon), or fail."""
-    while True:
-        if proc.poll() is not None:
-            tail = err.read_text(errors="replace")[-1500:] if err.exists() else ""
-            raise RuntimeError(f"daemon exited with {proc.returncode} before mounting: {tail}")
-        if os.path.ismount(mnt):
-            try:
-                os.statvfs(mnt)
-                return
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{mnt} not mounted within the deadline")
-        time.sleep(0.002)
-
-
-def _start(cmd: list[str], mnt: Path, err_path: Path, kind: str, timeout: float) -> FuseProc:
-    mnt.mkdir(parents=True, exist_ok=True)
-    with open(err_path, "ab") as err:
-        t0 = time.perf_counter()
-        # cwd=bench/: `-m fusefs` then imports the installed package (or PYTHONPATH), not ./fusefs
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=BENCH)
-    fp = FuseProc(proc, mnt, err_path, 0.0, kind)
-    try:
-        wait_mounted(mnt, proc, time.monotonic() + timeout, err_path)
-    except BaseException:
-        fp.stop()
-        raise
-    fp.mount_seconds = time.perf_counter() - t0
-    return fp
+# -- FUSE daemons (tests/support/fuseproc.py) ------------------------------------------------------
+def daemon_env(checkout: Path | None) -> dict[str, str] | None:
+    """The environment that makes `-m fusefs` import the package of `checkout` (None: ours)."""
+    if checkout is None:
+        return None
+    return {**os.environ, "PYTHONPATH": str(checkout)}
 
 
 def start_missionfs(
@@ -261,30 +177,26 @@ def start_missionfs(
     state: Path,
     timeout: float = MOUNT_DEADLINE,
     extra: tuple[str, ...] = (),
+    checkout: Path | None = None,
 ) -> FuseProc:
-    """`missionfs mount --foreground` as our child; mount_seconds = spawn -> mounted."""
-    cmd = [PYTHON, "-m", "fusefs", "mount", str(mission), str(mnt), "--state", str(state)]
-    cmd += ["--foreground", "--quiet", *extra]
-    state.parent.mkdir(parents=True, exist_ok=True)
-    return _start(cmd, mnt, state.parent / f"{state.name}.daemon.err", "missionfs", timeout)
+    """`missionfs mount --foreground` as our child, of this checkout or of `checkout`.
+
+    cwd=bench/: `-m fusefs` then imports the installed package or PYTHONPATH's, not ./fusefs."""
+    return fuseproc.start_missionfs(
+        mission, mnt, state, BENCH, timeout, extra, env=daemon_env(checkout)
+    )
 
 
 def start_minimal(spec: Path, mnt: Path, timeout: float = MOUNT_DEADLINE) -> FuseProc:
     """bench/minimal_fs.py serving the pending tree of `spec` (the Python FUSE floor)."""
     cmd = [PYTHON, str(BENCH / "minimal_fs.py"), str(spec), str(mnt)]
-    return _start(cmd, mnt, mnt.parent / f"{mnt.name}.minimal.err", "minimal", timeout)
+    return fuseproc.start(
+        cmd, mnt, mnt.parent / f"{mnt.name}.minimal.err", "minimal", BENCH, timeout
+    )
 
 
 def start_passthrough(backing: Path, mnt: Path, timeout: float = MOUNT_DEADLINE) -> FuseProc:
     """bench/passthrough_fs.py serving `backing` (the write-path floor of pyfuse3)."""
     cmd = [PYTHON, str(BENCH / "passthrough_fs.py"), str(backing), str(mnt)]
-    return _start(cmd, mnt, mnt.parent / f"{mnt.name}.passthrough.err", "passthrough", timeout)
-
-
-@contextlib.contextmanager
-def mounted(start: Callable[[], FuseProc]) -> Iterator[FuseProc]:
-    fp = start()
-    try:
-        yield fp
-    finally:
-        fp.stop()
+    err = mnt.parent / f"{mnt.name}.passthrough.err"
+    return fuseproc.start(cmd, mnt, err, "passthrough", BENCH, timeout)

@@ -68,6 +68,8 @@ sys.path[:0] = [str(BENCH), str(ROOT)]
 import common as c  # noqa: E402
 
 from fusefs.model.mission import load_mission  # noqa: E402
+from tests.support.fuseproc import MOUNT_DEADLINE, wait_mounted  # noqa: E402
+from tests.support.loopfs import is_mounted  # noqa: E402
 from tests.support.s3_servers import SeaweedServer, free_port, s3_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -280,7 +282,7 @@ class Mount:
                 env=s3_env(),
                 start_new_session=True,  # Ctrl-C reaches the bench only; we unmount cleanly
             )
-        c.wait_mounted(self.mnt, self.proc, time.monotonic() + c.MOUNT_DEADLINE, err)
+        wait_mounted(self.mnt, self.proc, time.monotonic() + MOUNT_DEADLINE, err)
         self.dev = os.stat(self.mnt).st_dev
         if self.endpoint is None or not wait_online:
             return self
@@ -302,7 +304,7 @@ class Mount:
             return
         if self.dev is not None and _stuck(self.proc.pid):
             abort_fuse(self.dev)  # a dead daemon: fail its pending requests first
-        if self.proc.poll() is None and c._mounted(self.mnt):
+        if self.proc.poll() is None and is_mounted(self.mnt):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(
                     [str(BIN / "missionfs"), "umount", str(self.mnt)],
@@ -310,7 +312,7 @@ class Mount:
                     timeout=60,
                     check=False,
                 )
-        if c._mounted(self.mnt):
+        if is_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         try:
             self.proc.wait(timeout=30)

@@ -7,7 +7,7 @@ Usage: python bench/kill9_loop.py [--tries 50] [--work DIR] [--no-guardian]
 
 Prints one line per try and a summary `tries N wedges W lost L deaths D`; exit status 1 if any
 try wedged, lost an acknowledged commit or found no daemon after recovery, or if the final
-`missionfs fsck` is not clean. See tests/kill9_util.py for what one try does.
+`missionfs fsck` is not clean. See tests/support/kill9_util.py for what one try does.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def check_stream(f: BinaryIO, chunk_size: int = CHUNK) -> Checked:
 
     Constant memory whatever the file's size (see _Reader), so a commit of a 1 GiB witness
     costs a chunk, not a gigabyte. Acceptance, row count and error message are the same as
-    check_csv(f.read()) (tests/test_witness_stream.py checks this with Hypothesis)."""
+    check_csv(f.read()) (tests/unit/test_witness_stream.py checks this with Hypothesis)."""
     first = f.read(chunk_size)
     if len(first) < chunk_size and not f.read(1):
         # The usual witness: one chunk holds it all, and check_csv is faster on it.

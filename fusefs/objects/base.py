@@ -2,7 +2,7 @@
 classification of their failures.
 
 Every backend (boto3 against AWS/SeaweedFS/moto, or the in-process `MemoryStore`) answers the
-same way, which tests/test_objects_conformance.py proves call by call. The calls block: callers
+same way, which tests/mount/test_objects_conformance.py proves call by call. The calls block: callers
 on the trio loop wrap them in `trio.to_thread.run_sync`.
 
 Contract points that are not obvious from S3's own documentation:

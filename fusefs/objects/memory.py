@@ -1,6 +1,6 @@
 """An in-process `ObjectStore`: one bucket in a dict, for the engine test tier and the fleet
 simulator. It behaves like AWS S3 on every call the protocol makes (proved by
-tests/test_objects_conformance.py, which runs the same tests against moto and SeaweedFS).
+tests/mount/test_objects_conformance.py, which runs the same tests against moto and SeaweedFS).
 
 What it models: atomic conditional create/replace/delete (one lock), ETag = MD5 of the body,
 LastModified in whole seconds from an injectable clock, lexicographic (UTF-8 byte order)

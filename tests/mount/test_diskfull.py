@@ -8,65 +8,21 @@ and checks that work resumes, that the witnesses committed before are intact and
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.mount.test_mount import CSV, commit_via_tmp, sh
-from tests.support.mounts import MISSIONFS, ROOT, Mount, write_mission
+from tests.support.loopfs import fill, free, loop_ext4
+from tests.support.mounts import Mount, write_mission
 
 EARLY = "40.700/-74.020/plumber.csv"  # committed before the disk fills up
 NEW_TILE = "40.725/-73.985/coffee shop.csv"  # a row and tile with no witness yet
-
-
-def _run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
-
-
-@contextlib.contextmanager
-def loop_ext4(img: Path, where: Path) -> Iterator[Path]:
-    """A 16 MiB ext4 (1 KiB blocks, no root reserve) mounted on `where`; always unmounted and
-    its loop device detached, even when the test fails."""
-    assert _run("truncate", "-s", "16M", img).returncode == 0
-    res = _run("mkfs.ext4", "-q", "-F", "-b", "1024", "-m", "0", img)
-    assert res.returncode == 0, res.stderr
-    where.mkdir()
-    res = _run("mount", "-o", "loop", img, where)
-    assert res.returncode == 0, res.stderr
-    dev = _run("findmnt", "-n", "-o", "SOURCE", where).stdout.strip()
-    try:
-        yield where
-    finally:
-        if _run("umount", where).returncode != 0:
-            _run("umount", "-l", where)
-        if dev.startswith("/dev/loop") and img.name in _run("losetup", dev).stdout:
-            _run("losetup", "-d", dev)
-
-
-def fill(d: Path) -> None:
-    """Write one file until the filesystem refuses even a byte more."""
-    fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 1 << 12, 1 << 10, 1):
-            while True:
-                try:
-                    os.write(fd, bytes(chunk))
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-                    break
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def free(d: Path) -> None:
-    os.unlink(d / "filler")
-    os.sync()  # ext4 gives the blocks back at the journal commit
+# A 16 MiB ext4 with 1 KiB blocks and no root reserve: fills up in a moment, to the last byte.
+SMALL_DISK = ("16M", "-b", "1024", "-m", "0")
 
 
 @pytest.fixture
@@ -76,7 +32,7 @@ def full(tmp_path: Path, make_mount: Callable[..., Mount]) -> Iterator[Mount]:
     Teardown order: the daemon first (make_mount's mounts are cleaned up here too, before the
     loop filesystem under them is unmounted)."""
     mission = write_mission(tmp_path / "mission.toml", step="0.005")
-    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state") as state:
+    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state", *SMALL_DISK) as state:
         m = make_mount(mission)
         try:
             assert m.state == state
@@ -100,13 +56,7 @@ def assert_alive_then_recovers(m: Mount) -> None:
     commit_via_tmp(m, rel, name="after")
     assert m.p(f"done/{EARLY}").read_text() == CSV
     m.umount()
-    res = subprocess.run(
-        [*MISSIONFS, "fsck", str(m.mission), "--state", str(m.state), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    res = m.fsck()
     assert res.returncode == 0 and "fsck: clean" in res.stdout, res.stdout + res.stderr
     assert (m.state / "scraped-tiles" / EARLY).read_text() == CSV
 
@@ -130,7 +80,7 @@ def test_commit_into_new_tile_on_full_disk_is_enospc_and_keeps_the_tmp_file(
     tmp_path: Path, make_mount: Callable[..., Mount]
 ) -> None:
     mission = write_mission(tmp_path / "mission.toml", step="0.005")
-    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state") as state:
+    with loop_ext4(tmp_path / "disk.img", tmp_path / "m.state", *SMALL_DISK) as state:
         m = make_mount(mission)
         try:
             commit_via_tmp(m, EARLY)

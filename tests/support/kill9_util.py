@@ -17,7 +17,7 @@ a directory lock held by a rename that only the daemon can answer (the wedge of 
 A wedged try is counted, then cleaned up by aborting the connection here (so the loop goes on
 and leaves nothing stuck): the harness never depends on the code under test to clean up.
 
-Used by tests/test_kill9.py (a few tries) and bench/kill9_loop.py (50 tries).
+Used by tests/mount/test_kill9.py (a few tries) and bench/kill9_loop.py (50 tries).
 Run a worker: python -m tests.support.kill9_util worker MNT RELS_FILE ACK_FILE STOP_FILE SEED
 """
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.loopfs import is_mounted as _mounted
 from tests.support.s3_servers import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +122,17 @@ class Mount:
         assert self.proc is not None
         assert self.proc.wait(timeout=30) == 0, self.daemon_log()
 
+    def fsck(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`missionfs fsck MISSION --state STATE --quiet` (the oracle), run after unmounting."""
+        return subprocess.run(
+            [*MISSIONFS, "fsck", str(self.mission), "--state", str(self.state), "--quiet", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env=self.env,
+        )
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -145,11 +157,6 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         with contextlib.suppress(Exception):
             self.log.close()
-
-
-def _mounted(mnt: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(mnt) for line in f)
 
 
 _buckets = iter(range(1, 1_000_000))
