@@ -1087,8 +1087,10 @@ def report(results: list[Result]) -> None:
         s3_rate = r.done / r.s3_seconds if r.s3_seconds else 0.0
         row.append(f"{s3_rate:.0f}" if s3_rate else "-")
         fair = peer.get(r.workers)
-        ok = fair is not None and fair.rate > 0 and r is not fair and r.requests is not None
-        row.append(f"{r.rate / fair.rate:.2f} ({s3_rate / fair.rate:.2f})" if ok else "-")
+        if fair is not None and fair.rate > 0 and r is not fair and r.requests is not None:
+            row.append(f"{r.rate / fair.rate:.2f} ({s3_rate / fair.rate:.2f})")
+        else:
+            row.append("-")
         rows.append(row)
     print()
     print(
