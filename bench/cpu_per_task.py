@@ -73,6 +73,13 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("pyfuse3", ("pyfuse3",)),
     ("trio", ("trio/",)),
 ]
+# Inclusive shares: a sample counts for each of these whose marker is anywhere in its stack.
+INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
+    ("inside a boto3 call (put_object...)", ("botocore/", "boto3/")),
+    ("inside a FUSE handler (pyfuse3 -> MissionFS)", ("fusefs/fuse/fs.py",)),
+    ("on a trio worker thread (to_thread.run_sync)", ("_thread_cache.py",)),
+    ("in the sync engine (uploads, manifests)", ("fusefs/engine/sync.py",)),
+]
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Run:
     requests: Counter[str] = field(default_factory=Counter)
     profile: Counter[str] = field(default_factory=Counter)  # bucket -> samples
     leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
+    inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
 
     @property
     def ms_per_task(self) -> float:
@@ -156,6 +164,9 @@ def stop_spy(spy: subprocess.Popen[bytes], out: Path, run: Run) -> None:
         frames = stack.split(";")
         run.profile[classify(frames)] += int(count)
         run.leaves[frames[-1]] += int(count)
+        for name, marks in INCLUSIVE:
+            if any(m in stack for m in marks):
+                run.inclusive[name] += int(count)
 
 
 def classify(frames: list[str]) -> str:
@@ -364,6 +375,12 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
             plain(plain_client(endpoint, **lean), False, False),
         ),
         (
+            "  + s3={'payload_signing_enabled': False} (UNSIGNED-PAYLOAD, no body hash)",
+            plain(
+                plain_client(endpoint, s3={"payload_signing_enabled": False}, **lean), False, False
+            ),
+        ),
+        (
             "minimal SigV4 on http.client (the floor; same headers as the daemon's PUT)",
             lambda i: minimal.put(f"inproc/min/{next(gen)}", witness(i)),
         ),
@@ -444,6 +461,10 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
         print(f"\nprofile of {r.name} (py-spy, {total} on-CPU samples; ms/task by share of CPU)")
         for bucket, k in r.profile.most_common():
             print(f"  {100 * k / total:5.1f}%  {r.ms_per_task * k / total:6.3f} ms/task  {bucket}")
+        print("  inclusive (a sample may count in several):")
+        for name, _ in INCLUSIVE:
+            k = r.inclusive[name]
+            print(f"  {100 * k / total:5.1f}%  {r.ms_per_task * k / total:6.3f} ms/task  {name}")
         print("  top leaf frames:")
         for leaf, k in r.leaves.most_common(12):
             print(f"  {100 * k / total:5.1f}%  {leaf[:110]}")
