@@ -17,6 +17,11 @@ Scenarios (names as in the table; N = 4 and 8, `--quick`: 4):
                    UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING,
                    complete = UPDATE status = 'done'; N Python workers (psycopg) that write and
                    fsync the same small CSV into a local directory in between.
+  pgs3-N           the fair peer, PostgreSQL's queue *and* the result object: claim as pg-N
+                   (SKIP LOCKED), PUT the witness missionfs would upload (same body, key,
+                   If-None-Match: *, sha256 metadata, the checksum header when the server
+                   verifies it) to the same SeaweedFS with a client tuned as missionfs's, then
+                   complete; N Python workers. Its tasks/s is the "vs PG+S3" baseline.
   a-local-{sh,py}N `claims = "local"` (S3 store, no S3 leases): 1 mount, N shell/Python workers.
   n-nos3-pyN       no [store] at all: the mount alone (where the time goes without S3).
   f-floor-pyN      the same Python workers through bench/passthrough_fs.py, a minimal pyfuse3
@@ -42,8 +47,10 @@ Installs nothing: without PostgreSQL or psycopg the PostgreSQL rows are skipped 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import glob
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -442,6 +449,75 @@ def pg_worker(dsn: str, out: str, log_path: str, wid: int, barrier: Any) -> None
             os.rename(tmp, f"{out}/{task}.csv")
             cur = conn.execute(COMPLETE_SQL, (task, me), prepare=True)
             outcome = "ok" if cur.rowcount == 1 else "refused"
+            log.write(f"{time.time():.6f}\t{outcome}\t{rel}\n")
+
+
+PEER_TABLE = "peer_tasks"  # the PostgreSQL + S3 peer's own queue (the pg rows keep `tasks`)
+PEER_CLAIM_SQL = CLAIM_SQL.replace("tasks", PEER_TABLE).replace("id, rel", "id, rel, descr")
+PEER_COMPLETE_SQL = COMPLETE_SQL.replace("tasks", PEER_TABLE)
+
+
+def peer_client(endpoint: str) -> Any:
+    """A boto3 client tuned as missionfs's background client (pool, timeouts, standard
+    retries, no "100 Continue" round trip for a small body): the peer gets the same S3 code
+    path, so the ratio compares the architectures, not two client settings."""
+    import boto3
+    import botocore.handlers
+    from botocore.config import Config
+
+    cfg = Config(
+        max_pool_connections=32,
+        connect_timeout=5,
+        read_timeout=20,
+        retries={"max_attempts": 2, "mode": "standard"},
+    )
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    return client
+
+
+def peer_worker(
+    dsn: str, endpoint: str, prefix: str, checksums: bool, log_path: str, wid: int, barrier: Any
+) -> None:
+    """The fair peer: claim with SKIP LOCKED, PUT the witness missionfs would upload (same
+    body as py_worker writes, same key, If-None-Match: *, sha256 metadata, the checksum header
+    when the server verifies it, as missionfs does), then complete. A lost If-None-Match (the
+    witness exists: a lease expired and someone else finished) is logged as refused."""
+    import botocore.exceptions
+    import psycopg
+
+    from fusefs.objects.s3store import SHA_META, encode_rel
+
+    me = f"w{wid}"
+    client = peer_client(endpoint)
+    with psycopg.connect(dsn, autocommit=True) as conn, open(log_path, "a", buffering=1) as log:
+        barrier.wait()
+        while True:
+            row = conn.execute(PEER_CLAIM_SQL, (me, 900.0), prepare=True).fetchone()
+            if row is None:
+                return
+            task, rel, desc = row
+            body = f"name,worker,bytes\n{rel},{os.getpid()},{len(desc)}\n".encode()
+            digest = hashlib.sha256(body)
+            kw: dict[str, Any] = {
+                "Bucket": BUCKET,
+                "Key": f"{prefix}/scraped-tiles/{encode_rel(rel)}",
+                "Body": body,
+                "IfNoneMatch": "*",
+                "Metadata": {SHA_META: digest.hexdigest(), "worker": me},
+            }
+            if checksums:
+                kw["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
+            try:
+                client.put_object(**kw)
+                outcome = "ok"
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                    raise
+                outcome = "refused"
+            cur = conn.execute(PEER_COMPLETE_SQL, (task, me), prepare=True)
+            if cur.rowcount != 1:
+                outcome = "refused"
             log.write(f"{time.time():.6f}\t{outcome}\t{rel}\n")
 
 
@@ -883,6 +959,60 @@ def run_postgres(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
     )
 
 
+def server_verifies_checksums(client: Any) -> bool:
+    """missionfs's start-up probe: a PUT with a wrong x-amz-checksum-sha256 refused means the
+    server verifies it, and then missionfs sends it with every witness (so the peer does too)."""
+    import botocore.exceptions
+
+    key = f"runs/.probe-{os.getpid()}"
+    wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
+    try:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"1", ChecksumSHA256=wrong)
+    except botocore.exceptions.ClientError:
+        return True
+    client.delete_object(Bucket=BUCKET, Key=key)
+    return False
+
+
+def run_peer(bench: Bench, pg: Postgres, tasks: int, n: int) -> Result:
+    """The fair peer of a missionfs mount with S3: PostgreSQL's SKIP LOCKED queue *and* the
+    result object, PUT synchronously to the same SeaweedFS before the task is completed."""
+    import psycopg
+
+    assert bench.server is not None
+    name = f"pgs3-{n}"
+    mission, total = bench.mission(name, tasks, None)
+    m = load_mission(mission)
+    rows = [
+        (i, m.space.rel(t), m.space.descriptor(t))
+        for i, t in enumerate(sorted(m.intent, key=m.space.rel))
+    ]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {PEER_TABLE}")
+        conn.execute(
+            f"CREATE TABLE {PEER_TABLE} (id integer PRIMARY KEY, rel text NOT NULL,"
+            " descr bytea NOT NULL, status text NOT NULL DEFAULT 'pending',"
+            " leased_until timestamptz, worker text)"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {PEER_TABLE} (id, rel, descr) VALUES (%s, %s, %s)", rows)
+        conn.execute(f"VACUUM ANALYZE {PEER_TABLE}")
+    checksums = server_verifies_checksums(peer_client(bench.server.endpoint))
+    res = Result(name, "SKIP LOCKED+S3", f"{n} py", n, total)
+    c.log(f"{name}: {total} tasks, {n} Python workers, PostgreSQL queue + witness PUT to S3")
+    logs = [bench.tmp / f"{name}-log{i}" for i in range(n)]
+    args = (pg.dsn, bench.server.endpoint, f"runs/{name}", checksums)
+    run_python_workers(res, logs, lambda i, b: (peer_worker, (*args, str(logs[i]), i, b)))
+    res.s3_seconds = res.seconds  # a task is completed after its witness is in S3
+    res.requests = Counter({"PUT": res.attempts})
+    res.conflicts = 0  # a lost If-None-Match is logged as refused: a dup, nothing kept
+    in_s3 = bench.bucket_count(name, "scraped-tiles")
+    if in_s3 != total:
+        res.notes.append(f"{in_s3} witnesses in S3 of {total}")
+    res.notes.append(f"checksum header {'sent' if checksums else 'not sent (unverified)'}")
+    return res
+
+
 def run_python_workers(
     res: Result, logs: list[Path], job: Callable[[int, Any], tuple[Any, tuple[Any, ...]]]
 ) -> Result:
@@ -936,8 +1066,9 @@ def cost_per_million(req: Counter[str], tasks: int) -> float:
 
 def report(results: list[Result]) -> None:
     pg = {r.workers: r for r in results if r.claims == "SKIP LOCKED"}
+    peer = {r.workers: r for r in results if r.claims == "SKIP LOCKED+S3"}
     headers = ["scenario", "claims", "workers", "tasks", "secs", "tasks/s", "dups", "confl"]
-    headers += [f"{op}/t" for op in OPS] + ["req/t", "A/t", "$/1M", "vs PG"]
+    headers += [f"{op}/t" for op in OPS] + ["req/t", "A/t", "$/1M", "vs PG", "S3 t/s", "vs PG+S3"]
     rows = []
     for r in results:
         row: list[object] = [r.name, r.claims, r.layout, r.done, f"{r.seconds:.2f}"]
@@ -953,6 +1084,15 @@ def report(results: list[Result]) -> None:
             row.append(f"{cost_per_million(r.requests, r.done):.2f}")
         base = pg.get(r.workers)
         row.append(f"{r.rate / base.rate:.2f}" if base and base.rate and r is not base else "-")
+        # Throughput to the bucket (done / until every witness was in S3), and the ratio to
+        # the PostgreSQL + S3 peer with the same workers: whole system against whole system.
+        s3_rate = r.done / r.s3_seconds if r.s3_seconds else 0.0
+        row.append(f"{s3_rate:.0f}" if s3_rate else "-")
+        fair = peer.get(r.workers)
+        if fair is not None and fair.rate > 0 and r is not fair and r.requests is not None:
+            row.append(f"{r.rate / fair.rate:.2f} ({s3_rate / fair.rate:.2f})")
+        else:
+            row.append("-")
         rows.append(row)
     print()
     print(
@@ -965,7 +1105,10 @@ def report(results: list[Result]) -> None:
         "beyond one per task; confl: results kept under conflicts/ in the bucket;\n"
         "X/t: S3 requests per task (all daemons, online to fully synced); A/t: PUT+POST+LIST "
         "(class A); $/1M: PUT/POST/LIST $0.005/1k, GET/HEAD $0.0004/1k, DELETE free;\n"
-        "vs PG: tasks/s over PostgreSQL's with the same number of workers."
+        "vs PG: tasks/s over PostgreSQL's with the same number of workers; S3 t/s: distinct "
+        "tasks / seconds until every witness was in S3;\n"
+        "vs PG+S3: tasks/s (in brackets S3 t/s) over the PostgreSQL + S3 peer's (queue and "
+        "witness PUT, synchronous) with the same number of workers, for the rows with S3."
     )
     for r in results:
         extra = [] if r.s3_seconds is None else [f"all in S3 after {r.s3_seconds:.1f} s"]
@@ -988,9 +1131,9 @@ def main() -> int:
     ap.add_argument("--partition", type=float, help="seconds of partition (30, quick 5)")
     ap.add_argument(
         "--only",
-        default="pg,a,n,f,s,b,c",
-        help="scenarios: pg, a (local claims), n (no S3 at all), f (pyfuse3 floor), s (strict,"
-        " 1 mount), b, c",
+        default="pg,pgs3,a,n,f,s,b,c",
+        help="scenarios: pg, pgs3 (PostgreSQL + S3 peer), a (local claims), n (no S3 at all),"
+        " f (pyfuse3 floor), s (strict, 1 mount), b, c",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -999,6 +1142,8 @@ def main() -> int:
     ns = (4,) if args.quick else (4, 8)
     signal.signal(signal.SIGTERM, _sigterm)
 
+    if "pgs3" in only:
+        only.add("pg")  # the peer runs on the same PostgreSQL server
     pg_bin = find_postgres() if "pg" in only else None
     psycopg_ok = True
     try:
@@ -1045,6 +1190,9 @@ def main() -> int:
                 pg.start()
                 for n in ns:
                     attempt(f"pg-{n}", run_postgres, bench, pg, tasks, n)
+                if "pgs3" in only:
+                    for n in ns:
+                        attempt(f"pgs3-{n}", run_peer, bench, pg, tasks, n)
                 pg.stop()
             run = bench.run_missionfs
             if "a" in only:

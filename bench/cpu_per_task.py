@@ -1,0 +1,516 @@
+"""The daemon's CPU per completed task, with and without S3 sync, and where it goes (issue 15).
+
+A small node (a Raspberry-Pi-class core is about 4x slower than this machine's) pays for every
+task in the daemon: the FUSE requests of the claim and the commit, and with S3 the witness PUT.
+This measures that price on real mounts and profiles it, as a plan for cutting it:
+
+1. Daemon CPU per task: one `missionfs mount` (default --refresh), N Python workers (the
+   workers of bench/fleet.py: scandir, rename to claim, write tmp/, rename to commit) until
+   every task is committed and, with S3, every witness is in the bucket (SeaweedFS on
+   loopback, `claims = "local"`: the sync alone, no S3 leases). CPU = user + sys of the daemon
+   process (all its threads) from /proc/PID/stat, from the workers' start to the end; the idle
+   CPU per second (before the workers start) is printed too, to show what the timers cost.
+2. A profile of the same run: py-spy (`pip install py-spy`) samples the daemon without pausing
+   it (--nonblocking; --gil: samples of the thread holding the GIL, Python at work, so
+   time in syscalls without the GIL is not in it); each sample is put in one bucket by the first frame,
+   from the leaf up, whose file says what the work is for (SigV4 signing, checksums, parameter
+   validation, response parsing, HTTP and sockets, other botocore, missionfs, pyfuse3, trio).
+   Without py-spy this part is skipped with a message.
+3. The PUT alone, in this process: the CPU time of one thread (time.thread_time) per witness
+   PUT through missionfs's S3Store (as the daemon uploads), and through a plain boto3 client
+   with the client settings this workload allows, one at a time, so each line says what that
+   setting saves; then cProfile's top entries for S3Store's PUT.
+
+Everything (state dirs, S3 data) lives on one private tmpfs; SeaweedFS and the daemons are
+stopped by PID at the end. A run takes about a minute (`--tasks 600 --workers 4`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import cProfile
+import hashlib
+import os
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+
+import common as c  # noqa: E402
+import fleet  # noqa: E402
+
+from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
+
+BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
+CLK = os.sysconf("SC_CLK_TCK")
+IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start
+
+# Where a profile sample goes: the first frame from the leaf up whose file contains one of these
+# (checked in this order); frames of other files (re, copy, threading...) are looked through.
+BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("SigV4 signing", ("botocore/auth.py", "botocore/signers.py")),
+    ("checksums", ("botocore/httpchecksum.py", "hashlib")),
+    ("parameter validation", ("botocore/validate.py",)),
+    ("request serialisation", ("botocore/serialize.py",)),
+    ("response parsing", ("botocore/parsers.py",)),
+    ("endpoint rules", ("botocore/endpoint_provider.py", "botocore/regions.py")),
+    ("retries", ("botocore/retries/", "botocore/retryhandler.py")),
+    ("HTTP and sockets", ("urllib3/", "http/client.py", "socket.py", "ssl.py", "httpsession")),
+    ("botocore events, model, other", ("botocore/", "boto3/")),
+    ("missionfs", ("fusefs/",)),
+    ("pyfuse3", ("pyfuse3",)),
+    ("trio", ("trio/",)),
+]
+# Inclusive shares: a sample counts for each of these whose marker is anywhere in its stack.
+INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
+    ("inside a boto3 call (put_object...)", ("botocore/", "boto3/")),
+    ("inside a FUSE handler (pyfuse3 -> MissionFS)", ("fusefs/fuse/fs.py",)),
+    ("on a trio worker thread (to_thread.run_sync)", ("_thread_cache.py",)),
+    ("in the sync engine (uploads, manifests)", ("fusefs/engine/sync.py",)),
+]
+
+
+@dataclass
+class Run:
+    name: str
+    tasks: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0  # daemon user + sys over the run (s)
+    main_cpu: float = 0.0  # of which the main thread (trio + pyfuse3); the rest: worker threads
+    idle_per_s: float = 0.0  # daemon CPU per second before the workers start
+    requests: Counter[str] = field(default_factory=Counter)
+    profile: Counter[str] = field(default_factory=Counter)  # bucket -> samples
+    leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
+    inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
+
+    @property
+    def ms_per_task(self) -> float:
+        return 1000 * self.cpu / max(1, self.tasks)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + sys of a process, all its threads (utime and stime of /proc/PID/stat)."""
+    return cpu_seconds_of(f"/proc/{pid}/stat")
+
+
+def main_thread_cpu(pid: int) -> float:
+    """user + sys of the main thread (trio's loop and pyfuse3's handlers)."""
+    return cpu_seconds_of(f"/proc/{pid}/task/{pid}/stat")
+
+
+def cpu_seconds_of(path: str) -> float:
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def ok_lines(logs: list[Path]) -> int:
+    n = 0
+    for p in logs:
+        with contextlib.suppress(OSError):
+            n += p.read_text().count("\tok\t")
+    return n
+
+
+def poll(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    """Poll with a deadline (fleet.wait_for sleeps 0.1 s; a CPU window wants a finer end)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+# -- the daemon's CPU ----------------------------------------------------------------------------
+def start_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        return None
+    # --gil: only samples of the thread holding the GIL, i.e. Python running (a thread blocked
+    # in epoll, a lock or recv has released it); py-spy's own idle test counts such waits.
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--gil"]
+    cmd += ["--format", "raw", "--output", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop_spy(spy: subprocess.Popen[bytes], out: Path, run: Run) -> None:
+    """SIGINT makes py-spy write its collapsed stacks; fold them into the run's buckets."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        _, err = spy.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(timeout=10)
+        return
+    if not out.exists():
+        c.log(f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}")
+        return
+    for line in out.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        run.profile[classify(frames)] += int(count)
+        run.leaves[frames[-1]] += int(count)
+        for name, marks in INCLUSIVE:
+            if any(m in stack for m in marks):
+                run.inclusive[name] += int(count)
+
+
+def classify(frames: list[str]) -> str:
+    """The bucket of a sample: frames are root first; the leaf-most recognised file wins."""
+    for frame in reversed(frames):
+        for name, marks in BUCKETS:
+            if any(m in frame for m in marks):
+                return name
+    return "other (stdlib, interpreter)"
+
+
+def measure(
+    bench: fleet.Bench, name: str, endpoint: str | None, tasks: int, n: int, profile: bool
+) -> Run:
+    """One mount, n Python workers, until every task is committed (and in S3): daemon CPU."""
+    tmp = bench.tmp
+    mission, total = bench.mission(name, tasks, "local" if endpoint else None)
+    extra = ("--endpoint-url", endpoint, "--worker", name) if endpoint else ()
+    run = Run(name, total)
+    fp = c.start_missionfs(mission, tmp / f"{name}-mnt", tmp / f"{name}-state", extra=extra)
+    workers = fleet.Workers()
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        if endpoint:
+            poll(lambda: fp.status()["sync"]["last_full_refresh"] > 0, 60, f"{name} online", 0.1)
+        before = fp.status()["sync"].get("requests", {}) if endpoint else {}
+        cpu0, t = cpu_seconds(fp.pid), time.monotonic()
+        time.sleep(IDLE_WINDOW)  # a measurement window, not synchronisation
+        run.idle_per_s = (cpu_seconds(fp.pid) - cpu0) / (time.monotonic() - t)
+        logs = [tmp / f"{name}-log{i}" for i in range(n)]
+        barrier = workers.ctx.Barrier(n + 1)
+        for i, log in enumerate(logs):
+            workers.start_python(fleet.py_worker, (str(fp.mnt), str(log), i, n, barrier))
+        spy_out = tmp / f"{name}.spy"
+        spy = start_spy(fp.pid, spy_out) if profile else None
+        barrier.wait(timeout=120)
+        cpu0, main0, t0 = cpu_seconds(fp.pid), main_thread_cpu(fp.pid), time.monotonic()
+        poll(lambda: ok_lines(logs) >= total, 300, f"{name}: {total} commits")
+        if endpoint:
+            poll(lambda: fp.status()["sync"]["queue"] == 0, 120, f"{name}: uploads")
+        run.cpu = cpu_seconds(fp.pid) - cpu0
+        run.main_cpu = main_thread_cpu(fp.pid) - main0
+        run.seconds = time.monotonic() - t0
+        if spy is not None:
+            stop_spy(spy, spy_out, run)
+            spy = None
+        if endpoint:
+            after = fp.status()["sync"].get("requests", {})
+            run.requests = Counter(after) - Counter(before)
+    finally:
+        if spy is not None:
+            spy.kill()
+            spy.wait(timeout=10)
+        workers.stop()
+        fp.stop()
+    return run
+
+
+# -- the PUT alone, in process ---------------------------------------------------------------
+def plain_client(endpoint: str, **cfg: Any) -> Any:
+    """boto3 with missionfs's background settings (and its "no 100 Continue" for small bodies)
+    plus `cfg`."""
+    import boto3
+    import botocore.handlers
+    from botocore.config import Config
+
+    base: dict[str, Any] = {
+        "max_pool_connections": 8,
+        "connect_timeout": 5,
+        "read_timeout": 20,
+        "retries": {"max_attempts": 2, "mode": "standard"},
+    }
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, config=Config(**(base | cfg))
+    )
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    return client
+
+
+def witness(i: int) -> bytes:
+    return f"name,worker,bytes\n10.00/20.00/phrase {i:05d}.csv,{os.getpid()},57\n".encode()
+
+
+def per_put(put: Callable[[int], None], reps: int) -> float:
+    """CPU ms of this thread per call (client-side work, socket syscalls included)."""
+    t = time.thread_time()
+    for i in range(reps):
+        put(i)
+    return 1000 * (time.thread_time() - t) / reps
+
+
+class MinimalSigV4:
+    """The floor of a signed PUT in Python: SigV4 by hand (hmac, hashlib) on one kept-alive
+    http.client connection, the same headers as the daemon's PUT (If-None-Match, metadata,
+    x-amz-checksum-sha256). Not a product proposal: the number says how much of botocore's
+    cost is the protocol and how much is the machinery around it."""
+
+    def __init__(self, endpoint: str, checksum: bool) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(endpoint)
+        self.host = u.netloc
+        self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=20)
+        self.access = os.environ["AWS_ACCESS_KEY_ID"]
+        self.secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+        self.region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        self.checksum = checksum
+        self._keys: dict[str, bytes] = {}
+
+    def _key(self, day: str) -> bytes:
+        """The signing key, derived once a day (botocore derives it for every request)."""
+        import hmac
+
+        if day not in self._keys:
+            k = ("AWS4" + self.secret).encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            self._keys[day] = k
+        return self._keys[day]
+
+    def put(self, key: str, body: bytes) -> None:
+        import hmac
+        from urllib.parse import quote
+
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        digest = hashlib.sha256(body)
+        payload = digest.hexdigest()
+        h = {
+            "content-length": str(len(body)),
+            "host": self.host,
+            "if-none-match": "*",
+            "x-amz-content-sha256": payload,
+            "x-amz-date": stamp,
+            "x-amz-meta-sha256": payload,
+            "x-amz-meta-worker": "bench",
+        }
+        if self.checksum:
+            h["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
+        path = "/" + quote(f"{BUCKET}/{key}")
+        names = sorted(h)
+        signed = ";".join(names)
+        canon = "".join(f"{n}:{h[n]}\n" for n in names)
+        req = f"PUT\n{path}\n\n{canon}\n{signed}\n{payload}"
+        scope = f"{stamp[:8]}/{self.region}/s3/aws4_request"
+        sts = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(req.encode()).hexdigest()}"
+        sig = hmac.new(self._key(stamp[:8]), sts.encode(), hashlib.sha256).hexdigest()
+        h["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={self.access}/{scope}, "
+            f"SignedHeaders={signed}, Signature={sig}"
+        )
+        self.conn.request("PUT", path, body=body, headers=h)
+        r = self.conn.getresponse()
+        answer = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"minimal SigV4 PUT: HTTP {r.status}: {answer[:200]!r}")
+
+
+def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str, str]:
+    """ms of CPU per witness PUT through S3Store and through plain clients, each setting
+    alone; the variants take turns (3 rounds, the median kept) so a neighbour's burst on this
+    shared machine does not land on one of them. Also cProfile's top entries (thread CPU time)
+    of S3Store's PUT and how many connections S3Store's client opened for all its PUTs."""
+    from fusefs.objects.s3store import S3Store
+
+    store = S3Store(f"s3://{BUCKET}/inproc", "m", endpoint)
+    store.worker = "bench"
+    store.check()
+    gen = iter(range(10**9))
+
+    def via_store(i: int) -> None:
+        store.create_witness(f"s/{next(gen)}/w.csv", witness(i), True)
+
+    def plain(client: Any, checksum: bool, meta: bool = True) -> Callable[[int], None]:
+        def put(i: int) -> None:
+            body = witness(i)
+            digest = hashlib.sha256(body)
+            kw: dict[str, Any] = {"Bucket": BUCKET, "Key": f"inproc/p/{next(gen)}", "Body": body}
+            kw["IfNoneMatch"] = "*"
+            if meta:
+                kw["Metadata"] = {"sha256": digest.hexdigest(), "worker": "bench"}
+            if checksum:
+                kw["ChecksumSHA256"] = base64.b64encode(digest.digest()).decode()
+            client.put_object(**kw)
+
+        return put
+
+    minimal = MinimalSigV4(endpoint, store.checksums)
+    lean = {"parameter_validation": False, "request_checksum_calculation": "when_required"}
+    variants: list[tuple[str, Callable[[int], None]]] = [
+        (
+            f"S3Store.create_witness, the daemon's PUT (checksum header: {store.checksums})",
+            via_store,
+        ),
+        ("plain boto3 client, the same request", plain(plain_client(endpoint), store.checksums)),
+        (
+            "  + Config(parameter_validation=False)",
+            plain(plain_client(endpoint, parameter_validation=False), store.checksums),
+        ),
+        (
+            "  + no x-amz-checksum-sha256 (request_checksum_calculation='when_required')",
+            plain(plain_client(endpoint, **lean), False),
+        ),
+        (
+            "  + no x-amz-meta-* (the sha256 only in the manifest)",
+            plain(plain_client(endpoint, **lean), False, False),
+        ),
+        (
+            "  + s3={'payload_signing_enabled': False} (UNSIGNED-PAYLOAD, no body hash)",
+            plain(
+                plain_client(endpoint, s3={"payload_signing_enabled": False}, **lean), False, False
+            ),
+        ),
+        (
+            "minimal SigV4 on http.client (the floor; same headers as the daemon's PUT)",
+            lambda i: minimal.put(f"inproc/min/{next(gen)}", witness(i)),
+        ),
+    ]
+    for _, fn in variants:  # warm: connection, endpoint rules cache, first-use imports
+        for i in range(5):
+            fn(-1 - i)
+    rounds: list[list[float]] = [[] for _ in variants]
+    for _ in range(3):
+        for k, (_, fn) in enumerate(variants):
+            rounds[k].append(per_put(fn, max(1, reps // 3)))
+    out = [(label, sorted(r)[1]) for (label, _), r in zip(variants, rounds, strict=True)]
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    for i in range(reps):
+        via_store(i)
+    prof.disable()
+    pools = store.client._endpoint.http_session._manager.pools
+    keys = pools.keys()  # urllib3's container refuses plain iteration
+    conns = sum(pools[k].num_connections for k in keys)
+    return out, _top(prof, reps), f"S3Store's client opened {conns} connection(s) for all its PUTs"
+
+
+def _top(prof: cProfile.Profile, reps: int, n: int = 15) -> str:
+    """cProfile's top entries by own time, in microseconds per PUT."""
+    st = pstats.Stats(prof)
+    rows = []
+    for (file, line, fn), (_, calls, tt, ct, _) in st.stats.items():  # type: ignore[attr-defined]
+        where = file.split("site-packages/")[-1].split("lib/python3")[-1]
+        rows.append((tt, ct, calls, f"{where}:{line}({fn})"))
+    rows.sort(reverse=True)
+    lines = [f"  {'own us/PUT':>10}  {'cum us/PUT':>10}  {'calls/PUT':>9}  function"]
+    for tt, ct, calls, label in rows[:n]:
+        lines.append(
+            f"  {1e6 * tt / reps:10.1f}  {1e6 * ct / reps:10.1f}  {calls / reps:9.1f}  {label}"
+        )
+    return "\n".join(lines)
+
+
+# -- the report --------------------------------------------------------------------------------
+def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> None:
+    print(f"\nDaemon CPU per completed task: one mount, {n} Python workers, tmpfs state")
+    headers = ["run", "tasks", "secs", "tasks/s", "CPU s", "ms/task", "main thr", "idle ms/s"]
+    headers.append("S3 req/task")
+    rows = []
+    for r in runs:
+        req = sum(r.requests.values()) / max(1, r.tasks) if r.requests else 0.0
+        rows.append(
+            [
+                r.name,
+                r.tasks,
+                f"{r.seconds:.2f}",
+                f"{r.tasks / max(1e-9, r.seconds):.0f}",
+                f"{r.cpu:.2f}",
+                f"{r.ms_per_task:.2f}",
+                f"{100 * r.main_cpu / max(1e-9, r.cpu):.0f}%",
+                f"{1000 * r.idle_per_s:.1f}",
+                f"{req:.2f}",
+            ]
+        )
+    c.print_table(headers, rows)
+    print(
+        "CPU: user + sys of the daemon (/proc/PID/stat, 10 ms ticks), workers' start to all"
+        " committed and in S3;\nmain thr: the main thread's share (trio loop, pyfuse3 handlers),"
+        " the rest is trio's worker threads (uploads, blocking file work);\n"
+        "the -prof runs are slowed by py-spy: their ms/task only scales the profile shares"
+    )
+    for r in runs:
+        if r.requests:
+            print(
+                f"  {r.name}: requests "
+                + ", ".join(f"{k} {v}" for k, v in sorted(r.requests.items()))
+            )
+    for r in runs:
+        total = sum(r.profile.values())
+        if not total:
+            continue
+        print(f"\nprofile of {r.name} (py-spy, {total} on-CPU samples; ms/task by share of CPU)")
+        for bucket, k in r.profile.most_common():
+            print(f"  {100 * k / total:5.1f}%  {r.ms_per_task * k / total:6.3f} ms/task  {bucket}")
+        print("  inclusive (a sample may count in several):")
+        for name, _ in INCLUSIVE:
+            k = r.inclusive[name]
+            print(f"  {100 * k / total:5.1f}%  {r.ms_per_task * k / total:6.3f} ms/task  {name}")
+        print("  top leaf frames:")
+        for leaf, k in r.leaves.most_common(12):
+            print(f"  {100 * k / total:5.1f}%  {leaf[:110]}")
+    if puts:
+        print("\nCPU per witness PUT in this process (one thread, SeaweedFS on loopback)")
+        for label, ms in puts:
+            print(f"  {ms:6.3f} ms  {label}")
+        print("\ncProfile of S3Store.create_witness (thread CPU time), top by own time")
+        print(top)
+    sys.stdout.flush()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=600, help="tasks per mount (600)")
+    ap.add_argument("--workers", type=int, default=4, help="Python workers (4)")
+    ap.add_argument("--puts", type=int, default=300, help="PUTs per in-process variant (300)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    args = ap.parse_args()
+    os.environ.update(s3_env())
+    runs: list[Run] = []
+    puts: list[tuple[str, float]] = []
+    top = ""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(c.tmpfs(size="2G", prefix="bench-cpu-"))
+        server = SeaweedServer(tmp / "weed")
+        stack.callback(server.stop)
+        c.log("starting SeaweedFS")
+        server.start()
+        server.bucket(BUCKET)
+        ep = server.endpoint
+        bench = fleet.Bench(tmp, server, stack)
+        for name, endpoint in (("no-s3", None), ("s3-local", ep)):
+            c.log(f"{name}: measuring")
+            runs.append(measure(bench, name, endpoint, args.tasks, args.workers, False))
+        if not args.no_profile:
+            for name, endpoint in (("no-s3-prof", None), ("s3-local-prof", ep)):
+                c.log(f"{name}: profiling")
+                runs.append(measure(bench, name, endpoint, args.tasks, args.workers, True))
+            if not any(r.profile for r in runs):
+                print("cpu_per_task: no py-spy profile (pip install py-spy)", file=sys.stderr)
+        c.log("PUT variants in process")
+        puts, top, conns = put_variants(ep, args.puts)
+    report(runs, puts, top + "\n" + conns, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
