@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # nodejs: the Node.js example worker (scraper/examples/worker.mjs), which the tests run.
 # rsync: tests/mount/test_truth.py copies done/ with it (rsync -a, rsync --inplace).
 # chromium: tests/mount/test_map.py looks at the HTML map in headless Chromium.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev nodejs rsync chromium)
+# git: tests/mount/test_fsck.py keeps a git repository in scraped-tiles/ (the README recipe).
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev nodejs rsync chromium git)
 # For `make lint`: shellcheck on the shell scripts, `vagrant validate` on vagrant/Vagrantfile,
 # `systemd-analyze verify` on systemd/missionfs@.service (systemd need not be running).
 # Without recommends: vagrant's recommended libvirt/QEMU stack is not needed to validate.
