@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-time", type=float, default=10.0)
     p.add_argument("--latency", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--refresh", type=float, default=15.0, help="the mount's --refresh")
+    p.add_argument("--full-refresh", type=float, default=600.0)
     p.add_argument("--learn", type=int, nargs="*", default=[10_000, 100_000])
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -566,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         task_time=a.task_time,
         latency=a.latency,
         seed=a.seed,
+        refresh=a.refresh,
+        full_refresh=a.full_refresh,
     )
     rows = []
     for n in a.nodes:
