@@ -41,6 +41,7 @@ import contextlib
 import contextvars
 import dataclasses
 import gc
+import json
 import logging
 import math
 import os
@@ -440,8 +441,8 @@ def run_fleet(cfg: SimConfig) -> dict[str, Any]:
         finally:
             for node in nodes:
                 node.close()
-    stale = [
-        run.all_known[t] - (p - EPOCH)
+    stale = [  # a node that knew a fact before its PUT (its writer) waited 0 s for it
+        max(0.0, run.all_known[t] - (p - EPOCH))
         for t, p in puts.items()
         if p is not None and t in run.all_known
     ]
@@ -519,9 +520,10 @@ def learn_cost(k: int, cfg: SimConfig) -> dict[str, Any]:
 def fleet_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| N | W | tasks | req/task | by kind (per task) | peak req/s (prefix) | SlowDown "
-        "| $/1M tasks | stale p50/p99 s | dup | RSS KiB/node | virtual s | wall s |"
+        "| $/1M tasks | stale p50/p99 s | dup | claims refused/task | RSS KiB/node | virtual s "
+        "| wall s |"
     )
-    out = [head, "|" + "---|" * 13]
+    out = [head, "|" + "---|" * 14]
     for r in rows:
         kinds = " ".join(f"{k} {v}" for k, v in r["per_task"].items())
         prefix = r["peak_prefix"].split("/", 2)[-1] if r["peak_prefix"] else "-"
@@ -530,6 +532,7 @@ def fleet_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['requests_per_task']} | {kinds} | {r['peak_per_s']} ({prefix}) "
             f"| {r['slowdowns']} | {r['usd_per_1m_tasks']} "
             f"| {r['staleness_p50']} / {r['staleness_p99']} | {r['duplicates']} "
+            f"| {round(r['refused_claims'] / max(1, r['completed']), 2)} "
             f"| {r['rss_kib_per_node']} | {r['virtual_s']} | {r['wall_s']} |"
         )
     return "\n".join(out)
@@ -560,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh", type=float, default=15.0, help="the mount's --refresh")
     p.add_argument("--full-refresh", type=float, default=600.0)
     p.add_argument("--learn", type=int, nargs="*", default=[10_000, 100_000])
+    p.add_argument("--json", type=Path, help="also write every number to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     base = SimConfig(
@@ -584,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if learned:
         print()
         print(learn_table(learned))
+    if a.json is not None:
+        a.json.write_text(json.dumps({"fleets": rows, "learn": learned}, indent=1) + "\n")
     return 0
 
 
