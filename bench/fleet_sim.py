@@ -19,7 +19,10 @@ exit (`patched`):
   the mock clock jump while it runs: non-deterministic), then sleeps the call's network time:
   `latency` per request it made plus the bytes it read at `bandwidth` (its effects land at the
   call's start; the thread pools' limits are not modelled);
-- trio's scheduler and `random` (the engine's backoff jitter) are seeded.
+- trio's scheduler and `random` (the engine's backoff jitter) are seeded, and trio's deadline
+  heap breaks ties in the order deadlines were set instead of by `id()` (memory addresses);
+- each node's `shard_fresh` TTL cache (which shards a full refresh may skip) is rebuilt on the
+  virtual clock (cachetools reads the real `time.monotonic`).
 Deterministic for a seed (the same numbers on every run; the memory column is measured, not
 simulated).
 
@@ -41,6 +44,8 @@ import contextlib
 import contextvars
 import dataclasses
 import gc
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -58,6 +63,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from cachetools import TTLCache
 from pyroaring import BitMap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +187,19 @@ class Network:
         return result
 
 
+def _add_deadline_in_order() -> Any:
+    """trio's `Deadlines.add`, with deadlines that fall at the same instant expiring in the
+    order they were set (trio breaks such ties by `id()`, a memory address: under a mock
+    clock, where many loops sleep whole seconds, that order changes from run to run)."""
+    seq = itertools.count()
+
+    def add(self: Any, deadline: float, cancel_scope: Any) -> None:
+        heapq.heappush(self._heap, (deadline, next(seq), cancel_scope))
+        self._active += 1
+
+    return add
+
+
 @contextlib.contextmanager
 def patched(clock: SimTime, net: Network, seed: int) -> Iterator[None]:
     """The simulator's only patching (see the module docstring), undone on exit."""
@@ -188,7 +207,10 @@ def patched(clock: SimTime, net: Network, seed: int) -> Iterator[None]:
     run_sync = trio.to_thread.run_sync
     sched = trio._core._run._r.getstate()  # trio randomises its scheduling order
     rstate = random.getstate()
+    deadlines = trio._core._run.Deadlines
+    add_deadline = deadlines.add
     try:
+        setattr(deadlines, "add", _add_deadline_in_order())  # noqa: B010
         for m in PATCHED_TIME:
             setattr(m, "time", clock)  # noqa: B010 (mypy: the modules are a mixed tuple)
         setattr(trio.to_thread, "run_sync", net.run_sync)  # noqa: B010
@@ -200,6 +222,7 @@ def patched(clock: SimTime, net: Network, seed: int) -> Iterator[None]:
             setattr(m, "time", t)  # noqa: B010
         setattr(trio.to_thread, "run_sync", run_sync)  # noqa: B010
         trio._core._run._r.setstate(sched)
+        setattr(deadlines, "add", add_deadline)  # noqa: B010
         random.setstate(rstate)
 
 
@@ -273,6 +296,8 @@ def open_node(idx: int, mission: Mission, root: Path, cfg: SimConfig, store: Sim
     claim_log = ClaimLog(ws.store.layout.claims_log, ws.state)
     assert ws.sync is not None
     clock = store.clock
+    fresh = ws.sync.shard_fresh  # the same cache, on the virtual clock
+    ws.sync.shard_fresh = TTLCache(fresh.maxsize, fresh.ttl, timer=lambda: clock() - EPOCH)
     claims = Claims(
         ws.state,
         ws.committer.journal,
