@@ -253,7 +253,7 @@ class MissionFS(pyfuse3.Operations):
         view = inodes.VIEW_OF_ROOT.get(parent_inode, view)
         if view in (View.DONE, View.CLAIMED) and kind in (Kind.FIXED, Kind.ROW):
             try:
-                await self.lookup(parent_inode, name, ctx)
+                await self._lookup(parent_inode, name)  # no kernel reference: EEXIST has none
             except pyfuse3.FUSEError:
                 raise fuse_error(
                     errno.EACCES, f"refused mkdir {name!r}: not a tile of the mission plan"

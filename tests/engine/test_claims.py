@@ -107,3 +107,24 @@ def test_descriptors_are_read_only(node: EngineNode) -> None:
 
     assert node.run(write_open) == errno.EPERM
     assert node.unlink(f"pending/{OTHER}") == errno.EPERM  # claim it with mv
+
+
+def test_mkdir_of_a_plan_dir_takes_no_kernel_reference(node: EngineNode) -> None:
+    """`mkdir -p done/LAT/LON` answers EEXIST: the kernel gets no entry from that answer and will
+    never forget one, so the daemon must not count the directory as held by the kernel (a held
+    name costs an invalidation on every later change)."""
+    from fusefs.fuse import inodes
+
+    async def mkdir() -> tuple[int, int]:
+        parent = await node.resolve("done/10.1")
+        try:
+            await node.ops.mkdir(parent, b"20.1", 0o755, node.ctx)
+        except pyfuse3.FUSEError as e:
+            return e.errno, parent
+        return 0, parent
+
+    code, parent = node.run(mkdir)
+    assert code == errno.EEXIST
+    tile = node.run(node.ops._lookup, parent, b"20.1").st_ino
+    assert not node.ops.kcache.held(tile)
+    assert inodes.split(tile)[0] is inodes.Kind.TILE
