@@ -288,6 +288,8 @@ def _recover(mnt: Path, state_dir: Path | None) -> str | None:
 
 def _wait_exit(pid: int, timeout: float) -> None:
     """Wait until the daemon has saved its index and exited (it may be our child or not)."""
+    from fusefs.fuse.fuseconn import is_dead
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -295,15 +297,7 @@ def _wait_exit(pid: int, timeout: float) -> None:
             if done:
                 return
         except ChildProcessError:
-            if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
+            if is_dead(pid):  # not our child: gone, or a zombie its parent has not reaped
                 return
         time.sleep(0.02)
     raise UserError(f"daemon pid {pid} did not exit within {timeout:.0f} s after unmount")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except OSError:
-        return True

@@ -49,8 +49,13 @@ from fusefs.engine.threads import blocking as _s3
 from fusefs.engine.threads import s3_limiter
 from fusefs.model.affinity import Crew
 from fusefs.model.codec import OutOfPlan
-from fusefs.model.errors import MAX_BACKOFF, ClaimUnavailable
-from fusefs.objects.s3store import S3ConfigError, S3Timeout, S3Unavailable
+from fusefs.model.errors import (
+    MAX_BACKOFF,
+    ClaimUnavailable,
+    S3ConfigError,
+    S3Timeout,
+    S3Unavailable,
+)
 
 if TYPE_CHECKING:
     from fusefs.model.codec import TaskSpace

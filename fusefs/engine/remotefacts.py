@@ -24,14 +24,10 @@ from pyroaring import BitMap
 from fusefs.engine.facts import Facts
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model.codec import OutOfPlan, TaskSpace
+from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.model.sizes import RemoteSizes
 from fusefs.model.state import MissionState
-from fusefs.objects.s3store import (
-    WITNESSES,
-    S3ConfigError,
-    S3Store,
-    S3Unavailable,
-)
+from fusefs.objects.s3store import WITNESSES, S3Store
 from fusefs.statedir.index import FactIndex
 from fusefs.statedir.journal import Journal
 from fusefs.statedir.store import LocalStore, replace_text

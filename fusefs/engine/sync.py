@@ -37,17 +37,10 @@ from fusefs.engine.leases import LeaseBook
 from fusefs.engine.remotefacts import SKEW_MS, UPLOAD_BATCH, RemoteFacts, SyncCounters
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model.codec import TaskSpace
-from fusefs.model.errors import MAX_BACKOFF
+from fusefs.model.errors import MAX_BACKOFF, S3ConfigError, S3Timeout, S3Unavailable
 from fusefs.model.sizes import RemoteSizes
 from fusefs.model.state import MissionState
-from fusefs.objects.s3store import (
-    WITNESSES,
-    S3ConfigError,
-    S3Store,
-    S3Timeout,
-    S3Unavailable,
-    sha256_hex,
-)
+from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 from fusefs.statedir.index import FactIndex
 from fusefs.statedir.journal import Journal
 from fusefs.statedir.store import LocalStore

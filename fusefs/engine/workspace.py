@@ -25,7 +25,7 @@ from fusefs.statedir.index import FactIndex, walk_facts
 from fusefs.statedir.journal import Journal, worker_id
 from fusefs.statedir.layout import StateLayout
 from fusefs.statedir.ratelog import LOG_REPEATS
-from fusefs.statedir.store import LocalStore, replace_text
+from fusefs.statedir.store import LocalStore, replace_text, replace_text_if_changed
 
 if TYPE_CHECKING:  # boto3 costs ~120 ms and 10 MiB: imported only for missions with S3
     from fusefs.engine.digest import DigestKeeper
@@ -106,14 +106,7 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 def remember_mission(state_dir: Path, path: Path) -> None:
     """Record the mission file's absolute path, so commands given only state dirs (`diff A B`)
     can find their mission."""
-    target = StateLayout(state_dir).mission_path
-    line = f"{path.resolve()}\n"
-    try:
-        if target.read_text(encoding="utf-8", errors="surrogateescape") == line:
-            return
-    except OSError:
-        pass
-    replace_text(target, line)
+    replace_text_if_changed(StateLayout(state_dir).mission_path, f"{path.resolve()}\n")
 
 
 def remembered_mission(state_dir: Path) -> Path | None:
@@ -165,13 +158,7 @@ def check_mission(state_dir: Path, name: str, *, force: bool = False) -> None:
 
 
 def remember_mission_name(state_dir: Path, name: str) -> None:
-    target = StateLayout(state_dir).mission_name
-    try:
-        if target.read_text(encoding="utf-8") == name + "\n":
-            return
-    except (OSError, UnicodeDecodeError):
-        pass
-    replace_text(target, name + "\n")
+    replace_text_if_changed(StateLayout(state_dir).mission_name, name + "\n")
 
 
 def remember_s3(state_dir: Path, endpoint_url: str | None) -> None:
@@ -180,13 +167,7 @@ def remember_s3(state_dir: Path, endpoint_url: str | None) -> None:
     if not endpoint_url:
         return
     text = json.dumps({"endpoint_url": endpoint_url}) + "\n"
-    path = StateLayout(state_dir).s3_options
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except OSError:
-        pass
-    replace_text(path, text)
+    replace_text_if_changed(StateLayout(state_dir).s3_options, text)
 
 
 def s3_endpoint(state_dir: Path, given: str | None) -> str | None:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusefs.statedir.layout import MOUNT_RECORD, StateLayout
+from fusefs.statedir.store import replace_text
 
 log = logging.getLogger("missionfs")
 
@@ -49,7 +50,8 @@ class MountRecord:
 
 
 # -- /proc ---------------------------------------------------------------------------------------
-def _stat_fields(pid: int) -> list[bytes]:
+def proc_stat_fields(pid: int) -> list[bytes]:
+    """/proc/PID/stat after the command name (fields[0] is field 3, the state); [] if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()
@@ -59,14 +61,14 @@ def _stat_fields(pid: int) -> list[bytes]:
 
 def start_time(pid: int) -> int:
     """The process's start time in clock ticks since boot (field 22), 0 if it is gone."""
-    fields = _stat_fields(pid)
+    fields = proc_stat_fields(pid)
     return int(fields[19]) if len(fields) > 19 else 0
 
 
 def is_dead(pid: int, start: int | None = None) -> bool:
     """Gone, a zombie (its main thread exited: kill -9 with a thread stuck in the kernel), or a
     different process that reused the pid."""
-    fields = _stat_fields(pid)
+    fields = proc_stat_fields(pid)
     if not fields or fields[0] in (b"Z", b"X"):
         return True
     return start is not None and int(fields[19]) != start
@@ -179,9 +181,7 @@ def record_mount(state_dir: Path, mountpoint: Path, conn: str | None) -> None:
     for target in targets:
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
+            replace_text(target, text)
         except OSError as e:
             log.warning("could not record the mount in %s (%s)", target, e)
 
@@ -285,13 +285,13 @@ def recover(mountpoint: Path, state_dir: Path | None = None) -> str | None:
 def _stuck(pid: int) -> bool:
     """A thread of PID is still alive although its main thread exited: it holds every file of
     the process open, /dev/fuse and the state-dir lock included."""
-    if _stat_fields(pid)[:1] != [b"Z"]:
+    if proc_stat_fields(pid)[:1] != [b"Z"]:
         return False  # gone, or a live process (maybe another one that reused the pid)
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return any(_stat_fields(int(t))[:1] not in ([], [b"Z"], [b"X"]) for t in tids)
+    return any(proc_stat_fields(int(t))[:1] not in ([], [b"Z"], [b"X"]) for t in tids)
 
 
 def _release(pid: int, conn: str, mountpoint: Path, state_dir: Path | None) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusefs.fuse.fuseconn import proc_stat_fields
+
 
 @dataclass
 class Fixed:
@@ -80,12 +82,7 @@ def writer_was_killed(pid: int) -> bool:
     """True if process `pid` is exiting because of a signal (its close is not a real end)."""
     if pid <= 0:
         return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return False
-    fields = raw[raw.rfind(b")") + 2 :].split()
+    fields = proc_stat_fields(pid)
     # fields[0] is field 3 (state); exit_code is field 52 (Linux >= 3.5).
     if len(fields) < 50:
         return False

@@ -29,9 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fusefs.model.codec import SUFFIX
-from fusefs.model.errors import S3ConfigError as S3ConfigError  # re-exported: fleet's import
-from fusefs.model.errors import S3Timeout as S3Timeout
-from fusefs.model.errors import S3Unavailable as S3Unavailable
 from fusefs.objects.base import (
     BadDigest,
     ConfigError,

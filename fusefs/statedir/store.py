@@ -79,6 +79,17 @@ def replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def replace_text_if_changed(path: Path, text: str) -> None:
+    """replace_text, skipped when `path` already holds `text` (remembered settings are written
+    by every command that locks the state dir: most runs change nothing)."""
+    try:
+        if path.read_text(encoding="utf-8", errors="surrogateescape") == text:
+            return
+    except OSError:
+        pass
+    replace_text(path, text)
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
