@@ -39,6 +39,7 @@ def add_parser(sub: Any) -> None:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from fusefs.cli.common import UserError, state_dir_for
     from fusefs.engine.fleetview import fleet
+    from fusefs.engine.workspace import s3_endpoint
     from fusefs.model.errors import S3ConfigError, S3Unavailable
     from fusefs.objects.s3store import S3Store
     from fusefs.statedir.layout import StateLayout
@@ -51,7 +52,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     state_dir = state_dir_for(mission, args.state)
     cache = StateLayout(state_dir).fleet_cache if state_dir.is_dir() else None
     try:
-        s3 = S3Store(mission.s3, mission.name, args.endpoint_url)
+        endpoint = s3_endpoint(state_dir, args.endpoint_url)  # remembered by mount
+        s3 = S3Store(mission.s3, mission.name, endpoint)
         view = fleet(s3, cache, lease_seconds=args.lease, silent_after=args.silent)
     except (S3ConfigError, S3Unavailable) as e:
         raise UserError(f"{mission.s3}: {e}") from None

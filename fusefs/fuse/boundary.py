@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from fusefs.statedir.ratelog import Coalescer
+
 log = logging.getLogger("missionfs")
 
-LOG_EVERY_SECONDS = 60.0
-_MAX_KEYS = 1024  # distinct (handler, errno, type) keys remembered for rate limiting
 _SKIPPED_ARGS = {"ctx", "token", "attr", "fields"}  # not worth a log line
 
 T = TypeVar("T", bound=type)
@@ -46,35 +46,39 @@ def errno_of(exc: BaseException) -> int:
 
 
 class RequestErrors:
-    """Counts and logs, rate-limited, the exceptions the boundary turned into errnos."""
+    """Counts and logs the exceptions the boundary turned into errnos: the first of a run of
+    the same (handler, errno, exception type) at once, repeats counted by ratelog's Coalescer
+    and written as one "repeated N times" line a minute."""
 
     def __init__(self, counts: dict[str, int], recent: Any = None) -> None:
         self.counts = counts  # errno name -> count (StatusBoard.request_errors)
         self.recent = recent  # StatusBoard.recent_errors (a deque), or None
-        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key -> [last logged, missed]
+        self._runs: Coalescer[tuple[str, str, str]] = Coalescer(self._summary)
+
+    @staticmethod
+    def _summary(key: tuple[str, str, str], repeats: int, seconds: float) -> None:
+        handler, name, exc_type = key
+        log.error(
+            "request %s failed with %s (%s): repeated %s times in %.0f s",
+            handler,
+            name,
+            exc_type,
+            f"{repeats:,}",
+            seconds,
+        )
 
     def record(self, handler: str, context: str, exc: Exception) -> int:
         code = errno_of(exc)
         name = errno.errorcode.get(code, str(code))
         self.counts[name] = self.counts.get(name, 0) + 1
-        key = (handler, code, type(exc).__name__)
-        now = time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < LOG_EVERY_SECONDS:
-            seen[1] += 1
+        if not self._runs.seen((handler, name, type(exc).__name__)):
             return code
-        missed = int(seen[1]) if seen is not None else 0
-        if len(self._seen) >= _MAX_KEYS:
-            self._seen.clear()
-        self._seen[key] = [now, 0]
-        more = f" ({missed} more like it in the last minute)" if missed else ""
         detail = f"{type(exc).__name__}: {exc}"
         log.error(
-            "request %s failed with %s: %s%s",
+            "request %s failed with %s: %s",
             context,
             name,
             detail,
-            more,
             exc_info=exc if code == errno.EIO and not isinstance(exc, OSError) else None,
         )
         if self.recent is not None:
@@ -82,6 +86,10 @@ class RequestErrors:
                 {"time": round(time.time(), 3), "path": context, "error": f"{name}: {detail}"}
             )
         return code
+
+    def flush(self) -> None:
+        """Write the counts of runs whose minute has passed (the daemon's periodic flush)."""
+        self._runs.flush()
 
 
 def _describe(handler: str, params: list[str], args: tuple[Any, ...]) -> str:

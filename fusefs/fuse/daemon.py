@@ -205,6 +205,7 @@ class Daemon:
             await trio.sleep(1.0)
             self.status.flush_refusals()  # counts of repeated refusals (ratelog.py)
             LOG_REPEATS.flush()
+            self.ops.request_errors.flush()
             await trio.to_thread.run_sync(self.committer.journal.sync)
 
     async def _snapshot_loop(self) -> None:

@@ -305,3 +305,25 @@ def test_usage_mistakes_are_one_line_and_status_2() -> None:
         assert res.returncode == 2, (args, res)
         assert res.stdout == "" and res.stderr.count("\n") == 1, (args, res.stderr)
         assert words in res.stderr and "--help" in res.stderr, (args, res.stderr)
+
+
+def test_fleet_uses_the_endpoint_the_state_dir_remembers(tmp_path: Path, moto: object) -> None:
+    """`missionfs fleet --state S` without --endpoint-url reaches the server S was mounted
+    with, as sync, log and fsck do (it went to the AWS default endpoint before)."""
+    from fusefs.engine.workspace import remember_s3
+    from tests.mount.test_s3 import s3_mission
+    from tests.support.mounts import new_bucket
+    from tests.support.s3_servers import MotoServer, s3_env
+
+    assert isinstance(moto, MotoServer)
+    mission = s3_mission(tmp_path / "m.toml", new_bucket(moto))
+    state = tmp_path / "state"
+    state.mkdir()
+    remember_s3(state, moto.endpoint)
+    res = subprocess.run(
+        [*MISSIONFS, "fleet", str(mission), "--state", str(state), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**s3_env(), "AWS_EC2_METADATA_DISABLED": "true"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["workers"] == []

@@ -209,3 +209,27 @@ def test_boundary_maps_each_exception_to_its_errno_and_passes_fuse_errors() -> N
     for exc, expected in cases:
         assert trio.run(answer, exc) == expected, exc
     assert counts == {"ENOSPC": 1, "EDQUOT": 1, "EILSEQ": 1, "EIO": 1}  # FUSEError not counted
+
+
+def test_boundary_logs_a_run_of_the_same_failure_once_then_its_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker looping on a bad request: one line with the detail, then one count line (the
+    Coalescer of ratelog.py, the same one the journal and the log use), not a line each."""
+    import logging
+
+    from fusefs.fuse.boundary import RequestErrors
+
+    counts: dict[str, int] = {}
+    errors = RequestErrors(counts, None)
+    now = [100.0]
+    errors._runs.clock = lambda: now[0]
+    with caplog.at_level(logging.ERROR, logger="missionfs"):
+        for _ in range(50):
+            errors.record("write", "write(fh=3)", OSError(errno.ENOSPC, "full"))
+        assert len(caplog.records) == 1
+        now[0] += 61.0
+        errors.flush()
+    assert counts == {"ENOSPC": 50}
+    assert len(caplog.records) == 2
+    assert "repeated 49 times" in caplog.records[1].getMessage()
