@@ -191,9 +191,9 @@ EOF
     grep -q '^demo state kept in ' "$work/commands.log" || die "make demo did not run to its end"
     local t_commands=$((SECONDS - t))
 
-    if awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse/' /proc/self/mountinfo | grep -q .; then
+    if awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse(\.[^ ]*)? /' /proc/self/mountinfo | grep -q .; then
         echo "fresh-test: warning: FUSE mounts left in the chroot after the demo:" >&2
-        awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse/ { print "  " $5 }' /proc/self/mountinfo >&2
+        awk -v r="$root/" 'index($5, r) == 1 && $0 ~ / - fuse(\.[^ ]*)? / { print "  " $5 }' /proc/self/mountinfo >&2
     fi
     log "PASS: the README's prerequisite and two commands on a fresh Debian $SUITE in" \
         "$((SECONDS - t0))s (debootstrap ${t_debootstrap}s, prerequisite ${t_prereq}s, commands ${t_commands}s)"
