@@ -10,11 +10,12 @@ back to the previous checkpoint.
 Layout: one JSON header line, then the payload, whose sections follow each other:
 
     {"v":2,"window":w,"tasks":n,"fingerprint":fp,"tile":t,"bitmap":b,"hashed":h,"tiles":m,
+     "tilemap":g,
      "sha256":hex}\\n   (SHA-256 of the other fields, as sorted compact JSON, "\\n", payload)
     bitmap   b bytes    pyroaring serialize() of the task ids (the facts)
     sizes    4n bytes   uint32 little-endian, one per fact in bitmap order; 0xFFFFFFFF unknown
     hashed   h bytes    pyroaring serialize() of the facts whose (rel, sha256) is in the digests
-    tiles    4m bytes   uint32 little-endian tile numbers, ascending
+    tilemap  g bytes    pyroaring serialize() of the m tile numbers that have a digest
     digests  16m bytes  the set hash of each of those tiles (see `TileDigests`)
 
 Columns, not Python objects: 10M facts are 40 MB of sizes and a few MB of bitmap, encoded and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -318,9 +320,10 @@ def encode(cp: Checkpoint, fingerprint: str, tile_size: int = 1) -> bytes:
     column = Sizes.of(facts, cp.sizes).column.astype(_U32, copy=False)
     hashed, tiles, table, tile_size = _digest_columns(cp.digests, tile_size)
     bitmap, hashed_bytes = facts.serialize(), hashed.serialize()
-    payload = b"".join(
-        (bitmap, column.tobytes(), hashed_bytes, tiles.astype(_U32).tobytes(), table.tobytes())
-    )
+    tilemap = BitMap(array("I", tiles.astype(_U32).tobytes()))  # array: pyroaring's fast path
+    tilemap.run_optimize()
+    tile_bytes = tilemap.serialize()
+    payload = b"".join((bitmap, column.tobytes(), hashed_bytes, tile_bytes, table.tobytes()))
     header = {
         "v": VERSION,
         "window": cp.window,
@@ -330,6 +333,7 @@ def encode(cp: Checkpoint, fingerprint: str, tile_size: int = 1) -> bytes:
         "bitmap": len(bitmap),
         "hashed": len(hashed_bytes),
         "tiles": len(tiles),
+        "tilemap": len(tile_bytes),
     }
     header["sha256"] = _checksum(header, payload)
     line = json.dumps(header, separators=(",", ":")).encode() + b"\n"
@@ -373,6 +377,7 @@ def _decode(body: bytes, fingerprint: str) -> Checkpoint:
     header, payload = _header(body)
     n = _int(header, "tasks", 1 << 32)
     nb, nh, m = _int(header, "bitmap"), _int(header, "hashed"), _int(header, "tiles", 1 << 32)
+    ng = _int(header, "tilemap")
     tile_size = _int(header, "tile", 1 << 32)
     window = _int(header, "window")
     sha = header.get("sha256")
@@ -380,7 +385,7 @@ def _decode(body: bytes, fingerprint: str) -> Checkpoint:
         raise CorruptCheckpoint("does not match its sha256 (altered or truncated)")
     if header.get("fingerprint") != fingerprint:
         raise ForeignCheckpoint(f"made for another task space ({header.get('fingerprint')!r})")
-    if tile_size < 1 or nb + 4 * n + nh + 20 * m != len(payload):
+    if tile_size < 1 or nb + 4 * n + nh + ng + 16 * m != len(payload):
         raise CorruptCheckpoint("section lengths do not add up to the payload")
     view = memoryview(payload)
     facts = _bitmap(view[:nb], n)
@@ -388,10 +393,8 @@ def _decode(body: bytes, fingerprint: str) -> Checkpoint:
     column = np.frombuffer(payload, dtype=_U32, count=n, offset=nb)
     hashed = _bitmap(view[at : at + nh], None)
     at += nh
-    tiles = np.frombuffer(payload, dtype=_U32, count=m, offset=at)
-    table = np.frombuffer(payload, dtype=np.uint8, count=16 * m, offset=at + 4 * m)
-    if m > 1 and not bool(np.all(tiles[1:] > tiles[:-1])):
-        raise CorruptCheckpoint("tile numbers are not ascending")
+    tiles = np.array(_bitmap(view[at : at + ng], m).to_array(), dtype=_U32)
+    table = np.frombuffer(payload, dtype=np.uint8, count=16 * m, offset=at + ng)
     if not hashed <= facts:
         raise CorruptCheckpoint("digests count witnesses that are not facts")
     digests = TileDigests.from_columns(tile_size, hashed, tiles, table.reshape(m, DIGEST_BYTES))

@@ -164,10 +164,26 @@ def test_hostile_header_values_are_corrupt(changes: dict[str, object]) -> None:
         decode(rewrite(encode(sample(n=40), FP), **changes), FP)
 
 
+EMPTY, TWO = BitMap().serialize(), BitMap([1, 2]).serialize()
+
+
+def test_a_forged_body_is_accepted_when_well_formed() -> None:
+    """The forgery helper makes valid bodies (so the cases below fail for their own reason)."""
+    body = forged(
+        EMPTY + EMPTY + TWO + b"\1" * 32,
+        tasks=0,
+        bitmap=len(EMPTY),
+        hashed=len(EMPTY),
+        tiles=2,
+        tilemap=len(TWO),
+    )
+    assert dict(decode(body, FP).digests.items()) == {1: b"\1" * 16, 2: b"\1" * 16}
+
+
 def forged(payload: bytes, **fields: object) -> bytes:
     """A body whose sha256 matches: only the structure checks can refuse it."""
     header: dict[str, object] = {"v": 2, "window": 1, "fingerprint": FP, "tile": 3}
-    header.update({"hashed": 0, "tiles": 0}, **fields)
+    header.update({"hashed": 0, "tiles": 0, "tilemap": 0}, **fields)
     canon = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     header["sha256"] = hashlib.sha256(canon + b"\n" + payload).hexdigest()
     return json.dumps(header).encode() + b"\n" + payload
@@ -194,13 +210,15 @@ def forged(payload: bytes, **fields: object) -> bytes:
             bitmap=len(BitMap([1]).serialize()),
             hashed=len(BitMap([9]).serialize()),
         ),
-        forged(
-            BitMap().serialize() + b"\0" * 40 + b"\0" * 8 + b"\1" * 32,
+        forged(  # a tile map of 2 tiles, the header says 3 (and 3 digests follow)
+            EMPTY + EMPTY + TWO + b"\1" * 48,
             tasks=0,
-            bitmap=len(BitMap().serialize()),
-            hashed=0,
-            tiles=2,
+            bitmap=len(EMPTY),
+            hashed=len(EMPTY),
+            tiles=3,
+            tilemap=len(TWO),
         ),
+        forged(EMPTY + EMPTY + b"\1" * 16, tasks=0, bitmap=len(EMPTY), hashed=len(EMPTY), tiles=1),
     ],
 )
 def test_hostile_bodies_are_corrupt(body: bytes) -> None:
