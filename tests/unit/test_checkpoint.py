@@ -326,3 +326,10 @@ def test_a_built_checkpoint_does_not_change_with_the_builder() -> None:
 def test_sizes_of_another_fact_set_keep_the_common_ones() -> None:
     old = Sizes.of(BitMap([1, 2, 3]), {1: 5, 3: 7})
     assert dict(Sizes.of(BitMap([2, 3, 4]), old).items()) == {3: 7}
+
+
+def test_digests_of_non_facts_are_refused_at_encode() -> None:
+    digests = TileDigests.for_space(SPACE)
+    digests.add_task(7, SPACE.rel(7), sha("7"))
+    with pytest.raises(ValueError):
+        encode(Checkpoint(1, BitMap([1]), {}, digests), FP)
