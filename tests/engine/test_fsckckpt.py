@@ -70,3 +70,11 @@ def test_damage_is_found_and_rebuilt_from_the_listing(case: str) -> None:
     assert fresh is not None and fresh.facts == WITNESSES and fresh.sizes[3] == 13
     assert isinstance(fresh.digests, TileDigests) and fresh.digests.hashed == BitMap([3])
     assert not audit(s3).findings
+
+
+def test_a_fact_whose_witness_came_after_the_listing_is_not_extra() -> None:
+    """A checkpoint written while fsck listed may hold witnesses PUT after the listing."""
+    s3, book = setup()
+    book.write(Checkpoint(int(NOW // W) - 1, WITNESSES | BitMap([199])))
+    s3.objects.put(s3.key("scraped-tiles", SPACE.rel(199)), b"late\n")
+    assert not audit(s3).findings
