@@ -333,3 +333,35 @@ def test_digests_of_non_facts_are_refused_at_encode() -> None:
     digests.add_task(7, SPACE.rel(7), sha("7"))
     with pytest.raises(ValueError):
         encode(Checkpoint(1, BitMap([1]), {}, digests), FP)
+
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+FIELDS = ["v", "window", "tasks", "fingerprint", "tile", "bitmap", "hashed", "tiles", "tilemap"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, min_size=1), st.booleans())
+def test_any_header_values_with_a_matching_sha256_are_corrupt_or_valid(
+    changes: dict[str, object], drop: bool
+) -> None:
+    """Hostile header values under a correct sha256: decode answers a checkpoint or
+    CorruptCheckpoint, nothing else (no numpy or pyroaring error, no huge allocation)."""
+    body = encode(sample(n=30), FP, SPACE.tile_size)
+    head, _, payload = body.partition(b"\n")
+    header = json.loads(head)
+    header.pop("sha256")
+    header.update(changes)
+    if drop:
+        header.pop(next(iter(changes)))
+    try:
+        cp = decode(forged(payload, **header), FP)
+    except CorruptCheckpoint:
+        return
+    assert len(cp.facts) == 30  # accepted only when the changes did not change the meaning
