@@ -287,7 +287,7 @@ class CheckpointBuilder:
         self._column = Sizes.of(self._facts, {} if base is None else base.sizes).column
         self.digests = TileDigests.for_space(space)
         if base is not None and isinstance(base.digests, TileDigests):
-            self.digests = base.digests
+            self.digests = base.digests.copy()  # the loaded checkpoint stays as it was read
             self.digests.space = space
         self._new: dict[int, int] = {}  # task -> size (UNKNOWN_SIZE) not yet in the columns
 

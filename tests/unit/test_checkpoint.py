@@ -365,3 +365,13 @@ def test_any_header_values_with_a_matching_sha256_are_corrupt_or_valid(
     except CorruptCheckpoint:
         return
     assert len(cp.facts) == 30  # accepted only when the changes did not change the meaning
+
+
+def test_a_builder_leaves_the_checkpoint_it_started_from_alone() -> None:
+    loaded = decode(encode(sample(), FP), FP)
+    before = (BitMap(loaded.facts), dict(loaded.digests.items()))
+    b = CheckpointBuilder(SPACE, loaded)
+    b.add(SPACE.size - 1, SPACE.rel(SPACE.size - 1), sha("new"), 5)
+    b.build(loaded.window + 1)
+    assert (loaded.facts, dict(loaded.digests.items())) == before
+    assert decode(encode(loaded, FP), FP).facts == before[0]
