@@ -343,6 +343,8 @@ def test_own_leases_are_adopted_after_a_restart_wherever_they_are(
     clock.advance(REFRESH)
     again = Node(bucket, "node-a", full_intent())
     again.observe_all(workers, clock.now)
+    again.fleet.update_shares(clock.now)  # pending/ is already a window of a's share
+    assert chunk_of_task(far) not in (again.fleet.chunks_to_list() or {chunk_of_task(far)})
     listing = again.refresh()
     assert listing.chunks is None
     assert far in again.state.claimed and far in again.fleet.held
@@ -400,6 +402,7 @@ def test_foreign_leases_of_chunks_not_listed_stay_hidden_until_they_expire(
     a.observe_all(workers, clock.now)
     a.refresh()
     assert far in a.state.foreign
+    clock.advance(REFRESH)
     listing = a.refresh()
     assert listing.chunks is not None and chunk_of_task(far) not in listing.chunks
     assert far in a.state.foreign  # still hidden: not listed, not expired
