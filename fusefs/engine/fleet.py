@@ -12,7 +12,8 @@ Leases by chunk. A refresh does not list every lease of the fleet: it lists the 
 shares, a window of WINDOW tasks of our share) and of the leases we hold: about 1-2 LISTs
 whatever the fleet's size. Without shares (no other worker known) pending/ shows every pending
 task: when that spans more than FULL_LISTING_CHUNKS chunks, the refresh lists all of claims/
-instead (leases / 1,000 LISTs: what a small fleet costs). The first listing after a start is
+instead (leases / 1,000 LISTs: what a small fleet costs); so does a refresh whose chunks are
+every chunk of the intent (a small mission: one LIST then covers it all). The first listing after a start is
 always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our own leases from
 before a restart wherever they are, and shows us the crew at work. When our view is empty (our
 share and the helpable rest done or leased), the highest END_CHUNKS chunks of other workers'
@@ -453,7 +454,12 @@ class FleetClaims:
                 chunks.add(top)
                 working.remove_range(*chunk_range(top))
         chunks |= {chunk_of_task(task) for task in self.held}
-        return None if len(chunks) > FULL_LISTING_CHUNKS else chunks
+        if len(chunks) > FULL_LISTING_CHUNKS:
+            return None
+        everything = chunks_of(self.state.intent, FULL_LISTING_CHUNKS)  # a few steps at most
+        if everything is not None and chunks >= everything:
+            return None  # the whole mission: one listing of claims/ is as cheap, or cheaper
+        return chunks
 
     def apply(self, live: LeaseListing | list[Lease]) -> None:
         """Hide tasks under other workers' live leases (in the chunks listed; see the module
