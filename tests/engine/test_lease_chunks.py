@@ -23,7 +23,7 @@ from pyroaring import BitMap
 import fusefs.engine.fleet
 import fusefs.engine.leases
 from fusefs.engine.fleet import LeaseListing
-from fusefs.engine.leases import GRACE, LeaseBook, chunk_of_task, chunk_range
+from fusefs.engine.leases import GRACE, LeaseBook, chunk_of_task, chunk_range, chunks_of_part
 from fusefs.model.affinity import MEMBER_SECONDS, shares
 from fusefs.model.codec import Axis, TaskSpace
 from fusefs.model.state import WINDOW, MissionState
@@ -429,3 +429,25 @@ def test_tombstones_go_in_one_delete_objects_per_round(bucket: MemoryStore, cloc
     assert list(n.s3.leases_in(None)) == []
     lo, hi = chunk_range(0)
     assert (lo, hi) == (0, 1024)
+
+
+def test_lease_history_is_found_by_chunk(clock: Clock) -> None:
+    """`missionfs log` reads a lease's versions under claims/{chunk}/: for a rel, a tile or a
+    row it lists only their chunks; a v1 key is never taken for a lease."""
+    bucket = MemoryStore(clock=clock.time, versioned=True)
+    s3 = S3Store(BUCKET_URL, MISSION, objects=bucket)
+    book = LeaseBook(s3, "node-a", LEASE, SPACE)
+    rels = [SPACE.rel(t) for t in (5 * 1024 + 3, 5 * 1024 + 900, 9 * 1024)]
+    for rel in rels:
+        etag = book.acquire(rel)
+        assert etag is not None
+        book.release(rel, etag)
+    bucket.put(f"{s3.root(CLAIMS)}{rels[0]}", b"{}")  # v1
+    assert chunks_of_part(SPACE, rels[0]) == [5]
+    assert chunks_of_part(SPACE, "5/") == [5]  # row 5: ids 5,120..6,143
+    assert chunks_of_part(SPACE, "5/3/") == [5] and chunks_of_part(SPACE, "") is None
+    assert chunks_of_part(SPACE, "x/") is None
+    found = Counter(rel for rel, _ in s3.lease_versions(rels[0], [5]))
+    assert found == {rels[0]: 2}  # the lease and its delete marker
+    assert {rel for rel, _ in s3.lease_versions("5/", [5])} == set(rels[:2])
+    assert Counter(rel for rel, _ in s3.lease_versions("", None)) == {r: 2 for r in rels}
