@@ -451,3 +451,17 @@ def test_lease_history_is_found_by_chunk(clock: Clock) -> None:
     assert found == {rels[0]: 2}  # the lease and its delete marker
     assert {rel for rel, _ in s3.lease_versions("5/", [5])} == set(rels[:2])
     assert Counter(rel for rel, _ in s3.lease_versions("", None)) == {r: 2 for r in rels}
+
+
+def test_a_small_mission_is_listed_whole_in_one_request(bucket: MemoryStore, clock: Clock) -> None:
+    """When the chunks to list are every chunk of the intent (here 2), one listing of claims/
+    costs less than one per chunk; a larger mission lists its chunks."""
+    small = Node(bucket, "node-a", BitMap(range(0, 2048, 4)))
+    small.refresh()
+    assert small.fleet.chunks_to_list() is None
+    before = lists(bucket)
+    assert small.refresh().chunks is None and lists(bucket) - before == 1
+    large = Node(bucket, "node-b", BitMap(range(0, 16 * 1024, 4)))
+    large.observe_all(["node-a", "node-b"], clock.now)
+    large.refresh()
+    assert large.fleet.chunks_to_list() is not None
