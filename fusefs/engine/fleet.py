@@ -120,6 +120,7 @@ CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGA
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
 DELETE_BATCH = 1000  # keys of one DeleteObjects: the retired leases deleted per refresh
+HELPER_REFUSALS = 2  # helper claims lost between two listings before helping pauses
 
 
 def chunks_of(tasks: BitMap, limit: int) -> set[int] | None:
@@ -203,6 +204,7 @@ class FleetClaims:
         # Other workers' leases known: task -> (expiry on the server's clock, monotonic time
         # learned). Kept for chunks a refresh does not list, until that expiry.
         self._foreign: dict[int, tuple[float, float]] = {}
+        self._helper_losses = 0  # helper claims lost since the last listing
         self.timeout = timeout
         # Shared with the lease threads (see the module docstring), under _lock: lease requests
         # still running per rel, and rels where a lease of ours may exist unhonoured.
@@ -366,6 +368,24 @@ class FleetClaims:
             until = self.leases.server_now() + self.leases.lease_seconds + GRACE
         self._foreign[task] = (until, time.monotonic())
         self.state.claim_lost(task)
+        if task in self.state.elsewhere:
+            self._helper_refused(task)
+
+    def _helper_refused(self, task: int) -> None:
+        """A claim of another worker's share lost: its owner (or another helper) is at work
+        there, or finished it since our last listing. Help elsewhere until the next listing;
+        after HELPER_REFUSALS such losses, not at all until then (near a mission's end most
+        of what a listing showed pending is taken: each try would cost a PUT 412 + GET)."""
+        self._helper_losses += 1
+        contended = BitMap()
+        if self._helper_losses >= HELPER_REFUSALS:
+            contended = self.state.elsewhere
+        else:
+            for lo, hi in self.crew.help_order:
+                if lo <= task < hi:
+                    contended.add_range(lo, hi)
+                    break
+        self.state.contend(contended)
 
     async def release(self, task: int) -> None:
         """`rm claimed/REL`: give the task back to the fleet."""
@@ -494,6 +514,8 @@ class FleetClaims:
         self._lease_marks = marks
         self._foreign = foreign
         self.state.set_foreign(BitMap(foreign))
+        self.state.set_contended(BitMap())  # fresh leases: help anywhere again
+        self._helper_losses = 0
         self._adopted = True
         self._touched.clear()
         self.update_shares(now)

@@ -465,3 +465,37 @@ def test_a_small_mission_is_listed_whole_in_one_request(bucket: MemoryStore, clo
     large.observe_all(["node-a", "node-b"], clock.now)
     large.refresh()
     assert large.fleet.chunks_to_list() is not None
+
+
+def test_a_helper_refused_twice_pauses_until_its_next_listing(
+    bucket: MemoryStore, clock: Clock
+) -> None:
+    """Helping near a mission's end: what a's last listing showed pending in b's share may be
+    taken since. A refused helper claim hides that range of b's share; a second one pauses
+    helping until a's next lease listing, so a stale view costs at most two PUT 412 + GET per
+    listing. Our own share is never hidden that way."""
+    workers = ["node-a", "node-b"]
+    intent = BitMap(range(0, 4096))
+    a = Node(bucket, "node-a", intent)
+    b = Node(bucket, "node-b", intent)
+    for n in (a, b):
+        n.observe_all(workers, clock.now)
+        n.refresh()
+    mine = shares(intent, workers)["node-a"]
+    a.state.add_facts(mine)
+    a.fleet.update_shares(clock.now)
+    (lo1, hi1), (_, hi2) = a.fleet.crew.help_order[:2]
+    first, second = hi1 - 1, hi2 - 1  # the tops of a's first two ranges: where a looks first
+    for task in (first, second):
+        assert b.claim(task, clock.now)  # b works there since a's last listing
+    assert first in a.state.pending_view()
+    assert not a.claim(first, clock.now)  # refused: b's lease
+    view = a.state.pending_view()
+    assert view and not view & BitMap(range(lo1, hi1)) and second in view
+    assert not a.claim(second, clock.now)  # refused again: a pauses helping
+    assert not a.state.pending_view()
+    assert a.counters.lost_claims == 2
+    clock.advance(REFRESH)
+    a.refresh()  # the next listing: b's leases are known, the rest of b's share helpable
+    view = a.state.pending_view()
+    assert view == (BitMap(range(lo1, hi1)) & intent) - mine - BitMap([first])
