@@ -13,11 +13,11 @@ shares, a window of WINDOW tasks of our share) and of the leases we hold: about 
 whatever the fleet's size. Without shares (no other worker known) pending/ shows every pending
 task: when that spans more than FULL_LISTING_CHUNKS chunks, the refresh lists all of claims/
 instead (leases / 1,000 LISTs: what a small fleet costs); so does a refresh whose chunks are
-every chunk of the intent (a small mission: one LIST then covers it all). The first listing after a start is
-always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our own leases from
-before a restart wherever they are, and shows us the crew at work. When our view is empty (our
-share and the helpable rest done or leased), the highest END_CHUNKS chunks of other workers'
-leases are listed, so a released task comes back to the helpers at once.
+every chunk of the intent (a small mission: one LIST then covers it all). The first listing
+after a start is always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our
+own leases from before a restart wherever they are, and shows us the crew at work. When our
+view is empty (our share and the helpable rest done or leased), the highest END_CHUNKS chunks
+of other workers' leases are listed, so a released task comes back to the helpers at once.
 
 Other workers' leases in chunks not listed by a refresh stay hidden as they were, each until
 the expiry its listing (or the refused claim) showed, then the task shows again; a claim of it
@@ -30,7 +30,9 @@ Strict and optimistic fleets share the same affinity (affinity.py): each worker 
 share first and helps with the others' downwards once its own is done, so two workers rarely
 race for one task (a lost race costs a PUT 412 and a GET). Optimistic fleets protect the
 shares of silent workers (they may hold finished work made offline); strict ones protect
-none: a strict claim needs its lease, so a silent worker's share is helped with at once.
+none: a strict claim needs its lease, so a silent worker's share is helped with at once. A
+helper's claim refused by a lease hides that chunk of the other's share until the next
+listing; a second refusal pauses helping until then (`_helper_refused`).
 
 Bounded waits. A claim is a cross-directory rename: while its FUSE request is unanswered the
 kernel holds the filesystem's rename lock, and every other `mv` on the mount (commits too)
