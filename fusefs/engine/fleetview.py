@@ -120,7 +120,7 @@ def fleet(
 ) -> dict[str, Any]:
     """Every worker seen in the bucket, with its pace and share (see the module docstring)."""
     book = LeaseBook(s3, "missionfs-fleet-view", lease_seconds)
-    live = book.live()  # also sets the server clock offset
+    live = book.live()  # every chunk; also sets the server clock offset
     t = now() + book.offset
     manifests, read = count_manifests(s3, cache_path)
     workers: dict[str, dict[str, Any]] = {}
