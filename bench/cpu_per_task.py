@@ -39,6 +39,7 @@ import base64
 import contextlib
 import cProfile
 import hashlib
+import json
 import os
 import pstats
 import shutil
@@ -103,7 +104,7 @@ class Run:
     profile: Counter[str] = field(default_factory=Counter)  # bucket -> samples
     leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
     inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
-    fuse_requests: int = 0  # FUSE requests the floor's filesystem answered (0: not counted)
+    fuse: Counter[str] = field(default_factory=Counter)  # the floor's FUSE requests by kind
 
     @property
     def ms_per_task(self) -> float:
@@ -253,7 +254,7 @@ def measure(
         workers.stop()
         fp.stop()
     if floor and counts.exists():
-        run.fuse_requests = int(counts.read_text() or 0)
+        run.fuse = Counter(json.loads(counts.read_text() or "{}"))
     return run
 
 
@@ -499,7 +500,7 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
     rows = []
     for r in runs:
         req = sum(r.requests.values()) / max(1, r.tasks) if r.requests else 0.0
-        fuse = f"{r.fuse_requests / max(1, r.tasks):.1f}" if r.fuse_requests else ""
+        fuse = f"{r.fuse.total() / max(1, r.tasks):.1f}" if r.fuse else ""
         rows.append(
             [
                 r.name,
@@ -515,6 +516,10 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
             ]
         )
     c.print_table(headers, rows)
+    for r in runs:
+        if r.fuse:
+            per = ", ".join(f"{k} {v / max(1, r.tasks):.2f}" for k, v in sorted(r.fuse.items()))
+            print(f"  {r.name}: FUSE requests per task: {per}")
     summary(runs)
     print(
         "CPU: user + sys of the daemon (/proc/PID/stat, 10 ms ticks), workers' start to all"

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import stat
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +44,7 @@ class NullWorkerFS(pyfuse3.Operations):
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self.children: dict[int, dict[bytes, int]] = {}
         self.data: dict[int, bytes] = {}
-        self.requests = 0
+        self.requests: Counter[str] = Counter()  # FUSE requests answered, by kind
         self._next = pyfuse3.ROOT_INODE
         self._now = time.time_ns()
         dmode, fmode = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
@@ -91,13 +93,13 @@ class NullWorkerFS(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self.requests += 1
+        self.requests["lookup"] += 1
         return self.attrs[self._child(parent_inode, name)]
 
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
-        self.requests += 1
+        self.requests["getattr"] += 1
         return self.attrs[inode]
 
     async def setattr(
@@ -108,17 +110,17 @@ class NullWorkerFS(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        self.requests += 1
+        self.requests["setattr"] += 1
         if fields.update_size:
             self.attrs[inode].st_size = attr.st_size
         return self.attrs[inode]
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        self.requests += 1
+        self.requests["opendir"] += 1
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        self.requests += 1
+        self.requests["readdir"] += 1
         entries = list(self.children[fh].items())
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
@@ -126,7 +128,7 @@ class NullWorkerFS(pyfuse3.Operations):
                 return
 
     async def releasedir(self, fh: int) -> None:
-        self.requests += 1
+        self.requests["releasedir"] += 1
 
     async def rename(
         self,
@@ -137,7 +139,7 @@ class NullWorkerFS(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self.requests += 1
+        self.requests["rename"] += 1
         ino = self._child(parent_inode_old, name_old)
         if name_new in self.children[parent_inode_new]:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -145,39 +147,39 @@ class NullWorkerFS(pyfuse3.Operations):
         self.children[parent_inode_new][name_new] = ino
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        self.requests += 1
+        self.requests["open"] += 1
         return pyfuse3.FileInfo(fh=inode)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self.requests += 1
+        self.requests["create"] += 1
         ino = self._link(parent_inode, name, self._new(stat.S_IFREG | 0o644, 0, TMP_TIMEOUT))
         return pyfuse3.FileInfo(fh=ino), self.attrs[ino]
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        self.requests += 1
+        self.requests["read"] += 1
         return self.data.get(fh, b"")[off : off + size]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        self.requests += 1
+        self.requests["write"] += 1
         a = self.attrs[fh]
         a.st_size = max(a.st_size, off + len(buf))
         return len(buf)
 
     async def flush(self, fh: int) -> None:
-        self.requests += 1
+        self.requests["flush"] += 1
 
     async def release(self, fh: int) -> None:
-        self.requests += 1
+        self.requests["release"] += 1
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.requests += 1
+        self.requests["unlink"] += 1
         self._child(parent_inode, name)
         del self.children[parent_inode][name]
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        self.requests += 1
+        self.requests["forget"] += 1
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
@@ -190,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("spec", type=Path, help="mission TOML with a [grid] table")
     p.add_argument("mountpoint", type=Path)
-    p.add_argument("--count-file", type=Path, help="write the request count here at exit")
+    p.add_argument("--count-file", type=Path, help="write the request counts here at exit")
     args = p.parse_args(argv)
     fs = NullWorkerFS(*grid_names(args.spec))
     try:
         serve(fs, args.mountpoint, "nullfs")
     finally:
         if args.count_file is not None:
-            args.count_file.write_text(f"{fs.requests}\n")
+            args.count_file.write_text(json.dumps(dict(fs.requests)))
     return 0
 
 

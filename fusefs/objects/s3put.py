@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import http.client
 import random
 import ssl
 import threading
@@ -187,7 +186,7 @@ class ThinPut:
             return botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=e)
         if isinstance(e, ssl.SSLError):
             return botocore.exceptions.SSLError(endpoint_url=url, error=e)
-        if isinstance(e, OSError | http.client.HTTPException):
+        if isinstance(e, OSError):
             return botocore.exceptions.ConnectionClosedError(endpoint_url=url, error=e)
         return e
 

@@ -13,10 +13,12 @@ the credentials (boto3's provider chain, frozen by the caller) and the error cla
 What is kept from botocore's request, on purpose:
 - SigV4 with the payload signed (`x-amz-content-sha256` = the body's SHA-256, as botocore
   does over plain HTTP, and over HTTPS unless a checksum header lets it skip): every header
-  sent is signed except `accept-encoding`, which http.client adds;
+  sent is signed;
 - the signing key is derived once per (secret, day, region) instead of four HMACs a request;
 - connections are kept alive and reused (LIFO), `TCP_NODELAY` on (botocore leaves Nagle on),
-  headers and a bytes body go out in one write (http.client does that for bytes);
+  headers and body go out in one write; the answer is read by a small HTTP/1.1 reader (status,
+  headers, a Content-Length or chunked body) instead of http.client, which parses every
+  response's headers with the email package (half the CPU of the PUT);
 - a pooled connection the server closed while idle is detected before reuse (a readable idle
   socket is EOF or junk) and a reused one that fails before any answer is retried once, on a
   new connection, as urllib3's pool does.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import re
 import select
 import socket
@@ -34,6 +35,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -136,6 +138,33 @@ def quote_key(key: str) -> str:
     return quote(key.encode("utf-8", "surrogatepass"), safe="/~")
 
 
+class Disconnected(ConnectionResetError):
+    """The server closed the connection before any answer (a kept-alive connection it had
+    dropped, most likely)."""
+
+
+class BadReply(OSError):
+    """Not an HTTP/1.x answer we can read: the connection is closed, the request may have
+    been applied."""
+
+
+MAX_LINE = 65536
+MAX_HEADERS = 200
+
+
+class Conn:
+    """One connection: the socket and a buffered reader made once (http.client makes a new
+    file object for every response)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+
 class Pool:
     """A few kept-alive connections to one endpoint; thread-safe. `connect_timeout` bounds
     the connection (and TLS handshake), `read_timeout` every later socket operation."""
@@ -153,49 +182,45 @@ class Pool:
         self.size = size
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[Conn] = []
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context(cafile=cafile) if target.scheme == "https" else None
         self.opened = 0  # connections made so far (the benchmark shows reuse)
 
-    def _new(self) -> http.client.HTTPConnection:
+    def _new(self) -> Conn:
         t = self.target
-        conn: http.client.HTTPConnection
-        if self._ssl is not None:
-            conn = http.client.HTTPSConnection(
-                t.host, t.port, timeout=self.connect_timeout, context=self._ssl
-            )
-        else:
-            conn = http.client.HTTPConnection(t.host, t.port, timeout=self.connect_timeout)
         try:
-            conn.connect()
+            sock = socket.create_connection((t.host, t.port), timeout=self.connect_timeout)
         except TimeoutError as e:
-            conn.close()
             raise ConnectTimedOut(f"connect to {t.netloc}: {e}") from None
         except OSError as e:
-            conn.close()
-            if isinstance(e, ssl.SSLError):
-                raise  # a TLS failure: the endpoint answered, wrongly
             raise ConnectFailed(f"connect to {t.netloc}: {e}") from None
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock.settimeout(self.read_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=t.host)
+        except TimeoutError as e:
+            sock.close()
+            raise ConnectTimedOut(f"TLS handshake with {t.netloc}: {e}") from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.read_timeout)
         self.opened += 1
-        return conn
+        return Conn(sock)
 
-    def _take(self) -> http.client.HTTPConnection | None:
+    def _take(self) -> Conn | None:
         """An idle connection still open, or None."""
         while True:
             with self._lock:
                 if not self._idle:
                     return None
                 conn = self._idle.pop()
-            sock = conn.sock
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            if not select.select([conn.sock], [], [], 0)[0]:
                 return conn  # nothing to read on an idle connection: still open
             conn.close()  # EOF (the server closed it) or unexpected bytes
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, conn: Conn) -> None:
         with self._lock:
             if len(self._idle) < self.size:
                 self._idle.append(conn)
@@ -210,46 +235,115 @@ class Pool:
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
         """One request and its whole answer. Raises ConnectFailed/ConnectTimedOut (not sent),
-        TimeoutError (no answer in time) or another OSError / http.client.HTTPException (the
-        connection broke: the request may or may not have been applied)."""
+        TimeoutError (no answer in time) or another OSError (the connection broke or the
+        answer was garbled: the request may or may not have been applied)."""
+        head = f"{method} {path} HTTP/1.1\r\n"
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name}: line break in its value")
+            head += f"{name}: {value}\r\n"
+        data = (head + "\r\n").encode("latin-1") + body
         conn = self._take()
         if conn is not None:
             try:
-                return self._exchange(conn, method, path, body, headers)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                return self._exchange(conn, data)
+            except (Disconnected, ConnectionResetError, BrokenPipeError):
                 pass  # closed by the server while idle, unseen: once more, on a new connection
-        return self._exchange(self._new(), method, path, body, headers)
+        return self._exchange(self._new(), data)
 
-    def _exchange(
-        self,
-        conn: http.client.HTTPConnection,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> Reply:
+    def _exchange(self, conn: Conn, data: bytes) -> Reply:
         try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
+            conn.sock.sendall(data)  # headers and body in one write
+            reply, keep = read_reply(conn.rfile)
         except BaseException:
             conn.close()
             raise
-        reply_headers = {k.lower(): v for k, v in resp.getheaders()}
-        if resp.will_close:
-            conn.close()
-        else:
+        if keep:
             self._give_back(conn)
-        if resp.status < 300:
-            return Reply(resp.status, reply_headers)
-        code = _CODE.search(data)
-        message = _MESSAGE.search(data)
-        return Reply(
-            resp.status,
-            reply_headers,
-            code.group(1).decode("utf-8", "replace") if code else "",
+        else:
+            conn.close()
+        return reply
+
+
+def read_reply(rfile: Any) -> tuple[Reply, bool]:
+    """Read one HTTP/1.x response (skipping 1xx ones) from a buffered reader; the Reply and
+    whether the connection may carry another request."""
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        if not line:
+            raise Disconnected("the server closed the connection without answering")
+        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+        code, _, _ = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit() or len(line) > MAX_LINE:
+            raise BadReply(f"not an HTTP/1.x status line: {line[:80]!r}")
+        status = int(code)
+        headers = _read_headers(rfile)
+        if not 100 <= status < 200:
+            break
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    conn_hdr = headers.get("connection", "").lower()
+    keep = "close" not in conn_hdr and (version != "HTTP/1.0" or "keep-alive" in conn_hdr)
+    if chunked:
+        data = _read_chunked(rfile)
+    elif "content-length" in headers:
+        try:
+            length = int(headers["content-length"])
+        except ValueError:
+            raise BadReply("bad Content-Length") from None
+        data = rfile.read(length) if length > 0 else b""
+        if len(data) < length:
+            raise BadReply("the connection closed inside the body")
+    elif status in (204, 304):
+        data = b""
+    else:  # the body ends where the connection does
+        data = rfile.read()
+        keep = False
+    if status < 300:
+        return Reply(status, headers), keep
+    code_m = _CODE.search(data)
+    message = _MESSAGE.search(data)
+    return (
+        Reply(
+            status,
+            headers,
+            code_m.group(1).decode("utf-8", "replace") if code_m else "",
             message.group(1).decode("utf-8", "replace") if message else "",
-        )
+        ),
+        keep,
+    )
+
+
+def _read_headers(rfile: Any) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS):
+        line = rfile.readline(MAX_LINE + 1)
+        if not line:
+            raise BadReply("the connection closed inside the headers")
+        if line in (b"\r\n", b"\n"):
+            return headers
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep:
+            raise BadReply(f"not a header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    raise BadReply(f"more than {MAX_HEADERS} headers")
+
+
+def _read_chunked(rfile: Any) -> bytes:
+    parts = []
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise BadReply(f"bad chunk size line: {line[:80]!r}") from None
+        if size == 0:
+            break
+        chunk = rfile.read(size)
+        if len(chunk) < size or rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n"):
+            raise BadReply("the connection closed inside a chunk")
+        parts.append(chunk)
+    _read_headers(rfile)  # trailers, if any, up to the blank line
+    return b"".join(parts)
 
 
 # What botocore's standard retry mode retries (botocore/retries/standard.py), for a PUT.
