@@ -52,9 +52,10 @@ log = logging.getLogger("missionfs")
 class SyncEngine(RemoteFacts):
     """Uploads, the connection and the loops; the remote side is RemoteFacts (remotefacts.py)."""
 
-    # Seconds a small upload batch waits for more commits (x 0.5-1.0, cut short by a forced
-    # sync): each hand-off to a thread costs trio's loop about what a thin PUT costs, so a
-    # trickle of commits is uploaded a handful per hop (uploads.py). Manifests go out once a
+    # Seconds a batch of fewer than PER_HOP witnesses waits for more commits (x 0.5-1.0, cut
+    # short by a forced sync): each hand-off to a thread costs trio's loop about what a thin
+    # PUT costs, so a trickle of commits is uploaded a handful per hop (uploads.py); a bigger
+    # batch goes at once (waiting would only slow a backlog down). Manifests go out once a
     # second anyway, so other workers learn of a witness no later than before.
     upload_linger = 0.25
 
@@ -266,7 +267,7 @@ class SyncEngine(RemoteFacts):
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
-            if len(batch) < PER_HOP * self.uploaders and self.upload_linger:
+            if len(batch) < PER_HOP and self.upload_linger:
                 await self._sleep(self.upload_linger)  # let a few more commits join the hop
                 batch = self._upload_batch()
             failures = await self.upload(batch)
