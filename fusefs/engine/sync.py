@@ -387,17 +387,9 @@ class SyncEngine(RemoteFacts):
         task, rel, body = up.task, up.rel, up.body
         if up.skipped:
             return False  # its chunk found S3 unavailable first
-        if up.error is not None:
-            try:
-                raise up.error
-            except S3Unavailable as e:
-                self.went_offline(e)
-            except (S3ConfigError, OSError) as e:
-                self.counters.errors += 1
-                self.counters.last_error = str(e)
-                log.error("upload of %s failed: %s", rel, e)
-            return False
         try:
+            if up.error is not None:
+                raise up.error  # what failed in the thread, handled as if it failed here
             if up.created:
                 self.counters.uploaded += 1
                 sha = sha256_hex(body)
