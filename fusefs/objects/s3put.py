@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import os
 import random
 import ssl
 import threading
@@ -73,16 +74,12 @@ class ThinPut:
         self._lock = threading.Lock()
         self.target = _target(client, bucket)
         self.signer = sigv4.Signer(self.target.region)
-        cafile = None
-        if self.target.scheme == "https":
-            verify = getattr(client.meta.config, "verify", None)  # not a Config setting
-            cafile = botocore.httpsession.get_cert_path(True if verify is None else verify)
         self.pool = sigv4.Pool(
             self.target,
             size=pool,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            cafile=cafile if isinstance(cafile, str) else None,
+            cafile=_ca_bundle(session) if self.target.scheme == "https" else None,
         )
         self.url = f"{self.target.scheme}://{self.target.netloc}"
 
@@ -215,6 +212,18 @@ def _client_error(reply: sigv4.Reply) -> botocore.exceptions.ClientError:
         "ResponseMetadata": {"HTTPStatusCode": reply.status, "HTTPHeaders": reply.headers},
     }
     return botocore.exceptions.ClientError(response, "PutObject")
+
+
+def _ca_bundle(session: Any) -> str | None:
+    """The CA certificates boto3's client verifies the endpoint with, found the way botocore
+    finds them for a client made without `verify`: the `ca_bundle` setting (AWS_CA_BUNDLE or
+    the profile's), else REQUESTS_CA_BUNDLE, else botocore's default bundle."""
+    core = getattr(session, "_session", None)  # boto3's botocore session
+    verify: Any = core.get_config_variable("ca_bundle") if core is not None else None
+    if verify is None:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE", True)
+    path = botocore.httpsession.get_cert_path(verify)
+    return path if isinstance(path, str) else None
 
 
 def _target(client: Any, bucket: str) -> sigv4.Target:

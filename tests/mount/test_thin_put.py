@@ -6,8 +6,10 @@ see: which path served the request, the retries, the connection, a hung server."
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,9 +19,9 @@ from botocore.config import Config
 from fusefs.objects import AccessDenied, PreconditionFailed, SlowDown, Timeout, Unavailable
 from fusefs.objects.s3 import S3ObjectStore
 from fusefs.objects.s3put import _target
-from tests.support.mounts import new_bucket
+from tests.support.mounts import new_bucket, wait_for
 from tests.support.s3_proxy import S3Proxy
-from tests.support.s3_servers import ACCESS_KEY, SECRET_KEY, Server
+from tests.support.s3_servers import ACCESS_KEY, BIN, SECRET_KEY, Server, free_port
 
 WITNESS = b"name,worker,bytes\n10.00/20.00/coffee.csv,42,57\n"
 META = {"sha256": "ab" * 32, "worker": "w-1"}
@@ -156,8 +158,6 @@ def test_a_hung_server_times_out(seaweed: Server, proxy: S3Proxy) -> None:
 
 
 def test_an_unreachable_endpoint_is_unavailable_and_never_sent(seaweed: Server) -> None:
-    from tests.support.s3_servers import free_port
-
     store = S3ObjectStore("bucket", f"http://127.0.0.1:{free_port()}", attempts=2)
     with pytest.raises(Unavailable) as e:
         store.put("k", b"1")
@@ -181,6 +181,60 @@ def test_addressing_follows_the_boto3_client() -> None:
     thin = store.thin_put()
     assert thin is not None and thin.target.scheme == "https"
     assert thin.pool._ssl is not None and thin.pool._ssl.verify_mode.name == "CERT_REQUIRED"
+
+
+@pytest.fixture
+def tls_moto(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """moto on https://127.0.0.1 with a self-signed certificate: (endpoint, its certificate)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    openssl += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    openssl += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(openssl, check=True, capture_output=True)
+    port = free_port()
+    with open(tmp_path / "moto.log", "ab") as log:
+        cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        cmd += ["--ssl-cert", str(cert), "--ssl-key", str(key)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"https://127.0.0.1:{port}"
+    try:
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint, verify=str(cert))
+        wait_for(lambda: _created(client, "tls-bucket"), 60, "moto on HTTPS")
+        yield endpoint, cert
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _created(client: Any, bucket: str) -> bool:
+    try:
+        client.create_bucket(Bucket=bucket)
+    except Exception:
+        return False
+    return True
+
+
+def test_https_verifies_the_server_with_boto3s_ca_bundle(
+    tls_moto: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS: the server's certificate is checked against the CA bundle boto3 would use
+    (AWS_CA_BUNDLE here); without it the self-signed server is refused, as boto3 refuses it."""
+    endpoint, cert = tls_moto
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    store = S3ObjectStore("tls-bucket", endpoint)
+    etag = store.put("w/1.csv", WITNESS, if_none_match=True, metadata=META)
+    thin = store.thin_put()
+    assert thin is not None and thin.target.scheme == "https" and thin.pool.opened >= 1
+    body, info = store.get("w/1.csv")  # through boto3: the same object
+    assert (body, info.etag, info.metadata) == (WITNESS, etag, META)
+    with pytest.raises(PreconditionFailed):
+        store.put("w/1.csv", b"again", if_none_match=True)
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    untrusting = S3ObjectStore("tls-bucket", endpoint, attempts=1)
+    with pytest.raises(Unavailable) as e:
+        untrusting.put("w/2.csv", WITNESS)
+    assert "SSL" in str(e.value)
+    assert untrusting._thin is not None  # refused by the thin path's own verification
 
 
 class _FixedSession:
