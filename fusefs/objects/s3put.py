@@ -13,7 +13,8 @@ the client chose for this endpoint), the signing region (the client's) and the c
 (refreshable credentials renew themselves when frozen near their expiry) or at once when the
 server says the token expired. An answer it does not expect from a correctly addressed bucket
 (a redirect: the bucket is in another region) makes it step aside: that PUT and every later
-one go through boto3, whose region redirector knows what to do.
+one go through boto3, whose region redirector knows what to do. So does a client that would
+use an HTTP proxy (its settings or HTTP(S)_PROXY): the thin path is then not used at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -214,6 +216,14 @@ def _client_error(reply: sigv4.Reply) -> botocore.exceptions.ClientError:
     return botocore.exceptions.ClientError(response, "PutObject")
 
 
+def _proxied(client: Any, scheme: str, host: str) -> bool:
+    """Would boto3 send requests to `host` through a proxy (its `proxies` setting, or the
+    HTTP(S)_PROXY environment not excepted by NO_PROXY)? The thin path connects directly."""
+    if getattr(client.meta.config, "proxies", None):
+        return True
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+
+
 def _ca_bundle(session: Any) -> str | None:
     """The CA certificates boto3's client verifies the endpoint with, found the way botocore
     finds them for a client made without `verify`: the `ca_bundle` setting (AWS_CA_BUNDLE or
@@ -237,6 +247,8 @@ def _target(client: Any, bucket: str) -> sigv4.Target:
     u = urlsplit(url)
     if u.scheme not in ("http", "https") or not u.path.endswith("/k") or not u.hostname:
         raise StepAside(f"unexpected presigned URL for {bucket}")
+    if _proxied(client, u.scheme, u.hostname):
+        raise StepAside(f"PUTs to {u.netloc} go through a proxy: boto3 knows how")
     port = u.port or (443 if u.scheme == "https" else 80)
     region = client.meta.region_name or "us-east-1"
     return sigv4.Target(u.scheme, u.netloc, u.hostname, port, u.path[:-1], region)

@@ -34,6 +34,9 @@ def creds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):  # loopback, directly
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
 
 
 @pytest.fixture
@@ -235,6 +238,15 @@ def test_https_verifies_the_server_with_boto3s_ca_bundle(
         untrusting.put("w/2.csv", WITNESS)
     assert "SSL" in str(e.value)
     assert untrusting._thin is not None  # refused by the thin path's own verification
+
+
+def test_a_proxy_sends_puts_back_to_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 honours HTTP(S)_PROXY; the thin path connects directly, so it stands aside
+    (NO_PROXY for the endpoint brings it back). No request is made to find out."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    assert S3ObjectStore("my-bucket", "http://127.0.0.1:9000").thin_put() is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert S3ObjectStore("my-bucket", "http://127.0.0.1:9000").thin_put() is not None
 
 
 class _FixedSession:
