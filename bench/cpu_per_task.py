@@ -21,6 +21,13 @@ This measures that price on real mounts and profiles it, as a plan for cutting i
    with the client settings this workload allows, one at a time, so each line says what that
    setting saves; then cProfile's top entries for S3Store's PUT.
 
+4. The floor (`floor` rows): bench/null_fs.py, pyfuse3 + trio answering the same worker's
+   claim/write/commit with no missionfs logic, measured the same way: what a task costs on
+   FUSE in Python on this machine before any missionfs work.
+5. Before/after (`--old CHECKOUT`): the same rows for the daemon of another checkout (a
+   `git worktree` of the old commit; `-m fusefs` imports it through PYTHONPATH), interleaved
+   with this checkout's runs, `--repeat` rounds, medians and spreads in a summary table.
+
 Everything (state dirs, S3 data) lives on one private tmpfs; SeaweedFS and the daemons are
 stopped by PID at the end. A run takes about a minute (`--tasks 600 --workers 4`).
 """
@@ -32,10 +39,12 @@ import base64
 import contextlib
 import cProfile
 import hashlib
+import json
 import os
 import pstats
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -51,6 +60,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 import common as c  # noqa: E402
 import fleet  # noqa: E402
 
+from tests.support import fuseproc  # noqa: E402
 from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
 
 BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
@@ -94,6 +104,7 @@ class Run:
     profile: Counter[str] = field(default_factory=Counter)  # bucket -> samples
     leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
     inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
+    fuse: Counter[str] = field(default_factory=Counter)  # the floor's FUSE requests by kind
 
     @property
     def ms_per_task(self) -> float:
@@ -178,15 +189,35 @@ def classify(frames: list[str]) -> str:
     return "other (stdlib, interpreter)"
 
 
+def start_floor(spec: Path, mnt: Path, counts: Path) -> c.FuseProc:
+    """bench/null_fs.py on `mnt` (the floor: pyfuse3 + trio, no missionfs logic)."""
+    cmd = [c.PYTHON, str(BENCH / "null_fs.py"), str(spec), str(mnt), "--count-file", str(counts)]
+    return fuseproc.start(cmd, mnt, mnt.parent / f"{mnt.name}.null.err", "null", BENCH)
+
+
 def measure(
-    bench: fleet.Bench, name: str, endpoint: str | None, tasks: int, n: int, profile: bool
+    bench: fleet.Bench,
+    name: str,
+    endpoint: str | None,
+    tasks: int,
+    n: int,
+    profile: bool,
+    *,
+    checkout: Path | None = None,
+    floor: bool = False,
 ) -> Run:
-    """One mount, n Python workers, until every task is committed (and in S3): daemon CPU."""
+    """One mount, n Python workers, until every task is committed (and in S3): daemon CPU.
+    `checkout`: the daemon of that checkout; `floor`: bench/null_fs.py instead of missionfs."""
     tmp = bench.tmp
     mission, total = bench.mission(name, tasks, "local" if endpoint else None)
     extra = ("--endpoint-url", endpoint, "--worker", name) if endpoint else ()
     run = Run(name, total)
-    fp = c.start_missionfs(mission, tmp / f"{name}-mnt", tmp / f"{name}-state", extra=extra)
+    counts = tmp / f"{name}.requests"
+    if floor:
+        fp = start_floor(mission, tmp / f"{name}-mnt", counts)
+    else:
+        mnt, state = tmp / f"{name}-mnt", tmp / f"{name}-state"
+        fp = c.start_missionfs(mission, mnt, state, extra=extra, checkout=checkout)
     workers = fleet.Workers()
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -222,6 +253,8 @@ def measure(
             spy.wait(timeout=10)
         workers.stop()
         fp.stop()
+    if floor and counts.exists():
+        run.fuse = Counter(json.loads(counts.read_text() or "{}"))
     return run
 
 
@@ -330,15 +363,24 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
     alone; the variants take turns (3 rounds, the median kept) so a neighbour's burst on this
     shared machine does not land on one of them. Also cProfile's top entries (thread CPU time)
     of S3Store's PUT and how many connections S3Store's client opened for all its PUTs."""
+    from fusefs.objects.s3 import S3ObjectStore
     from fusefs.objects.s3store import S3Store
 
     store = S3Store(f"s3://{BUCKET}/inproc", "m", endpoint)
     store.worker = "bench"
     store.check()
+    boto = S3Store(f"s3://{BUCKET}/inproc", "m", endpoint)
+    boto.worker = "bench"
+    boto.check()
+    assert isinstance(boto.objects, S3ObjectStore) and isinstance(store.objects, S3ObjectStore)
+    boto.objects.thin = False  # the daemon's PUT before the thin path
     gen = iter(range(10**9))
 
     def via_store(i: int) -> None:
         store.create_witness(f"s/{next(gen)}/w.csv", witness(i), True)
+
+    def via_boto(i: int) -> None:
+        boto.create_witness(f"b/{next(gen)}/w.csv", witness(i), True)
 
     def plain(client: Any, checksum: bool, meta: bool = True) -> Callable[[int], None]:
         def put(i: int) -> None:
@@ -358,9 +400,10 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
     lean = {"parameter_validation": False, "request_checksum_calculation": "when_required"}
     variants: list[tuple[str, Callable[[int], None]]] = [
         (
-            f"S3Store.create_witness, the daemon's PUT (checksum header: {store.checksums})",
+            f"S3Store.create_witness, the daemon's PUT: thin path (checksum: {store.checksums})",
             via_store,
         ),
+        ("S3Store.create_witness through boto3 (the daemon's PUT before)", via_boto),
         ("plain boto3 client, the same request", plain(plain_client(endpoint), store.checksums)),
         (
             "  + Config(parameter_validation=False)",
@@ -398,10 +441,9 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
     for i in range(reps):
         via_store(i)
     prof.disable()
-    pools = store.client._endpoint.http_session._manager.pools
-    keys = pools.keys()  # urllib3's container refuses plain iteration
-    conns = sum(pools[k].num_connections for k in keys)
-    return out, _top(prof, reps), f"S3Store's client opened {conns} connection(s) for all its PUTs"
+    thin = store.objects.thin_put()
+    conns = thin.pool.opened if thin is not None else -1
+    return out, _top(prof, reps), f"S3Store's thin path opened {conns} connection(s) for its PUTs"
 
 
 def _top(prof: cProfile.Profile, reps: int, n: int = 15) -> str:
@@ -421,13 +463,44 @@ def _top(prof: cProfile.Profile, reps: int, n: int = 15) -> str:
 
 
 # -- the report --------------------------------------------------------------------------------
+def base_name(name: str) -> str:
+    """The row a run belongs to: its name without the round suffix (`s3-local#2`)."""
+    return name.split("#", 1)[0]
+
+
+def summary(runs: list[Run]) -> None:
+    """Median ms/task per row over the rounds, with the spread (min-max), side by side."""
+    rows: dict[str, list[Run]] = {}
+    for r in runs:
+        if not r.name.endswith("-prof"):
+            rows.setdefault(base_name(r.name), []).append(r)
+    if not any(len(v) > 1 for v in rows.values()) and len(rows) < 3:
+        return
+    print("\nSummary: ms of daemon CPU per task, median of the rounds [min-max]")
+    table = []
+    for name, rs in rows.items():
+        ms = sorted(r.ms_per_task for r in rs)
+        rate = sorted(r.tasks / max(1e-9, r.seconds) for r in rs)
+        table.append(
+            [
+                name,
+                len(rs),
+                f"{statistics.median(ms):.2f}",
+                f"{ms[0]:.2f}-{ms[-1]:.2f}",
+                f"{statistics.median(rate):.0f}",
+            ]
+        )
+    c.print_table(["row", "rounds", "ms/task", "spread", "tasks/s"], table)
+
+
 def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> None:
     print(f"\nDaemon CPU per completed task: one mount, {n} Python workers, tmpfs state")
     headers = ["run", "tasks", "secs", "tasks/s", "CPU s", "ms/task", "main thr", "idle ms/s"]
-    headers.append("S3 req/task")
+    headers += ["S3 req/task", "FUSE req/task"]
     rows = []
     for r in runs:
         req = sum(r.requests.values()) / max(1, r.tasks) if r.requests else 0.0
+        fuse = f"{r.fuse.total() / max(1, r.tasks):.1f}" if r.fuse else ""
         rows.append(
             [
                 r.name,
@@ -439,9 +512,15 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
                 f"{100 * r.main_cpu / max(1e-9, r.cpu):.0f}%",
                 f"{1000 * r.idle_per_s:.1f}",
                 f"{req:.2f}",
+                fuse,
             ]
         )
     c.print_table(headers, rows)
+    for r in runs:
+        if r.fuse:
+            per = ", ".join(f"{k} {v / max(1, r.tasks):.2f}" for k, v in sorted(r.fuse.items()))
+            print(f"  {r.name}: FUSE requests per task: {per}")
+    summary(runs)
     print(
         "CPU: user + sys of the daemon (/proc/PID/stat, 10 ms ticks), workers' start to all"
         " committed and in S3;\nmain thr: the main thread's share (trio loop, pyfuse3 handlers),"
@@ -483,6 +562,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=4, help="Python workers (4)")
     ap.add_argument("--puts", type=int, default=300, help="PUTs per in-process variant (300)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    ap.add_argument("--no-floor", action="store_true", help="skip the null_fs.py floor rows")
+    ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
     args = ap.parse_args()
     os.environ.update(s3_env())
     runs: list[Run] = []
@@ -497,17 +579,39 @@ def main() -> int:
         server.bucket(BUCKET)
         ep = server.endpoint
         bench = fleet.Bench(tmp, server, stack)
-        for name, endpoint in (("no-s3", None), ("s3-local", ep)):
-            c.log(f"{name}: measuring")
-            runs.append(measure(bench, name, endpoint, args.tasks, args.workers, False))
+        rows: list[tuple[str, str | None, Path | None, bool]] = []
+        if not args.no_floor:
+            rows.append(("floor", None, None, True))
+        rows += [("no-s3", None, None, False), ("s3-local", ep, None, False)]
+        if args.old is not None:
+            rows += [("no-s3-old", None, args.old, False), ("s3-local-old", ep, args.old, False)]
+        for k in range(args.repeat):
+            for name, endpoint, checkout, floor in rows:
+                tag = f"{name}#{k + 1}" if args.repeat > 1 else name
+                c.log(f"{tag}: measuring")
+                runs.append(
+                    measure(
+                        bench,
+                        tag.replace("#", "-r"),
+                        endpoint,
+                        args.tasks,
+                        args.workers,
+                        False,
+                        checkout=checkout,
+                        floor=floor,
+                    )
+                )
+                runs[-1].name = tag
         if not args.no_profile:
             for name, endpoint in (("no-s3-prof", None), ("s3-local-prof", ep)):
                 c.log(f"{name}: profiling")
                 runs.append(measure(bench, name, endpoint, args.tasks, args.workers, True))
             if not any(r.profile for r in runs):
                 print("cpu_per_task: no py-spy profile (pip install py-spy)", file=sys.stderr)
-        c.log("PUT variants in process")
-        puts, top, conns = put_variants(ep, args.puts)
+        conns = ""
+        if args.puts > 0:
+            c.log("PUT variants in process")
+            puts, top, conns = put_variants(ep, args.puts)
     report(runs, puts, top + "\n" + conns, args.workers)
     return 0
 

@@ -36,6 +36,7 @@ from fusefs.engine.fleet import FleetClaims
 from fusefs.engine.leases import LeaseBook
 from fusefs.engine.remotefacts import SKEW_MS, UPLOAD_BATCH, RemoteFacts, SyncCounters
 from fusefs.engine.threads import blocking as _s3
+from fusefs.engine.uploads import PER_HOP, Uploaded, split, upload_chunk
 from fusefs.model.codec import TaskSpace
 from fusefs.model.errors import MAX_BACKOFF, S3ConfigError, S3Timeout, S3Unavailable
 from fusefs.model.sizes import RemoteSizes
@@ -50,6 +51,13 @@ log = logging.getLogger("missionfs")
 
 class SyncEngine(RemoteFacts):
     """Uploads, the connection and the loops; the remote side is RemoteFacts (remotefacts.py)."""
+
+    # Seconds a batch of fewer than PER_HOP witnesses waits for more commits (x 0.5-1.0, cut
+    # short by a forced sync): each hand-off to a thread costs trio's loop about what a thin
+    # PUT costs, so a trickle of commits is uploaded a handful per hop (uploads.py); a bigger
+    # batch goes at once (waiting would only slow a backlog down). Manifests go out once a
+    # second anyway, so other workers learn of a witness no later than before.
+    upload_linger = 0.25
 
     def __init__(
         self,
@@ -255,20 +263,24 @@ class SyncEngine(RemoteFacts):
                 await self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
-            batch = list(
-                islice(iter(self.local - self.synced - BitMap(self._inflight)), UPLOAD_BATCH)
-            )
+            batch = self._upload_batch()
             if not batch:
                 self._wake = trio.Event()
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
+            if len(batch) < PER_HOP and self.upload_linger:
+                await self._sleep(self.upload_linger)  # let a few more commits join the hop
+                batch = self._upload_batch()
             failures = await self.upload(batch)
             if failures:
                 await self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             else:
                 backoff = 1.0
+
+    def _upload_batch(self) -> list[int]:
+        return list(islice(iter(self.local - self.synced - BitMap(self._inflight)), UPLOAD_BATCH))
 
     async def _sleep(self, seconds: float) -> None:
         with trio.move_on_after(seconds * random.uniform(0.5, 1.0)):
@@ -335,33 +347,30 @@ class SyncEngine(RemoteFacts):
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload(self, batch: Iterable[int]) -> int:
-        """Upload tasks in parallel; returns how many could not be done now (S3 unavailable)."""
-        limiter = trio.CapacityLimiter(self.uploaders)
+        """Upload tasks, several per thread hand-off and up to `uploaders` hand-offs in
+        parallel (uploads.py); returns how many could not be done now (S3 unavailable)."""
+        tasks = [t for t in dict.fromkeys(batch) if t not in self._inflight]
+        self._inflight.update(tasks)
         failures = 0
 
-        async def one(task: int) -> None:
+        async def chunk(part: list[int]) -> None:
             nonlocal failures
-            async with limiter:
-                try:
-                    await self._upload_one(task)
-                except S3Unavailable as e:
-                    failures += 1
-                    self.went_offline(e)
-                except (S3ConfigError, OSError) as e:
-                    failures += 1
-                    self.counters.errors += 1
-                    self.counters.last_error = str(e)
-                    log.error("upload of %s failed: %s", self.space.rel(task), e)
-                finally:
-                    self._inflight.discard(task)
+            try:
+                jobs = [(t, rel, self.store.witness_path(rel)) for t, rel in self._rels(part)]
+                done = await _s3(upload_chunk, jobs, self.s3.create, self.s3.witness_sha)
+                for up in done:
+                    if not await self._upload_one(up):
+                        failures += 1
+            finally:
+                self._inflight.difference_update(part)
 
         async with trio.open_nursery() as nursery:
-            for task in batch:
-                if task in self._inflight:
-                    continue
-                self._inflight.add(task)
-                nursery.start_soon(one, task)
+            for part in split(tasks, self.uploaders):
+                nursery.start_soon(chunk, part)
         return failures
+
+    def _rels(self, tasks: list[int]) -> list[tuple[int, str]]:
+        return [(t, self.space.rel(t)) for t in tasks]
 
     async def drain(self) -> int:
         """Upload the whole queue now; returns what is left (0 when everything is in S3)."""
@@ -374,29 +383,38 @@ class SyncEngine(RemoteFacts):
         await self.flush_manifest()
         return self.queue_size()
 
-    async def _upload_one(self, task: int) -> None:
-        rel = self.space.rel(task)
-        path = self.store.witness_path(rel)
-
-        def read_and_create() -> tuple[bytes, bool]:  # one thread hop for both
-            body = path.read_bytes()
-            return body, self.s3.create(rel, body)
-
-        body, created = await _s3(read_and_create)
-        if created:
-            self.counters.uploaded += 1
-            sha = sha256_hex(body)
-            self.note("upload", rel, sha256=sha)
-            self._manifest.append(f"{rel}\t{sha}\t{len(body)}")
-            self._mark_synced(task, rel)
-        else:
-            await self._resolve(task, rel, body)
+    async def _upload_one(self, up: Uploaded) -> bool:
+        """The bookkeeping of one witness's upload (on the trio thread); False if it could
+        not be done now (it stays queued)."""
+        task, rel, body = up.task, up.rel, up.body
+        if up.skipped:
+            return False  # its chunk found S3 unavailable first
+        try:
+            if up.error is not None:
+                raise up.error  # what failed in the thread, handled as if it failed here
+            if up.created:
+                self.counters.uploaded += 1
+                sha = sha256_hex(body)
+                self.note("upload", rel, sha256=sha)
+                self._manifest.append(f"{rel}\t{sha}\t{len(body)}")
+                self._mark_synced(task, rel)
+            else:
+                await self._resolve(task, rel, body, up.remote_sha)
+        except S3Unavailable as e:
+            self.went_offline(e)
+            return False
+        except (S3ConfigError, OSError) as e:
+            self.counters.errors += 1
+            self.counters.last_error = str(e)
+            log.error("upload of %s failed: %s", rel, e)
+            return False
         if self.fleet is not None:
             self.fleet.retire(task)  # the witness is in S3: the lease becomes a tombstone
+        return True
 
-    async def _resolve(self, task: int, rel: str, body: bytes) -> None:
-        """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?"""
-        remote_sha = await _s3(self.s3.witness_sha, rel)
+    async def _resolve(self, task: int, rel: str, body: bytes, remote_sha: str | None) -> None:
+        """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?
+        `remote_sha`: the SHA-256 of the witness there (read in the upload's thread)."""
         if remote_sha is None:
             raise S3Unavailable(f"{rel}: witness vanished between create and check; will retry")
         if remote_sha == sha256_hex(body):

@@ -12,7 +12,10 @@ Client settings:
 - 3 s connect / 20 s read timeouts, 2 attempts in botocore's standard retry mode, unless the
   constructor says otherwise (s3store's layout asks for shorter ones for leases);
 - checksums only where an operation requires one (DeleteObjects) or the caller sends its own
-  SHA-256: botocore's default CRC32 on every PUT/GET is CPU the protocol does not need.
+  SHA-256: botocore's default CRC32 on every PUT/GET is CPU the protocol does not need;
+- PUTs of up to 1 MiB (witnesses, manifests, leases: one per completed task) skip botocore:
+  `fusefs.objects.s3put` signs them by hand on its own keep-alive pool (about a quarter of the
+  CPU), raising the exceptions botocore would, so `classify` below serves both paths.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from fusefs.objects.base import (
     check_key,
     chunks,
 )
+from fusefs.objects.s3put import StepAside, ThinPut
 
 EXPECT_ABOVE = 1 << 20  # bytes: larger PUT bodies still wait for "100 Continue"
 
@@ -151,7 +155,9 @@ class S3ObjectStore(ObjectStore):
     """One bucket through boto3. `client` may be given (tests); otherwise it is built on first
     use (so a command that never reaches S3 needs no credentials) from the endpoint URL, the
     standard credential chain and the timeouts: `connect_timeout`/`read_timeout` seconds,
-    `attempts` tries in botocore's standard retry mode."""
+    `attempts` tries in botocore's standard retry mode. Small PUTs go through `ThinPut` while
+    `thin` is True (not with a given client: a test that gives one watches boto3's requests;
+    a test may set it False to watch boto3's PUT)."""
 
     def __init__(
         self,
@@ -173,6 +179,9 @@ class S3ObjectStore(ObjectStore):
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._client: Any = None
+        self._session: Any = None
+        self._thin: ThinPut | None = None
+        self.thin = client is None
         if client is not None:
             self._install(client)
 
@@ -191,7 +200,7 @@ class S3ObjectStore(ObjectStore):
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
-                session = boto3.session.Session()
+                session = self._session = boto3.session.Session()
                 self._install(session.client("s3", endpoint_url=self.endpoint_url, config=cfg))
             return self._client
 
@@ -216,9 +225,11 @@ class S3ObjectStore(ObjectStore):
         exception: Any = None,
         **_: Any,
     ) -> None:
-        op = event_name.rsplit(".", 1)[-1]
+        self._notify(event_name.rsplit(".", 1)[-1], response_dict, parsed_response, exception)
+
+    def _notify(self, op: str, response: Any, parsed: Any, exception: Any) -> None:
         for listener in list(self._listeners):
-            listener(op, response_dict, parsed_response, exception)
+            listener(op, response, parsed, exception)
 
     def _track_date(self, http_response: Any = None, **kwargs: Any) -> None:
         """Every response (errors too) carries a Date header: keep our offset to it. The
@@ -230,8 +241,38 @@ class S3ObjectStore(ObjectStore):
             server = botocore.utils.parse_timestamp(date).timestamp() + 0.5
         except (ValueError, TypeError):
             return
+        self._server_said(server)
+
+    def _server_said(self, server: float) -> None:
         self._offset = server - time.time()
         self.answered_at = time.monotonic()
+
+    def thin_put(self) -> ThinPut | None:
+        """The thin PUT path, made on first use; None where it cannot serve (turned off, a
+        given client, or a bucket it stepped aside for)."""
+        if not self.thin:
+            return None
+        if self._thin is None:
+            client = self.client
+            with self._lock:
+                if self._thin is None:
+                    pool, connect, read, attempts = self._settings
+                    try:
+                        self._thin = ThinPut(
+                            client,
+                            self._session,
+                            self.bucket,
+                            pool=pool,
+                            connect_timeout=connect,
+                            read_timeout=read,
+                            attempts=attempts,
+                            on_attempt=self._notify,
+                            on_date=lambda d: self._server_said(d + 0.5),
+                        )
+                    except StepAside:
+                        self.thin = False
+                        return None
+        return self._thin
 
     def server_time(self) -> float:
         return time.time() + self._offset
@@ -274,8 +315,40 @@ class S3ObjectStore(ObjectStore):
             kw["Metadata"] = dict(metadata)
         if sha256 is not None:
             kw["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if len(body) <= EXPECT_ABOVE and self.thin:
+            etag = self._put_thin(kw, if_match is not None)
+            if etag is not None:
+                return etag
         r = self._call("PUT", f"PUT {key}", "put_object", if_match is not None, **kw)
         return _unquote(r.get("ETag"))
+
+    def _put_thin(self, kw: dict[str, Any], conditional: bool) -> str | None:
+        """put_object's arguments through ThinPut: the ETag, a classified error, or None
+        when the thin path steps aside (boto3 makes, and counts, the request then)."""
+        what = f"PUT {kw['Key']}"
+        try:
+            thin = self.thin_put()
+        except Exception as e:  # no credentials, say: the same error boto3 would give
+            raise classify(e, what, conditional=conditional) from None
+        if thin is None:
+            return None
+        try:
+            etag = thin.put(
+                kw["Key"],
+                kw["Body"],
+                if_none_match="IfNoneMatch" in kw,
+                if_match=kw.get("IfMatch"),
+                metadata=kw.get("Metadata"),
+                checksum_sha256=kw.get("ChecksumSHA256"),
+            )
+        except StepAside:
+            self.thin = False
+            return None
+        except Exception as e:
+            self.requests.add("PUT")
+            raise classify(e, what, conditional=conditional) from None
+        self.requests.add("PUT")
+        return _unquote(etag)
 
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
         check_key(key)

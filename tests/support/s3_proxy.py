@@ -8,6 +8,9 @@ Modes:
              client cannot know whether its request was applied
     slow     requests reach the server at once, its answers reach the client `delay` s late
 
+`fail(n, status, code)` answers the next `n` requests itself with that S3 error (an XML body,
+`Connection: close`) without forwarding them, whatever the mode: a 503 SlowDown, say.
+
 Switching to `hang` or `mute` poisons the connections open at that moment (they stay silent
 until the client closes them), so a client's pooled connection cannot carry a half-forwarded
 request into the next mode. One thread, non-blocking sockets, a selector.
@@ -40,6 +43,9 @@ class S3Proxy:
         self.request_lines: list[str] = []  # first lines of requests swallowed or muted
         self.accepted = 0  # connections accepted, in any mode
         self.delay = 0.0  # seconds answers are held back in "slow" mode
+        self.failing = 0  # requests still to be answered with `_failure` (see `fail`)
+        self.failed = 0  # requests answered that way so far
+        self._failure = b""
         self.errors: list[str] = []  # what went wrong inside the proxy thread (for debugging)
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -69,6 +75,17 @@ class S3Proxy:
     def slow(self, delay: float) -> None:
         self.delay = delay
         self.set_mode("slow")
+
+    def fail(self, n: int, status: int = 503, code: str = "SlowDown") -> None:
+        """Answer the next `n` requests with `status` and S3 error `code`, unforwarded."""
+        body = f"<Error><Code>{code}</Code><Message>injected by the proxy</Message></Error>"
+        head = (
+            f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with self._lock:
+            self._failure = (head + body).encode()
+            self.failing = n
 
     def hang(self) -> None:
         self.set_mode("hang")
@@ -147,6 +164,10 @@ class S3Proxy:
             mode = pair.mode
             if sock is pair.client and mode != "pass" and data[:8].split(b" ")[0].isalpha():
                 self.request_lines.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+        if sock is pair.client and self._fail_one():
+            self._send(pair.client, self._failure, pair)
+            self._drop(pair)  # Connection: close; the rest of the request goes nowhere
+            return
         if sock is pair.client:
             if mode == "hang" or pair.upstream is None:
                 return  # read, never forwarded
@@ -156,6 +177,14 @@ class S3Proxy:
             pair.answers.append((due, data))
             self._flush_due()
         # mute: the server's answer is dropped
+
+    def _fail_one(self) -> bool:
+        with self._lock:
+            if self.failing <= 0:
+                return False
+            self.failing -= 1
+            self.failed += 1
+            return True
 
     def _flush_due(self) -> None:
         now = time.monotonic()
