@@ -13,6 +13,8 @@ lazily from the mission's URL and endpoint), an in-process `MemoryStore` in test
     {prefix}/{mission}/segments/{w:010d}.seg                         window w's merged manifests
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
     {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv               fleet leases (engine/leases)
+    {prefix}/{mission}/checkpoints/{window:010d}.ckpt                every fact through a window
+                                                                     (engine/checkpoints)
 
 A rel becomes a key through `encode_rel` and a listed key a rel through `decode_rel` (a phrase
 may hold a backslash, which SeaweedFS takes for a path separator).
@@ -51,6 +53,7 @@ LOG = "log"
 SEGMENTS = "segments"
 PROTOCOL = ".missionfs/protocol.json"
 CLAIMS = "claims"
+CHECKPOINTS = "checkpoints"  # protocol v2: {w:010d}.ckpt, the whole Fact set (engine/checkpoints)
 SHA_META = "sha256"
 
 # Timeouts (seconds). Background: a big upload on a slow link may take a while to be answered.
@@ -87,6 +90,22 @@ class S3Location:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_name(window: int) -> str:
+    """The key part of a window's checkpoint: zero-padded, so names sort like windows."""
+    return f"{window:010d}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_window(name: str) -> int | None:
+    """The window of a checkpoint's name, or None for a name that is not one of ours."""
+    stem = name.removesuffix(CHECKPOINT_SUFFIX)
+    if stem == name or len(stem) != 10 or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
 
 
 class S3Store:
@@ -429,6 +448,40 @@ class S3Store:
 
     def intent_rels(self) -> list[str]:
         return [self.rel_of(INTENT, k) for k, _ in self.list_keys(self.root(INTENT))]
+
+    # -- checkpoints (protocol v2: fusefs.engine.checkpoints) ------------------------------
+    def checkpoint_key(self, window: int) -> str:
+        return self.key(CHECKPOINTS, checkpoint_name(window))
+
+    def checkpoint_windows(self) -> list[int]:
+        """Windows of the checkpoints in the bucket, ascending (one LIST per 1,000 keys);
+        keys that are not named like a checkpoint are ignored."""
+        out = []
+        for info in self.objects.list(self.root(CHECKPOINTS)):
+            window = checkpoint_window(self.rel_of(CHECKPOINTS, info.key))
+            if window is not None:
+                out.append(window)
+        return sorted(out)
+
+    def get_checkpoint(self, window: int) -> bytes | None:
+        """The checkpoint's body, or None if it is not there (deleted since the listing)."""
+        try:
+            return self.objects.get(self.checkpoint_key(window))[0]
+        except NotFound:
+            return None
+
+    def put_checkpoint(self, window: int, body: bytes) -> bool:
+        """Create the checkpoint of `window` unless one exists (If-None-Match); False then."""
+        sha = sha256_hex(body) if self.checksums else None
+        try:
+            self.objects.put(self.checkpoint_key(window), body, if_none_match=True, sha256=sha)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def delete_checkpoints(self, windows: list[int]) -> None:
+        """Delete the checkpoints of these windows (DeleteObjects: one POST per 1,000)."""
+        self.delete_many([self.checkpoint_key(w) for w in windows], "checkpoints")
 
     # -- history (`missionfs log`) ------------------------------------------------------------
     def versioning_enabled(self) -> bool:
