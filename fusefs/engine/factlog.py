@@ -33,8 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model import segment as sg
+from fusefs.model.checkpoint import Checkpoint, CheckpointBuilder
+from fusefs.model.codec import OutOfPlan
 from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.statedir.store import replace_text
 
@@ -75,9 +78,17 @@ class FactLog:
         self._peeked: set[str] = set()  # node manifests read before their segment (sync)
         # Spread the readers of a segment over a few seconds (same each run for a worker).
         self._jitter = int.from_bytes(hashlib.blake2b(self.worker.encode()).digest()[:2]) / 65536
+        self.book = CheckpointBook(engine.s3, engine.space)
+        # The facts through our cursor as the checkpoints and segments say them (sizes and
+        # digests included): what our next checkpoint holds. None until a checkpoint was loaded
+        # or written in this process (a restart rebuilds it when it is needed, `_chain`).
+        self.builder: CheckpointBuilder | None = None
+        self._wrote = -1  # the last window whose segment we wrote
         self.segments_read = 0
         self.compacted = 0
         self.republished = 0
+        self.checkpoints_written = 0
+        self.checkpoint_loaded: int | None = None
         self._load()
 
     # -- persistence (STATE/index/fact-log.json, named by StateLayout) ------------------------
@@ -204,13 +215,60 @@ class FactLog:
     async def _from_checkpoint_or_listing(self) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
         bucket, list every witness once (bootstrap) and write the first checkpoint."""
+        cp = await _s3(self.book.latest)
+        for bad in self.book.skipped:
+            log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
+        if cp is not None and (self.cursor is None or cp.window > self.cursor):
+            return await self._load_checkpoint(cp)
+        if cp is not None:
+            return 0  # our cursor is newer than any checkpoint: read the segments after it
         t = self.now()
-        learned = len(await self.engine._list_shards(None))
+        listed, new = await self.engine._list_shards(None)
         self.cursor = self.window(t) - 2
         # Witnesses of our unconfirmed manifests were all in S3 before T: the listing saw them.
         self.unconfirmed = {n: v for n, v in self.unconfirmed.items() if v[0] > self.cursor}
-        log.info("facts: listed the bucket once; reading segments after window %d", self.cursor)
+        builder = CheckpointBuilder(self.engine.space)
+        for rel, size in listed:
+            task = self._task(rel)
+            if task is not None:
+                builder.add(task, rel, None, size)
+        cp = await trio.to_thread.run_sync(builder.build, self.cursor)
+        self.builder = builder
+        written = await _s3(self.book.write, cp)
+        self.checkpoints_written += written
+        log.info(
+            "facts: no checkpoint in the bucket: listed it once (%d witnesses), wrote checkpoint "
+            "%d%s",
+            len(listed),
+            self.cursor,
+            "" if written else " (another node's was there)",
+        )
+        return len(new)
+
+    async def _load_checkpoint(self, cp: Checkpoint) -> int:
+        """Learn a checkpoint's facts; our manifests it covers but lacks are published again."""
+        learned = self.engine.learn_checkpoint(cp)  # on the trio thread: it tells the state
+        for name, (w, lines) in list(self.unconfirmed.items()):
+            if w <= cp.window:
+                del self.unconfirmed[name]
+                tasks = [self._task(ln.partition("\t")[0]) for ln in lines]
+                missing = [
+                    ln
+                    for ln, t in zip(lines, tasks, strict=True)
+                    if t is not None and t not in cp.facts
+                ]
+                if missing:
+                    self._republish(missing)
+        self.builder = CheckpointBuilder(self.engine.space, cp)
+        self.cursor = self.checkpoint_loaded = cp.window
+        log.info("facts: loaded checkpoint %d (%d facts)", cp.window, len(cp.facts))
         return learned
+
+    def _task(self, rel: str) -> int | None:
+        try:
+            return self.engine.space.parse_rel(rel)
+        except OutOfPlan:
+            return None
 
     # -- one turn ---------------------------------------------------------------------------
     async def tick(self, *, force: bool = False) -> int:
@@ -254,6 +312,7 @@ class FactLog:
         """Apply the segments of closed windows in order (compacting one when it is due)."""
         assert self.cursor is not None
         learned = 0
+        skipped = False
         while True:
             now = self.now()
             current = self.window(now)
@@ -261,6 +320,12 @@ class FactLog:
             end = sg.window_end(w, self.w)
             if now < end + settle(self.w):
                 break
+            if not skipped and now >= end + 2 * self.w:
+                skipped = True  # far behind: jump over windows nobody wrote anything in
+                busy = await _s3(self._next_busy, w, current)
+                if busy > w:
+                    self.cursor = busy - 1
+                    continue
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
             if now >= due and now < end + self.w:  # our turn, still fresh: nobody else's yet
@@ -273,6 +338,8 @@ class FactLog:
                 break
             learned += await self._apply(seg)
             self.cursor = w
+            if self._wrote == w:
+                await self._compactor_duties(w)
             self._peeked = {k for k in self._peeked if k.rsplit("/", 2)[-2] > f"{w:010d}"}
             await self.save()
         return learned
@@ -334,29 +401,91 @@ class FactLog:
         seg.workers.setdefault(self.worker, 0)  # the compactor is crew too
         if await _s3(self.s3.put_segment, w, sg.encode(seg), replace_etag):
             self.compacted += 1
-            await self._after_compaction(w)
+            self._wrote = w
             return seg
         return await self._get(w) if replace_etag is None else None
 
-    async def _after_compaction(self, w: int) -> None:
-        """The compactor's duties for the fleet, every C windows: retention."""
-        if w % C == C // 2:
-            try:
+    async def _compactor_duties(self, w: int) -> None:
+        """The compactor's duties for the fleet, once segment w is applied: a checkpoint every
+        C windows, retention (a few requests) every C windows in between."""
+        try:
+            if w % C == 0:
+                await self._checkpoint(w)
+            elif w % C == C // 2:
                 await self._retention(w)
-            except (S3Unavailable, S3ConfigError) as e:
-                log.info("old node manifests not deleted yet (%s)", e)
+        except (S3Unavailable, S3ConfigError) as e:
+            log.info("checkpoint or retention of window %d not done (%s)", w, e)
+
+    async def _checkpoint(self, w: int) -> None:
+        """Write checkpoint w (If-None-Match) from the chain: the checkpoint we started from
+        and every segment after it, through w."""
+        if self.builder is None and not await self._chain(w):
+            return
+        assert self.builder is not None
+        cp = await trio.to_thread.run_sync(self.builder.build, w)
+        if await _s3(self.book.write, cp):
+            self.checkpoints_written += 1
+            log.info("wrote checkpoint %d (%d facts)", w, len(cp.facts))
+        await _s3(self.book.prune)
+
+    async def _chain(self, w: int) -> bool:
+        """Rebuild the chain after a restart: the newest checkpoint and the segments after it
+        through w (at most 3 C GETs, once per process); False if a link is missing."""
+        cp = await _s3(self.book.latest)
+        if cp is None or cp.window > w or w - cp.window > 3 * C:
+            return False
+        builder = CheckpointBuilder(self.engine.space, cp)
+        for x in range(cp.window + 1, w + 1):
+            found = await _s3(self.s3.get_segment, x)
+            try:
+                seg = sg.decode(found[0], x) if found is not None else None
+            except sg.CorruptSegment:
+                seg = None
+            if seg is None:
+                return False
+            self._build(builder, seg.facts)
+        self.builder = builder
+        return True
+
+    def _build(self, builder: CheckpointBuilder, facts: Iterable[sg.Fact]) -> None:
+        for f in facts:
+            task = self._task(f.rel)
+            if task is not None:
+                builder.add(task, f.rel, f.sha256 or None, f.size)
 
     async def _retention(self, w: int) -> None:
-        """Delete node manifests of windows older than KEEP whose segment exists (a page)."""
+        """Delete node manifests of windows older than KEEP whose segment exists, and segments
+        older than the oldest checkpoint kept (a page of each: a few requests)."""
         keep_from = w - int(KEEP_SECONDS / self.w)
         old = await _s3(self.s3.log_windows_before, keep_from)
-        if not old:
-            return
-        have = set(await _s3(lambda: list(self.s3.segment_windows(old[0][0] - 1))))
-        doomed = [key for win, key in old if win in have]
-        if doomed:
-            await _s3(self.s3.delete_many, doomed, "node manifests")
-            log.info("deleted %d node manifests older than %.0f s", len(doomed), KEEP_SECONDS)
+        if old:
+            have = await _s3(self._segments_between, old[0][0], old[-1][0])
+            doomed = [key for win, key in old if win in have]
+            if doomed:
+                await _s3(self.s3.delete_many, doomed, "node manifests")
+                log.info("deleted %d node manifests older than %.0f s", len(doomed), KEEP_SECONDS)
+        kept = await _s3(self.book.windows)
+        if kept:
+            stale = await _s3(self._segments_between, -1, kept[0] - 1)
+            if stale:
+                keys = [self.s3.segment_key(x) for x in sorted(stale)]
+                await _s3(self.s3.delete_many, keys, "segments")
+
+    def _next_busy(self, w: int, current: int) -> int:
+        """The first window from w with a node manifest or a segment (else `current`): the
+        windows before it were empty, a fleet asleep (two LISTs; blocking)."""
+        first_log = self.s3.first_log_window(w)
+        first_seg = next(iter(self.s3.segment_windows(w - 1)), None)
+        return min(x for x in (first_log, first_seg, current) if x is not None)
+
+    def _segments_between(self, first: int, last: int, limit: int = 1000) -> set[int]:
+        """Windows first..last that have a segment (blocking: a LIST page or so)."""
+        out: set[int] = set()
+        for x in self.s3.segment_windows(first - 1):
+            if x > last or len(out) >= limit:
+                break
+            out.add(x)
+        return out
 
     async def _apply(self, seg: sg.Segment) -> int:
         """Learn a segment's facts, see its workers as crew, and publish again those of our
@@ -374,6 +503,8 @@ class FactLog:
                 del self.unconfirmed[name]
                 if name not in seg.manifests:
                     self._republish(lines)
+        if self.builder is not None:
+            self._build(self.builder, seg.facts)
         return await self.engine.learn_facts(seg.facts)
 
     def _republish(self, lines: Iterable[str]) -> None:
@@ -393,12 +524,7 @@ class FactLog:
             "segments_read": self.segments_read,
             "segments_written": self.compacted,
             "republished": self.republished,
+            "checkpoints_written": self.checkpoints_written,
+            "checkpoint_loaded": self.checkpoint_loaded,
             "crew": sorted(self.members(self.window(self.now()))) if self.width else [],
         }
-
-
-def my_shards(shards: list[str], worker: str, crew: Iterable[str]) -> list[str]:
-    """The shards this worker verifies: rendezvous(shard) among the crew and itself picks one
-    node per shard, so the fleet lists the bucket once per period in total."""
-    members = set(crew) | {worker}
-    return [s for s in shards if sg.rendezvous(s, members)[0] == worker]

@@ -378,6 +378,15 @@ class S3Store:
             if name.endswith(".seg") and name[:-4].isdigit():
                 yield int(name[:-4])
 
+    def first_log_window(self, window: int) -> int | None:
+        """The first window from `window` on that has a node manifest (one LIST)."""
+        root = self.log_root()
+        for info in self.objects.list(root, start_after=f"{root}{window:010d}"):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if w_text.isdigit():
+                return int(w_text)
+        return None
+
     def log_windows_before(self, window: int, limit: int = 1000) -> list[tuple[int, str]]:
         """(window, key) of node manifests of windows before `window` (oldest first, at most
         `limit`: one page, retention deletes a page at a time)."""

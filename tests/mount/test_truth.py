@@ -321,9 +321,16 @@ def test_remote_witnesses_have_their_size_before_any_read(
         client.put_object(
             Bucket=bucket, Key=f"{root}/scraped-tiles/{rel}", Body=data, Metadata={"sha256": sha}
         )
-        name = f"{int(time.time() * 1000):013d}-old-00000001.txt"
+        # A node manifest line without a size (as protocol v1 wrote them), in a window a
+        # little ahead (the fleet's window, on the server's clock): merged when it closes.
+        width = json.loads(
+            client.get_object(Bucket=bucket, Key=f"{root}/.missionfs/protocol.json")["Body"].read()
+        )["window"]
+        w = int(time.time() // width) + 2
         client.put_object(
-            Bucket=bucket, Key=f"{root}/manifests/{name}", Body=f"{rel}\t{sha}\n".encode()
+            Bucket=bucket,
+            Key=f"{root}/log/{w:010d}/old-00000001.txt",
+            Body=f"{rel}\t{sha}\n".encode(),
         )
     wait_for(lambda: set(bodies) <= listed(b, "done"), timeout=60, what="b learns the rest")
 
