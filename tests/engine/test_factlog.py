@@ -104,7 +104,10 @@ def test_nodes_learn_each_others_witnesses_through_one_segment_per_window(
 
 
 def test_a_compactor_killed_mid_compaction_leaves_a_gap_the_fallback_fills(
-    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
     for n in (a, b):
@@ -124,7 +127,7 @@ def test_a_compactor_killed_mid_compaction_leaves_a_gap_the_fallback_fills(
     def killed(*_: object) -> bool:
         raise S3Unavailable("killed before its PUT")
 
-    dead.sync.s3.put_segment = killed  # type: ignore[method-assign]
+    monkeypatch.setattr(dead.sync.s3, "put_segment", killed)
     with pytest.raises(S3Unavailable):  # it listed and read the manifests, then died
         dead.refresh()
     dead.close(clean=False)
@@ -144,7 +147,10 @@ def test_a_compactor_killed_mid_compaction_leaves_a_gap_the_fallback_fills(
 
 
 def test_a_late_manifest_is_published_again(
-    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A's manifest PUT lands after B compacted its window: the segment does not name it, so
     A publishes its lines again in its current window, and B learns them from the next one."""
@@ -154,15 +160,18 @@ def test_a_late_manifest_is_published_again(
     work(b, RELS[1])
     turn(clock, b, a)
     held: list[tuple[int, str, bytes]] = []
-    a.sync.s3.put_node_manifest = lambda w, n, data: held.append((w, n, data))  # type: ignore[method-assign]
+    real = a.sync.s3.put_node_manifest
+    monkeypatch.setattr(
+        a.sync.s3, "put_node_manifest", lambda w, n, data: held.append((w, n, data))
+    )
     work(a, RELS[0])  # its PUT is slow...
     assert len(held) == 1
     w = held[0][0]
     close_window(clock)
     b.refresh()  # ...B, alone in the crew, compacts the window without it
     assert b.sync.factlog._wrote == w and not knows(b, RELS[0])
-    del a.sync.s3.put_node_manifest  # the instance attribute goes: the real method again
-    layout(a, bucket).put_node_manifest(*held[0])  # ...and lands late
+    monkeypatch.setattr(a.sync.s3, "put_node_manifest", real)
+    real(*held[0])  # ...and lands late
     a.refresh()  # applies segment w: its manifest is missing from the header
     assert a.sync.factlog.republished == 1
     a.run(partial(a.sync.flush_manifest, now=True))  # `drain` (or its window's end) publishes again
