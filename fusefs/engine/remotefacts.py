@@ -1,9 +1,13 @@
 """The remote half of the sync engine: the remote and synced sets, their persistence, and
-learning other workers' witnesses (manifests, full listings, sizes of remote-only witnesses).
+learning other workers' witnesses (protocol v2: segment lines, checkpoints, verification
+listings, sizes of remote-only witnesses).
 
 A mixin of SyncEngine (sync.py), split off so that each module stays readable (the upload side,
-the connection and the loops are in sync.py); the methods are the engine's and use its state,
-declared below. See sync.py's docstring for the sets, manifests and listings.
+the connection and the loops are in sync.py; the fact log's timing, compaction and start-up in
+factlog.py, which calls `learn_facts`, `learn_checkpoint` and `_list_shards` here). A refresh
+is a turn of the fact log (one node manifest PUT and one segment GET per window) plus, when
+due, a verification listing of this node's shards (`verify`): never a full listing per node.
+See sync.py's docstring and docs/protocol.md.
 """
 
 from __future__ import annotations

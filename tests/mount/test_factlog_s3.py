@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fusefs.model import segment as sg
 from tests.mount.test_s3 import commit, key_names, keys, listed, rels, s3_mission, s3_mount
-from tests.support.mounts import Mount, new_bucket, wait_for
+from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for
 from tests.support.s3_servers import MotoServer, SeaweedServer, Server, s3_env
 
 MISSION_ROOT = "runs/s3-mission"
@@ -119,3 +120,32 @@ def _journal_clock(m: Mount) -> float:
         if line.strip()
     ]
     return max(times)
+
+
+def test_sync_verify_on_a_mounted_node_lists_the_bucket_and_publishes_what_it_finds(
+    moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """A witness that no manifest names (put by hand) stays unknown to a plain `missionfs
+    sync`, which reads the fact log only; `missionfs sync --verify` lists every shard, learns
+    it, and publishes it in a node manifest, through which another node learns it too."""
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    rel = rels(mission)[3]
+    a, b = (s3_mount(make_mount, mission, moto, n) for n in ("a", "b"))
+    data = body(rel, "by hand").encode()
+    meta = {"sha256": hashlib.sha256(data).hexdigest()}
+    moto.client().put_object(
+        Bucket=bucket, Key=f"{MISSION_ROOT}/scraped-tiles/{rel}", Body=data, Metadata=meta
+    )
+    sync = [*MISSIONFS, "sync", str(mission), "--state", str(a.state), "--quiet"]
+    res = subprocess.run(sync, capture_output=True, text=True, timeout=120, cwd=ROOT, env=s3_env())
+    assert res.returncode == 0, res.stderr
+    assert rel not in listed(a, "done")  # the fact log does not name it
+    res = subprocess.run(
+        [*sync, "--verify"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=s3_env()
+    )
+    assert res.returncode == 0, res.stderr
+    assert rel in listed(a, "done")
+    wait_for(lambda: rel in listed(b, "done"), timeout=30, what="b learns it from a's manifest")
+    lines = b"".join(keys(moto, bucket, "log").values()).decode()
+    assert f"{rel}\t\t{len(data)}" in lines.splitlines()  # published by a, without a hash
