@@ -212,15 +212,16 @@ class FactLog:
             )
         self.width = float(width)
 
-    async def _from_checkpoint_or_listing(self) -> int:
+    async def _from_checkpoint_or_listing(self, *, stuck: bool = False) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
-        bucket, list every witness once (bootstrap) and write the first checkpoint."""
+        bucket, list every witness once (bootstrap) and write the first checkpoint. `stuck`:
+        the segment after our cursor cannot be rebuilt, so one older than it will not do."""
         cp = await _s3(self.book.latest)
         for bad in self.book.skipped:
             log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
         if cp is not None and (self.cursor is None or cp.window > self.cursor):
             return await self._load_checkpoint(cp)
-        if cp is not None:
+        if cp is not None and not stuck:
             return 0  # our cursor is newer than any checkpoint: read the segments after it
         t = self.now()
         listed, new = await self.engine._list_shards(None)
@@ -379,7 +380,7 @@ class FactLog:
         the node starts again from a checkpoint instead, so no fact is hidden."""
         if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS * 0.9:
             log.warning("segment %d missing and its manifests may be gone: restarting", w)
-            await self._from_checkpoint_or_listing()
+            await self._from_checkpoint_or_listing(stuck=True)
             return None
         listed = await _s3(self.s3.node_manifests, w)
 
