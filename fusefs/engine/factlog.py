@@ -84,6 +84,7 @@ class FactLog:
         # or written in this process (a restart rebuilds it when it is needed, `_chain`).
         self.builder: CheckpointBuilder | None = None
         self._wrote = -1  # the last window whose segment we wrote
+        self._retry_at = 0.0  # server time before which a missing segment is not asked again
         self.segments_read = 0
         self.compacted = 0
         self.republished = 0
@@ -171,9 +172,13 @@ class FactLog:
                 else sg.window_end(current, self.w)
             )
         nxt = self.cursor + 1
-        end = sg.window_end(nxt, self.w) + settle(self.w)
-        times.append(min(end + self._read_delay(), self.compaction_due(nxt, current)))
+        read_at = max(self._read_at(nxt), self._retry_at)
+        times.append(min(read_at, self.compaction_due(nxt, current)))
         return max(now, min(times))
+
+    def _read_at(self, w: int) -> float:
+        """When this node first GETs the segment of window w (spread over a few seconds)."""
+        return sg.window_end(w, self.w) + settle(self.w) + self._read_delay()
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -321,6 +326,8 @@ class FactLog:
             end = sg.window_end(w, self.w)
             if now < end + settle(self.w):
                 break
+            if now < self._retry_at and now < self.compaction_due(w, current):
+                break  # asked for it a moment ago
             if not skipped and now >= end + 2 * self.w:
                 skipped = True  # far behind: jump over windows nobody wrote anything in
                 busy = await _s3(self._next_busy, w, current)
@@ -331,14 +338,18 @@ class FactLog:
             seg: sg.Segment | None = None
             if now >= due and now < end + self.w:  # our turn, still fresh: nobody else's yet
                 seg = await self._compact(w)
-            elif now >= end + settle(self.w) + self._read_delay() or now >= due:
+            elif now >= due or now >= max(self._read_at(w), self._retry_at):
                 seg = await self._get(w)
                 if seg is None and now >= due:
                     seg = await self._compact(w)
             if seg is None:
+                # Not there yet: ask again a little later (or when it is ours to write), not
+                # at every turn of the loop.
+                self._retry_at = max(self._retry_at, now + min(2.0, self.w / 4))
                 break
             learned += await self._apply(seg)
             self.cursor = w
+            self._retry_at = 0.0
             if self._wrote == w:
                 await self._compactor_duties(w)
             self._peeked = {k for k in self._peeked if k.rsplit("/", 2)[-2] > f"{w:010d}"}

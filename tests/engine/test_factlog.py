@@ -133,10 +133,16 @@ def test_a_compactor_killed_mid_compaction_leaves_a_gap_the_fallback_fills(
     dead.close(clean=False)
     s3 = layout(alive, bucket)
     assert s3.get_segment(w) is None
-    # The rank-2 node steps in W/4 after the compactor's time: not before.
-    clock.now = sg.window_end(w, WINDOW) + 5.0 + 1.0
+    # The rank-2 node steps in W/4 after the compactor's time (end + 5 + 7.5 s): not before.
+    clock.now = sg.window_end(w, WINDOW) + 11.5  # its reading time (end + 8..11 s) is past
+    mark = len(bucket.log)
     alive.refresh()
+    assert bucket.since(mark) == [("GET", s3.segment_key(w))]  # 404
     assert s3.get_segment(w) is None and alive.sync.factlog.cursor == w - 1
+    mark = len(bucket.log)
+    clock.advance(0.5)
+    alive.refresh()  # a missing segment is not asked for again at every turn of the loop
+    assert bucket.since(mark) == []
     clock.now = sg.window_end(w, WINDOW) + 5.0 + WINDOW / 4 + 0.1
     alive.refresh()
     assert alive.sync.factlog._wrote == w and s3.get_segment(w) is not None
