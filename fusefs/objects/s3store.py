@@ -96,7 +96,10 @@ CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def checkpoint_name(window: int) -> str:
-    """The key part of a window's checkpoint: zero-padded, so names sort like windows."""
+    """The key part of a window's checkpoint: zero-padded, so names sort like windows (ten
+    digits: window 10**10 is in the year 2286 even at one second a window)."""
+    if not 0 <= window < 10**10:
+        raise ValueError(f"window {window} out of range")
     return f"{window:010d}{CHECKPOINT_SUFFIX}"
 
 
