@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -42,7 +42,38 @@ from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.statedir.store import replace_text
 
 if TYPE_CHECKING:
-    from fusefs.engine.sync import SyncEngine
+    from fusefs.engine.fleet import FleetClaims
+    from fusefs.model.codec import TaskSpace
+    from fusefs.objects.s3store import S3Store
+
+
+Listed = list[tuple[str, int | None]]  # (rel, size) of witnesses from a listing
+
+
+class Counters(Protocol):
+    last_full_refresh: float
+
+
+class FactHost(Protocol):
+    """What the fact log uses of its engine (SyncEngine: remotefacts.py and sync.py)."""
+
+    s3: S3Store
+    worker: str
+    space: TaskSpace
+    uploaders: int
+
+    @property
+    def counters(self) -> Counters: ...
+
+    fleet: FleetClaims | None
+    _manifest: list[str]  # lines not yet published (the upload side appends to it)
+
+    async def learn_facts(self, facts: list[sg.Fact]) -> int: ...
+
+    def learn_checkpoint(self, cp: Checkpoint) -> int: ...
+
+    async def _list_shards(self, shards: list[str] | None) -> tuple[Listed, Listed]: ...
+
 
 log = logging.getLogger("missionfs")
 
@@ -61,7 +92,7 @@ class FactLog:
     """A node's view of the fleet's fact log (see the module docstring); owned by SyncEngine,
     whose learning methods (remotefacts.py) it feeds."""
 
-    def __init__(self, engine: SyncEngine, path: Path, refresh: float) -> None:
+    def __init__(self, engine: FactHost, path: Path, refresh: float) -> None:
         self.engine = engine
         self.s3 = engine.s3
         self.worker = engine.worker
