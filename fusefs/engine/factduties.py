@@ -124,8 +124,9 @@ class FactDuties:
                 builder.add(task, f.rel, f.sha256 or None, f.size)
 
     async def _retention(self, w: int) -> None:
-        """Delete node manifests of windows older than KEEP whose segment exists, and segments
-        older than the oldest checkpoint kept (a page of each: a few requests)."""
+        """Delete node manifests of windows older than KEEP whose segment exists, protocol v1's
+        manifests older than KEEP, and segments older than the oldest checkpoint kept (a page of
+        each: a few requests)."""
         keep_from = w - int(KEEP_SECONDS / self.w)
         old = await _s3(self.s3.log_windows_before, keep_from)
         if old:
@@ -134,6 +135,9 @@ class FactDuties:
             if doomed:
                 await _s3(self.s3.delete_many, doomed, "node manifests")
                 log.info("deleted %d node manifests older than %.0f s", len(doomed), KEEP_SECONDS)
+        v1 = await _s3(self.s3.prune_manifests, int((keep_from * self.w) * 1000))
+        if v1:
+            log.info("deleted %d manifests of protocol v1", v1)
         kept = await _s3(self.book.windows)
         if kept:
             stale = await _s3(self._segments_between, -1, kept[0] - 1)

@@ -270,6 +270,7 @@ def test_a_node_offline_for_days_starts_from_a_checkpoint_and_its_queue_reaches_
     hour = 3600.0
     s3 = S3Store(BUCKET_URL, "engine-tier", objects=bucket)
     assert s3.create_protocol({"version": 2, "window": hour})
+    bucket.put(f"{s3.base}/manifests/{1000:013d}-v1-00000001.txt", b"")  # protocol v1's
     a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
     for n in (a, b):
         n.refresh()
@@ -282,6 +283,12 @@ def test_a_node_offline_for_days_starts_from_a_checkpoint_and_its_queue_reaches_
         close_window(clock, hour)
         a.refresh()
     assert a.sync.factlog.checkpoints_written >= 7
+    # Retention (by the compactors, a few requests every C windows): the node manifests older
+    # than an hour, protocol v1's manifests, the checkpoints but 3, the segments before them.
+    assert s3.log_windows_before(a.sync.factlog.window(clock.now)) == []
+    assert not list(s3.manifests())
+    kept = s3.checkpoint_windows()
+    assert len(kept) == 3 and min(s3.segment_windows()) >= min(kept) - 10
     b.restart()
     mark = len(bucket.log)
     b.refresh()
