@@ -234,13 +234,12 @@ class RemoteFacts:
                 errors.append(e)
                 return
             listed.extend(rels)
-            before = self.remote.copy()
-            self._learn_rels(rels)
-            new = self.remote - before
+            remote = self.remote
             for rel, size in rels:
                 task = self._task(rel)
-                if task is not None and task in new:
+                if task is not None and task not in remote:
                     found.append((rel, size))
+            self._learn_rels(rels)
 
         async with trio.open_nursery() as nursery:
             for shard in shards:
