@@ -44,6 +44,7 @@ from fusefs.statedir.store import replace_text
 
 log = logging.getLogger("missionfs")
 
+MIN_WINDOW = 0.5  # seconds: below, a window's requests may take longer than the window
 CREW_WINDOWS = 2 * C  # a worker is in the crew while a segment this recent names it
 FALLBACK = (0.0, 0.25, 0.5)  # compaction delay of ranks 1, 2, 3 in windows; others: 2 W
 
@@ -192,11 +193,11 @@ class FactLog(FactDuties):
         return learned
 
     async def _protocol(self) -> None:
-        mine = {"version": 2, "window": self.asked_width}
+        mine = {"version": 2, "window": max(self.asked_width, MIN_WINDOW)}
         found = await _s3(self.s3.read_protocol)
         if found is None:
             if await _s3(self.s3.create_protocol, mine):
-                log.info("fleet protocol v2 created: windows of %g s", self.asked_width)
+                log.info("fleet protocol v2 created: windows of %g s", mine["window"])
                 found = mine
             else:
                 found = await _s3(self.s3.read_protocol) or {}
@@ -315,7 +316,7 @@ class FactLog(FactDuties):
         assert self.cursor is not None
         learned = 0
         skipped = False
-        while True:
+        for _ in range(4 * C):  # a bounded turn: a refresh never waits for a long catch-up
             now = self.now()
             current = self.window(now)
             w = self.cursor + 1
