@@ -143,15 +143,18 @@ class FactLog(FactDuties):
         """The crew as the recent segments show it (their uploaders and compactors)."""
         return [w for w, seen in self.crew.items() if seen >= current - CREW_WINDOWS]
 
-    def compaction_due(self, w: int, current: int) -> float:
-        """When this node compacts window w if its segment is still missing."""
+    def rank(self, w: int, current: int) -> int:
+        """This node's rank among the compactors of window w (0: the designated one)."""
         crew = self.members(current)
         if not crew:  # nobody known: every node is a candidate (If-None-Match decides)
-            rank = 0
-        elif self.worker in crew:
-            rank = sg.rendezvous(f"{w}", crew).index(self.worker)
-        else:
-            rank = len(FALLBACK)
+            return 0
+        if self.worker in crew:
+            return sg.rendezvous(f"{w}", crew).index(self.worker)
+        return len(FALLBACK)
+
+    def compaction_due(self, w: int, current: int) -> float:
+        """When this node compacts window w if its segment is still missing."""
+        rank = self.rank(w, current)
         delay = FALLBACK[rank] * self.w if rank < len(FALLBACK) else 2 * self.w
         return sg.window_end(w, self.w) + settle(self.w) + delay
 
@@ -333,7 +336,8 @@ class FactLog(FactDuties):
                     continue
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
-            if now >= due and now < end + self.w:  # our turn, still fresh: nobody else's yet
+            if now >= due and now < end + self.w and self.rank(w, current) == 0:
+                # The designated compactor, on time: nobody else has written it yet.
                 seg = await self._compact(w)
             elif now >= due or now >= max(self._read_at(w), self._retry_at):
                 seg = await self._get(w)

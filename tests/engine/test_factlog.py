@@ -53,8 +53,14 @@ def knows(node: EngineNode, rel: str) -> bool:
 
 
 def turn(clock: FakeClock, *nodes: EngineNode) -> None:
-    """A window closes; every node's refresh loop turns (twice: whoever is first compacts)."""
-    close_window(clock)
+    """A window closes: every node's loop turns at the compaction time (the designated
+    compactor writes the segment), then at the reading time (the others GET it)."""
+    end = (clock.now // WINDOW + 1) * WINDOW
+    clock.now = end + 5.0 + 0.01  # settle: 5 s with 30 s windows
+    for node in nodes:
+        node.refresh()
+    close_window(clock, WINDOW)
+    clock.now = end + 0.75 * WINDOW
     for _ in range(2):
         for node in nodes:
             node.refresh()
@@ -338,3 +344,39 @@ def test_fsck_finds_corrupt_and_unmerged_segments_and_rebuilds_them(
     for w, rel in zip(windows, RELS, strict=False):
         found = s3.get_segment(w)
         assert found is not None and [f.rel for f in sg.decode(found[0], w).facts] == [rel]
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_fact_log_requests_per_node_and_window_do_not_grow_with_the_fleet(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock, n: int
+) -> None:
+    """Steady state, every node uploading every window: per node and window, one manifest PUT
+    and one segment GET, plus the compaction shared by the fleet (a LIST, a GET per manifest,
+    a PUT): 3 + 1/N requests, whatever N (protocol v1: a GET per peer's manifest, N - 1)."""
+    nodes = [make_node(bucket=bucket, name=f"n{i}", worker=f"worker-{i}") for i in range(n)]
+    for node in nodes:
+        node.refresh()
+    todo = _all_rels(nodes[0])  # 15 tasks: 2 windows of 6 nodes
+    turn(clock, *nodes)  # the crew is known from here on
+    mark = len(bucket.log)
+    windows = 2
+    for _ in range(windows):
+        for node in nodes:
+            work(node, todo.pop())
+        turn(clock, *nodes)
+    areas = ("/log/", "/segments/", "/checkpoints/", "/manifests/")
+    asked = [(kind, key) for kind, key in bucket.since(mark) if any(a in key for a in areas)]
+    retention = [(kind, key) for kind, key in asked if key.endswith(areas)]  # every C windows
+    steady = [r for r in asked if r not in retention]
+    assert len(steady) / (n * windows) <= 3 + 1 / n + 0.01, "\n".join(map(str, steady))
+    assert len(retention) <= 4, retention
+    for node in nodes:
+        assert all(knows(node, rel) for other in nodes for rel in _done(other))
+
+
+def _all_rels(node: EngineNode) -> list[str]:
+    return sorted(node.mission.space.rel(t) for t in node.mission.intent)
+
+
+def _done(node: EngineNode) -> list[str]:
+    return [node.mission.space.rel(t) for t in node.sync.local]
