@@ -217,16 +217,15 @@ class FactLog(FactDuties):
             )
         self.width = float(width)
 
-    async def _from_checkpoint_or_listing(self, *, stuck: bool = False) -> int:
+    async def _from_checkpoint_or_listing(self) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
-        bucket, list every witness once (bootstrap) and write the first checkpoint. `stuck`:
-        the segment after our cursor cannot be rebuilt, so one older than it will not do."""
+        bucket, list every witness once (bootstrap) and write the first checkpoint."""
         cp = await _s3(self.book.latest)
         for bad in self.book.skipped:
             log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
         if cp is not None and (self.cursor is None or cp.window > self.cursor):
             return await self._load_checkpoint(cp)
-        if cp is not None and not stuck:
+        if cp is not None:
             return 0  # our cursor is newer than any checkpoint: read the segments after it
         t = self.now()
         listed, new = await self.engine._list_shards(None)
@@ -388,12 +387,15 @@ class FactLog(FactDuties):
 
     async def _compact(self, w: int, replace_etag: str | None = None) -> sg.Segment | None:
         """Merge window w's node manifests into its segment (If-None-Match; if another node's
-        is there, read it). Too old a window (its manifests may be pruned) is not rebuilt:
-        the node starts again from a checkpoint instead, so no fact is hidden."""
-        if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS * 0.9:
-            log.warning("segment %d missing and its manifests may be gone: restarting", w)
-            await self._from_checkpoint_or_listing(stuck=True)
-            return None
+        is there, read it). For an old window, a newer checkpoint is taken instead when there
+        is one (retention keeps the node manifests of a window until its segment exists, but
+        a segment deleted later leaves nothing to rebuild it from)."""
+        if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS / 2:
+            cp = await _s3(self.book.latest, w - 1)
+            if cp is not None:
+                log.warning("segment %d missing: starting again from checkpoint %d", w, cp.window)
+                await self._load_checkpoint(cp)
+                return None
         listed = await _s3(self.s3.node_manifests, w)
 
         def read(key: str) -> list[sg.Fact]:

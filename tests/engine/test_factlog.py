@@ -380,3 +380,25 @@ def _all_rels(node: EngineNode) -> list[str]:
 
 def _done(node: EngineNode) -> list[str]:
     return [node.mission.space.rel(t) for t in node.sync.local]
+
+
+def test_hour_long_windows_late_in_the_hour_list_the_bucket_once(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """The bootstrap's cursor is window(T) - 2: with hour-long windows, late in the hour, the
+    window after it ended almost an hour ago. It is merged (or taken from a newer checkpoint),
+    never a reason to list the bucket again and again (it was, at every turn)."""
+    hour = 3600.0
+    s3 = S3Store(BUCKET_URL, "engine-tier", objects=bucket)
+    assert s3.create_protocol({"version": 2, "window": hour})
+    clock.now = (clock.now // hour + 1) * hour + 3500  # 100 s before the end of a window
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    listing = [k for kind, k in bucket.log if kind == "LIST" and "/scraped-tiles/" in k]
+    assert listing  # the bootstrap
+    mark = len(bucket.log)
+    for _ in range(3):
+        clock.advance(1.0)
+        a.refresh()
+    assert not [k for kind, k in bucket.since(mark) if "/scraped-tiles/" in k]
+    assert a.sync.factlog.cursor == a.sync.factlog.window(clock.now) - 1
