@@ -220,7 +220,7 @@ class FactLog(FactDuties):
     async def _from_checkpoint_or_listing(self) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
         bucket, list every witness once (bootstrap) and write the first checkpoint."""
-        cp = await _s3(self.book.latest)
+        cp = await _s3(self.book.latest, -1, self.window(self.now()))  # none from the future
         for bad in self.book.skipped:
             log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
         if cp is not None and (self.cursor is None or cp.window > self.cursor):
@@ -391,7 +391,7 @@ class FactLog(FactDuties):
         is one (retention keeps the node manifests of a window until its segment exists, but
         a segment deleted later leaves nothing to rebuild it from)."""
         if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS / 2:
-            cp = await _s3(self.book.latest, w - 1)
+            cp = await _s3(self.book.latest, w - 1, self.window(self.now()))
             if cp is not None:
                 log.warning("segment %d missing: starting again from checkpoint %d", w, cp.window)
                 await self._load_checkpoint(cp)

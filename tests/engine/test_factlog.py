@@ -12,9 +12,12 @@ from collections.abc import Callable
 from functools import partial
 
 import pytest
+from pyroaring import BitMap
 
 from fusefs.engine import fscksegments
+from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.model import segment as sg
+from fusefs.model.checkpoint import Checkpoint
 from fusefs.model.errors import S3Unavailable
 from fusefs.objects.s3store import S3Store
 from tests.engine.driver import (
@@ -402,3 +405,20 @@ def test_hour_long_windows_late_in_the_hour_list_the_bucket_once(
         a.refresh()
     assert not [k for kind, k in bucket.since(mark) if "/scraped-tiles/" in k]
     assert a.sync.factlog.cursor == a.sync.factlog.window(clock.now) - 1
+
+
+def test_a_checkpoint_named_for_a_future_window_is_not_started_from(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Starting from it would put the cursor in the future: every segment until then would be
+    skipped (facts hidden). A new node takes the newest checkpoint of a past window instead."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    turn(clock, a)
+    now = a.sync.factlog.window(clock.now)
+    book = CheckpointBook(layout(a, bucket), a.mission.space)
+    assert book.write(Checkpoint(now + 100, BitMap()))
+    c = make_node(bucket=bucket, name="c", worker="worker-c")
+    c.refresh()
+    assert c.sync.factlog.cursor is not None and c.sync.factlog.cursor <= now
+    assert knows(c, RELS[0])
