@@ -17,7 +17,6 @@ sha256 fsck knows (local good witnesses whose bucket ETag is their MD5).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,10 +25,9 @@ from pyroaring import BitMap
 from fusefs.engine.checkpoints import CheckpointBook, Examined
 from fusefs.model.checkpoint import Checkpoint, TileDigests
 from fusefs.model.codec import TaskSpace
-from fusefs.objects.base import NotFound
-from fusefs.objects.s3store import CHECKPOINTS, WITNESSES, S3Store, checkpoint_name
+from fusefs.model.segment import protocol_width
+from fusefs.objects.s3store import CHECKPOINTS, PROTOCOL, WITNESSES, S3Store, checkpoint_name
 
-PROTOCOL_KEY = ".missionfs/protocol.json"  # {"version": 2, "window": W} (docs/protocol.md)
 CONFIRM = 1000  # facts without a listed witness checked one by one (HEAD) before reporting
 
 
@@ -49,20 +47,10 @@ class Finding:
     window: int | None = None  # the damaged checkpoint's window (deleted by the repair)
 
 
-def protocol_window(s3: S3Store) -> int | None:
-    """The fleet's window W in seconds from `{base}/.missionfs/protocol.json`; None when the
-    bucket has none (protocol v1) or it is unreadable (then no checkpoint can be judged)."""
-    try:
-        body, _ = s3.get(f"{s3.base}/{PROTOCOL_KEY}")
-        doc = json.loads(body)
-    except NotFound:
-        return None
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    window = doc.get("window") if isinstance(doc, dict) else None
-    if type(window) is not int or not 0 < window <= 86400:
-        return None
-    return window
+def protocol_window(s3: S3Store) -> float | None:
+    """The fleet's window W in seconds (`segment.protocol_width`); None when the bucket has no
+    protocol v2 document (protocol v1) or it is unreadable (then no checkpoint can be judged)."""
+    return protocol_width(s3.read_protocol())
 
 
 def where(window: int) -> str:
@@ -88,14 +76,14 @@ class CheckpointAudit:
         self.listed = BitMap(listing)
         self.started = started
         self.known_sha = known_sha
-        self.period: int | None = None
+        self.period: float | None = None
         self.findings: list[Finding] = []
         self.notes: list[str] = []
 
     def run(self) -> None:
         self.period = protocol_window(self.s3)
         if self.period is None:
-            self.notes.append(f"no {PROTOCOL_KEY}: a protocol v1 bucket, no checkpoints expected")
+            self.notes.append(f"no {PROTOCOL}: a protocol v1 bucket, no checkpoints expected")
             return
         now = int(self.started // self.period)
         examined = self.book.examine()

@@ -6,8 +6,11 @@ lazily from the mission's URL and endpoint), an in-process `MemoryStore` in test
 
     {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
     {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
-    {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
-                                                                     (a `rel<TAB>sha256` line each)
+    {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             protocol v1's manifests (read
+                                                                     by nobody; retention deletes)
+    {prefix}/{mission}/.missionfs/protocol.json                      protocol v2: the window W
+    {prefix}/{mission}/log/{w:010d}/{worker}-{seq}.txt               node manifests of window w
+    {prefix}/{mission}/segments/{w:010d}.seg                         window w's merged manifests
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
     {prefix}/{mission}/checkpoints/{window:010d}.ckpt                every fact through a window
                                                                      (engine/checkpoints)
@@ -26,6 +29,7 @@ a hung server is seen quickly). Given stores are used as they are (`fast` defaul
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -46,6 +50,9 @@ WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
 MANIFESTS = "manifests"
 INTENT = "intent"
+LOG = "log"
+SEGMENTS = "segments"
+PROTOCOL = ".missionfs/protocol.json"
 CLAIMS = "claims"
 CHECKPOINTS = "checkpoints"  # protocol v2: {w:010d}.ckpt, the whole Fact set (engine/checkpoints)
 SHA_META = "sha256"
@@ -288,9 +295,6 @@ class S3Store:
         self._put(key, body, metadata={SHA_META: sha256_hex(body), "worker": self.worker})
         return key
 
-    def put_manifest(self, name: str, body: bytes) -> None:
-        self._put(self.key(MANIFESTS, name), body)
-
     def delete_many(self, keys: list[str], what: str) -> None:
         """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine.
         `what` names them for the log (the store's message names the count)."""
@@ -304,9 +308,8 @@ class S3Store:
             yield info.key[len(root) :], info.key
 
     def prune_manifests(self, before_ms: int) -> int:
-        """Delete every worker's manifests named before `before_ms`; returns how many. Old
-        manifests are never read again: refreshes list the last minutes only, and a worker
-        away longer does a full listing first."""
+        """Delete protocol v1's manifests named before `before_ms` (nobody reads them now;
+        the fact log's retention calls this); returns how many."""
         old = []
         for name, key in self.manifests():
             ms = name.partition("-")[0]
@@ -318,6 +321,96 @@ class S3Store:
         if old:
             self.delete_many(old, "manifests")
         return len(old)
+
+    # -- protocol v2: window, node manifests, segments (engine/factlog.py) --------------------
+    def read_protocol(self) -> dict[str, object] | None:
+        """The fleet's protocol settings (`{"version": 2, "window": W}`), None if absent."""
+        try:
+            body, _ = self.objects.get(f"{self.base}/{PROTOCOL}")
+        except NotFound:
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def create_protocol(self, settings: dict[str, object]) -> bool:
+        """Create protocol.json unless it exists (If-None-Match); True if ours is it."""
+        try:
+            self.objects.put(
+                f"{self.base}/{PROTOCOL}", json.dumps(settings).encode(), if_none_match=True
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    def log_root(self, window: int | None = None) -> str:
+        """`log/` (all windows) or `log/{w:010d}/` (one window's node manifests)."""
+        return f"{self.base}/{LOG}/" + ("" if window is None else f"{window:010d}/")
+
+    def put_node_manifest(self, window: int, name: str, body: bytes) -> None:
+        self.objects.put(self.log_root(window) + name, body)
+
+    def node_manifests(self, window: int) -> list[tuple[str, str]]:
+        """(name, key) of every node manifest of a window, in name order (one LIST page)."""
+        root = self.log_root(window)
+        return [(i.key[len(root) :], i.key) for i in self.objects.list(root)]
+
+    def segment_key(self, window: int) -> str:
+        return f"{self.base}/{SEGMENTS}/{window:010d}.seg"
+
+    def get_segment(self, window: int) -> tuple[bytes, str] | None:
+        """(body, ETag) of a window's segment, None if there is none yet."""
+        try:
+            body, info = self.objects.get(self.segment_key(window))
+        except NotFound:
+            return None
+        return body, info.etag
+
+    def put_segment(self, window: int, body: bytes, replace_etag: str | None = None) -> bool:
+        """Create the segment unless one exists (or replace the corrupt one with `replace_etag`
+        if it is still that object); False if another node's is there."""
+        try:
+            if replace_etag is None:
+                self.objects.put(self.segment_key(window), body, if_none_match=True)
+            else:
+                self.objects.put(self.segment_key(window), body, if_match=replace_etag)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def segment_windows(self, after: int = -1) -> Iterator[int]:
+        """Windows of the segments in the bucket, ascending (after window `after`)."""
+        root = f"{self.base}/{SEGMENTS}/"
+        start = None if after < 0 else self.segment_key(after)
+        for info in self.objects.list(root, start_after=start):
+            name = info.key[len(root) :]
+            if name.endswith(".seg") and name[:-4].isdigit():
+                yield int(name[:-4])
+
+    def first_log_window(self, window: int) -> int | None:
+        """The first window from `window` on that has a node manifest (one LIST)."""
+        root = self.log_root()
+        for info in self.objects.list(root, start_after=f"{root}{window:010d}"):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if w_text.isdigit():
+                return int(w_text)
+        return None
+
+    def log_windows_before(self, window: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(window, key) of node manifests of windows before `window` (oldest first, at most
+        `limit`: one page, retention deletes a page at a time)."""
+        root = self.log_root()
+        out: list[tuple[int, str]] = []
+        for info in self.objects.list(root):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if not w_text.isdigit():
+                continue
+            if int(w_text) >= window or len(out) >= limit:
+                break
+            out.append((int(w_text), info.key))
+        return out
 
     def head(self, key: str) -> dict[str, str] | None:
         """Object metadata, or None if there is no such object."""

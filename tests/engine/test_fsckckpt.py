@@ -8,10 +8,11 @@ import pytest
 from pyroaring import BitMap
 
 from fusefs.engine.checkpoints import CheckpointBook
-from fusefs.engine.fsckckpt import PROTOCOL_KEY, CheckpointAudit, Listed
+from fusefs.engine.fsckckpt import CheckpointAudit, Listed
 from fusefs.model.checkpoint import Checkpoint, TileDigests
 from fusefs.model.codec import Axis, TaskSpace
 from fusefs.objects.memory import MemoryStore
+from fusefs.objects.s3store import PROTOCOL as PROTOCOL_KEY
 from fusefs.objects.s3store import S3Store
 
 SPACE = TaskSpace(Axis(0, 1, 10, 2), Axis(100, 1, 10, 2), ("a", "b"))
