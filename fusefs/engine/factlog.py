@@ -40,6 +40,7 @@ from fusefs.model import segment as sg
 from fusefs.model.checkpoint import Checkpoint, CheckpointBuilder
 from fusefs.model.codec import OutOfPlan
 from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.statedir.spool import Spool
 from fusefs.statedir.store import replace_text
 
 log = logging.getLogger("missionfs")
@@ -58,8 +59,9 @@ class FactLog(FactDuties):
     """A node's view of the fleet's fact log (see the module docstring); owned by SyncEngine,
     whose learning methods (remotefacts.py) it feeds."""
 
-    def __init__(self, engine: FactHost, path: Path, refresh: float) -> None:
+    def __init__(self, engine: FactHost, path: Path, refresh: float, spool: Spool) -> None:
         self.engine = engine
+        self.spool = spool  # the lines we owe, on disk as they are made (kill -9)
         self.s3 = engine.s3
         self.worker = engine.worker
         self.path = path
@@ -103,6 +105,17 @@ class FactLog(FactDuties):
             self.engine._manifest.extend(str(x) for x in data.get("pending", []))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no cursor: start from a checkpoint
+        owed = set(self.engine._manifest)
+        for _window, lines in self.unconfirmed.values():
+            owed.update(lines)
+        spooled = [line for line in dict.fromkeys(self.spool.read()) if line not in owed]
+        self.engine._manifest.extend(spooled)  # made after the last save (a kill -9)
+
+    def owe(self, line: str) -> None:
+        """A node manifest line for a witness we uploaded: published at the window's end,
+        on disk at once (spool.py) so that no crash loses it."""
+        self.engine._manifest.append(line)
+        self.spool.append((line,))
 
     def state_json(self) -> str:
         """The cursor, the manifest sequence, our unconfirmed manifests and the lines not yet
@@ -118,7 +131,14 @@ class FactLog(FactDuties):
         )
 
     async def save(self) -> None:
-        await trio.to_thread.run_sync(replace_text, self.path, self.state_json())
+        generation = self.spool.rotate()  # with the snapshot: older spools are in it
+        text = self.state_json()
+
+        def write() -> None:
+            replace_text(self.path, text)
+            self.spool.drop_before(generation)
+
+        await trio.to_thread.run_sync(write)
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> float:

@@ -47,6 +47,7 @@ from fusefs.model.state import MissionState
 from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 from fusefs.statedir.index import FactIndex
 from fusefs.statedir.journal import Journal
+from fusefs.statedir.spool import Spool
 from fusefs.statedir.store import LocalStore
 
 log = logging.getLogger("missionfs")
@@ -109,7 +110,7 @@ class SyncEngine(RemoteFacts):
         self.remote_mtime_ns = time.time_ns()
         self._manifest: list[str] = []  # "rel<TAB>sha256<TAB>size" lines not yet published
         # The fact log (cursor, our unconfirmed manifests, the window W once started).
-        self.factlog = FactLog(self, store.layout.fact_log, refresh)
+        self.factlog = FactLog(self, store.layout.fact_log, refresh, Spool(store.layout))
         # Verification of our shards: the first after a random part of the period (spread).
         self._verify_at = time.time() + full_refresh * random.uniform(0.5, 1.0)
         self.counters = SyncCounters()
@@ -137,6 +138,10 @@ class SyncEngine(RemoteFacts):
             else None
         )
         facts.subscribe(self.wake)  # new local witnesses: the upload queue grew
+
+    def close(self) -> None:
+        super().close()
+        self.factlog.spool.close()
 
     # -- what the rest of the daemon sees -----------------------------------------------------
     def queue_size(self) -> int:
@@ -399,7 +404,7 @@ class SyncEngine(RemoteFacts):
                 self.counters.uploaded += 1
                 sha = sha256_hex(body)
                 self.note("upload", rel, sha256=sha)
-                self._manifest.append(f"{rel}\t{sha}\t{len(body)}")
+                self.factlog.owe(f"{rel}\t{sha}\t{len(body)}")
                 self._mark_synced(task, rel)
             else:
                 await self._resolve(task, rel, body, up.remote_sha)

@@ -51,6 +51,7 @@ FLEET_CACHE = "fleet-manifests.json"
 LOG_FILE = "missionfs.log"
 HASH_DB = "hashes.sqlite"
 INTENT_CACHE = "intent-s3.txt"
+SPOOL_PREFIX = "unpublished-"  # + generation + .log: node manifest lines owed (spool.py)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,23 @@ class StateLayout:
     @property
     def fact_log(self) -> Path:
         return self.index / "fact-log.json"
+
+    def spool(self, generation: int) -> Path:
+        """Node manifest lines not yet published, one file per generation (spool.py)."""
+        return self.index / f"{SPOOL_PREFIX}{generation}.log"
+
+    def spool_generations(self) -> list[int]:
+        """The generations of spool files present (blocking: lists index/)."""
+        out = []
+        try:
+            names = [p.name for p in self.index.iterdir()]
+        except OSError:
+            return []
+        for name in names:
+            gen = name.removeprefix(SPOOL_PREFIX).removesuffix(".log")
+            if name.startswith(SPOOL_PREFIX) and name.endswith(".log") and gen.isdigit():
+                out.append(int(gen))
+        return out
 
     # -- files at the top ---------------------------------------------------------------------
     @property

@@ -452,3 +452,29 @@ def test_a_segment_that_cannot_be_written_is_retried_calmly(
     clock.advance(2.0)
     a.refresh()
     assert bucket.since(mark)  # and again after the pause
+
+
+def test_a_node_killed_before_its_window_ends_still_publishes_its_uploads(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """A uploads a witness and is killed (-9) before its window's end and before any save of
+    fact-log.json: the line it owed is on disk (spool.py), so the restarted A publishes it and
+    B learns it from the next segment, not an hour later from a verification listing."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    assert a.direct_write(RELS[0], body(RELS[0])) == 0
+
+    async def upload_only() -> int:  # the uploader's turn, without the window's publish
+        engine = a.sync
+        return await engine.upload(list(engine.local - engine.synced))
+
+    assert a.run(upload_only) == 0
+    assert a.sync.queue_size() == 0 and a.sync._manifest  # uploaded, its line owed
+    a.close(clean=False)
+    a.restart(clean=False)
+    assert a.sync._manifest == [a.sync._manifest[0]] and RELS[0] in a.sync._manifest[0]
+    a.refresh()  # back online, its fact log started
+    a.run(partial(a.sync.flush_manifest, now=True))  # its window's end (or a drain)
+    turn(clock, a, b)  # the segment carries it
+    assert knows(b, RELS[0])

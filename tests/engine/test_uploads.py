@@ -70,7 +70,7 @@ def test_a_batch_of_witnesses_goes_up_in_one_hop_each_with_its_bookkeeping(
     assert sorted(journal_events(node, "upload")) == sorted(rels)
     root = sync.s3.root("scraped-tiles")
     assert sorted(sync.s3.rel_of("scraped-tiles", i.key) for i in bucket.list(root)) == sorted(rels)
-    manifests = [bucket.get(i.key)[0].decode() for i in bucket.list(sync.s3.root("manifests"))]
+    manifests = [bucket.get(i.key)[0].decode() for i in bucket.list(sync.s3.log_root())]
     lines = [line.split("\t") for m in manifests for line in m.splitlines()]
     assert sorted(rel for rel, _, _ in lines) == sorted(rels)  # rel, sha256, size each
 
