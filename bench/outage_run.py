@@ -230,7 +230,9 @@ def s3hang(work: Path, commits: int, hung: int) -> dict[str, object]:
             uploaded = wait_bucket(moto, bucket, "scraped-tiles", lambda there: acked - there)
             # Leases of committed tasks are deleted a few refresh intervals after the upload:
             # wait for that steady state, or fsck rightly calls them stale.
-            leases = wait_bucket(moto, bucket, "claims", lambda there: there & acked)
+            leases = wait_bucket(  # lease keys are claims/{chunk}/{rel}
+                moto, bucket, "claims", lambda there: {n.partition("/")[2] for n in there} & acked
+            )
             return {
                 **verdict(m, w, wedged),
                 "not uploaded": uploaded,

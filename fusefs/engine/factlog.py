@@ -40,6 +40,7 @@ from fusefs.model import segment as sg
 from fusefs.model.checkpoint import Checkpoint, CheckpointBuilder
 from fusefs.model.codec import OutOfPlan
 from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.objects.base import NotFound
 from fusefs.statedir.spool import Spool
 from fusefs.statedir.store import replace_text
 
@@ -164,9 +165,10 @@ class FactLog(FactDuties):
         return [w for w, seen in self.crew.items() if seen >= current - CREW_WINDOWS]
 
     def rank(self, w: int, current: int) -> int:
-        """This node's rank among the compactors of window w (0: the designated one)."""
-        crew = self.members(current)
-        if not crew:  # nobody known: every node is a candidate (If-None-Match decides)
+        """This node's rank among the compactors of window w (0: the designated one). After
+        a quiet spell the last crew known still ranks (nobody recent: all of them)."""
+        crew = self.members(current) or list(self.crew)
+        if not crew:  # nobody known, not even from a listing: If-None-Match decides
             return 0
         if self.worker in crew:
             return sg.rendezvous(f"{w}", crew).index(self.worker)
@@ -353,6 +355,8 @@ class FactLog(FactDuties):
                 if busy > w:
                     self.cursor = busy - 1
                     continue
+            if not self.crew and now >= end + settle(self.w):
+                await self._crew_from_listing(w)
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
             if now >= due and now < end + self.w and self.rank(w, current) == 0:
@@ -376,6 +380,16 @@ class FactLog(FactDuties):
             self._peeked = {k for k in self._peeked if k.rsplit("/", 2)[-2] > f"{w:010d}"}
             await self.save()
         return learned
+
+    async def _crew_from_listing(self, w: int) -> None:
+        """A node that has never read a segment knows no crew, and every such node would
+        compact the same window: a fleet started together made N x N manifest GETs (and
+        SlowDowns). So it lists the window's node manifests once (one LIST) and ranks among
+        the workers that wrote them, like everybody else."""
+        for name, _key in await _s3(self.s3.node_manifests, w):
+            worker = sg.manifest_worker(name)
+            if worker is not None:
+                self.crew[worker] = max(self.crew.get(worker, w), w)
 
     async def _peek_open(self) -> int:
         """`missionfs sync`: also read the node manifests of the windows not merged yet (a
@@ -424,15 +438,23 @@ class FactLog(FactDuties):
 
         manifests: dict[str, list[sg.Fact]] = {}
         limiter = trio.CapacityLimiter(self.engine.uploaders)
+        errors: list[Exception] = []
 
         async def one(name: str, key: str) -> None:
-            async with limiter:
-                manifests[name] = await _s3(read, key)
+            try:
+                async with limiter:
+                    manifests[name] = await _s3(read, key)
+            except NotFound:
+                pass  # deleted since the listing (retention): its facts are in a segment
+            except (S3Unavailable, S3ConfigError) as e:
+                errors.append(e)
 
         async with trio.open_nursery() as nursery:
             for name, key in listed:
                 if sg.manifest_worker(name) is not None:
                     nursery.start_soon(one, name, key)
+        if errors:  # one plain exception, never a group: the loops catch S3 errors by class
+            raise errors[0]
         seg = sg.merge(w, manifests)
         seg.workers.setdefault(self.worker, 0)  # the compactor is crew too
         if await _s3(self.s3.put_segment, w, sg.encode(seg), replace_etag):

@@ -464,6 +464,10 @@ class Fsck:
         if period is None:
             return  # protocol v1: no segments
         for f in audit(self.s3, period, self.s3.server_time()):
+            if f.kind == "segment-unmerged":  # the tail of a stopped fleet: not a problem
+                how = rebuild(self.s3, f)[1] if self.repair else "left to the next node"
+                self.note(f"[{f.kind}] {f.where}: {f.what}; {how}")
+                continue
             p = self.problem("segments", f.kind, f.where, f.what)
             if self.repair:
                 ok, how = rebuild(self.s3, f)

@@ -5,8 +5,12 @@ what they are made from, not by the witness listing (the `checkpoints` check doe
 
 - corrupt: a body that does not decode or whose hash does not match (readers treat it as
   missing and rebuild it; fsck says so);
-- missing: a closed window that has node manifests under `log/` but no segment (its compactor
-  and every fallback failed so far; windows nobody wrote in have no segment, by design).
+- missing: a closed window that has node manifests under `log/` but no segment while a later
+  window has one (its compactor and every fallback failed; windows nobody wrote in have no
+  segment, by design);
+- unmerged tail: closed windows after the newest segment (a fleet that stopped: the last node
+  to unmount published its manifest, nobody was left to merge it). Not a problem: nothing is
+  lost, the next node to run merges them as it reads; fsck notes them and `--repair` merges.
 
 Repair: each is rebuilt from the window's node manifests (If-Match on the corrupt object's ETag,
 If-None-Match for a missing one), exactly as a compactor would. A window whose manifests are
@@ -24,7 +28,7 @@ from fusefs.objects.s3store import S3Store
 
 @dataclass(frozen=True)
 class SegmentFinding:
-    kind: str  # "segment-corrupt" or "segment-missing"
+    kind: str  # "segment-corrupt", "segment-missing" or "segment-unmerged" (the tail)
     where: str
     what: str
     window: int
@@ -47,10 +51,16 @@ def audit(s3: S3Store, period: float, now: float) -> list[SegmentFinding]:
     closed = sg.window_of(now, period) - 1  # the current and the last window may be in work
     have_set = set(have)
     logged = sorted({w for w, _ in s3.log_windows_before(closed, limit=100_000)})
+    newest = max(have, default=-1)
     for w in logged:
-        if w not in have_set:
+        if w in have_set:
+            continue
+        if w < newest:
             what = "node manifests but no segment: nobody has merged this window"
             findings.append(SegmentFinding("segment-missing", _where(s3, w), what, w))
+        else:
+            what = "node manifests after the newest segment: merged by the next node to run"
+            findings.append(SegmentFinding("segment-unmerged", _where(s3, w), what, w))
     return findings
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 from typing import Any
 
@@ -257,12 +257,28 @@ class SyncEngine(RemoteFacts):
 
     # -- the loops ----------------------------------------------------------------------------
     async def run(self) -> None:
+        loops = [self._upload_loop, self._refresh_loop, self._manifest_loop]
+        if self.fleet is not None:
+            loops.append(self.fleet.retire_loop)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._upload_loop)
-            nursery.start_soon(self._refresh_loop)
-            nursery.start_soon(self._manifest_loop)
-            if self.fleet is not None:
-                nursery.start_soon(self.fleet.retire_loop)
+            for loop in loops:
+                nursery.start_soon(self._supervised, loop)
+
+    async def _supervised(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop for ever: an error it did not expect (a bug, an exception
+        group) is logged with its traceback and the loop starts again after a pause, instead
+        of ending the sync engine's nursery and with it the daemon (the mount must outlive
+        its background work; what the loop did not finish it finds again)."""
+        backoff = 1.0
+        while True:
+            try:
+                await loop()
+            except Exception as e:  # the last line of defence, logged
+                self.counters.errors += 1
+                self.counters.last_error = f"{type(e).__name__}: {e}"
+                log.error("sync: %s failed, restarting it", loop.__name__, exc_info=e)
+                await trio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
 
     async def _upload_loop(self) -> None:
         backoff = 1.0

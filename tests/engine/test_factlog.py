@@ -478,3 +478,96 @@ def test_a_node_killed_before_its_window_ends_still_publishes_its_uploads(
     a.run(partial(a.sync.flush_manifest, now=True))  # its window's end (or a drain)
     turn(clock, a, b)  # the segment carries it
     assert knows(b, RELS[0])
+
+
+def test_the_unmerged_tail_of_a_stopped_fleet_is_a_note_that_repair_merges(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """The last node to unmount publishes its manifest and nobody is left to merge its window:
+    nothing is lost (the next node merges it as it reads), so fsck says so as a note, not a
+    problem (a gap before the newest segment stays a problem, test above); --repair merges."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    s3 = layout(a, bucket)
+    work(a, RELS[0])
+    turn(clock, a)  # merged: the newest segment
+    work(a, RELS[1])  # published, then the node stops: nobody merges this window
+    tail = a.sync.factlog.window(clock.now)
+    clock.now = sg.window_end(tail, WINDOW) + 2 * WINDOW
+    findings = fscksegments.audit(s3, WINDOW, clock.now)
+    assert [(f.kind, f.window) for f in findings] == [("segment-unmerged", tail)]
+    ok, how = fscksegments.rebuild(s3, findings[0])
+    assert ok and how == "rebuilt from 1 node manifest(s), 1 fact(s)"
+    assert fscksegments.audit(s3, WINDOW, clock.now) == []
+
+
+def test_a_fleet_started_together_compacts_each_window_once(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Nodes that have never read a segment know no crew: each used to take itself for the
+    compactor, so a fleet started together read every node manifest N times (N x N GETs, and
+    SlowDowns at N = 1,000 in the simulator). Now a crewless node lists the window's
+    manifests once and ranks among their writers: one node reads them."""
+    nodes = [make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "abcd"]
+    for n in nodes:
+        n.refresh()
+    for n, rel in zip(nodes, RELS, strict=False):
+        work(n, rel)
+    w = nodes[0].sync.factlog.window(clock.now)
+    s3 = layout(nodes[0], bucket)
+    log_root = s3.log_root(w)
+    for n in nodes:  # as if none had read a segment yet (here the empty windows' named one)
+        n.sync.factlog.crew.clear()
+    close_window(clock)
+    clock.now = sg.window_end(w, WINDOW) + 5.0 + 0.01  # the designated compactor's time
+    mark = len(bucket.log)
+    for n in nodes:
+        n.refresh()
+    manifest_gets = [
+        k for kind, k in bucket.since(mark) if kind == "GET" and k.startswith(log_root)
+    ]
+    assert len(manifest_gets) == len(nodes)  # one compactor read each manifest once
+    assert s3.get_segment(w) is not None
+    clock.now = sg.window_end(w, WINDOW) + WINDOW
+    for n in nodes:
+        n.refresh()
+        assert all(knows(n, rel) for rel in RELS[:4]), n.worker
+
+
+def test_a_manifest_read_failing_during_compaction_is_one_plain_s3_error(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GET failing inside the compaction's nursery came out as an ExceptionGroup, which the
+    loops (they catch S3 errors by class) did not catch: the sync engine, and the daemon,
+    died. Now it is the S3 error itself, and the loop backs off and tries again."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    work(a, RELS[0])
+    work(b, RELS[1])
+    w = a.sync.factlog.window(clock.now)
+    close_window(clock)
+    clock.now = sg.window_end(w, WINDOW) + 5.0 + 0.01
+    real_get = bucket.get
+
+    def failing(key: str, *args: object, **kw: object) -> object:
+        if "/log/" in key:
+            raise S3Unavailable("503 SlowDown")
+        return real_get(key, *args, **kw)
+
+    monkeypatch.setattr(bucket, "get", failing)
+    compactor = None
+    for n in (a, b):
+        try:
+            n.refresh()
+        except S3Unavailable:
+            compactor = n
+    assert compactor is not None  # it raised the S3 error itself, not a group
+    monkeypatch.setattr(bucket, "get", real_get)
+    clock.now = sg.window_end(w, WINDOW) + WINDOW
+    for n in (a, b, a):
+        n.refresh()
+    assert all(knows(n, rel) for n in (a, b) for rel in RELS[:2])
