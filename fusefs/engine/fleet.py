@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from pyroaring import BitMap
 
-from fusefs.engine.leases import GRACE, Lease, LeaseBook, chunk_of_task, chunk_range
+from fusefs.engine.leases import GRACE, UNKNOWN, Lease, LeaseBook, chunk_of_task, chunk_range
 from fusefs.engine.threads import blocking as _s3
 from fusefs.engine.threads import s3_limiter
 from fusefs.model.affinity import Crew
@@ -117,7 +117,7 @@ class FleetHost(Protocol):
 
 log = logging.getLogger("missionfs")
 
-RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
+RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives three refresh intervals
 CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGAIN / degraded)
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
@@ -190,7 +190,7 @@ class FleetClaims:
         self._touched: set[str] = set()
         # Leases of finished tasks, kept as tombstones until the other workers' next refresh
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
-        self.retire_seconds = 2 * refresh + RETIRE_MARGIN
+        self.retire_seconds = 3 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
         self.refresh = refresh  # also the retire loop's period: one DeleteObjects at most
         # The workers seen at work and their shares (affinity.py); a worker is silent after 3
@@ -459,6 +459,8 @@ class FleetClaims:
                     pass  # strict: S3 went away again; the claim was given back
         await self.sweep()
         chunks = self.chunks_to_list() if self._adopted else None
+        self.leases.identify = False  # foreign bodies are not read per worker (leases.py)
+        self.leases.expect(self.crew.members)
         started = time.monotonic()
         live: list[Lease] = await _s3(self.leases.live, chunks)
         listed = None if chunks is None else frozenset(chunks)
@@ -499,7 +501,7 @@ class FleetClaims:
             task = self._task_of(lease.rel)
             if task is None:
                 continue
-            if self._lease_marks.get(task) != lease.expires:
+            if self._lease_marks.get(task) != lease.expires and lease.worker != UNKNOWN:
                 self.crew.observe(lease.worker, now)  # a new or renewed lease
             marks[task] = lease.expires
             if lease.worker != self.worker:

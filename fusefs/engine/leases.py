@@ -36,6 +36,7 @@ A lost condition is the seam's PreconditionFailed (412, or 409 under a race), wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from fusefs.model.codec import TaskSpace
 
 GRACE = 5.0  # seconds of slack beyond a lease's end before another worker may take it over
+UNKNOWN = "?"  # the worker of a lease whose body was not read (LeaseBook.identify)
 BODY_KEEP = 3600.0  # seconds a lease body (worker, lease seconds) stays cached unseen
 
 
@@ -109,6 +111,19 @@ class LeaseBook:
         # rel -> expiry (server time) of the other worker's lease that refused our last
         # acquire of it: how long the task is someone else's (fleet.py keeps it hidden).
         self.refused: dict[str, float] = {}
+        # A periodic listing must not GET a lease body per worker it has not met (at the first
+        # listing of a fleet of N, N GETs on every node: N x N in all). A body is
+        # {"worker", "lease"}, so its ETag (the MD5 of a single-part PUT's body) is known in
+        # advance for ourselves and for every worker named to `expect`; with `identify`
+        # False any other one is taken as a lease of our length by an unknown worker ("?").
+        self.identify = True
+        self.expect((worker,))
+
+    def expect(self, workers: Iterable[str]) -> None:
+        """Know the leases of these workers by their ETags (if they use our lease length)."""
+        for worker in workers:
+            etag = hashlib.md5(self._body(worker), usedforsecurity=False).hexdigest()
+            self._bodies.setdefault(etag, (worker, self.lease_seconds))
 
     def server_now(self) -> float:
         return self.s3.server_time()
@@ -127,8 +142,9 @@ class LeaseBook:
     def _key(self, rel: str) -> str:
         return self.s3.lease_key(self.chunk_of(rel), rel)
 
-    def _body(self) -> bytes:
-        return json.dumps({"worker": self.worker, "lease": self.lease_seconds}).encode()
+    def _body(self, worker: str | None = None) -> bytes:
+        """A lease's body: the same for all leases of one worker (so its ETag names it)."""
+        return json.dumps({"worker": worker or self.worker, "lease": self.lease_seconds}).encode()
 
     def _put(self, rel: str, *, create: bool = False, if_match: str | None = None) -> str:
         """Write our lease, conditionally; its ETag. PreconditionFailed if the condition lost."""
@@ -225,13 +241,16 @@ class LeaseBook:
         now = self.server_now()
         for rel, obj in listed:
             etag = obj.etag
-            if etag not in self._bodies:
-                lease = self._inspect(rel, obj.key)
-                if lease is None:
-                    continue
-                etag = lease.etag
-            self._body_seen[etag] = now
-            worker, seconds = self._bodies[etag]
+            if etag not in self._bodies and not self.identify:
+                worker, seconds = UNKNOWN, self.lease_seconds  # not ours: foreign, no GET
+            else:
+                if etag not in self._bodies:
+                    lease = self._inspect(rel, obj.key)
+                    if lease is None:
+                        continue
+                    etag = lease.etag
+                self._body_seen[etag] = now
+                worker, seconds = self._bodies[etag]
             expires = obj.last_modified + seconds + GRACE
             if expires > now:
                 out.append(Lease(rel, worker, etag, expires))

@@ -499,3 +499,30 @@ def test_a_helper_refused_twice_pauses_until_its_next_listing(
     a.refresh()  # the next listing: b's leases are known, the rest of b's share helpable
     view = a.state.pending_view()
     assert view == (BitMap(range(lo1, hi1)) & intent) - mine - BitMap([first])
+
+
+def test_a_periodic_listing_reads_no_lease_body_of_workers_it_has_not_met() -> None:
+    """The first listing of all of claims/ used to GET one lease body per other worker (N x N
+    GETs for a fleet of N started together: SlowDown on claims/ in the simulator at N =
+    1,000). A body's ETag is its MD5, so our own leases and those of workers we expect are
+    known without a GET; the others are foreign leases of our length by an unknown worker."""
+    bucket = MemoryStore()
+    s3 = S3Store("s3://b/runs", "m", objects=bucket)
+    rels = [SPACE.rel(t) for t in range(6)]
+    for i, rel in enumerate(rels):
+        assert LeaseBook(s3, f"w{i % 3}", 900.0, SPACE).acquire(rel) is not None
+    book = LeaseBook(s3, "w0", 900.0, SPACE)
+    book.identify = False
+    book.expect(["w1"])
+    before = bucket.requests.snapshot()
+    live = book.live()
+    after = bucket.requests.snapshot()
+    assert after.get("GET", 0) == before.get("GET", 0)  # no body read
+    assert after.get("LIST", 0) == before.get("LIST", 0) + 1
+    workers = {lease.rel: lease.worker for lease in live}
+    assert workers == {rels[0]: "w0", rels[3]: "w0", rels[1]: "w1", rels[4]: "w1"} | {
+        rels[2]: "?",
+        rels[5]: "?",
+    }
+    identifying = LeaseBook(s3, "w0", 900.0, SPACE)  # the fleet view and fsck read them
+    assert {lease.worker for lease in identifying.live()} == {"w0", "w1", "w2"}
