@@ -1,0 +1,195 @@
+"""Shared learning for the fleet simulator (bench/fleet_sim.py): what N nodes do identically.
+
+Every node of a fleet learns every fact: at N = 1,000 nodes x 800 tasks/s, the simulator would
+parse 800,000 manifest lines, write 800,000 index and journal lines and insert 800,000 hash
+rows per virtual second. That work is local to each node (no request, no await, no effect on
+what the node does next beyond its in-memory sets), so the simulator does it ONCE per object
+body and applies the result to each node with bitmap operations:
+
+- decoding a fact object (a manifest's or segment's lines): memoised on the body bytes (the
+  store hands every reader the same bytes object); the node still makes its GET, counted;
+- `RemoteFacts._learn_rels`: the parse (rel -> task id) is memoised on the decoded list; the
+  node's effects are applied in bulk: `sizes` (the dense array through numpy, the sparse dict
+  with one update), `unsized`, `counters.learned`, and `_learn`;
+- `RemoteFacts._learn`: the new facts reach `facts.add_remote` (state, pending, listeners) as
+  in the real code; the persistence of remote facts is skipped: the `remote` index log lines,
+  the journal's "remote" notes, and the hash cache's rows (`on_remote_hashes`). A simulated
+  node never restarts, so nothing reads them back.
+
+`--exact` runs the real functions instead; tests/engine/test_fleet_sim.py checks that both
+give the same requests, facts and sizes on a small fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from fusefs.engine.remotefacts import RemoteFacts
+from fusefs.model.codec import OutOfPlan, TaskSpace
+from fusefs.model.sizes import RemoteSizes
+
+
+class SharedRels(list[tuple[str, int | None]]):
+    """A decoded fact object's (rel, size) pairs, shared by every node that read the same
+    body; its parse for a task space is computed once (`parsed`)."""
+
+    def __init__(self, items: Iterable[tuple[str, int | None]]) -> None:
+        super().__init__(items)
+        self.parsed: dict[int, Parsed] = {}  # id(space) -> parse
+
+
+@dataclass
+class Parsed:
+    """(rel, size) pairs as task ids: every task in the plan, those with a size (and the
+    sizes, in the same order), and those without one."""
+
+    ids: BitMap
+    sized: np.ndarray[Any, np.dtype[np.uint32]]
+    sizes: np.ndarray[Any, np.dtype[np.int64]]
+    unsized: BitMap = field(default_factory=BitMap)
+
+
+def parse(rels: Iterable[tuple[str, int | None]], space: TaskSpace) -> Parsed:
+    """The task ids of `rels` (out-of-plan names skipped); a later size of a task wins, as
+    the real code's successive `sizes.set` calls do."""
+    sized: dict[int, int] = {}
+    unsized = BitMap()
+    ids = BitMap()
+    for rel, size in rels:
+        try:
+            task = space.parse_rel(rel)
+        except OutOfPlan:
+            continue
+        ids.add(task)
+        if size is not None and 0 < size < 2**32 - 1:
+            sized[task] = size
+            unsized.discard(task)
+        elif task not in sized:
+            unsized.add(task)
+    keys = np.fromiter(sized.keys(), dtype=np.uint32, count=len(sized))
+    vals = np.fromiter(sized.values(), dtype=np.int64, count=len(sized))
+    return Parsed(ids, keys, vals, unsized)
+
+
+def parsed_for(rels: Iterable[tuple[str, int | None]], space: TaskSpace) -> Parsed:
+    if isinstance(rels, SharedRels):
+        found = rels.parsed.get(id(space))
+        if found is None:
+            found = rels.parsed[id(space)] = parse(rels, space)
+        return found
+    return parse(rels, space)
+
+
+class BodyCache:
+    """Decoded bodies by their bytes, the most recent `lines` lines' worth."""
+
+    def __init__(self, lines: int = 2_000_000) -> None:
+        self.limit = lines
+        self.lines = 0
+        self._bodies: OrderedDict[bytes, SharedRels] = OrderedDict()
+
+    def decode(
+        self, body: bytes, decode: Callable[[bytes], list[tuple[str, int | None]]]
+    ) -> SharedRels:
+        found = self._bodies.get(body)
+        if found is not None:
+            self._bodies.move_to_end(body)
+            return found
+        found = SharedRels(decode(body))
+        self._bodies[body] = found
+        self.lines += len(found)
+        while self.lines > self.limit and len(self._bodies) > 1:
+            _, old = self._bodies.popitem(last=False)
+            self.lines -= len(old)
+        return found
+
+
+def manifest_lines(body: bytes) -> list[tuple[str, int | None]]:
+    """`rel<TAB>sha256<TAB>size` lines as (rel, size), as RemoteFacts._read_manifest reads them."""
+    out: list[tuple[str, int | None]] = []
+    for line in body.decode("utf-8", "surrogateescape").splitlines():
+        rel, _, rest = line.partition("\t")
+        _, _, size = rest.partition("\t")
+        out.append((rel, int(size) if size.isascii() and size.isdigit() else None))
+    return out
+
+
+def set_sizes(sizes: RemoteSizes, tasks: np.ndarray[Any, Any], vals: np.ndarray[Any, Any]) -> None:
+    """`sizes.set(t, v)` for every pair (sizes in (0, 2**32 - 1): see `parse`), in bulk."""
+    if not len(tasks):
+        return
+    if sizes._dense is None:
+        sizes._sparse.update(zip(tasks.tolist(), vals.tolist(), strict=True))
+        if len(sizes._sparse) > max(1024, sizes.space_size // 32):
+            sizes._densify()
+        return
+    dense = np.frombuffer(sizes._dense, dtype=np.uint32)
+    sizes._count += int(np.count_nonzero(dense[tasks] == 0))
+    dense[tasks] = vals
+
+
+def fast_learn(self: RemoteFacts, tasks: Iterable[int], *, ours: bool = False) -> BitMap:
+    """RemoteFacts._learn without the persistence (see the module docstring)."""
+    new = (tasks if isinstance(tasks, BitMap) else BitMap(tasks)) - self.remote
+    if new:
+        self.facts.add_remote(new)
+    return new
+
+
+def fast_learn_rels(self: RemoteFacts, rels: Iterable[tuple[str, int | None]]) -> int:
+    """RemoteFacts._learn_rels in bulk (same effects on the node's memory)."""
+    p = parsed_for(rels, self.space)
+    local = self.local
+    mine = p.ids & local
+    sized, vals = p.sized, p.sizes
+    if mine and len(sized):
+        keep = ~np.isin(sized, np.array(mine.to_array(), dtype=np.uint32))
+        sized, vals = sized[keep], vals[keep]
+    set_sizes(self.sizes, sized, vals)
+    if len(sized):
+        self.unsized -= BitMap(sized.tolist())
+    for task in p.unsized - local:
+        if self.sizes.get(task) is None:
+            self.unsized.add(task)
+    new = self._learn(p.ids)
+    self.counters.learned += len(new)
+    return len(new)
+
+
+BODIES = BodyCache()
+
+
+def fast_read_manifest(self: RemoteFacts, key: str) -> list[tuple[str, int | None]]:
+    """RemoteFacts._read_manifest: the GET is made; the decoding is shared, and the hashes
+    are not handed to the (unused) digest cache."""
+    body, _ = self.s3.get(key)
+    return BODIES.decode(body, manifest_lines)
+
+
+# (class, attribute, replacement): what `shared_learning` patches while it is active.
+PATCHES: list[tuple[type, str, Callable[..., Any]]] = [
+    (RemoteFacts, "_learn", fast_learn),
+    (RemoteFacts, "_learn_rels", fast_learn_rels),
+    (RemoteFacts, "_read_manifest", fast_read_manifest),
+]
+
+
+@contextlib.contextmanager
+def shared_learning() -> Iterator[None]:
+    """Apply PATCHES (undone on exit, and the body cache emptied)."""
+    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in PATCHES]
+    try:
+        for cls, name, fn in PATCHES:
+            setattr(cls, name, fn)
+        yield
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+        BODIES.__init__(BODIES.limit)  # type: ignore[misc]
