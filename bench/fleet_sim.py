@@ -71,7 +71,6 @@ from typing import Any
 import numpy as np
 import trio
 import trio.testing
-from cachetools import TTLCache
 from pyroaring import BitMap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,8 +435,6 @@ def open_node(
                 ws.state._listeners.remove(ws.digest.changed)
         claim_log = ClaimLog(ws.store.layout.claims_log, ws.state)
         assert ws.sync is not None
-        fresh = ws.sync.shard_fresh  # the same cache, on the virtual clock
-        ws.sync.shard_fresh = TTLCache(fresh.maxsize, fresh.ttl, timer=clock.monotonic)
         claims = Claims(
             ws.state,
             ws.committer.journal,

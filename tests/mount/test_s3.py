@@ -213,7 +213,7 @@ def test_air_gapped_worker_syncs_in_one_batch(
         assert res.returncode == 0, res.stdout + res.stderr
         assert "uploaded 12" in res.stdout and "left to upload 0" in res.stdout
         assert set(keys(server, "offline-bucket", "scraped-tiles")) == set(todo)
-        manifests = keys(server, "offline-bucket", "manifests")
+        manifests = keys(server, "offline-bucket", "log")  # protocol v2's node manifests
         lines = [ln.split("\t") for ln in b"".join(manifests.values()).decode().splitlines()]
         assert sorted(rel for rel, _, _ in lines) == sorted(todo)  # hints for the other workers
         for rel, sha, size in lines:  # with the hash the digest of another node needs

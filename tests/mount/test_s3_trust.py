@@ -204,12 +204,14 @@ def test_local_commands_need_neither_s3_nor_credentials(
     (m.mnt / "tmp" / "x").write_text("name\nx\n")
     os.rename(m.mnt / "tmp" / "x", m.mnt / "done" / all_rels[0])
     m.umount()
-    # Another node's witness lands in the bucket; the endpoint was remembered: a sync without
-    # the flag reaches moto and learns it.
+    # Another node's witness lands in the bucket (no manifest names it); the endpoint was
+    # remembered: a verifying sync without the flag reaches moto and learns it.
     key = f"runs/{MISSION}/scraped-tiles/{all_rels[1]}"
     moto.client().put_object(Bucket=bucket, Key=key, Body=b"name\ny\n")
-    res = run("sync", str(mission), "--state", str(m.state), env=aws_blocked)
-    assert res.returncode == 0 and "learned from listings 1" in res.stdout, res.stdout + res.stderr
+    res = run("sync", str(mission), "--state", str(m.state), "--verify", env=aws_blocked)
+    assert res.returncode == 0 and "learned from the bucket 1" in res.stdout, (
+        res.stdout + res.stderr
+    )
     done = all_rels[:2]
 
     env = no_aws_env(silent)
