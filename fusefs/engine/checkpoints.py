@@ -31,8 +31,8 @@ KEEP = 3  # checkpoints kept by prune(): one LIST page, and two to fall back on
 
 @dataclass(frozen=True)
 class Examined:
-    """One checkpoint as read: `checkpoint` if valid, else `problem` is "corrupt", "foreign"
-    or "missing" (listed, then gone) and `detail` says why."""
+    """One checkpoint as read: `checkpoint` if valid, else `problem` is "corrupt", "foreign",
+    "missing" (listed, then gone) or "future" (see `latest`) and `detail` says why."""
 
     window: int
     checkpoint: Checkpoint | None
@@ -69,13 +69,20 @@ class CheckpointBook:
             return Examined(window, None, "corrupt", what)
         return Examined(window, cp)
 
-    def latest(self, newer_than: int = -1) -> Checkpoint | None:
+    def latest(self, newer_than: int = -1, now: int | None = None) -> Checkpoint | None:
         """The newest valid checkpoint of a window after `newer_than`, or None: a LIST and a
-        GET, plus a GET per newer checkpoint that was corrupt, foreign or gone."""
+        GET, plus a GET per newer checkpoint that was corrupt, foreign or gone.
+
+        `now` (the server's current window): a checkpoint named for a later window than
+        `now + 1` is skipped as "future" without a GET (a node starting from it would skip
+        every segment up to that window, and miss their facts)."""
         self.skipped = []
         for window in reversed(self.windows()):
             if window <= newer_than:
                 break
+            if now is not None and window > now + 1:
+                self.skipped.append(Examined(window, None, "future", f"the window now is {now}"))
+                continue
             found = self.read(window)
             if found.checkpoint is not None:
                 return found.checkpoint

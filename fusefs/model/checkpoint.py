@@ -84,8 +84,7 @@ class Sizes(Mapping[int, int]):
         column = np.full(len(facts), UNKNOWN_SIZE, dtype=_U32)
         if sizes and len(facts):
             ids = np.array(facts.to_array(), dtype=np.int64)
-            keys = np.fromiter(sizes.keys(), dtype=np.int64, count=len(sizes))
-            vals = np.fromiter(sizes.values(), dtype=np.int64, count=len(sizes))
+            keys, vals = _pairs(sizes)
             at = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
             ok = (ids[at] == keys) & (vals > 0) & (vals < UNKNOWN_SIZE)
             column[at[ok]] = vals[ok]
@@ -102,6 +101,12 @@ class Sizes(Mapping[int, int]):
         column[inside] = np.where(picked == 0, UNKNOWN_SIZE, picked)
         return cls(facts, column)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(task ids, sizes) of the known sizes, as int64 columns."""
+        keep = self.column != UNKNOWN_SIZE
+        ids = np.array(self.facts.to_array(), dtype=np.int64)[keep]
+        return ids, self.column[keep].astype(np.int64)
+
     def __getitem__(self, task: int) -> int:
         if task not in self.facts:
             raise KeyError(task)
@@ -111,18 +116,24 @@ class Sizes(Mapping[int, int]):
         return size
 
     def __iter__(self) -> Iterator[int]:
-        known = self.column != UNKNOWN_SIZE
-        ids = np.array(self.facts.to_array(), dtype=np.uint32)
-        return iter(ids[known].tolist())
+        return iter(self.arrays()[0].tolist())
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self.column != UNKNOWN_SIZE))
 
     def known(self) -> Iterator[tuple[int, int]]:
         """(task, size) of every fact whose size is known, in task order (fast `items()`)."""
-        keep = self.column != UNKNOWN_SIZE
-        ids = np.array(self.facts.to_array(), dtype=np.uint32)[keep]
-        return zip(ids.tolist(), self.column[keep].tolist(), strict=True)
+        ids, sizes = self.arrays()
+        return zip(ids.tolist(), sizes.tolist(), strict=True)
+
+
+def _pairs(sizes: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, values) of a size mapping as int64 columns (a `Sizes` without a Python loop)."""
+    if isinstance(sizes, Sizes):
+        return sizes.arrays()
+    keys = np.fromiter(sizes.keys(), dtype=np.int64, count=len(sizes))
+    vals = np.fromiter(sizes.values(), dtype=np.int64, count=len(sizes))
+    return keys, vals
 
 
 # -- per-tile digests -------------------------------------------------------------------------

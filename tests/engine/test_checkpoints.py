@@ -118,3 +118,16 @@ def test_prune_keeps_the_newest_with_one_delete_objects(bucket: MemoryStore) -> 
     assert {k: v for k, v in spent.items() if v} == {"LIST": 1, "POST": 1}
     assert book.windows() == [50, 60, 70]
     assert book.prune() == 0
+
+
+def test_a_checkpoint_of_a_future_window_is_skipped_without_a_get(bucket: MemoryStore) -> None:
+    book = node(bucket)
+    book.write(checkpoint(10, 5))
+    book.write(checkpoint(10**9, 1))  # would hide every segment up to that window
+    fresh = node(bucket)
+    cp = fresh.latest(now=11)
+    assert cp is not None and cp.window == 10
+    assert [(s.window, s.problem) for s in fresh.skipped] == [(10**9, "future")]
+    assert bucket.requests["GET"] == 1
+    unguarded = fresh.latest()  # without the server's window: the newest name wins
+    assert unguarded is not None and unguarded.window == 10**9

@@ -321,3 +321,8 @@ def test_a_built_checkpoint_does_not_change_with_the_builder() -> None:
     b.add(30, SPACE.rel(30), sha("30"), 11)
     body = encode(cp, FP)  # digests of a later fact would make it corrupt
     assert decode(body, FP).facts == BitMap([3]) and b.build(2).facts == BitMap([3, 30])
+
+
+def test_sizes_of_another_fact_set_keep_the_common_ones() -> None:
+    old = Sizes.of(BitMap([1, 2, 3]), {1: 5, 3: 7})
+    assert dict(Sizes.of(BitMap([2, 3, 4]), old).items()) == {3: 7}
