@@ -2,15 +2,16 @@
 """The fleet seen from any node, from what the bucket already holds: manifests and leases.
 
 Every worker writes `manifests/{ms}-{worker}-{seq}.txt` (one line per witness it created first,
-sync.py) and holds lease objects `claims/REL` whose body names it (leases.py). So without a
-coordinator and without listing `scraped-tiles/`:
+sync.py) and holds lease objects `claims/{chunk}/REL` whose body names it (leases.py). So without
+a coordinator and without listing `scraped-tiles/`:
 
 - last seen: the newest of its manifests' times and its leases' last writes;
 - tasks done: the lines of its manifests, in the last 10 minutes and overall;
 - live leases: its leases that have not expired (server time).
 
-Cost: one LIST of `manifests/` and of `claims/`, one GET per manifest not counted before and
-one GET per worker's lease body. Manifests are pruned from the bucket after about 20 minutes,
+Cost: one LIST of `manifests/` and of all of `claims/` (every chunk: on demand, unlike a
+mount's refresh; keys of protocol v1 without a chunk are not counted), one GET per manifest not
+counted before and one GET per worker's lease body. Manifests are pruned from the bucket after about 20 minutes,
 so "overall" counts what this node has seen: the counts of the manifests read are kept in
 STATE/fleet-manifests.json (per manifest while it is in the bucket, then summed per worker),
 and a node that starts watching late sees the work since the oldest manifest still in the
@@ -120,7 +121,7 @@ def fleet(
 ) -> dict[str, Any]:
     """Every worker seen in the bucket, with its pace and share (see the module docstring)."""
     book = LeaseBook(s3, "missionfs-fleet-view", lease_seconds)
-    live = book.live()  # also sets the server clock offset
+    live = book.live()  # every chunk; also sets the server clock offset
     t = now() + book.offset
     manifests, read = count_manifests(s3, cache_path)
     workers: dict[str, dict[str, Any]] = {}

@@ -457,16 +457,20 @@ class Fsck:
     def check_claims(self) -> None:
         """Our live leases while no daemon of ours runs: nobody will renew or release them."""
         from fusefs.engine.leases import LeaseBook
+        from fusefs.objects.s3store import chunk_name
 
         if self.mission.claims == "local":
             return
         assert self.s3 is not None
-        book = LeaseBook(self.s3, self.worker, 900.0)
+        book = LeaseBook(self.s3, self.worker, 900.0, self.mission.space)  # all of claims/
         ours = [lease for lease in book.live() if lease.worker == self.worker]
         for lease in ours:
             left = max(0.0, lease.expires - book.server_now())
             p = self.problem(
-                "claims", "stale-claim", f"claims/{lease.rel}", f"our lease, {left:.0f} s left"
+                "claims",
+                "stale-claim",
+                f"claims/{chunk_name(book.chunk_of(lease.rel))}/{lease.rel}",
+                f"our lease, {left:.0f} s left",
             )
             if self.repair:
                 book.release(lease.rel, lease.etag)

@@ -122,7 +122,9 @@ class SyncEngine(RemoteFacts):
         s3.worker = worker
         self.claims_mode = claims
         self.fleet = (
-            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh, claim_timeout)
+            FleetClaims(
+                self, LeaseBook(s3, worker, lease_seconds, self.space), refresh, claim_timeout
+            )
             if claims != "local"
             else None
         )

@@ -49,6 +49,23 @@ def shares(intent: BitMap, workers: Iterable[str], chunks: int = CHUNKS) -> dict
     return {w: s & intent for w, s in out.items()}
 
 
+def help_order(
+    intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS
+) -> list[tuple[int, int]]:
+    """The chunks owned by other workers than `me`, as [lo, hi) task ranges, in the order of
+    `me`'s rendezvous score: the order `me` helps in once its own share is done. Every helper
+    has its own order, so helpers spread over the others' shares instead of crowding one end."""
+    members = sorted(set(workers) | {me})
+    if len(members) == 1:
+        return []
+    bounds = chunk_bounds(intent, chunks)
+    theirs = [
+        c for c in range(len(bounds) - 1) if bounds[c] < bounds[c + 1] and owner(c, members) != me
+    ]
+    theirs.sort(key=lambda c: _score(me, c), reverse=True)
+    return [(bounds[c], bounds[c + 1]) for c in theirs]
+
+
 def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS) -> BitMap:
     """The tasks of the chunks owned by other workers than `me` (empty if `me` is alone)."""
     members = set(workers) | {me}
@@ -60,20 +77,25 @@ def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = 
 class Crew:
     """The workers seen at work lately and the shares that follow, from one worker's view.
 
-    Activity is what the sync engine observes (a new manifest, a new or renewed lease), in
-    monotonic time. `shares()` answers (others' shares, the part of them not to help with):
-    a worker silent for `quiet` seconds, or back from a silence for less than SETTLE_SECONDS, may
-    hold finished work nobody can see yet, so its share is protected; offline, all are.
+    Activity is what the sync engine observes (a new manifest or segment line, a new or
+    renewed lease), in monotonic time. `shares()` answers (others' shares, the part of them not
+    to help with). With `guard` (optimistic fleets): a worker silent for `quiet` seconds, or
+    back from a silence for less than SETTLE_SECONDS, may hold finished work nobody can see yet,
+    so its share is protected; offline, all are. Without (strict fleets: no work without a
+    lease, which hides its task), nothing is protected: a silent worker's share is helped.
     """
 
-    def __init__(self, me: str, intent: BitMap, quiet: float) -> None:
+    def __init__(self, me: str, intent: BitMap, quiet: float, *, guard: bool = True) -> None:
         self.me = me
         self.intent = intent
         self.quiet = quiet
+        self.guard = guard
         self.last_seen: dict[str, float] = {}
         self.active_since: dict[str, float] = {}
         self._key: tuple[tuple[str, ...], tuple[str, ...]] = ((me,), ())
         self._shares: dict[str, BitMap] = {}
+        # The others' chunks as task-id ranges, in our rendezvous order: where we help first.
+        self.help_order: list[tuple[int, int]] = []
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -95,6 +117,7 @@ class Crew:
             w
             for w in members
             if w != self.me
+            and self.guard
             and (
                 offline
                 or now - self.last_seen[w] > self.quiet
@@ -106,6 +129,7 @@ class Crew:
             return None
         if key[0] != self._key[0] or not self._shares:
             self._shares = shares(self.intent, members)
+            self.help_order = help_order(self.intent, members, self.me)
         self._key = key
         others = [s for w, s in self._shares.items() if w != self.me]
         elsewhere = BitMap.union(BitMap(), *others)

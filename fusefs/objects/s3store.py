@@ -12,9 +12,10 @@ lazily from the mission's URL and endpoint), an in-process `MemoryStore` in test
     {prefix}/{mission}/log/{w:010d}/{worker}-{seq}.txt               node manifests of window w
     {prefix}/{mission}/segments/{w:010d}.seg                         window w's merged manifests
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
-    {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv               fleet leases (engine/leases)
     {prefix}/{mission}/checkpoints/{window:010d}.ckpt                every fact through a window
                                                                      (engine/checkpoints)
+    {prefix}/{mission}/claims/{chunk}/{lat}/{lon}/{phrase}.csv       fleet leases (engine/leases),
+                                                                     by chunk of task ids
 
 A rel becomes a key through `encode_rel` and a listed key a rel through `decode_rel` (a phrase
 may hold a backslash, which SeaweedFS takes for a path separator).
@@ -56,6 +57,12 @@ CLAIMS = "claims"
 CHECKPOINTS = "checkpoints"  # protocol v2: {w:010d}.ckpt, the whole Fact set (engine/checkpoints)
 SHA_META = "sha256"
 
+# Leases by chunk (protocol v2): a lease key names the chunk of its task id, so a node lists
+# only the chunks it works in. 2**10 = 1,024 task ids a chunk; the chunk is written as a
+# zero-padded decimal of CHUNK_DIGITS digits (more only beyond 10**10 chunks).
+CHUNK_BITS = 10
+CHUNK_DIGITS = 10
+
 # Timeouts (seconds). Background: a big upload on a slow link may take a while to be answered.
 # Interactive (leases, which a `mv` waits for): a silent server must be noticed in seconds;
 # the caller bounds its own wait further (FleetClaims), this bounds the abandoned thread.
@@ -74,6 +81,11 @@ def encode_rel(rel: str) -> str:
 def decode_rel(key: str) -> str:
     """The rel of a key part written by `encode_rel`."""
     return key.replace("%5C", "\\")
+
+
+def chunk_name(chunk: int) -> str:
+    """The key part of a lease chunk: zero-padded, so chunks list in numeric order."""
+    return f"{chunk:0{CHUNK_DIGITS}d}"
 
 
 @dataclass(frozen=True)
@@ -482,6 +494,39 @@ class S3Store:
     def delete_checkpoints(self, windows: list[int]) -> None:
         """Delete the checkpoints of these windows (DeleteObjects: one POST per 1,000)."""
         self.delete_many([self.checkpoint_key(w) for w in windows], "checkpoints")
+
+    # -- leases by chunk (engine/leases.py) ---------------------------------------------------
+    # `claims/{chunk}/{rel}`: chunk = task id >> CHUNK_BITS (the caller computes it: the store
+    # knows no TaskSpace). A protocol v1 key `claims/{rel}` has one part less (LAT/LON/FILE):
+    # `lease_rel_of` never takes it for a v2 key, so old leases are ignored until they expire.
+    def lease_key(self, chunk: int, rel: str) -> str:
+        return f"{self.base}/{CLAIMS}/{chunk_name(chunk)}/{encode_rel(rel)}"
+
+    def lease_chunk_root(self, chunk: int) -> str:
+        """The listing prefix of one chunk's leases."""
+        return f"{self.base}/{CLAIMS}/{chunk_name(chunk)}/"
+
+    def lease_rel_of(self, key: str) -> tuple[int, str] | None:
+        """(chunk, rel) of a listed lease key; None for anything else (a v1 key, a stray)."""
+        root = self.root(CLAIMS)
+        if not key.startswith(root):
+            return None
+        chunk, sep, rest = key[len(root) :].partition("/")
+        parts = rest.split("/")
+        if not sep or len(parts) != 3 or not all(parts):
+            return None
+        if len(chunk) < CHUNK_DIGITS or not (chunk.isascii() and chunk.isdigit()):
+            return None
+        return int(chunk), decode_rel(rest)
+
+    def leases_in(self, chunk: int | None) -> Iterator[tuple[int, str, ObjectInfo]]:
+        """(chunk, rel, info) of every v2 lease of one chunk (one LIST a page of 1,000), or of
+        all chunks (None: every lease of the fleet; fsck, fleet view and start-up only)."""
+        prefix = self.root(CLAIMS) if chunk is None else self.lease_chunk_root(chunk)
+        for info in self.objects.list(prefix):
+            parsed = self.lease_rel_of(info.key)
+            if parsed is not None:
+                yield parsed[0], parsed[1], info
 
     # -- history (`missionfs log`) ------------------------------------------------------------
     def versioning_enabled(self) -> bool:
