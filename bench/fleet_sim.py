@@ -52,6 +52,8 @@ import contextvars
 import dataclasses
 import gc
 import heapq
+import importlib
+import importlib.util
 import itertools
 import json
 import logging
@@ -77,12 +79,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/fleet_sim.py`
     sys.path.insert(0, str(ROOT))
 
-import fusefs.engine.fleet  # noqa: E402
-import fusefs.engine.leases  # noqa: E402
-import fusefs.engine.remotefacts  # noqa: E402
-import fusefs.engine.sync  # noqa: E402
-import fusefs.statedir.claimlog  # noqa: E402
-import fusefs.statedir.journal  # noqa: E402
 from bench.fleet_sim_fast import shared_learning  # noqa: E402
 from fusefs.engine.claims import ClaimNotRecorded, Claims, FleetUnavailable  # noqa: E402
 from fusefs.engine.commit import CommitRefused  # noqa: E402
@@ -99,14 +95,20 @@ from tests.support.mounts import write_mission  # noqa: E402
 EPOCH = 1_800_000_000.0  # the virtual wall clock at virtual time 0
 BUCKET_URL = "s3://fleet-sim/runs"
 BASE_DEPTH = 2  # key components of the mission's base: runs/fleet-sim
-# The modules whose `time` is the virtual clock (each has `import time`).
+# The modules whose `time` is the virtual clock (each has `import time`; absent ones skipped).
 PATCHED_TIME: list[Any] = [
-    fusefs.engine.sync,
-    fusefs.engine.remotefacts,
-    fusefs.engine.fleet,
-    fusefs.engine.leases,
-    fusefs.statedir.claimlog,
-    fusefs.statedir.journal,
+    importlib.import_module(name)
+    for name in (
+        "fusefs.engine.sync",
+        "fusefs.engine.remotefacts",
+        "fusefs.engine.factlog",
+        "fusefs.engine.fleet",
+        "fusefs.engine.leases",
+        "fusefs.engine.status",
+        "fusefs.statedir.claimlog",
+        "fusefs.statedir.journal",
+    )
+    if importlib.util.find_spec(name) is not None
 ]
 # AWS S3 Standard list prices per request (DELETE is free).
 PRICE = {"PUT": 0.005e-3, "POST": 0.005e-3, "LIST": 0.005e-3, "GET": 0.0004e-3, "HEAD": 0.0004e-3}
@@ -836,8 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-sigma", type=float, default=0.0)
     p.add_argument("--skew", type=float, default=0.0, help="max seconds a node clock is off")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--refresh", type=float, default=15.0, help="the mount's --refresh")
-    p.add_argument("--full-refresh", type=float, default=600.0)
+    p.add_argument("--refresh", type=float, default=30.0, help="the mount's --refresh (W)")
+    p.add_argument("--full-refresh", type=float, default=3600.0)
     p.add_argument("--warmup", type=float, help="virtual s before counting (3 refreshes)")
     p.add_argument("--measure", type=float, help="virtual s counted (10 refreshes; 0: until done)")
     p.add_argument("--prefix-depth", type=int, default=1)

@@ -23,12 +23,15 @@ give the same requests, facts and sizes on a small fleet.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import trio
 from pyroaring import BitMap
 
 from fusefs.engine.remotefacts import RemoteFacts
@@ -167,29 +170,80 @@ BODIES = BodyCache()
 
 
 def fast_read_manifest(self: RemoteFacts, key: str) -> list[tuple[str, int | None]]:
-    """RemoteFacts._read_manifest: the GET is made; the decoding is shared, and the hashes
-    are not handed to the (unused) digest cache."""
+    """Protocol v1's RemoteFacts._read_manifest: the GET is made; the decoding is shared, and
+    the hashes are not handed to the (unused) digest cache."""
     body, _ = self.s3.get(key)
     return BODIES.decode(body, manifest_lines)
 
 
-# (class, attribute, replacement): what `shared_learning` patches while it is active.
-PATCHES: list[tuple[type, str, Callable[..., Any]]] = [
-    (RemoteFacts, "_learn", fast_learn),
-    (RemoteFacts, "_learn_rels", fast_learn_rels),
-    (RemoteFacts, "_read_manifest", fast_read_manifest),
-]
+class SegmentCache:
+    """Protocol v2: `segment.decode` once per body (every node GETs the same bytes object);
+    each caller gets its own Segment (header fields copied) around the shared facts list, and
+    `learn_facts` finds the facts' (rel, size) pairs, parsed once, by that list."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._decoded: OrderedDict[tuple[bytes, int | None], Any] = OrderedDict()
+        self._pairs: dict[int, tuple[list[Any], SharedRels]] = {}  # id(facts) -> pairs
+
+    def decode(self, real: Callable[..., Any], body: bytes, window: int | None = None) -> Any:
+        key = (body, window)
+        seg = self._decoded.get(key)
+        if seg is None:
+            seg = real(body, window)  # CorruptSegment propagates, uncached
+            self._decoded[key] = seg
+            self._pairs[id(seg.facts)] = (seg.facts, SharedRels((f.rel, f.size) for f in seg.facts))
+            while len(self._decoded) > self.keep:
+                _, old = self._decoded.popitem(last=False)
+                self._pairs.pop(id(old.facts), None)
+        return dataclasses.replace(seg, manifests=list(seg.manifests), workers=dict(seg.workers))
+
+    def pairs(self, facts: list[Any]) -> SharedRels:
+        found = self._pairs.get(id(facts))
+        if found is not None and found[0] is facts:
+            return found[1]
+        return SharedRels((f.rel, f.size) for f in facts)
+
+
+SEGMENTS = SegmentCache()
+
+
+async def fast_learn_facts(self: RemoteFacts, facts: list[Any]) -> int:
+    """RemoteFacts.learn_facts without the hash cache's rows (one scheduling checkpoint where
+    the real one hands them to a thread, so that both interleave the fleet alike)."""
+    if self.on_remote_hashes is not None and any(f.sha256 for f in facts):
+        await trio.lowlevel.checkpoint()
+    return self._learn_rels(SEGMENTS.pairs(facts))
+
+
+def patches() -> list[tuple[Any, str, Callable[..., Any]]]:
+    """(owner, attribute, replacement) for the protocol the code under test has."""
+    out: list[tuple[Any, str, Callable[..., Any]]] = [
+        (RemoteFacts, "_learn", fast_learn),
+        (RemoteFacts, "_learn_rels", fast_learn_rels),
+    ]
+    if hasattr(RemoteFacts, "_read_manifest"):  # protocol v1
+        out.append((RemoteFacts, "_read_manifest", fast_read_manifest))
+    if hasattr(RemoteFacts, "learn_facts"):  # protocol v2
+        from fusefs.model import segment
+
+        real = segment.decode
+        out.append((RemoteFacts, "learn_facts", fast_learn_facts))
+        out.append((segment, "decode", functools.partial(SEGMENTS.decode, real)))
+    return out
 
 
 @contextlib.contextmanager
 def shared_learning() -> Iterator[None]:
-    """Apply PATCHES (undone on exit, and the body cache emptied)."""
-    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in PATCHES]
+    """Apply `patches()` (undone on exit, and the caches emptied)."""
+    todo = patches()
+    saved = [(o, n, o.__dict__[n] if isinstance(o, type) else getattr(o, n)) for o, n, _ in todo]
     try:
-        for cls, name, fn in PATCHES:
-            setattr(cls, name, fn)
+        for owner, name, fn in todo:
+            setattr(owner, name, fn)
         yield
     finally:
-        for cls, name, fn in saved:
-            setattr(cls, name, fn)
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
         BODIES.__init__(BODIES.limit)  # type: ignore[misc]
+        SEGMENTS.__init__(SEGMENTS.keep)  # type: ignore[misc]
