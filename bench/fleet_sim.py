@@ -317,7 +317,9 @@ def _add_deadline_in_order() -> Any:
 
 
 @contextlib.contextmanager
-def patched(clock: SimTime, net: Network, seed: int, exact: bool = False) -> Iterator[None]:
+def patched(
+    clock: SimTime, net: Network, seed: int, exact: bool = False, nodes: int = 0
+) -> Iterator[None]:
     """The simulator's patching (see the module docstring), undone on exit."""
     saved = [(m, m.time) for m in PATCHED_TIME]  # each is the `time` module itself
     run_sync = trio.to_thread.run_sync
@@ -325,7 +327,8 @@ def patched(clock: SimTime, net: Network, seed: int, exact: bool = False) -> Ite
     rstate = random.getstate()
     deadlines = trio._core._run.Deadlines
     add_deadline = deadlines.add
-    learning = contextlib.nullcontext() if exact else shared_learning()
+    names = [node_name(i) for i in range(nodes)]
+    learning = contextlib.nullcontext() if exact else shared_learning(names)
     try:
         setattr(deadlines, "add", _add_deadline_in_order())  # noqa: B010
         for m in PATCHED_TIME:
@@ -397,6 +400,10 @@ def mission_with(tasks: int, directory: Path, claims: str = "strict") -> Mission
     return dataclasses.replace(load_mission(path), s3=BUCKET_URL, claims=claims)
 
 
+def node_name(idx: int) -> str:
+    return f"node{idx:04d}"
+
+
 @dataclass
 class Node:
     idx: int
@@ -408,7 +415,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        return f"node{self.idx:04d}"
+        return node_name(self.idx)
 
     def close(self) -> None:
         self.claim_log.close()
@@ -425,12 +432,12 @@ def open_node(
     token = LINK.set(idx)  # its start-up reads its own (skewed) clock
     try:
         opts = SyncOptions(
-            worker=f"node{idx:04d}",
+            worker=node_name(idx),
             objects=store,
             refresh=cfg.refresh,
             full_refresh=cfg.full_refresh,
         )
-        ws = open_workspace(mission, root / f"node{idx:04d}", lease=cfg.lease, sync=opts)
+        ws = open_workspace(mission, root / node_name(idx), lease=cfg.lease, sync=opts)
         ws.committer.reconciled = True  # a fresh state dir: nothing to reconcile
         if ws.digest is not None:  # the Merkle digest loop is not run here: no dirty tiles
             with contextlib.suppress(ValueError):
@@ -630,7 +637,7 @@ def run_fleet(cfg: SimConfig) -> dict[str, Any]:
     """Simulate one fleet; returns its numbers (see the module docstring)."""
     clock, limiter, store, net = sim_parts(cfg)
     wall = time.perf_counter()
-    with scratch(cfg.state_root) as root, patched(clock, net, cfg.seed, cfg.exact):
+    with scratch(cfg.state_root) as root, patched(clock, net, cfg.seed, cfg.exact, cfg.nodes):
         mission = mission_with(cfg.tasks, root, cfg.claims)
         space = mission.space
         intent = np.frombuffer(mission.intent.to_array(), dtype=np.uint32)
