@@ -228,6 +228,7 @@ class Rendezvous:
         self._scores: dict[tuple[str, int], bytes] = {}
         self._ranked: dict[int, list[str]] = {}  # chunk -> every known worker, best first
         self._orders: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._owners: dict[tuple[int, tuple[str, ...], int], list[str | None]] = {}
 
     def score(self, worker: str, chunk: int) -> bytes:
         found = self._scores.get((worker, chunk))
@@ -245,6 +246,49 @@ class Rendezvous:
             self._ranked[chunk] = ranked
         return next(w for w in ranked if w in members)
 
+    def owners(self, intent: BitMap, members: tuple[str, ...], chunks: int) -> list[str | None]:
+        """The owner of every chunk of `intent` among `members` (None: an empty chunk)."""
+        key = (id(intent), members, chunks)
+        found = self._owners.get(key)
+        if found is None:
+            if len(self._owners) > 4096:
+                self._owners.clear()
+            bounds = affinity.chunk_bounds(intent, chunks)
+            ms = set(members)
+            found = [
+                self.owner(c, ms) if bounds[c] < bounds[c + 1] else None
+                for c in range(len(bounds) - 1)
+            ]
+            self._owners[key] = found
+        return found
+
+    def shares(
+        self, intent: BitMap, workers: Iterable[str], chunks: int = affinity.CHUNKS
+    ) -> dict[str, BitMap]:
+        """affinity.shares, from `owners` (the BitMaps are the caller's own)."""
+        members = tuple(sorted(set(workers)))
+        out = {w: BitMap() for w in members}
+        if not members:
+            return out
+        bounds = affinity.chunk_bounds(intent, chunks)
+        for c, who in enumerate(self.owners(intent, members, chunks)):
+            if who is not None:
+                out[who].add_range(bounds[c], bounds[c + 1])
+        return {w: s & intent for w, s in out.items()}
+
+    def help_order(
+        self, intent: BitMap, workers: Iterable[str], me: str, chunks: int = affinity.CHUNKS
+    ) -> list[tuple[int, int]]:
+        """affinity.help_order, from `owners`."""
+        members = tuple(sorted(set(workers) | {me}))
+        if len(members) == 1:
+            return []
+        bounds = affinity.chunk_bounds(intent, chunks)
+        owners = self.owners(intent, members, chunks)
+        theirs = [c for c, who in enumerate(owners) if who is not None and who != me]
+        theirs.sort(key=lambda c: self.score(me, c), reverse=True)
+        return [(bounds[c], bounds[c + 1]) for c in theirs]
+
     def rendezvous(self, key: str, members: Iterable[str]) -> list[str]:
         ms = tuple(sorted(set(members)))
         found = self._orders.get((key, ms))
@@ -253,6 +297,26 @@ class Rendezvous:
                 self._orders.clear()
             found = self._orders[(key, ms)] = REAL_RENDEZVOUS(key, ms)
         return list(found)
+
+
+REAL_PARSE_REL = TaskSpace.parse_rel
+PARSED: dict[tuple[int, str], int | OutOfPlan] = {}
+
+
+def cached_parse_rel(self: TaskSpace, rel: str) -> int:
+    """TaskSpace.parse_rel, remembered (every node parses the same names: listings, leases)."""
+    found = PARSED.get((id(self), rel))
+    if found is None:
+        if len(PARSED) > 4_000_000:
+            PARSED.clear()
+        try:
+            found = REAL_PARSE_REL(self, rel)
+        except OutOfPlan as e:
+            found = e
+        PARSED[(id(self), rel)] = found
+    if isinstance(found, OutOfPlan):
+        raise OutOfPlan(str(found))
+    return found
 
 
 REAL_SCORE: Callable[[str, int], bytes] = affinity._score
@@ -269,6 +333,9 @@ def patches(workers: Iterable[str]) -> list[tuple[Any, str, Callable[..., Any]]]
         (RemoteFacts, "_learn_rels", fast_learn_rels),
         (affinity, "_score", ranks.score),
         (affinity, "owner", ranks.owner),
+        (affinity, "shares", ranks.shares),
+        (affinity, "help_order", ranks.help_order),
+        (TaskSpace, "parse_rel", cached_parse_rel),
     ]
     if hasattr(RemoteFacts, "_read_manifest"):  # protocol v1
         out.append((RemoteFacts, "_read_manifest", fast_read_manifest))
@@ -297,3 +364,4 @@ def shared_learning(workers: Iterable[str]) -> Iterator[None]:
             setattr(owner, name, fn)
         BODIES.__init__(BODIES.limit)  # type: ignore[misc]
         SEGMENTS.__init__(SEGMENTS.keep)  # type: ignore[misc]
+        PARSED.clear()
