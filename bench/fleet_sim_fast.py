@@ -334,9 +334,10 @@ def patches(workers: Iterable[str]) -> list[tuple[Any, str, Callable[..., Any]]]
         (affinity, "_score", ranks.score),
         (affinity, "owner", ranks.owner),
         (affinity, "shares", ranks.shares),
-        (affinity, "help_order", ranks.help_order),
         (TaskSpace, "parse_rel", cached_parse_rel),
     ]
+    if hasattr(affinity, "help_order"):  # leases by chunk (strict fleets with shares)
+        out.append((affinity, "help_order", ranks.help_order))
     if hasattr(RemoteFacts, "_read_manifest"):  # protocol v1
         out.append((RemoteFacts, "_read_manifest", fast_read_manifest))
     if hasattr(RemoteFacts, "learn_facts"):  # protocol v2
