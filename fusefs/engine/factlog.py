@@ -29,22 +29,21 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from fusefs.engine.checkpoints import CheckpointBook
+from fusefs.engine.factduties import KEEP_SECONDS, C, FactDuties, FactHost
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model import segment as sg
+from fusefs.model.checkpoint import Checkpoint, CheckpointBuilder
+from fusefs.model.codec import OutOfPlan
 from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.statedir.store import replace_text
 
-if TYPE_CHECKING:
-    from fusefs.engine.sync import SyncEngine
-
 log = logging.getLogger("missionfs")
 
-C = 10  # a checkpoint every C windows; a cursor further behind starts from a checkpoint
-KEEP_SECONDS = 3600.0  # node manifests are kept this long (a deleted segment is recompacted)
 CREW_WINDOWS = 2 * C  # a worker is in the crew while a segment this recent names it
 FALLBACK = (0.0, 0.25, 0.5)  # compaction delay of ranks 1, 2, 3 in windows; others: 2 W
 
@@ -54,11 +53,11 @@ def settle(width: float) -> float:
     return min(5.0, width / 4)
 
 
-class FactLog:
+class FactLog(FactDuties):
     """A node's view of the fleet's fact log (see the module docstring); owned by SyncEngine,
     whose learning methods (remotefacts.py) it feeds."""
 
-    def __init__(self, engine: SyncEngine, path: Path, refresh: float) -> None:
+    def __init__(self, engine: FactHost, path: Path, refresh: float) -> None:
         self.engine = engine
         self.s3 = engine.s3
         self.worker = engine.worker
@@ -75,9 +74,18 @@ class FactLog:
         self._peeked: set[str] = set()  # node manifests read before their segment (sync)
         # Spread the readers of a segment over a few seconds (same each run for a worker).
         self._jitter = int.from_bytes(hashlib.blake2b(self.worker.encode()).digest()[:2]) / 65536
+        self.book = CheckpointBook(engine.s3, engine.space)
+        # The facts through our cursor as the checkpoints and segments say them (sizes and
+        # digests included): what our next checkpoint holds. None until a checkpoint was loaded
+        # or written in this process (a restart rebuilds it when it is needed, `_chain`).
+        self.builder: CheckpointBuilder | None = None
+        self._wrote = -1  # the last window whose segment we wrote
+        self._retry_at = 0.0  # server time before which a missing segment is not asked again
         self.segments_read = 0
         self.compacted = 0
         self.republished = 0
+        self.checkpoints_written = 0
+        self.checkpoint_loaded: int | None = None
         self._load()
 
     # -- persistence (STATE/index/fact-log.json, named by StateLayout) ------------------------
@@ -160,9 +168,13 @@ class FactLog:
                 else sg.window_end(current, self.w)
             )
         nxt = self.cursor + 1
-        end = sg.window_end(nxt, self.w) + settle(self.w)
-        times.append(min(end + self._read_delay(), self.compaction_due(nxt, current)))
+        read_at = max(self._read_at(nxt), self._retry_at)
+        times.append(min(read_at, self.compaction_due(nxt, current)))
         return max(now, min(times))
+
+    def _read_at(self, w: int) -> float:
+        """When this node first GETs the segment of window w (spread over a few seconds)."""
+        return sg.window_end(w, self.w) + settle(self.w) + self._read_delay()
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -201,16 +213,64 @@ class FactLog:
             )
         self.width = float(width)
 
-    async def _from_checkpoint_or_listing(self) -> int:
+    async def _from_checkpoint_or_listing(self, *, stuck: bool = False) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
-        bucket, list every witness once (bootstrap) and write the first checkpoint."""
+        bucket, list every witness once (bootstrap) and write the first checkpoint. `stuck`:
+        the segment after our cursor cannot be rebuilt, so one older than it will not do."""
+        cp = await _s3(self.book.latest)
+        for bad in self.book.skipped:
+            log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
+        if cp is not None and (self.cursor is None or cp.window > self.cursor):
+            return await self._load_checkpoint(cp)
+        if cp is not None and not stuck:
+            return 0  # our cursor is newer than any checkpoint: read the segments after it
         t = self.now()
-        learned = len(await self.engine._list_shards(None))
+        listed, new = await self.engine._list_shards(None)
         self.cursor = self.window(t) - 2
         # Witnesses of our unconfirmed manifests were all in S3 before T: the listing saw them.
         self.unconfirmed = {n: v for n, v in self.unconfirmed.items() if v[0] > self.cursor}
-        log.info("facts: listed the bucket once; reading segments after window %d", self.cursor)
+        builder = CheckpointBuilder(self.engine.space)
+        for rel, size in listed:
+            task = self._task(rel)
+            if task is not None:
+                builder.add(task, rel, None, size)
+        cp = await trio.to_thread.run_sync(builder.build, self.cursor)
+        self.builder = builder
+        written = await _s3(self.book.write, cp)
+        self.checkpoints_written += written
+        log.info(
+            "facts: no checkpoint in the bucket: listed it once (%d witnesses), wrote checkpoint "
+            "%d%s",
+            len(listed),
+            self.cursor,
+            "" if written else " (another node's was there)",
+        )
+        return len(new)
+
+    async def _load_checkpoint(self, cp: Checkpoint) -> int:
+        """Learn a checkpoint's facts; our manifests it covers but lacks are published again."""
+        learned = self.engine.learn_checkpoint(cp)  # on the trio thread: it tells the state
+        for name, (w, lines) in list(self.unconfirmed.items()):
+            if w <= cp.window:
+                del self.unconfirmed[name]
+                tasks = [self._task(ln.partition("\t")[0]) for ln in lines]
+                missing = [
+                    ln
+                    for ln, t in zip(lines, tasks, strict=True)
+                    if t is not None and t not in cp.facts
+                ]
+                if missing:
+                    self._republish(missing)
+        self.builder = CheckpointBuilder(self.engine.space, cp)
+        self.cursor = self.checkpoint_loaded = cp.window
+        log.info("facts: loaded checkpoint %d (%d facts)", cp.window, len(cp.facts))
         return learned
+
+    def _task(self, rel: str) -> int | None:
+        try:
+            return self.engine.space.parse_rel(rel)
+        except OutOfPlan:
+            return None
 
     # -- one turn ---------------------------------------------------------------------------
     async def tick(self, *, force: bool = False) -> int:
@@ -254,6 +314,7 @@ class FactLog:
         """Apply the segments of closed windows in order (compacting one when it is due)."""
         assert self.cursor is not None
         learned = 0
+        skipped = False
         while True:
             now = self.now()
             current = self.window(now)
@@ -261,18 +322,32 @@ class FactLog:
             end = sg.window_end(w, self.w)
             if now < end + settle(self.w):
                 break
+            if now < self._retry_at and now < self.compaction_due(w, current):
+                break  # asked for it a moment ago
+            if not skipped and now >= end + 2 * self.w:
+                skipped = True  # far behind: jump over windows nobody wrote anything in
+                busy = await _s3(self._next_busy, w, current)
+                if busy > w:
+                    self.cursor = busy - 1
+                    continue
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
             if now >= due and now < end + self.w:  # our turn, still fresh: nobody else's yet
                 seg = await self._compact(w)
-            elif now >= end + settle(self.w) + self._read_delay() or now >= due:
+            elif now >= due or now >= max(self._read_at(w), self._retry_at):
                 seg = await self._get(w)
                 if seg is None and now >= due:
                     seg = await self._compact(w)
             if seg is None:
+                # Not there yet: ask again a little later (or when it is ours to write), not
+                # at every turn of the loop.
+                self._retry_at = max(self._retry_at, now + min(2.0, self.w / 4))
                 break
             learned += await self._apply(seg)
             self.cursor = w
+            self._retry_at = 0.0
+            if self._wrote == w:
+                await self._compactor_duties(w)
             self._peeked = {k for k in self._peeked if k.rsplit("/", 2)[-2] > f"{w:010d}"}
             await self.save()
         return learned
@@ -312,7 +387,7 @@ class FactLog:
         the node starts again from a checkpoint instead, so no fact is hidden."""
         if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS * 0.9:
             log.warning("segment %d missing and its manifests may be gone: restarting", w)
-            await self._from_checkpoint_or_listing()
+            await self._from_checkpoint_or_listing(stuck=True)
             return None
         listed = await _s3(self.s3.node_manifests, w)
 
@@ -334,29 +409,16 @@ class FactLog:
         seg.workers.setdefault(self.worker, 0)  # the compactor is crew too
         if await _s3(self.s3.put_segment, w, sg.encode(seg), replace_etag):
             self.compacted += 1
-            await self._after_compaction(w)
+            self._wrote = w
             return seg
         return await self._get(w) if replace_etag is None else None
 
-    async def _after_compaction(self, w: int) -> None:
-        """The compactor's duties for the fleet, every C windows: retention."""
-        if w % C == C // 2:
-            try:
-                await self._retention(w)
-            except (S3Unavailable, S3ConfigError) as e:
-                log.info("old node manifests not deleted yet (%s)", e)
-
-    async def _retention(self, w: int) -> None:
-        """Delete node manifests of windows older than KEEP whose segment exists (a page)."""
-        keep_from = w - int(KEEP_SECONDS / self.w)
-        old = await _s3(self.s3.log_windows_before, keep_from)
-        if not old:
-            return
-        have = set(await _s3(lambda: list(self.s3.segment_windows(old[0][0] - 1))))
-        doomed = [key for win, key in old if win in have]
-        if doomed:
-            await _s3(self.s3.delete_many, doomed, "node manifests")
-            log.info("deleted %d node manifests older than %.0f s", len(doomed), KEEP_SECONDS)
+    def _next_busy(self, w: int, current: int) -> int:
+        """The first window from w with a node manifest or a segment (else `current`): the
+        windows before it were empty, a fleet asleep (two LISTs; blocking)."""
+        first_log = self.s3.first_log_window(w)
+        first_seg = next(iter(self.s3.segment_windows(w - 1)), None)
+        return min(x for x in (first_log, first_seg, current) if x is not None)
 
     async def _apply(self, seg: sg.Segment) -> int:
         """Learn a segment's facts, see its workers as crew, and publish again those of our
@@ -374,6 +436,8 @@ class FactLog:
                 del self.unconfirmed[name]
                 if name not in seg.manifests:
                     self._republish(lines)
+        if self.builder is not None:
+            self._build(self.builder, seg.facts)
         return await self.engine.learn_facts(seg.facts)
 
     def _republish(self, lines: Iterable[str]) -> None:
@@ -393,12 +457,7 @@ class FactLog:
             "segments_read": self.segments_read,
             "segments_written": self.compacted,
             "republished": self.republished,
+            "checkpoints_written": self.checkpoints_written,
+            "checkpoint_loaded": self.checkpoint_loaded,
             "crew": sorted(self.members(self.window(self.now()))) if self.width else [],
         }
-
-
-def my_shards(shards: list[str], worker: str, crew: Iterable[str]) -> list[str]:
-    """The shards this worker verifies: rendezvous(shard) among the crew and itself picks one
-    node per shard, so the fleet lists the bucket once per period in total."""
-    members = set(crew) | {worker}
-    return [s for s in shards if sg.rendezvous(s, members)[0] == worker]

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from pyroaring import BitMap
 
 from fusefs.engine.facts import Drift, walk
-from fusefs.engine.fsckckpt import CheckpointAudit, Listed
+from fusefs.engine.fsckckpt import CheckpointAudit, Listed, protocol_window
 from fusefs.engine.fsckscan import Local, Problem, Report, journal_origins, tree_entries
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3Unavailable
@@ -94,7 +94,8 @@ class Fsck:
     def checks(self) -> list[Callable[[], None]]:
         out = [self.check_staging, self.check_witnesses, self.check_index]
         if self.s3 is not None:
-            out += [self.check_bucket, self.check_checkpoints, self.check_claims]
+            out += [self.check_bucket, self.check_checkpoints, self.check_segments]
+            out.append(self.check_claims)
         return out
 
     def run(self) -> int:
@@ -104,7 +105,7 @@ class Fsck:
             for check in self.checks():
                 before = len(self.report.problems)
                 name = check.__name__.removeprefix("check_")
-                if offline and name in ("bucket", "checkpoints", "claims"):
+                if offline and name in ("bucket", "checkpoints", "segments", "claims"):
                     self.say(f"{name}: skipped (S3 unreachable)")
                     continue
                 try:
@@ -448,6 +449,24 @@ class Fsck:
         if found and self.repair:
             ok, how = audit.rebuild()
             for p in found:
+                if ok:
+                    self.fixed(p, how)
+                else:
+                    p.what += f"; {how}"
+
+    def check_segments(self) -> None:
+        """Protocol v2's window segments (derived: what every node reads each window): corrupt
+        ones, closed windows never merged; --repair rebuilds them (engine/fscksegments.py)."""
+        from fusefs.engine.fscksegments import audit, rebuild
+
+        assert self.s3 is not None
+        period = protocol_window(self.s3)
+        if period is None:
+            return  # protocol v1: no segments
+        for f in audit(self.s3, period, self.s3.server_time()):
+            p = self.problem("segments", f.kind, f.where, f.what)
+            if self.repair:
+                ok, how = rebuild(self.s3, f)
                 if ok:
                     self.fixed(p, how)
                 else:

@@ -27,9 +27,10 @@ from fusefs.engine.checkpoints import CheckpointBook, Examined
 from fusefs.model.checkpoint import Checkpoint, TileDigests
 from fusefs.model.codec import TaskSpace
 from fusefs.objects.base import NotFound
-from fusefs.objects.s3store import CHECKPOINTS, S3Store, checkpoint_name
+from fusefs.objects.s3store import CHECKPOINTS, WITNESSES, S3Store, checkpoint_name
 
 PROTOCOL_KEY = ".missionfs/protocol.json"  # {"version": 2, "window": W} (docs/protocol.md)
+CONFIRM = 1000  # facts without a listed witness checked one by one (HEAD) before reporting
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,20 @@ class CheckpointAudit:
             what = f"{len(behind)} witness(es) written before its window are not in it "
             what += f"(derived state behind; e.g. {self.space.rel(behind[0])})"
             self.findings.append(Finding("checkpoint-behind", at, what, newest.window))
-        if extra:
-            what = f"{len(extra)} fact(s) without a witness in the bucket "
-            what += f"(e.g. {self.space.rel(extra.min())})"
+        gone = self._confirmed_gone(extra)
+        if gone:
+            what = f"{len(gone)} fact(s) without a witness in the bucket "
+            what += f"(e.g. {self.space.rel(gone[0])})"
             self.findings.append(Finding("checkpoint-extra", at, what, newest.window))
+
+    def _confirmed_gone(self, extra: BitMap) -> list[int]:
+        """The facts of `extra` whose witness a HEAD does not find either (up to CONFIRM): a
+        checkpoint written during the listing may hold witnesses PUT after it, which is fine."""
+        out = []
+        for task in list(extra)[:CONFIRM]:
+            if self.s3.head(self.s3.key(WITNESSES, self.space.rel(task))) is None:
+                out.append(task)
+        return out
 
     def fresh(self, window: int) -> Checkpoint:
         """The checkpoint of the listing: facts, sizes, and digests where the sha256 is known."""

@@ -1,9 +1,13 @@
 """The remote half of the sync engine: the remote and synced sets, their persistence, and
-learning other workers' witnesses (manifests, full listings, sizes of remote-only witnesses).
+learning other workers' witnesses (protocol v2: segment lines, checkpoints, verification
+listings, sizes of remote-only witnesses).
 
 A mixin of SyncEngine (sync.py), split off so that each module stays readable (the upload side,
-the connection and the loops are in sync.py); the methods are the engine's and use its state,
-declared below. See sync.py's docstring for the sets, manifests and listings.
+the connection and the loops are in sync.py; the fact log's timing, compaction and start-up in
+factlog.py, which calls `learn_facts`, `learn_checkpoint` and `_list_shards` here). A refresh
+is a turn of the fact log (one node manifest PUT and one segment GET per window) plus, when
+due, a verification listing of this node's shards (`verify`): never a full listing per node.
+See sync.py's docstring and docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pyroaring import BitMap
 
-from fusefs.engine.factlog import my_shards
 from fusefs.engine.facts import Facts
 from fusefs.engine.threads import blocking as _s3
+from fusefs.engine.verify import my_shards
+from fusefs.model.checkpoint import Checkpoint, Sizes
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.model.segment import Fact
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("missionfs")
 
 UPLOAD_BATCH = 256
+
+Listed = list[tuple[str, int | None]]  # (rel, size) of witnesses from a listing
 
 # What prepare_save() takes: (index, generation, set, sizes) per set, and the cursor.
 Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
@@ -201,7 +208,7 @@ class RemoteFacts:
         if not everything:
             crew = self.factlog.members(self.factlog.window(self.factlog.now()))
             shards = my_shards(shards, self.worker, crew)
-        found = await self._list_shards(shards)
+        _, found = await self._list_shards(shards)
         self.factlog.publish_found(found)
         self.counters.full_refreshes += 1
         self.counters.last_full_refresh = time.time()
@@ -209,12 +216,13 @@ class RemoteFacts:
             log.info("verification listing found %d witnesses nobody had published", len(found))
         return len(found)
 
-    async def _list_shards(self, shards: list[str] | None) -> list[tuple[str, int | None]]:
+    async def _list_shards(self, shards: list[str] | None) -> tuple[Listed, Listed]:
         """List witness shards (None: every shard) in parallel; learn what they hold. Returns
-        the (rel, size) of the facts that were new."""
+        the (rel, size) of every witness listed and of those that were new facts."""
         if shards is None:
             shards = await _s3(self.s3.witness_shards)
-        found: list[tuple[str, int | None]] = []
+        listed: Listed = []
+        found: Listed = []
         limiter = trio.CapacityLimiter(self.uploaders)
         errors: list[Exception] = []
 
@@ -225,20 +233,35 @@ class RemoteFacts:
             except (S3Unavailable, S3ConfigError) as e:
                 errors.append(e)
                 return
-            before = self.remote.copy()
-            self._learn_rels(rels)
-            new = self.remote - before
+            listed.extend(rels)
+            remote = self.remote
             for rel, size in rels:
                 task = self._task(rel)
-                if task is not None and task in new:
+                if task is not None and task not in remote:
                     found.append((rel, size))
+            self._learn_rels(rels)
 
         async with trio.open_nursery() as nursery:
             for shard in shards:
                 nursery.start_soon(one, shard)
         if errors:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
-        return found
+        return listed, found
+
+    def learn_checkpoint(self, cp: Checkpoint) -> int:
+        """Learn a checkpoint's facts with their sizes; returns how many were new."""
+        new = cp.facts - self.remote
+        remote_only = new - self.local
+        known = cp.sizes.known() if isinstance(cp.sizes, Sizes) else iter(cp.sizes.items())
+        sized = BitMap()
+        for task, size in known:
+            if task in remote_only:
+                self.sizes.set(task, size)
+                sized.add(task)
+        self.unsized |= remote_only - sized
+        self._learn(new)
+        self.counters.learned += len(new)
+        return len(new)
 
     def _task(self, rel: str) -> int | None:
         try:

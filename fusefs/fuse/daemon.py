@@ -139,6 +139,9 @@ class Daemon:
             if self.ws.digest is not None:
                 nursery.start_soon(_guarded, self.ws.digest.run)
             await pyfuse3.main()
+            if self.sync is not None:  # publish our last uploads now, not at the next mount
+                with trio.move_on_after(5.0):
+                    await self.sync.flush_manifest(now=True)
             nursery.cancel_scope.cancel()
 
     async def _signals(self) -> None:

@@ -287,7 +287,7 @@ class CheckpointBuilder:
         self._column = Sizes.of(self._facts, {} if base is None else base.sizes).column
         self.digests = TileDigests.for_space(space)
         if base is not None and isinstance(base.digests, TileDigests):
-            self.digests = base.digests
+            self.digests = base.digests.copy()  # the loaded checkpoint stays as it was read
             self.digests.space = space
         self._new: dict[int, int] = {}  # task -> size (UNKNOWN_SIZE) not yet in the columns
 
@@ -330,6 +330,8 @@ def encode(cp: Checkpoint, fingerprint: str, tile_size: int = 1) -> bytes:
     facts.run_optimize()
     column = Sizes.of(facts, cp.sizes).column.astype(_U32, copy=False)
     hashed, tiles, table, tile_size = _digest_columns(cp.digests, tile_size)
+    if not hashed <= facts:  # a reader would refuse it: fail the writer instead
+        raise ValueError("the digests count witnesses that are not facts of the checkpoint")
     bitmap, hashed_bytes = facts.serialize(), hashed.serialize()
     tilemap = BitMap(array("I", tiles.astype(_U32).tobytes()))  # array: pyroaring's fast path
     tilemap.run_optimize()

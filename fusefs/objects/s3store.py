@@ -7,7 +7,7 @@ lazily from the mission's URL and endpoint), an in-process `MemoryStore` in test
     {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
     {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
     {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             protocol v1's manifests (read
-                                                                     by nobody now; fsck may delete)
+                                                                     by nobody; retention deletes)
     {prefix}/{mission}/.missionfs/protocol.json                      protocol v2: the window W
     {prefix}/{mission}/log/{w:010d}/{worker}-{seq}.txt               node manifests of window w
     {prefix}/{mission}/segments/{w:010d}.seg                         window w's merged manifests
@@ -108,7 +108,10 @@ CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def checkpoint_name(window: int) -> str:
-    """The key part of a window's checkpoint: zero-padded, so names sort like windows."""
+    """The key part of a window's checkpoint: zero-padded, so names sort like windows (ten
+    digits: window 10**10 is in the year 2286 even at one second a window)."""
+    if not 0 <= window < 10**10:
+        raise ValueError(f"window {window} out of range")
     return f"{window:010d}{CHECKPOINT_SUFFIX}"
 
 
@@ -292,9 +295,6 @@ class S3Store:
         self._put(key, body, metadata={SHA_META: sha256_hex(body), "worker": self.worker})
         return key
 
-    def put_manifest(self, name: str, body: bytes) -> None:
-        self._put(self.key(MANIFESTS, name), body)
-
     def delete_many(self, keys: list[str], what: str) -> None:
         """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine.
         `what` names them for the log (the store's message names the count)."""
@@ -308,9 +308,8 @@ class S3Store:
             yield info.key[len(root) :], info.key
 
     def prune_manifests(self, before_ms: int) -> int:
-        """Delete every worker's manifests named before `before_ms`; returns how many. Old
-        manifests are never read again: refreshes list the last minutes only, and a worker
-        away longer does a full listing first."""
+        """Delete protocol v1's manifests named before `before_ms` (nobody reads them now;
+        the fact log's retention calls this); returns how many."""
         old = []
         for name, key in self.manifests():
             ms = name.partition("-")[0]
@@ -389,6 +388,15 @@ class S3Store:
             name = info.key[len(root) :]
             if name.endswith(".seg") and name[:-4].isdigit():
                 yield int(name[:-4])
+
+    def first_log_window(self, window: int) -> int | None:
+        """The first window from `window` on that has a node manifest (one LIST)."""
+        root = self.log_root()
+        for info in self.objects.list(root, start_after=f"{root}{window:010d}"):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if w_text.isdigit():
+                return int(w_text)
+        return None
 
     def log_windows_before(self, window: int, limit: int = 1000) -> list[tuple[int, str]]:
         """(window, key) of node manifests of windows before `window` (oldest first, at most

@@ -131,3 +131,8 @@ def test_a_checkpoint_of_a_future_window_is_skipped_without_a_get(bucket: Memory
     assert bucket.requests["GET"] == 1
     unguarded = fresh.latest()  # without the server's window: the newest name wins
     assert unguarded is not None and unguarded.window == 10**9
+
+
+def test_a_window_that_would_not_sort_is_refused(bucket: MemoryStore) -> None:
+    with pytest.raises(ValueError):
+        node(bucket).write(checkpoint(10**10, 1))

@@ -109,14 +109,14 @@ def test_a_commit_uploaded_by_one_node_is_learned_by_the_other_with_its_size(
     make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
 ) -> None:
     """The whole path through the real SyncEngine and the bucket layout: node A commits and
-    uploads (witness, then its node manifest); node B learns the fact by the bootstrap listing
-    of a bucket without checkpoint first, then from the window's segment alone (no listing of
-    the witnesses), each with its size before any fetch, then reads the bytes."""
+    uploads (witness, then its node manifest); node B learns the fact by a verifying listing
+    first (`sync --verify`), then from the window's segment alone (no listing of the
+    witnesses), each with its size before any fetch, then reads the bytes."""
     a = make_node(bucket=bucket, name="a", worker="worker-a")
     b = make_node(bucket=bucket, name="b", worker="worker-b")
     assert a.direct_write(REL, BODY) == 0
     assert a.upload() == 0  # nothing left queued
-    assert b.refresh(full=True) == 1
+    assert b.refresh(verify=True) == 1
     assert b.ls("done/10.0/20.2") == ["plumber.csv"]
     assert b.stat(f"done/{REL}").size == len(BODY)  # from the listing
     other, body = "10.1/20.0/coffee shop.csv", BODY * 3
@@ -134,4 +134,4 @@ def test_a_commit_uploaded_by_one_node_is_learned_by_the_other_with_its_size(
     assert b.read(f"done/{other}") == body
     assert b.read(f"done/{REL}") == BODY
     assert b.refresh() == 0  # nothing new
-    assert a.refresh(full=True) == 0  # its own uploads are facts already
+    assert a.refresh(verify=True) == 0  # its own uploads are facts already

@@ -326,3 +326,52 @@ def test_a_built_checkpoint_does_not_change_with_the_builder() -> None:
 def test_sizes_of_another_fact_set_keep_the_common_ones() -> None:
     old = Sizes.of(BitMap([1, 2, 3]), {1: 5, 3: 7})
     assert dict(Sizes.of(BitMap([2, 3, 4]), old).items()) == {3: 7}
+
+
+def test_digests_of_non_facts_are_refused_at_encode() -> None:
+    digests = TileDigests.for_space(SPACE)
+    digests.add_task(7, SPACE.rel(7), sha("7"))
+    with pytest.raises(ValueError):
+        encode(Checkpoint(1, BitMap([1]), {}, digests), FP)
+
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+FIELDS = ["v", "window", "tasks", "fingerprint", "tile", "bitmap", "hashed", "tiles", "tilemap"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, min_size=1), st.booleans())
+def test_any_header_values_with_a_matching_sha256_are_corrupt_or_valid(
+    changes: dict[str, object], drop: bool
+) -> None:
+    """Hostile header values under a correct sha256: decode answers a checkpoint or
+    CorruptCheckpoint, nothing else (no numpy or pyroaring error, no huge allocation)."""
+    body = encode(sample(n=30), FP, SPACE.tile_size)
+    head, _, payload = body.partition(b"\n")
+    header = json.loads(head)
+    header.pop("sha256")
+    header.update(changes)
+    if drop:
+        header.pop(next(iter(changes)))
+    try:
+        cp = decode(forged(payload, **header), FP)
+    except CorruptCheckpoint:
+        return
+    assert len(cp.facts) == 30  # accepted only when the changes did not change the meaning
+
+
+def test_a_builder_leaves_the_checkpoint_it_started_from_alone() -> None:
+    loaded = decode(encode(sample(), FP), FP)
+    before = (BitMap(loaded.facts), dict(loaded.digests.items()))
+    b = CheckpointBuilder(SPACE, loaded)
+    b.add(SPACE.size - 1, SPACE.rel(SPACE.size - 1), sha("new"), 5)
+    b.build(loaded.window + 1)
+    assert (loaded.facts, dict(loaded.digests.items())) == before
+    assert decode(encode(loaded, FP), FP).facts == before[0]
