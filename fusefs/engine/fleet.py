@@ -12,11 +12,12 @@ Leases by chunk. A refresh does not list every lease of the fleet: it lists the 
 shares, a window of WINDOW tasks of our share) and of the leases we hold: about 1-2 LISTs
 whatever the fleet's size. Without shares (no other worker known) pending/ shows every pending
 task: when that spans more than FULL_LISTING_CHUNKS chunks, the refresh lists all of claims/
-instead (leases / 1,000 LISTs: what a small fleet costs). The first listing after a start is
-always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our own leases from
-before a restart wherever they are, and shows us the crew at work. When our view is empty (our
-share and the helpable rest done or leased), the highest END_CHUNKS chunks of other workers'
-leases are listed, so a released task comes back to the helpers at once.
+instead (leases / 1,000 LISTs: what a small fleet costs); so does a refresh whose chunks are
+every chunk of the intent (a small mission: one LIST then covers it all). The first listing
+after a start is always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our
+own leases from before a restart wherever they are, and shows us the crew at work. When our
+view is empty (our share and the helpable rest done or leased), the highest END_CHUNKS chunks
+of other workers' leases are listed, so a released task comes back to the helpers at once.
 
 Other workers' leases in chunks not listed by a refresh stay hidden as they were, each until
 the expiry its listing (or the refused claim) showed, then the task shows again; a claim of it
@@ -29,7 +30,9 @@ Strict and optimistic fleets share the same affinity (affinity.py): each worker 
 share first and helps with the others' downwards once its own is done, so two workers rarely
 race for one task (a lost race costs a PUT 412 and a GET). Optimistic fleets protect the
 shares of silent workers (they may hold finished work made offline); strict ones protect
-none: a strict claim needs its lease, so a silent worker's share is helped with at once.
+none: a strict claim needs its lease, so a silent worker's share is helped with at once. A
+helper's claim refused by a lease hides that chunk of the other's share until the next
+listing; a second refusal pauses helping until then (`_helper_refused`).
 
 Bounded waits. A claim is a cross-directory rename: while its FUSE request is unanswered the
 kernel holds the filesystem's rename lock, and every other `mv` on the mount (commits too)
@@ -119,6 +122,7 @@ CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGA
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
 DELETE_BATCH = 1000  # keys of one DeleteObjects: the retired leases deleted per refresh
+HELPER_REFUSALS = 2  # helper claims lost between two listings before helping pauses
 
 
 def chunks_of(tasks: BitMap, limit: int) -> set[int] | None:
@@ -202,6 +206,7 @@ class FleetClaims:
         # Other workers' leases known: task -> (expiry on the server's clock, monotonic time
         # learned). Kept for chunks a refresh does not list, until that expiry.
         self._foreign: dict[int, tuple[float, float]] = {}
+        self._helper_losses = 0  # helper claims lost since the last listing
         self.timeout = timeout
         # Shared with the lease threads (see the module docstring), under _lock: lease requests
         # still running per rel, and rels where a lease of ours may exist unhonoured.
@@ -365,6 +370,24 @@ class FleetClaims:
             until = self.leases.server_now() + self.leases.lease_seconds + GRACE
         self._foreign[task] = (until, time.monotonic())
         self.state.claim_lost(task)
+        if task in self.state.elsewhere:
+            self._helper_refused(task)
+
+    def _helper_refused(self, task: int) -> None:
+        """A claim of another worker's share lost: its owner (or another helper) is at work
+        there, or finished it since our last listing. Help elsewhere until the next listing;
+        after HELPER_REFUSALS such losses, not at all until then (near a mission's end most
+        of what a listing showed pending is taken: each try would cost a PUT 412 + GET)."""
+        self._helper_losses += 1
+        contended = BitMap()
+        if self._helper_losses >= HELPER_REFUSALS:
+            contended = self.state.elsewhere
+        else:
+            for lo, hi in self.crew.help_order:
+                if lo <= task < hi:
+                    contended.add_range(lo, hi)
+                    break
+        self.state.contend(contended)
 
     async def release(self, task: int) -> None:
         """`rm claimed/REL`: give the task back to the fleet."""
@@ -453,7 +476,12 @@ class FleetClaims:
                 chunks.add(top)
                 working.remove_range(*chunk_range(top))
         chunks |= {chunk_of_task(task) for task in self.held}
-        return None if len(chunks) > FULL_LISTING_CHUNKS else chunks
+        if len(chunks) > FULL_LISTING_CHUNKS:
+            return None
+        everything = chunks_of(self.state.intent, FULL_LISTING_CHUNKS)  # a few steps at most
+        if everything is not None and chunks >= everything:
+            return None  # the whole mission: one listing of claims/ is as cheap, or cheaper
+        return chunks
 
     def apply(self, live: LeaseListing | list[Lease]) -> None:
         """Hide tasks under other workers' live leases (in the chunks listed; see the module
@@ -488,6 +516,8 @@ class FleetClaims:
         self._lease_marks = marks
         self._foreign = foreign
         self.state.set_foreign(BitMap(foreign))
+        self.state.set_contended(BitMap())  # fresh leases: help anywhere again
+        self._helper_losses = 0
         self._adopted = True
         self._touched.clear()
         self.update_shares(now)

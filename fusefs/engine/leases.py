@@ -62,6 +62,28 @@ def chunk_range(chunk: int) -> tuple[int, int]:
     return chunk << CHUNK_BITS, (chunk + 1) << CHUNK_BITS
 
 
+def chunks_of_part(space: TaskSpace, part: str, limit: int = 64) -> list[int] | None:
+    """The lease chunks of a rel or of a directory of rels (`LAT/`, `LAT/LON/`); None for ""
+    (everything), for more than `limit` chunks, or for a part naming no task of the space."""
+    names = [p for p in part.split("/") if p]
+    row = space.row_of(names[0]) if names else None
+    if row is None:
+        return None
+    lo, hi = space.row_range(row)
+    if len(names) > 1:
+        col = space.col_of(names[1])
+        if col is None:
+            return None
+        lo, hi = space.tile_range(row, col)
+    if len(names) > 2:
+        phrase = space.phrase_of(names[2])
+        if phrase is None:
+            return None
+        lo, hi = lo + phrase, lo + phrase + 1
+    first, last = chunk_of_task(lo), chunk_of_task(hi - 1)
+    return list(range(first, last + 1)) if last - first < limit else None
+
+
 @dataclass(frozen=True)
 class Lease:
     rel: str

@@ -24,6 +24,11 @@ def _score(worker: str, chunk: int) -> bytes:
     return hashlib.blake2b(f"{worker}\0{chunk}".encode(), digest_size=8).digest()
 
 
+def _scores(worker: str, chunks: int) -> list[int]:
+    """`_score(worker, c)` of every chunk, as integers (same order as the bytes)."""
+    return [int.from_bytes(_score(worker, c), "big") for c in range(chunks)]
+
+
 def owner(chunk: int, workers: Iterable[str]) -> str:
     return max(workers, key=lambda w: _score(w, chunk))
 
@@ -96,6 +101,31 @@ class Crew:
         self._shares: dict[str, BitMap] = {}
         # The others' chunks as task-id ranges, in our rendezvous order: where we help first.
         self.help_order: list[tuple[int, int]] = []
+        self._scores: dict[str, list[int]] = {}  # worker -> its score of every chunk
+
+    def _split(self, members: list[str]) -> None:
+        """Shares and help order for `members`, as shares() and help_order() compute them,
+        with each worker's chunk scores hashed once (not once per change of the members: at a
+        thousand workers that is a million hashes)."""
+        bounds = chunk_bounds(self.intent)
+        n = len(bounds) - 1
+        self._scores = {
+            w: cached if len(cached := self._scores.get(w, [])) == n else _scores(w, n)
+            for w in members
+        }
+        columns = [self._scores[w] for w in members]
+        out = {w: BitMap() for w in members}
+        order: list[tuple[int, int, int]] = []  # (chunk, lo, hi)
+        for c, col in enumerate(zip(*columns, strict=True)):
+            if bounds[c] < bounds[c + 1]:
+                w = members[col.index(max(col))]
+                out[w].add_range(bounds[c], bounds[c + 1])
+                if w != self.me:
+                    order.append((c, bounds[c], bounds[c + 1]))
+        self._shares = {w: share & self.intent for w, share in out.items()}
+        mine = self._scores[self.me]
+        order.sort(key=lambda o: mine[o[0]], reverse=True)
+        self.help_order = [(lo, hi) for _, lo, hi in order] if len(members) > 1 else []
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -128,8 +158,7 @@ class Crew:
         if key == self._key:
             return None
         if key[0] != self._key[0] or not self._shares:
-            self._shares = shares(self.intent, members)
-            self.help_order = help_order(self.intent, members, self.me)
+            self._split(members)
         self._key = key
         others = [s for w, s in self._shares.items() if w != self.me]
         elsewhere = BitMap.union(BitMap(), *others)

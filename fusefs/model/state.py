@@ -75,6 +75,7 @@ class MissionState:
         self.elsewhere = BitMap()  # other live workers' shares: listed only when ours is empty
         self.protected = BitMap()  # the part of `elsewhere` not to be helped with now
         self.help_order: list[tuple[int, int]] = []  # [lo, hi) ranges, helped first to last
+        self.contended = BitMap()  # not to help with until the next lease listing (see contend)
         self._view: BitMap | None = None  # cached pending_view(); dropped on every change
         self._listed = BitMap()  # the last view computed, to tell listeners what left it
         self._listeners: list[Listener] = []
@@ -103,7 +104,7 @@ class MissionState:
             if mine:
                 view = BitMap(islice(mine, WINDOW))
             else:
-                view = self._help_window(self.pending - self.protected)
+                view = self._help_window(self.pending - self.protected - self.contended)
             left = self._listed - view
             self._view = self._listed = view
             if left:  # names that were listed and are no longer: tell the caches
@@ -145,6 +146,26 @@ class MissionState:
         if not self.elsewhere:
             self._listed = BitMap()
         moved = before ^ after
+        if moved:
+            for listener in self._listeners:
+                listener(moved)
+
+    def contend(self, tasks: BitMap) -> None:
+        """A helper's claim in `tasks` (a range of another worker's share) lost to a lease:
+        that worker is at work there, so help elsewhere until `set_contended` (the next lease
+        listing) says otherwise. Never hides our own share."""
+        self._set_contended(self.contended | (tasks & self.elsewhere))
+
+    def set_contended(self, tasks: BitMap) -> None:
+        self._set_contended(tasks & self.elsewhere)
+
+    def _set_contended(self, tasks: BitMap) -> None:
+        if tasks == self.contended:
+            return
+        before = self.pending_view().copy()
+        self.contended = tasks
+        self._view = None
+        moved = before ^ self.pending_view()
         if moved:
             for listener in self._listeners:
                 listener(moved)

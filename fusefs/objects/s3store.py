@@ -32,7 +32,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from fusefs.model.codec import SUFFIX
@@ -535,6 +535,22 @@ class S3Store:
             parsed = self.lease_rel_of(info.key)
             if parsed is not None:
                 yield parsed[0], parsed[1], info
+
+    def lease_versions(
+        self, part: str, chunks: Iterable[int] | None
+    ) -> Iterator[tuple[str, ObjectVersion]]:
+        """(rel, version) of the lease versions whose rel starts with `part` (as `versions`),
+        looked for in the given chunks (None: every chunk); keys that are not v2 leases are
+        skipped."""
+        if chunks is None:
+            prefixes = [self.root(CLAIMS)]
+        else:
+            prefixes = [self.lease_chunk_root(c) + encode_rel(part) for c in sorted(set(chunks))]
+        for prefix in prefixes:
+            for v in self.objects.list_versions(prefix):
+                parsed = self.lease_rel_of(v.key)
+                if parsed is not None and parsed[1].startswith(part):
+                    yield parsed[1], v
 
     # -- history (`missionfs log`) ------------------------------------------------------------
     def versioning_enabled(self) -> bool:

@@ -23,7 +23,7 @@ from pyroaring import BitMap
 import fusefs.engine.fleet
 import fusefs.engine.leases
 from fusefs.engine.fleet import LeaseListing
-from fusefs.engine.leases import GRACE, LeaseBook, chunk_of_task, chunk_range
+from fusefs.engine.leases import GRACE, LeaseBook, chunk_of_task, chunk_range, chunks_of_part
 from fusefs.model.affinity import MEMBER_SECONDS, shares
 from fusefs.model.codec import Axis, TaskSpace
 from fusefs.model.state import WINDOW, MissionState
@@ -343,6 +343,8 @@ def test_own_leases_are_adopted_after_a_restart_wherever_they_are(
     clock.advance(REFRESH)
     again = Node(bucket, "node-a", full_intent())
     again.observe_all(workers, clock.now)
+    again.fleet.update_shares(clock.now)  # pending/ is already a window of a's share
+    assert chunk_of_task(far) not in (again.fleet.chunks_to_list() or {chunk_of_task(far)})
     listing = again.refresh()
     assert listing.chunks is None
     assert far in again.state.claimed and far in again.fleet.held
@@ -400,6 +402,7 @@ def test_foreign_leases_of_chunks_not_listed_stay_hidden_until_they_expire(
     a.observe_all(workers, clock.now)
     a.refresh()
     assert far in a.state.foreign
+    clock.advance(REFRESH)
     listing = a.refresh()
     assert listing.chunks is not None and chunk_of_task(far) not in listing.chunks
     assert far in a.state.foreign  # still hidden: not listed, not expired
@@ -426,3 +429,73 @@ def test_tombstones_go_in_one_delete_objects_per_round(bucket: MemoryStore, cloc
     assert list(n.s3.leases_in(None)) == []
     lo, hi = chunk_range(0)
     assert (lo, hi) == (0, 1024)
+
+
+def test_lease_history_is_found_by_chunk(clock: Clock) -> None:
+    """`missionfs log` reads a lease's versions under claims/{chunk}/: for a rel, a tile or a
+    row it lists only their chunks; a v1 key is never taken for a lease."""
+    bucket = MemoryStore(clock=clock.time, versioned=True)
+    s3 = S3Store(BUCKET_URL, MISSION, objects=bucket)
+    book = LeaseBook(s3, "node-a", LEASE, SPACE)
+    rels = [SPACE.rel(t) for t in (5 * 1024 + 3, 5 * 1024 + 900, 9 * 1024)]
+    for rel in rels:
+        etag = book.acquire(rel)
+        assert etag is not None
+        book.release(rel, etag)
+    bucket.put(f"{s3.root(CLAIMS)}{rels[0]}", b"{}")  # v1
+    assert chunks_of_part(SPACE, rels[0]) == [5]
+    assert chunks_of_part(SPACE, "5/") == [5]  # row 5: ids 5,120..6,143
+    assert chunks_of_part(SPACE, "5/3/") == [5] and chunks_of_part(SPACE, "") is None
+    assert chunks_of_part(SPACE, "x/") is None
+    found = Counter(rel for rel, _ in s3.lease_versions(rels[0], [5]))
+    assert found == {rels[0]: 2}  # the lease and its delete marker
+    assert {rel for rel, _ in s3.lease_versions("5/", [5])} == set(rels[:2])
+    assert Counter(rel for rel, _ in s3.lease_versions("", None)) == {r: 2 for r in rels}
+
+
+def test_a_small_mission_is_listed_whole_in_one_request(bucket: MemoryStore, clock: Clock) -> None:
+    """When the chunks to list are every chunk of the intent (here 2), one listing of claims/
+    costs less than one per chunk; a larger mission lists its chunks."""
+    small = Node(bucket, "node-a", BitMap(range(0, 2048, 4)))
+    small.refresh()
+    assert small.fleet.chunks_to_list() is None
+    before = lists(bucket)
+    assert small.refresh().chunks is None and lists(bucket) - before == 1
+    large = Node(bucket, "node-b", BitMap(range(0, 16 * 1024, 4)))
+    large.observe_all(["node-a", "node-b"], clock.now)
+    large.refresh()
+    assert large.fleet.chunks_to_list() is not None
+
+
+def test_a_helper_refused_twice_pauses_until_its_next_listing(
+    bucket: MemoryStore, clock: Clock
+) -> None:
+    """Helping near a mission's end: what a's last listing showed pending in b's share may be
+    taken since. A refused helper claim hides that range of b's share; a second one pauses
+    helping until a's next lease listing, so a stale view costs at most two PUT 412 + GET per
+    listing. Our own share is never hidden that way."""
+    workers = ["node-a", "node-b"]
+    intent = BitMap(range(0, 4096))
+    a = Node(bucket, "node-a", intent)
+    b = Node(bucket, "node-b", intent)
+    for n in (a, b):
+        n.observe_all(workers, clock.now)
+        n.refresh()
+    mine = shares(intent, workers)["node-a"]
+    a.state.add_facts(mine)
+    a.fleet.update_shares(clock.now)
+    (lo1, hi1), (_, hi2) = a.fleet.crew.help_order[:2]
+    first, second = hi1 - 1, hi2 - 1  # the tops of a's first two ranges: where a looks first
+    for task in (first, second):
+        assert b.claim(task, clock.now)  # b works there since a's last listing
+    assert first in a.state.pending_view()
+    assert not a.claim(first, clock.now)  # refused: b's lease
+    view = a.state.pending_view()
+    assert view and not view & BitMap(range(lo1, hi1)) and second in view
+    assert not a.claim(second, clock.now)  # refused again: a pauses helping
+    assert not a.state.pending_view()
+    assert a.counters.lost_claims == 2
+    clock.advance(REFRESH)
+    a.refresh()  # the next listing: b's leases are known, the rest of b's share helpable
+    view = a.state.pending_view()
+    assert view == (BitMap(range(lo1, hi1)) & intent) - mine - BitMap([first])
