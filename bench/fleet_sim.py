@@ -392,6 +392,7 @@ class SimConfig:
     deadline: float = 6 * 3600.0  # virtual seconds before an until-done run is given up on
     prefix_depth: int = 1  # what S3 limits as one prefix (see prefix_function)
     exact: bool = False  # every node does its own decoding and persistence (bench/fleet_sim_fast)
+    progress: bool = False  # a line on stderr every window (long runs)
     state_root: Path | None = None
 
     @property
@@ -586,6 +587,18 @@ async def node_life(node: Node, run: Run, start: float) -> None:
             node.claims.expire()
 
 
+async def report_progress(run: Run) -> None:
+    wall = time.perf_counter()
+    while True:
+        await trio.sleep(run.cfg.refresh)
+        print(
+            f"  N={run.cfg.nodes} t={trio.current_time():.0f} s: {sum(run.commits.values())} "
+            f"commits, {time.perf_counter() - wall:.0f} s wall, {rss_kib() // 1024} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def mark(run: Run, store: SimStore, name: str) -> None:
     run.marks[name] = (trio.current_time(), dict(store.by_area))
 
@@ -596,6 +609,8 @@ async def simulate(nodes: list[Node], run: Run, store: SimStore, clock: SimTime)
     async with trio.open_nursery() as nursery:
         for node in nodes:  # nodes come up over one refresh interval, not all at once
             nursery.start_soon(node_life, node, run, node.rng.uniform(0, cfg.refresh))
+        if cfg.progress:
+            nursery.start_soon(report_progress, run)
         if cfg.measure:
             await trio.sleep_until(cfg.start)
             mark(run, store, "start")
@@ -873,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure", type=float, help="virtual s counted (10 refreshes; 0: until done)")
     p.add_argument("--prefix-depth", type=int, default=1)
     p.add_argument("--exact", action="store_true", help="no shared learning (slow at large N)")
+    p.add_argument("--progress", action="store_true", help="a line on stderr every window")
     p.add_argument("--learn", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--json", type=Path, help="also write every number to this file")
     a = p.parse_args(argv)
@@ -893,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         measure=measure,
         prefix_depth=a.prefix_depth,
         exact=a.exact,
+        progress=a.progress,
     )
     rows = []
     for n in a.nodes:

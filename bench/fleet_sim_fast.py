@@ -324,6 +324,32 @@ REAL_OWNER: Callable[[int, Iterable[str]], str] = affinity.owner
 REAL_RENDEZVOUS: Callable[[str, Iterable[str]], list[str]] = lambda key, members: []  # noqa: E731
 
 
+def deferred_build(self: Any, builder: Any, facts: Iterable[Any]) -> None:
+    """FactDuties._build, deferred: the segment's facts (a list shared by every node) are
+    remembered by the node's checkpoint builder and added when it builds (the compactor of a
+    checkpoint window, once per C windows), not by every node for every segment."""
+    pending = builder.__dict__.setdefault("_sim_pending", [])
+    pending.append((self, facts))
+
+
+def _flush_pending(builder: Any) -> None:
+    for duties, facts in builder.__dict__.pop("_sim_pending", []):
+        REAL_BUILD[0](duties, builder, facts)
+
+
+def builder_build(self: Any, window: int) -> Any:
+    _flush_pending(self)
+    return REAL_BUILD[1](self, window)
+
+
+def builder_len(self: Any) -> int:
+    _flush_pending(self)
+    return int(REAL_BUILD[2](self))
+
+
+REAL_BUILD: list[Any] = []
+
+
 def patches(workers: Iterable[str]) -> list[tuple[Any, str, Callable[..., Any]]]:
     """(owner, attribute, replacement) for the protocol the code under test has."""
     global REAL_RENDEZVOUS
@@ -348,6 +374,18 @@ def patches(workers: Iterable[str]) -> list[tuple[Any, str, Callable[..., Any]]]
         out.append((RemoteFacts, "learn_facts", fast_learn_facts))
         out.append((segment, "decode", functools.partial(SEGMENTS.decode, real)))
         out.append((segment, "rendezvous", ranks.rendezvous))
+    with contextlib.suppress(ImportError):  # checkpoints (protocol v2)
+        from fusefs.engine.factduties import FactDuties
+        from fusefs.model.checkpoint import CheckpointBuilder
+
+        REAL_BUILD[:] = [
+            FactDuties.__dict__["_build"],
+            CheckpointBuilder.__dict__["build"],
+            CheckpointBuilder.__dict__["__len__"],
+        ]
+        out.append((FactDuties, "_build", deferred_build))
+        out.append((CheckpointBuilder, "build", builder_build))
+        out.append((CheckpointBuilder, "__len__", builder_len))
     return out
 
 
