@@ -229,6 +229,7 @@ class Rendezvous:
         self._ranked: dict[int, list[str]] = {}  # chunk -> every known worker, best first
         self._orders: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._owners: dict[tuple[int, tuple[str, ...], int], list[str | None]] = {}
+        self._shares: dict[tuple[int, tuple[str, ...], int], dict[str, BitMap]] = {}
 
     def score(self, worker: str, chunk: int) -> bytes:
         found = self._scores.get((worker, chunk))
@@ -288,6 +289,23 @@ class Rendezvous:
         theirs = [c for c, who in enumerate(owners) if who is not None and who != me]
         theirs.sort(key=lambda c: self.score(me, c), reverse=True)
         return [(bounds[c], bounds[c + 1]) for c in theirs]
+
+    def split(self, crew: Any, members: list[str]) -> None:
+        """affinity.Crew._split (shares and help order of `crew.me` among `members`), from
+        `owners` and `shares` computed once per set of members for the whole fleet."""
+        ms = tuple(members)
+        key = (id(crew.intent), ms, affinity.CHUNKS)
+        found = self._shares.get(key)
+        if found is None:
+            if len(self._shares) > 256:
+                self._shares.clear()
+            found = self._shares[key] = self.shares(crew.intent, ms)
+        crew._shares = dict(found)
+        bounds = affinity.chunk_bounds(crew.intent)
+        owners = self.owners(crew.intent, ms, affinity.CHUNKS)
+        theirs = [c for c, who in enumerate(owners) if who is not None and who != crew.me]
+        theirs.sort(key=lambda c: self.score(crew.me, c), reverse=True)
+        crew.help_order = [(bounds[c], bounds[c + 1]) for c in theirs] if len(ms) > 1 else []
 
     def rendezvous(self, key: str, members: Iterable[str]) -> list[str]:
         ms = tuple(sorted(set(members)))
@@ -364,6 +382,8 @@ def patches(workers: Iterable[str]) -> list[tuple[Any, str, Callable[..., Any]]]
     ]
     if hasattr(affinity, "help_order"):  # leases by chunk (strict fleets with shares)
         out.append((affinity, "help_order", ranks.help_order))
+    if hasattr(affinity.Crew, "_split"):  # shares and help order in one pass, per node
+        out.append((affinity.Crew, "_split", lambda crew, members: ranks.split(crew, members)))
     if hasattr(RemoteFacts, "_read_manifest"):  # protocol v1
         out.append((RemoteFacts, "_read_manifest", fast_read_manifest))
     if hasattr(RemoteFacts, "learn_facts"):  # protocol v2
