@@ -52,6 +52,7 @@ import contextlib
 import contextvars
 import dataclasses
 import gc
+import hashlib
 import heapq
 import importlib
 import importlib.util
@@ -88,7 +89,7 @@ from fusefs.model.codec import OutOfPlan  # noqa: E402
 from fusefs.model.mission import Mission, load_mission  # noqa: E402
 from fusefs.model.state import NotPending  # noqa: E402
 from fusefs.objects.base import PAGE, READS, ListPage, ObjectInfo, SlowDown  # noqa: E402
-from fusefs.objects.memory import MemoryStore, _successor, _token  # noqa: E402
+from fusefs.objects.memory import MemoryStore, _Object, _successor, _token  # noqa: E402
 from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex  # noqa: E402
 from fusefs.statedir.claimlog import ClaimLog  # noqa: E402
 from tests.support.mounts import write_mission  # noqa: E402
@@ -824,6 +825,135 @@ def learn_cost(k: int, cfg: SimConfig) -> dict[str, Any]:
     }
 
 
+FLEET_RATE = 1000 * 8 / 10.0  # facts a second of the fleet of the targets (N x workers / 10 s)
+DONE = 0.8  # the filled mission's fraction done
+
+
+def fill_witnesses(store: SimStore, keys: list[str], body: bytes, meta: dict[str, str]) -> None:
+    """Put witness objects straight into the bucket (no request, no limiter: the simulator's
+    set-up), one shared object each; millions of `put`s would insert into the sorted key list
+    one by one."""
+    obj = _Object(body, hashlib.md5(body).hexdigest(), store.clock(), meta)
+    with store._lock:
+        for key in keys:
+            store._objects[key] = obj
+        store._keys = sorted(store._objects)
+
+
+def v2_bucket(
+    k: int, cfg: SimConfig, store: SimStore, root: Path
+) -> tuple[Mission, dict[str, Any]]:
+    """A bucket as a protocol v2 fleet leaves it after `k` witnesses (see `learn_v2`)."""
+    from fusefs.engine.checkpoints import CheckpointBook
+    from fusefs.engine.factduties import C
+    from fusefs.model import segment as sg
+    from fusefs.model.checkpoint import CheckpointBuilder
+
+    mission = mission_with(math.ceil(k / DONE), root)
+    space, width = mission.space, cfg.refresh
+    rng = np.random.default_rng(cfg.seed)
+    intent = np.frombuffer(mission.intent.to_array(), dtype=np.uint32)
+    done = np.sort(rng.choice(intent, k, replace=False))
+    now_w = sg.window_of(store.clock(), width)  # the node starts in this window
+    ckpt_w = (now_w - 2) // C * C  # the newest checkpoint: C windows at most before
+    per_window = min(int(FLEET_RATE * width), k // (2 * C))  # a small bucket: smaller windows
+    seg_windows = list(range(ckpt_w + 1, now_w))
+    order = rng.permutation(done)  # which witnesses came last (in the segments)
+    late = order[len(order) - per_window * len(seg_windows) :]
+    early = np.setdiff1d(done, late, assume_unique=True)
+    body = b"name,lat,lon\nx,1,2\n"
+    sha = sha256_hex(body)
+    s3 = S3Store(BUCKET_URL, mission.name, objects=store)
+    rels = {int(t): space.rel(int(t)) for t in done}
+    fill_witnesses(
+        store,
+        [s3.key(WITNESSES, r) for r in rels.values()],
+        body,
+        {"sha256": sha, "worker": "filler"},
+    )
+    builder = CheckpointBuilder(space)
+    for t in early.tolist():
+        builder.add(t, rels[t], sha, len(body))
+    cp = builder.build(ckpt_w)
+    book = CheckpointBook(s3, space)
+    assert book.write(cp)
+    s3.create_protocol({"version": 2, "window": width})
+    for i, w in enumerate(seg_windows):
+        facts = [
+            sg.Fact(rels[t], sha, len(body))
+            for t in late[i * per_window : (i + 1) * per_window].tolist()
+        ]
+        name = sg.manifest_name("filler", i + 1)
+        manifest = "".join(sg.line(f.rel, f.sha256, f.size) + "\n" for f in facts).encode()
+        s3.put_node_manifest(w, name, manifest)
+        assert s3.put_segment(w, sg.encode(sg.merge(w, {name: facts})))
+    holds = {
+        "witnesses": k,
+        "checkpoint_window": ckpt_w,
+        "checkpoint_facts": len(cp.facts),
+        "checkpoint_bytes": len(store.get(s3.checkpoint_key(ckpt_w))[0]),
+        "segments": len(seg_windows),
+        "segment_facts": per_window,
+        "segment_bytes": len(store.get(s3.segment_key(seg_windows[0]))[0]) if seg_windows else 0,
+        "last_window": now_w - 1,
+    }
+    return mission, holds
+
+
+def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
+    """A new node on a protocol v2 bucket holding `k` witnesses: what it takes until it knows
+    every fact. The bucket (set up without counting): the `k` witness objects (a mission of
+    k / 0.8 tasks, 80 % done, random tasks), protocol.json, the newest checkpoint written by
+    the real CheckpointBook (every witness but those of the segments after it, with sizes and
+    digests) and the segments of the windows since (at most C - 1 + 1 of them, each the
+    fleet's facts of a window at 800 tasks/s, with its node manifest). Counted: every request
+    of the node from its start (intent listing, self-test, protocol.json, checkpoint listing
+    and GET, segments) until its cursor is the last closed window; it starts in the middle of
+    a window (the last closed one settled)."""
+    clock, _, store, net = sim_parts(dataclasses.replace(cfg, nodes=1, skew=0.0))
+    store.limiter = None
+    wall = time.perf_counter()
+    with scratch(cfg.state_root) as root, patched(clock, net, cfg.seed, cfg.exact):
+        with store.quiet():
+            mission, holds = v2_bucket(k, cfg, store, root)
+        store.requests = type(store.requests)()
+        store.by_area = Counter()
+        store.bytes_out = 0
+        setup_wall = time.perf_counter() - wall
+        wall = time.perf_counter()
+        node = open_node(0, mission, root, cfg, store, clock)
+        try:
+
+            async def learn() -> float:
+                clock.mock = trio.lowlevel.current_clock()  # type: ignore[assignment]
+                await trio.sleep(cfg.refresh / 2)  # mid-window: the last one is settled
+                t0 = trio.current_time()
+                sync = node.ws.sync
+                assert sync is not None and await sync.connect()
+                while sync.factlog.cursor != holds["last_window"]:
+                    await sync.refresh()
+                    if sync.factlog.cursor != holds["last_window"]:
+                        await trio.sleep(0.05)
+                clock.mock = None
+                return trio.current_time() - t0
+
+            seconds = trio.run(learn, clock=trio.testing.MockClock(autojump_threshold=0))
+            knows = len(node.ws.state.fact)
+        finally:
+            node.close()
+    return {
+        **holds,
+        "known": knows,
+        "requests": sum(store.requests.snapshot().values()),
+        "by_kind": store.requests.snapshot(),
+        "by_area": {f"{kd} {a or '(bucket)'}": n for (kd, a), n in sorted(store.by_area.items())},
+        "bytes": store.bytes_out,
+        "virtual_s": round(seconds, 2),
+        "node_wall_s": round(time.perf_counter() - wall, 1),
+        "setup_wall_s": round(setup_wall, 1),
+    }
+
+
 def fleet_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| N | W | tasks done (of) | tasks/s | req/task | by kind (per task) | peak req/s "
@@ -871,6 +1001,23 @@ def learn_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def learn_v2_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| K witnesses | bucket: checkpoint (facts, bytes) + segments (facts each, bytes each) "
+        "| known | requests (by kind) | bytes read | virtual s | node wall s |",
+        "|---" * 7 + "|",
+    ]
+    for r in rows:
+        kinds = " ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
+        out.append(
+            f"| {r['witnesses']} | {r['checkpoint_facts']}, {r['checkpoint_bytes']} B + "
+            f"{r['segments']} x ({r['segment_facts']}, {r['segment_bytes']} B) | {r['known']} "
+            f"| {r['requests']} ({kinds}) | {r['bytes']} | {r['virtual_s']} "
+            f"| {r['node_wall_s']} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--nodes", type=int, nargs="*", default=[1, 10, 100])
@@ -889,7 +1036,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix-depth", type=int, default=1)
     p.add_argument("--exact", action="store_true", help="no shared learning (slow at large N)")
     p.add_argument("--progress", action="store_true", help="a line on stderr every window")
-    p.add_argument("--learn", type=int, nargs="*", default=[10_000, 100_000])
+    p.add_argument("--learn", type=int, nargs="*", default=[], help="K: new node, listing")
+    p.add_argument(
+        "--learn-checkpoint", type=int, nargs="*", default=[], help="K: new node, protocol v2"
+    )
     p.add_argument("--json", type=Path, help="also write every number to this file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -926,8 +1076,16 @@ def main(argv: list[str] | None = None) -> int:
     if learned:
         print()
         print(learn_table(learned))
+    from_checkpoint = []
+    for k in a.learn_checkpoint:
+        from_checkpoint.append(learn_v2(k, base))
+        print(f"K={k}: {from_checkpoint[-1]['node_wall_s']} s wall", file=sys.stderr, flush=True)
+    if from_checkpoint:
+        print()
+        print(learn_v2_table(from_checkpoint))
     if a.json is not None:
-        a.json.write_text(json.dumps({"fleets": rows, "learn": learned}, indent=1) + "\n")
+        everything = {"fleets": rows, "learn": learned, "learn_checkpoint": from_checkpoint}
+        a.json.write_text(json.dumps(everything, indent=1) + "\n")
     return 0
 
 

@@ -12,7 +12,7 @@ import trio
 
 import fusefs.engine.sync
 from bench import fleet_sim
-from bench.fleet_sim import SimConfig, learn_cost, run_fleet
+from bench.fleet_sim import SimConfig, learn_cost, learn_v2, run_fleet
 
 TINY = SimConfig(nodes=3, workers=2, tasks_per_node=8, task_time=5.0, refresh=5.0)
 
@@ -71,10 +71,34 @@ def test_without_leases_the_duplicates_show() -> None:
 
 
 def test_a_new_node_learns_every_fact_of_the_bucket(tmp_path: Path) -> None:
+    """Without a checkpoint (a new bucket, or one of protocol v1): one full listing."""
     r = learn_cost(2000, dataclasses.replace(TINY, state_root=tmp_path))
     assert r["known"] == r["witnesses"] >= 2000
-    assert r["by_kind"]["LIST"] >= r["witnesses"] / 1000  # today: a full listing
+    assert r["by_kind"]["LIST"] >= r["witnesses"] / 1000
     assert r["bytes"] > 0 and r["virtual_s"] > 0
+
+
+def test_a_new_node_learns_from_a_checkpoint_and_the_segments_after_it() -> None:
+    """Protocol v2: a checkpoint and at most C segments, whatever the bucket holds: no listing
+    of scraped-tiles/ (the issue's bound: 20 requests, the start-up's self-test included)."""
+    r = learn_v2(60_000, dataclasses.replace(TINY, refresh=30.0))
+    assert r["known"] == r["witnesses"] == 60_000
+    assert r["checkpoint_facts"] > 0 and r["segments"] >= 1
+    assert r["by_area"].get("LIST scraped-tiles", 0) == 0
+    assert r["by_area"]["GET checkpoints"] == 1
+    assert r["by_area"]["GET segments"] == r["segments"]
+    assert r["requests"] <= 20 and r["virtual_s"] <= 5
+
+
+def test_shared_learning_changes_no_request_nor_fact() -> None:
+    """bench/fleet_sim_fast.py only does once what every node would do alike: the same
+    requests, facts and timings as every node doing it itself (`exact`)."""
+    cfg = dataclasses.replace(TINY, nodes=4, tasks_per_node=10)
+    fast, exact = run_fleet(cfg), run_fleet(dataclasses.replace(cfg, exact=True))
+    measured = {"wall_s", "startup_wall_s", "rss_kib_per_node"}
+    assert {k: v for k, v in fast.items() if k not in measured} == {
+        k: v for k, v in exact.items() if k not in measured
+    }
 
 
 # -- the scale property (issue 15): requests per task do not grow with the fleet ----------------
