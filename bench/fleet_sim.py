@@ -187,27 +187,39 @@ class SimLimiter:
         self.prefix_of = prefix_of
         self.slowdowns: Counter[str] = Counter()
         self.peak: dict[tuple[str, str], int] = {}  # (prefix, "read"/"write") -> most in 1 s
+        self.peak_at: dict[tuple[str, str], int] = {}  # ... -> that second (server clock)
+        self.kinds: Counter[tuple[str, str, str]] = Counter()  # this second, by kind
+        self.measuring = False  # in the measured interval: also kept in `steady`
+        self.steady: dict[tuple[str, str], int] = {}  # the peaks of the measured interval
+        self.peak_kinds: dict[tuple[str, str], dict[str, int]] = {}  # the peak second's kinds
         self._window = -1
         self._counts: dict[tuple[str, str], int] = {}
 
     def admit(self, kind: str, key: str, now: float) -> None:
         window = int(now)
         if window != self._window:
-            for k, n in self._counts.items():
-                if n > self.peak.get(k, 0):
-                    self.peak[k] = n
+            self._close_second()
             self._window, self._counts = window, {}
         k = (self.prefix_of(key), "read" if kind in READS else "write")
         n = self._counts[k] = self._counts.get(k, 0) + 1
+        self.kinds[(*k, kind)] += 1
         if n > LIMITS[k[1]]:
             self.slowdowns[k[0]] += 1
             raise SlowDown(f"{kind} {key}: 503 SlowDown (over {n - 1}/s on {k[0]!r})")
 
-    def peaks(self) -> dict[tuple[str, str], int]:
-        out = dict(self.peak)
+    def _close_second(self) -> None:
         for k, n in self._counts.items():
-            out[k] = max(out.get(k, 0), n)
-        return out
+            if self.measuring and n > self.steady.get(k, 0):
+                self.steady[k] = n
+            if n > self.peak.get(k, 0):
+                self.peak[k], self.peak_at[k] = n, self._window
+                self.peak_kinds[k] = {kd: c for (p, r, kd), c in self.kinds.items() if (p, r) == k}
+        self.kinds = Counter()
+
+    def peaks(self) -> dict[tuple[str, str], int]:
+        self._close_second()
+        self._counts = {}
+        return dict(self.peak)
 
 
 class SimStore(MemoryStore):
@@ -616,9 +628,13 @@ async def simulate(nodes: list[Node], run: Run, store: SimStore, clock: SimTime)
             await trio.sleep_until(cfg.start)
             mark(run, store, "start")
             run.counting = True
+            if isinstance(store.limiter, SimLimiter):
+                store.limiter.measuring = True
             await trio.sleep_until(cfg.start + cfg.measure)
             run.counting, run.stopped = False, True
             mark(run, store, "end")
+            if isinstance(store.limiter, SimLimiter):
+                store.limiter.measuring = False
             grace = 4 * cfg.refresh if cfg.grace is None else cfg.grace
             await trio.sleep_until(cfg.start + cfg.measure + grace)
         else:
@@ -769,6 +785,18 @@ def fleet_numbers(
         "peak_per_s": peaks.get((worst_prefix, worst_class), 0),
         "peak_prefix": f"{worst_prefix.split('/', BASE_DEPTH)[-1]} {worst_class}s",
         "peak_of_limit": round(worst, 3),
+        "peak_at_s": limiter.peak_at.get((worst_prefix, worst_class), 0) - EPOCH,
+        "peak_kinds": limiter.peak_kinds.get((worst_prefix, worst_class), {}),
+        "steady_peaks": {
+            f"{p.split('/', BASE_DEPTH)[-1]} {c}s": n
+            for (p, c), n in sorted(
+                limiter.steady.items(), key=lambda kv: -kv[1] / LIMITS[kv[0][1]]
+            )[:8]
+        },
+        "peaks": {
+            f"{p.split('/', BASE_DEPTH)[-1]} {c}s": n
+            for (p, c), n in sorted(peaks.items(), key=lambda kv: -kv[1] / LIMITS[kv[0][1]])[:8]
+        },
         "slowdowns": sum(limiter.slowdowns.values()),
         "usd_per_1m_tasks": round(dollars_per_million(requests, done), 2),
         "staleness_p50": round(percentile(stale, 0.5), 2),
