@@ -101,7 +101,7 @@ class FactDuties:
     async def _chain(self, w: int) -> bool:
         """Rebuild the chain after a restart: the newest checkpoint and the segments after it
         through w (at most 3 C GETs, once per process); False if a link is missing."""
-        cp = await _s3(self.book.latest)
+        cp = await _s3(self.book.latest, -1, w)
         if cp is None or cp.window > w or w - cp.window > 3 * C:
             return False
         builder = CheckpointBuilder(self.engine.space, cp)

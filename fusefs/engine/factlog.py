@@ -44,6 +44,7 @@ from fusefs.statedir.store import replace_text
 
 log = logging.getLogger("missionfs")
 
+MIN_WINDOW = 0.5  # seconds: below, a window's requests may take longer than the window
 CREW_WINDOWS = 2 * C  # a worker is in the crew while a segment this recent names it
 FALLBACK = (0.0, 0.25, 0.5)  # compaction delay of ranks 1, 2, 3 in windows; others: 2 W
 
@@ -142,15 +143,18 @@ class FactLog(FactDuties):
         """The crew as the recent segments show it (their uploaders and compactors)."""
         return [w for w, seen in self.crew.items() if seen >= current - CREW_WINDOWS]
 
-    def compaction_due(self, w: int, current: int) -> float:
-        """When this node compacts window w if its segment is still missing."""
+    def rank(self, w: int, current: int) -> int:
+        """This node's rank among the compactors of window w (0: the designated one)."""
         crew = self.members(current)
         if not crew:  # nobody known: every node is a candidate (If-None-Match decides)
-            rank = 0
-        elif self.worker in crew:
-            rank = sg.rendezvous(f"{w}", crew).index(self.worker)
-        else:
-            rank = len(FALLBACK)
+            return 0
+        if self.worker in crew:
+            return sg.rendezvous(f"{w}", crew).index(self.worker)
+        return len(FALLBACK)
+
+    def compaction_due(self, w: int, current: int) -> float:
+        """When this node compacts window w if its segment is still missing."""
+        rank = self.rank(w, current)
         delay = FALLBACK[rank] * self.w if rank < len(FALLBACK) else 2 * self.w
         return sg.window_end(w, self.w) + settle(self.w) + delay
 
@@ -192,11 +196,11 @@ class FactLog(FactDuties):
         return learned
 
     async def _protocol(self) -> None:
-        mine = {"version": 2, "window": self.asked_width}
+        mine = {"version": 2, "window": max(self.asked_width, MIN_WINDOW)}
         found = await _s3(self.s3.read_protocol)
         if found is None:
             if await _s3(self.s3.create_protocol, mine):
-                log.info("fleet protocol v2 created: windows of %g s", self.asked_width)
+                log.info("fleet protocol v2 created: windows of %g s", mine["window"])
                 found = mine
             else:
                 found = await _s3(self.s3.read_protocol) or {}
@@ -213,16 +217,15 @@ class FactLog(FactDuties):
             )
         self.width = float(width)
 
-    async def _from_checkpoint_or_listing(self, *, stuck: bool = False) -> int:
+    async def _from_checkpoint_or_listing(self) -> int:
         """No cursor, or one too old: start from the newest checkpoint; with none in the
-        bucket, list every witness once (bootstrap) and write the first checkpoint. `stuck`:
-        the segment after our cursor cannot be rebuilt, so one older than it will not do."""
-        cp = await _s3(self.book.latest)
+        bucket, list every witness once (bootstrap) and write the first checkpoint."""
+        cp = await _s3(self.book.latest, -1, self.window(self.now()))  # none from the future
         for bad in self.book.skipped:
             log.warning("checkpoint %d skipped (%s: %s)", bad.window, bad.problem, bad.detail)
         if cp is not None and (self.cursor is None or cp.window > self.cursor):
             return await self._load_checkpoint(cp)
-        if cp is not None and not stuck:
+        if cp is not None:
             return 0  # our cursor is newer than any checkpoint: read the segments after it
         t = self.now()
         listed, new = await self.engine._list_shards(None)
@@ -315,7 +318,7 @@ class FactLog(FactDuties):
         assert self.cursor is not None
         learned = 0
         skipped = False
-        while True:
+        for _ in range(4 * C):  # a bounded turn: a refresh never waits for a long catch-up
             now = self.now()
             current = self.window(now)
             w = self.cursor + 1
@@ -332,7 +335,8 @@ class FactLog(FactDuties):
                     continue
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
-            if now >= due and now < end + self.w:  # our turn, still fresh: nobody else's yet
+            if now >= due and now < end + self.w and self.rank(w, current) == 0:
+                # The designated compactor, on time: nobody else has written it yet.
                 seg = await self._compact(w)
             elif now >= due or now >= max(self._read_at(w), self._retry_at):
                 seg = await self._get(w)
@@ -383,12 +387,15 @@ class FactLog(FactDuties):
 
     async def _compact(self, w: int, replace_etag: str | None = None) -> sg.Segment | None:
         """Merge window w's node manifests into its segment (If-None-Match; if another node's
-        is there, read it). Too old a window (its manifests may be pruned) is not rebuilt:
-        the node starts again from a checkpoint instead, so no fact is hidden."""
-        if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS * 0.9:
-            log.warning("segment %d missing and its manifests may be gone: restarting", w)
-            await self._from_checkpoint_or_listing(stuck=True)
-            return None
+        is there, read it). For an old window, a newer checkpoint is taken instead when there
+        is one (retention keeps the node manifests of a window until its segment exists, but
+        a segment deleted later leaves nothing to rebuild it from)."""
+        if self.now() - sg.window_end(w, self.w) > KEEP_SECONDS / 2:
+            cp = await _s3(self.book.latest, w - 1, self.window(self.now()))
+            if cp is not None:
+                log.warning("segment %d missing: starting again from checkpoint %d", w, cp.window)
+                await self._load_checkpoint(cp)
+                return None
         listed = await _s3(self.s3.node_manifests, w)
 
         def read(key: str) -> list[sg.Fact]:

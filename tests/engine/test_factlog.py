@@ -12,9 +12,12 @@ from collections.abc import Callable
 from functools import partial
 
 import pytest
+from pyroaring import BitMap
 
 from fusefs.engine import fscksegments
+from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.model import segment as sg
+from fusefs.model.checkpoint import Checkpoint
 from fusefs.model.errors import S3Unavailable
 from fusefs.objects.s3store import S3Store
 from tests.engine.driver import (
@@ -53,8 +56,14 @@ def knows(node: EngineNode, rel: str) -> bool:
 
 
 def turn(clock: FakeClock, *nodes: EngineNode) -> None:
-    """A window closes; every node's refresh loop turns (twice: whoever is first compacts)."""
-    close_window(clock)
+    """A window closes: every node's loop turns at the compaction time (the designated
+    compactor writes the segment), then at the reading time (the others GET it)."""
+    end = (clock.now // WINDOW + 1) * WINDOW
+    clock.now = end + 5.0 + 0.01  # settle: 5 s with 30 s windows
+    for node in nodes:
+        node.refresh()
+    close_window(clock, WINDOW)
+    clock.now = end + 0.75 * WINDOW
     for _ in range(2):
         for node in nodes:
             node.refresh()
@@ -338,3 +347,78 @@ def test_fsck_finds_corrupt_and_unmerged_segments_and_rebuilds_them(
     for w, rel in zip(windows, RELS, strict=False):
         found = s3.get_segment(w)
         assert found is not None and [f.rel for f in sg.decode(found[0], w).facts] == [rel]
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_fact_log_requests_per_node_and_window_do_not_grow_with_the_fleet(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock, n: int
+) -> None:
+    """Steady state, every node uploading every window: per node and window, one manifest PUT
+    and one segment GET, plus the compaction shared by the fleet (a LIST, a GET per manifest,
+    a PUT): 3 + 1/N requests, whatever N (protocol v1: a GET per peer's manifest, N - 1)."""
+    nodes = [make_node(bucket=bucket, name=f"n{i}", worker=f"worker-{i}") for i in range(n)]
+    for node in nodes:
+        node.refresh()
+    todo = _all_rels(nodes[0])  # 15 tasks: 2 windows of 6 nodes
+    turn(clock, *nodes)  # the crew is known from here on
+    mark = len(bucket.log)
+    windows = 2
+    for _ in range(windows):
+        for node in nodes:
+            work(node, todo.pop())
+        turn(clock, *nodes)
+    areas = ("/log/", "/segments/", "/checkpoints/", "/manifests/")
+    asked = [(kind, key) for kind, key in bucket.since(mark) if any(a in key for a in areas)]
+    retention = [(kind, key) for kind, key in asked if key.endswith(areas)]  # every C windows
+    steady = [r for r in asked if r not in retention]
+    assert len(steady) / (n * windows) <= 3 + 1 / n + 0.01, "\n".join(map(str, steady))
+    assert len(retention) <= 4, retention
+    for node in nodes:
+        assert all(knows(node, rel) for other in nodes for rel in _done(other))
+
+
+def _all_rels(node: EngineNode) -> list[str]:
+    return sorted(node.mission.space.rel(t) for t in node.mission.intent)
+
+
+def _done(node: EngineNode) -> list[str]:
+    return [node.mission.space.rel(t) for t in node.sync.local]
+
+
+def test_hour_long_windows_late_in_the_hour_list_the_bucket_once(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """The bootstrap's cursor is window(T) - 2: with hour-long windows, late in the hour, the
+    window after it ended almost an hour ago. It is merged (or taken from a newer checkpoint),
+    never a reason to list the bucket again and again (it was, at every turn)."""
+    hour = 3600.0
+    s3 = S3Store(BUCKET_URL, "engine-tier", objects=bucket)
+    assert s3.create_protocol({"version": 2, "window": hour})
+    clock.now = (clock.now // hour + 1) * hour + 3500  # 100 s before the end of a window
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    listing = [k for kind, k in bucket.log if kind == "LIST" and "/scraped-tiles/" in k]
+    assert listing  # the bootstrap
+    mark = len(bucket.log)
+    for _ in range(3):
+        clock.advance(1.0)
+        a.refresh()
+    assert not [k for kind, k in bucket.since(mark) if "/scraped-tiles/" in k]
+    assert a.sync.factlog.cursor == a.sync.factlog.window(clock.now) - 1
+
+
+def test_a_checkpoint_named_for_a_future_window_is_not_started_from(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Starting from it would put the cursor in the future: every segment until then would be
+    skipped (facts hidden). A new node takes the newest checkpoint of a past window instead."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    turn(clock, a)
+    now = a.sync.factlog.window(clock.now)
+    book = CheckpointBook(layout(a, bucket), a.mission.space)
+    assert book.write(Checkpoint(now + 100, BitMap()))
+    c = make_node(bucket=bucket, name="c", worker="worker-c")
+    c.refresh()
+    assert c.sync.factlog.cursor is not None and c.sync.factlog.cursor <= now
+    assert knows(c, RELS[0])

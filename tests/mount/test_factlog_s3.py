@@ -149,3 +149,29 @@ def test_sync_verify_on_a_mounted_node_lists_the_bucket_and_publishes_what_it_fi
     wait_for(lambda: rel in listed(b, "done"), timeout=30, what="b learns it from a's manifest")
     lines = b"".join(keys(moto, bucket, "log").values()).decode()
     assert f"{rel}\t\t{len(data)}" in lines.splitlines()  # published by a, without a hash
+
+
+def test_a_new_node_starts_from_the_checkpoint_without_listing_the_witnesses(
+    seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """The first node lists the bucket once (no checkpoint yet) and its compactions write a
+    checkpoint every C windows; a node mounted later learns every fact from the newest one and
+    the segments after it, and never lists `scraped-tiles/`."""
+    bucket = new_bucket(seaweed)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    done = set(rels(mission)[:5])
+    a = s3_mount(make_mount, mission, seaweed, "a")
+    for rel in sorted(done):
+        commit(a, rel, body(rel, "a"))
+    wait_for(lambda: a.status()["sync"]["queue"] == 0, timeout=60, what="a uploads")
+    written = a.status()["sync"]["facts"]["checkpoints_written"]
+    wait_for(
+        lambda: a.status()["sync"]["facts"]["checkpoints_written"] > written,
+        timeout=60,
+        what="a checkpoint after the uploads",
+    )
+    assert "listed it once" in a.daemon_log()
+    b = s3_mount(make_mount, mission, seaweed, "b")
+    wait_for(everyone_knows([b], done), timeout=30, what="b learns every fact")
+    assert b.status()["sync"]["facts"]["checkpoint_loaded"] is not None
+    assert "loaded checkpoint" in b.daemon_log() and "listed it once" not in b.daemon_log()
