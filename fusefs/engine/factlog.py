@@ -172,8 +172,8 @@ class FactLog(FactDuties):
                 else sg.window_end(current, self.w)
             )
         nxt = self.cursor + 1
-        read_at = max(self._read_at(nxt), self._retry_at)
-        times.append(min(read_at, self.compaction_due(nxt, current)))
+        due = min(self._read_at(nxt), self.compaction_due(nxt, current))
+        times.append(max(due, self._retry_at))
         return max(now, min(times))
 
     def _read_at(self, w: int) -> float:
@@ -325,7 +325,7 @@ class FactLog(FactDuties):
             end = sg.window_end(w, self.w)
             if now < end + settle(self.w):
                 break
-            if now < self._retry_at and now < self.compaction_due(w, current):
+            if now < self._retry_at:
                 break  # asked for it a moment ago
             if not skipped and now >= end + 2 * self.w:
                 skipped = True  # far behind: jump over windows nobody wrote anything in
@@ -345,7 +345,8 @@ class FactLog(FactDuties):
             if seg is None:
                 # Not there yet: ask again a little later (or when it is ours to write), not
                 # at every turn of the loop.
-                self._retry_at = max(self._retry_at, now + min(2.0, self.w / 4))
+                retry = now + min(2.0, self.w / 4)
+                self._retry_at = retry if now >= due else min(retry, due)
                 break
             learned += await self._apply(seg)
             self.cursor = w

@@ -422,3 +422,33 @@ def test_a_checkpoint_named_for_a_future_window_is_not_started_from(
     c.refresh()
     assert c.sync.factlog.cursor is not None and c.sync.factlog.cursor <= now
     assert knows(c, RELS[0])
+
+
+def test_a_segment_that_cannot_be_written_is_retried_calmly(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its compaction is due, but the PUT answers 412 and the GET finds nothing (a server
+    that misbehaves): the node tries again after a pause, not at every turn of its loop."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    work(a, RELS[0])
+    w = a.sync.factlog.window(clock.now)
+    monkeypatch.setattr(a.sync.s3, "put_segment", lambda *_: False)
+    monkeypatch.setattr(a.sync.s3, "get_segment", lambda *_: None)
+    clock.now = sg.window_end(w, WINDOW) + 5.0 + 0.01  # its compaction is due
+    mark = len(bucket.log)
+    a.refresh()
+    assert bucket.since(mark)  # it tried
+    assert a.sync.factlog.cursor == w - 1
+    mark = len(bucket.log)
+    for _ in range(5):
+        clock.advance(0.2)
+        a.refresh()
+    assert bucket.since(mark) == []  # not 5 more tries in a second
+    assert a.sync.factlog.next_due() >= clock.now + 0.5
+    clock.advance(2.0)
+    a.refresh()
+    assert bucket.since(mark)  # and again after the pause

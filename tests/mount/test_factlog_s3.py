@@ -175,3 +175,39 @@ def test_a_new_node_starts_from_the_checkpoint_without_listing_the_witnesses(
     wait_for(everyone_knows([b], done), timeout=30, what="b learns every fact")
     assert b.status()["sync"]["facts"]["checkpoint_loaded"] is not None
     assert "loaded checkpoint" in b.daemon_log() and "listed it once" not in b.daemon_log()
+
+
+def test_a_corrupt_segment_is_rebuilt_by_the_node_that_reads_it(
+    moto: MotoServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """B is away for a few seconds (fewer than C windows: it comes back to its cursor, not to
+    a checkpoint); meanwhile A's result is merged into a segment that then gets damaged. B
+    finds the segment corrupt, rebuilds it from the node manifests (If-Match on the damaged
+    object) and learns the result: nothing hidden."""
+    bucket = new_bucket(moto)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    rel = rels(mission)[4]
+    a = _mount(make_mount, mission, moto, "a", s3_env())
+    b = _mount(make_mount, mission, moto, "b", s3_env())
+    wait_for(lambda: b.status()["sync"]["facts"]["cursor"] is not None, timeout=30, what="b")
+    b.umount()
+    commit(a, rel, body(rel, "a"))
+
+    def merged() -> str | None:
+        for name, data in keys(moto, bucket, "segments").items():
+            if rel.encode() in data:
+                return name
+        return None
+
+    wait_for(lambda: merged() is not None, timeout=30, what="a's result merged")
+    name = merged()
+    key = f"{MISSION_ROOT}/segments/{name}"
+    c = moto.client()
+    data = c.get_object(Bucket=bucket, Key=key)["Body"].read()
+    c.put_object(Bucket=bucket, Key=key, Body=data.replace(b"csv", b"cs_", 1))
+    b.start()
+    wait_for(lambda: rel in listed(b, "done"), timeout=30, what="b learns it anyway")
+    assert "is corrupt" in b.daemon_log()
+    fixed = c.get_object(Bucket=bucket, Key=key)["Body"].read()
+    seg = sg.decode(fixed, int(str(name).removesuffix(".seg")))
+    assert rel in {f.rel for f in seg.facts}
