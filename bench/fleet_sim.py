@@ -40,8 +40,10 @@ interval -> every node holds it as a fact: p50/p99 virtual seconds), duplicate w
 committed by more than one node), RSS growth per node; and, separately, what a new node pays
 to learn every fact of a bucket holding K witnesses (requests, bytes, virtual seconds).
 
-    .venv/bin/python bench/fleet_sim.py --nodes 1 10 100 1000       # 8 workers, 10 s tasks
-    .venv/bin/python bench/fleet_sim.py --nodes 3 --measure 0 --tasks-per-node 20 --learn
+    .venv/bin/python bench/fleet_sim.py --nodes 1 10 100 --measure 150   # 8 workers, 10 s tasks
+    .venv/bin/python bench/fleet_sim.py --nodes 1000 --measure 150 --progress --loose-exception-groups
+    .venv/bin/python bench/fleet_sim.py --nodes --learn-checkpoint 10000000   # a new node, v2
+    .venv/bin/python bench/fleet_sim.py --nodes 3 --measure 0 --tasks-per-node 20 --learn 2000
 """
 
 from __future__ import annotations
