@@ -355,10 +355,11 @@ class FactLog(FactDuties):
                 if busy > w:
                     self.cursor = busy - 1
                     continue
-            if not self.crew and now >= end + settle(self.w):
-                await self._crew_from_listing(w)
             due = self.compaction_due(w, current)
             seg: sg.Segment | None = None
+            if not self.crew and due <= now < end + self.w:  # ours to write, knowing nobody
+                await self._crew_from_listing(w)
+                due = self.compaction_due(w, current)
             if now >= due and now < end + self.w and self.rank(w, current) == 0:
                 # The designated compactor, on time: nobody else has written it yet.
                 seg = await self._compact(w)

@@ -118,6 +118,7 @@ class FleetHost(Protocol):
 log = logging.getLogger("missionfs")
 
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives three refresh intervals
+IDENTIFY = 2  # lease bodies of workers not met yet read per listing: new crew, bounded cost
 CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGAIN / degraded)
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
@@ -459,7 +460,7 @@ class FleetClaims:
                     pass  # strict: S3 went away again; the claim was given back
         await self.sweep()
         chunks = self.chunks_to_list() if self._adopted else None
-        self.leases.identify = False  # foreign bodies are not read per worker (leases.py)
+        self.leases.identify = IDENTIFY  # a few unknown bodies per listing (leases.py)
         self.leases.expect(self.crew.members)
         started = time.monotonic()
         live: list[Lease] = await _s3(self.leases.live, chunks)

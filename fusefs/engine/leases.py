@@ -114,9 +114,10 @@ class LeaseBook:
         # A periodic listing must not GET a lease body per worker it has not met (at the first
         # listing of a fleet of N, N GETs on every node: N x N in all). A body is
         # {"worker", "lease"}, so its ETag (the MD5 of a single-part PUT's body) is known in
-        # advance for ourselves and for every worker named to `expect`; with `identify`
-        # False any other one is taken as a lease of our length by an unknown worker ("?").
-        self.identify = True
+        # advance for ourselves and for every worker named to `expect`; `identify` caps the
+        # bodies read per listing (None: all, for the fleet view and fsck), the others are
+        # taken as leases of our length by an unknown worker ("?") until a later listing.
+        self.identify: int | None = None
         self.expect((worker,))
 
     def expect(self, workers: Iterable[str]) -> None:
@@ -239,12 +240,14 @@ class LeaseBook:
         out = []
         expired: list[str] = []
         now = self.server_now()
+        budget = self.identify
         for rel, obj in listed:
             etag = obj.etag
-            if etag not in self._bodies and not self.identify:
+            if etag not in self._bodies and budget is not None and budget <= 0:
                 worker, seconds = UNKNOWN, self.lease_seconds  # not ours: foreign, no GET
             else:
                 if etag not in self._bodies:
+                    budget = None if budget is None else budget - 1
                     lease = self._inspect(rel, obj.key)
                     if lease is None:
                         continue

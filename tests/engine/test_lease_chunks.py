@@ -512,7 +512,7 @@ def test_a_periodic_listing_reads_no_lease_body_of_workers_it_has_not_met() -> N
     for i, rel in enumerate(rels):
         assert LeaseBook(s3, f"w{i % 3}", 900.0, SPACE).acquire(rel) is not None
     book = LeaseBook(s3, "w0", 900.0, SPACE)
-    book.identify = False
+    book.identify = 0
     book.expect(["w1"])
     before = bucket.requests.snapshot()
     live = book.live()
@@ -524,5 +524,10 @@ def test_a_periodic_listing_reads_no_lease_body_of_workers_it_has_not_met() -> N
         rels[2]: "?",
         rels[5]: "?",
     }
-    identifying = LeaseBook(s3, "w0", 900.0, SPACE)  # the fleet view and fsck read them
+    book.identify = 1  # a refresh reads a few: w2 is met, once
+    assert {lease.worker for lease in book.live()} == {"w0", "w1", "w2"}
+    before = bucket.requests.snapshot()
+    book.live()
+    assert bucket.requests.snapshot().get("GET", 0) == before.get("GET", 0)
+    identifying = LeaseBook(s3, "w0", 900.0, SPACE)  # the fleet view and fsck read them all
     assert {lease.worker for lease in identifying.live()} == {"w0", "w1", "w2"}

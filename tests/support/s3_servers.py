@@ -187,7 +187,7 @@ class SeaweedServer(Server):
             "-master.telemetry=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            "-volume.max=400",  # every bucket is a collection with volumes of its own
+            "-volume.max=2000",  # every bucket is a collection with 7 volumes of its own (sparse)
             "-master.volumeSizeLimitMB=64",
         ]
         with open(self.data / "weed.log", "ab") as out:
