@@ -91,6 +91,7 @@ class FleetResult:
     total: int
     mission: str
     done: int = 0  # witnesses in the bucket at the end
+    conflicts: int = 0  # results that lost a race (duplicate work), in the bucket at the end
     commits: list[float] = field(default_factory=list)  # commit times, from the worker logs
     work_seconds: float = 0.0  # workers' start -> last commit
     converge_seconds: float | None = None  # workers' start -> every mount knows every fact
@@ -310,6 +311,7 @@ def run_fleet(server: Server, spec: FleetSpec, tmp: Path, log: Any = None) -> Fl
         _watch(res, procs, workers, logs, t0, deadline, say)
         res.run_counts = counts.snapshot() - res.start_counts
         res.done = bucket_count(server, bucket, f"runs/{name}/scraped-tiles/")
+        res.conflicts = bucket_count(server, bucket, f"runs/{name}/conflicts/")
         if res.done != total:
             res.notes.append(f"{res.done} of {total} witnesses in the bucket")
         errors = [e for p in proxies for e in p.errors]
@@ -391,6 +393,7 @@ def summary(res: FleetResult) -> dict[str, Any]:
         "task_seconds": res.spec.task_seconds,
         "tasks": res.total,
         "done": res.done,
+        "conflicts": res.conflicts,
         "work_seconds": round(res.work_seconds, 2),
         "converge_seconds": res.converge_seconds,
         "tasks_per_second": round(res.rate, 2),
