@@ -7,7 +7,8 @@ to one SeaweedFS server on 127.0.0.1; each mount runs W shell workers
 use the same tasks per mount, workers per mount and task time (tests/support/fleet_run.py says
 why this makes the comparison fair). It prints, per completed task, the requests by kind and by
 key area, the 12 vs 3 ratio (target: within 20 %), tasks/s, convergence (every mount knows
-every fact) and staleness (count-based, at 0.5 s resolution).
+every fact) and staleness (per fact: its commit on one mount -> `done/REL` seen on each
+other mount, at 0.5 s resolution).
 
     .venv/bin/python bench/fleet_real.py                       # 3 vs 12, 16 tasks per mount
     .venv/bin/python bench/fleet_real.py --mounts 3 12 --tasks 16 --refresh 2 --json out.json
@@ -51,6 +52,11 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _spread(r: FleetResult) -> str:
+    per = r.by(0)
+    return f"{min(per.values(), default=0)} / {max(per.values(), default=0)}"
+
+
 def table(results: list[FleetResult]) -> str:
     """Per-task requests by kind and by area, one column per fleet size, plus the ratio."""
     first, last = results[0], results[-1]
@@ -82,6 +88,7 @@ def table(results: list[FleetResult]) -> str:
             "requests per node-window",
             lambda r: f"{sum(r.run_counts.values()) / r.node_windows:.2f}",
         ),
+        ("run requests per mount min / max", _spread),
         (
             "start-up requests per mount",
             lambda r: f"{sum(r.start_counts.values()) / r.spec.mounts:.1f}",

@@ -53,7 +53,7 @@ AREAS = (
     "manifests",
     ".missionfs",
 )
-SAMPLE_SECONDS = 0.5  # how often each mount's status is read (the staleness resolution)
+SAMPLE_SECONDS = 0.5  # how often each mount's status and done/ are read (staleness resolution)
 
 # The generator worker.sh runs per task: reads the descriptor, "works" $1 seconds, prints a CSV.
 GENERATOR = [
@@ -98,7 +98,7 @@ class FleetResult:
     start_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     run_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     known: list[int] = field(default_factory=list)  # each mount's done count at the end
-    lags: list[float] = field(default_factory=list)  # staleness samples (seconds)
+    lags: list[float] = field(default_factory=list)  # per (fact, other mount): commit -> seen
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -207,20 +207,48 @@ def read_commits(logs: list[Path]) -> list[float]:
     return sorted(times)
 
 
-def staleness_lags(commits: list[float], samples: list[list[tuple[float, int]]]) -> list[float]:
-    """For the k-th commit of the fleet (time c_k) and every mount, the delay until that
-    mount's done count first reached k: how long a fact took to be known everywhere, at the
-    sampling resolution (order-agnostic: it counts facts, not which ones)."""
-    lags: list[float] = []
-    for series in samples:
-        j = 0
-        for k, c in enumerate(commits, start=1):
-            while j < len(series) and series[j][1] < k:
-                j += 1
-            if j == len(series):
-                break
-            lags.append(max(0.0, series[j][0] - c))
-    return lags
+class Staleness:
+    """Per-fact staleness: for every commit on one mount (its worker's log line), the delay
+    until `done/REL` is visible on each OTHER mount, checked every sample (so at the sampling
+    resolution, SAMPLE_SECONDS). Reads the worker logs as they grow."""
+
+    def __init__(self, logs: list[Path], mounts: list[Path]) -> None:
+        self.logs, self.mounts = logs, mounts
+        self.offsets = [0] * len(logs)
+        self.outstanding: list[dict[str, float]] = [{} for _ in mounts]  # rel -> commit time
+        self.lags: list[float] = []
+
+    def _new_commits(self) -> None:
+        for i, log in enumerate(self.logs):
+            try:
+                with open(log, "rb") as f:
+                    f.seek(self.offsets[i])
+                    data = f.read()
+            except OSError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[i] += len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
+                ts, _, what = line.partition(" ")
+                if not what.startswith("done "):
+                    continue
+                origin = i % len(self.mounts)  # worker i runs on mount i % mounts
+                for m in range(len(self.mounts)):
+                    if m != origin:
+                        self.outstanding[m][what[5:]] = float(ts)
+
+    def sample(self) -> None:
+        self._new_commits()
+        for m, mnt in enumerate(self.mounts):
+            now = time.time()
+            for rel, t in list(self.outstanding[m].items()):
+                if os.path.exists(mnt / "done" / rel):
+                    self.lags.append(max(0.0, now - t))
+                    del self.outstanding[m][rel]
+
+    @property
+    def unseen(self) -> int:
+        return sum(len(x) for x in self.outstanding)
 
 
 def _done(fp: FuseProc) -> int | None:
@@ -340,8 +368,9 @@ def _watch(
     say: Any,
 ) -> None:
     """Poll until the workers are done and every mount knows every fact (or the deadline):
-    samples each mount's done count for the staleness measure."""
+    samples each mount's done count and, per fact, when the other mounts see it."""
     samples: list[list[tuple[float, int]]] = [[] for _ in procs]
+    stale = Staleness(logs, [p.mnt for p in procs])
     next_sample = 0.0
     while True:
         now = time.monotonic()
@@ -353,8 +382,9 @@ def _watch(
                     samples[i].append((time.time(), n))
                 if p.proc.poll() is not None:
                     raise RuntimeError(f"daemon {i} exited: {p.stderr_tail()[-500:]}")
+            stale.sample()
             known = [s[-1][1] if s else 0 for s in samples]
-            if not workers.running() and all(k == res.total for k in known):
+            if not workers.running() and all(k == res.total for k in known) and not stale.unseen:
                 res.converge_seconds = round(time.time() - t0, 2)
                 break
             if not workers.running() and res.work_seconds == 0.0:
@@ -367,7 +397,9 @@ def _watch(
     res.known = [s[-1][1] if s else 0 for s in samples]
     res.commits = read_commits(logs)
     res.work_seconds = (res.commits[-1] - t0) if res.commits else 0.0
-    res.lags = staleness_lags(res.commits, samples)
+    res.lags = stale.lags
+    if stale.unseen:
+        res.notes.append(f"{stale.unseen} (fact, mount) pairs never seen in done/")
     with contextlib.suppress(OSError, ValueError, KeyError):
         res.notes.extend(_status_notes(procs))
 
