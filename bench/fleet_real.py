@@ -88,6 +88,11 @@ def table(results: list[FleetResult]) -> str:
             "requests per node-window",
             lambda r: f"{sum(r.run_counts.values()) / r.node_windows:.2f}",
         ),
+        ("node-windows per task", lambda r: f"{r.node_windows / max(1, r.done):.2f}"),
+        (
+            "claim races lost per task",
+            lambda r: f"{r.sync_totals['claims_lost'] / max(1, r.done):.2f}",
+        ),
         ("run requests per mount min / max", _spread),
         (
             "start-up requests per mount",

@@ -100,6 +100,7 @@ class FleetResult:
     known: list[int] = field(default_factory=list)  # each mount's done count at the end
     lags: list[float] = field(default_factory=list)  # per (fact, other mount): commit -> seen
     notes: list[str] = field(default_factory=list)
+    sync_totals: Counter[str] = field(default_factory=Counter)  # status.sync counters, summed
 
     @property
     def converged(self) -> bool:
@@ -401,18 +402,21 @@ def _watch(
     if stale.unseen:
         res.notes.append(f"{stale.unseen} (fact, mount) pairs never seen in done/")
     with contextlib.suppress(OSError, ValueError, KeyError):
-        res.notes.extend(_status_notes(procs))
+        res.sync_totals = _sync_totals(procs)
+    for key in ("errors", "leases_held"):
+        if res.sync_totals[key]:
+            res.notes.append(f"status.sync.{key} summed over the mounts: {res.sync_totals[key]}")
 
 
-def _status_notes(procs: list[FuseProc]) -> list[str]:
-    """Oddities the daemons report (sync errors, leases still held, lost claims)."""
-    notes = []
-    for i, p in enumerate(procs):
+def _sync_totals(procs: list[FuseProc]) -> Counter[str]:
+    """What the daemons report, summed over the fleet: sync errors, leases still held and
+    claims lost (a lease PUT refused because another node held the task: a claim race)."""
+    totals: Counter[str] = Counter()
+    for p in procs:
         sync = p.status()["sync"]
         for key in ("errors", "leases_held", "claims_lost"):
-            if sync.get(key):
-                notes.append(f"m{i:02d} {key} = {sync[key]}")
-    return notes
+            totals[key] += int(sync.get(key) or 0)
+    return totals
 
 
 def summary(res: FleetResult) -> dict[str, Any]:
@@ -438,6 +442,8 @@ def summary(res: FleetResult) -> dict[str, Any]:
         "staleness_p50": res.staleness(0.5),
         "staleness_p99": res.staleness(0.99),
         "known_at_end": res.known,
+        "claims_lost_per_task": round(res.sync_totals["claims_lost"] / max(1, res.done), 3),
+        "windows_per_task": round(res.node_windows / max(1, res.done), 3),
         "notes": res.notes,
     }
 
