@@ -12,6 +12,7 @@ other mount, at 0.5 s resolution).
 
     .venv/bin/python bench/fleet_real.py                       # 3 vs 12, 16 tasks per mount
     .venv/bin/python bench/fleet_real.py --mounts 3 12 --tasks 16 --refresh 2 --json out.json
+    .venv/bin/python bench/fleet_real.py --table v1=before.json v2=after.json   # side by side
 
 Everything it starts (SeaweedFS, proxies, daemons, workers) is stopped by PID at the end.
 """
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -121,6 +123,55 @@ def matrix(res: FleetResult) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """One table from the --json files of several runs (e.g. before / after): per completed
+    task, by kind and by area, each fleet size and the ratio of the last to the first."""
+    cols: list[tuple[str, dict[str, Any]]] = []
+    for label, summaries in runs.items():
+        for sm in summaries:
+            cols.append((f"{label} {sm['mounts']}", sm))
+    head = []
+    for label, summaries in runs.items():
+        head += [f"{label}: {sm['mounts']} mounts" for sm in summaries]
+        head.append(f"{label}: {summaries[-1]['mounts']} vs {summaries[0]['mounts']}")
+    lines = [_row("per completed task", head), "|" + "---|" * (len(head) + 1)]
+
+    def num(get: Any, label: str) -> None:
+        cells = []
+        for summaries in runs.values():
+            vals = [float(get(sm)) for sm in summaries]
+            cells += [f"{v:.2f}" for v in vals]
+            cells.append(f"{vals[-1] / vals[0]:.2f}x" if vals[0] else "-")
+        if any(c not in ("0.00", "-") for c in cells):
+            lines.append(_row(label, cells))
+
+    def text(get: Any, label: str) -> None:
+        cells = []
+        for summaries in runs.values():
+            cells += [str(get(sm)) for sm in summaries] + [""]
+        lines.append(_row(label, cells))
+
+    num(lambda sm: sm["requests_per_task"], "**all requests**")
+    num(lambda sm: sm["reads_per_task"], "reads (GET+HEAD+LIST)")
+    for kind in KINDS:
+        num(lambda sm, k=kind: sm["per_task_by_kind"].get(k, 0.0), kind)
+    found = {a for _, sm in cols for a in sm["per_task_by_area"]}
+    for area in [a for a in AREAS if a in found] + sorted(found - set(AREAS)):
+        num(lambda sm, a=area: sm["per_task_by_area"].get(a, 0.0), f"area {area}")
+    num(lambda sm: sm["claims_lost_per_task"], "claim races lost")
+    num(lambda sm: sm["windows_per_task"], "node-windows per task")
+    text(lambda sm: f"{sm['done']}/{sm['tasks']}", "tasks done / total")
+    text(lambda sm: sm["tasks_per_second"], "tasks/s (fleet)")
+    text(lambda sm: f"{sm['tasks_per_second'] / sm['mounts']:.2f}", "tasks/s per mount")
+    text(lambda sm: sm["converge_seconds"], "s until every mount knows every fact")
+    text(lambda sm: sm["start_per_mount"], "start-up requests per mount")
+    text(
+        lambda sm: f"{_s(sm['staleness_p50'])} / {_s(sm['staleness_p99'])}",
+        "staleness p50 / p99 (s)",
+    )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mounts", type=int, nargs="+", default=[3, 12], help="fleet sizes (3 12)")
@@ -132,7 +183,20 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=600.0, help="seconds per fleet (600)")
     ap.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        metavar="LABEL=JSON",
+        help="run nothing: print one side-by-side table of earlier --json outputs",
+    )
     args = ap.parse_args()
+    if args.table:
+        runs = {}
+        for item in args.table:
+            label, _, path = item.partition("=")
+            runs[label] = json.loads(Path(path).read_text())
+        print(side_by_side(runs))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="fleet-real-"))
     server = SeaweedServer(tmp / "seaweed")
     results: list[FleetResult] = []

@@ -437,6 +437,7 @@ def summary(res: FleetResult) -> dict[str, Any]:
         "reads_per_task": round(res.reads_per_task, 3),
         "per_task_by_kind": {k: round(v, 3) for k, v in sorted(res.per_task(1).items())},
         "per_task_by_area": {k: round(v, 3) for k, v in sorted(res.per_task(2).items())},
+        "per_task_by_area_kind": _area_kind(res),
         "start_per_mount": round(sum(res.start_counts.values()) / res.spec.mounts, 1),
         "node_windows": round(res.node_windows, 1),
         "staleness_p50": res.staleness(0.5),
@@ -446,6 +447,14 @@ def summary(res: FleetResult) -> dict[str, Any]:
         "windows_per_task": round(res.node_windows / max(1, res.done), 3),
         "notes": res.notes,
     }
+
+
+def _area_kind(res: FleetResult) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for (_, kind, area), n in res.run_counts.items():
+        row = out.setdefault(area, {})
+        row[kind] = row.get(kind, 0.0) + n / max(1, res.done)
+    return {a: {k: round(v, 3) for k, v in sorted(row.items())} for a, row in sorted(out.items())}
 
 
 def dumps(res: FleetResult) -> str:
