@@ -10,7 +10,7 @@ key area, the 12 vs 3 ratio (target: within 20 %), tasks/s, convergence (every m
 every fact) and staleness (per fact: its commit on one mount -> `done/REL` seen on each
 other mount, at 0.5 s resolution).
 
-    .venv/bin/python bench/fleet_real.py                       # 3 vs 12, 16 tasks per mount
+    .venv/bin/python bench/fleet_real.py                       # 3 vs 12, 24 tasks per mount
     .venv/bin/python bench/fleet_real.py --mounts 3 12 --tasks 16 --refresh 2 --json out.json
     .venv/bin/python bench/fleet_real.py --table v1=before.json v2=after.json   # side by side
 
@@ -176,7 +176,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mounts", type=int, nargs="+", default=[3, 12], help="fleet sizes (3 12)")
     ap.add_argument("--workers", type=int, default=2, help="shell workers per mount (2)")
-    ap.add_argument("--tasks", type=int, default=16, help="tasks per mount (16)")
+    ap.add_argument("--tasks", type=int, default=24, help="tasks per mount (24)")
     ap.add_argument("--refresh", type=float, default=3.0, help="--refresh of every mount (3)")
     ap.add_argument("--task-seconds", type=float, default=6.0, help="work per task (6)")
     ap.add_argument("--full-refresh", type=float, default=None, help="--full-refresh (default)")

@@ -79,7 +79,7 @@ class FleetSpec:
     workers: int = 2
     tasks: int = 24
     refresh: float = 3.0
-    task_seconds: float = 2.0
+    task_seconds: float = 6.0
     full_refresh: float | None = None  # None: the daemon's default
     deadline: float = 600.0
     extra: tuple[str, ...] = ()  # more `missionfs mount` options
