@@ -63,7 +63,6 @@ from typing import Any
 
 import trio
 import trio.testing
-from cachetools import TTLCache
 from pyroaring import BitMap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,8 +295,6 @@ def open_node(idx: int, mission: Mission, root: Path, cfg: SimConfig, store: Sim
     claim_log = ClaimLog(ws.store.layout.claims_log, ws.state)
     assert ws.sync is not None
     clock = store.clock
-    fresh = ws.sync.shard_fresh  # the same cache, on the virtual clock
-    ws.sync.shard_fresh = TTLCache(fresh.maxsize, fresh.ttl, timer=lambda: clock() - EPOCH)
     claims = Claims(
         ws.state,
         ws.committer.journal,

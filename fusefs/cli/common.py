@@ -110,8 +110,8 @@ def sync_options(args: argparse.Namespace) -> Any:
         endpoint_url=getattr(args, "endpoint_url", None),
         worker=worker,
         uploaders=max(1, getattr(args, "uploaders", 16)),
-        refresh=getattr(args, "refresh", 15.0),
-        full_refresh=getattr(args, "full_refresh", 600.0),
+        refresh=getattr(args, "refresh", 30.0),
+        full_refresh=getattr(args, "full_refresh", 3600.0),
         claim_timeout=getattr(args, "claim_timeout", 2.0),
     )
 

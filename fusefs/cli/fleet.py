@@ -1,7 +1,7 @@
 # layer: cli
 """`missionfs fleet MISSION.toml [--json]`: every worker seen in the mission's bucket.
 
-Built from manifests and leases only (fleetview.py); no coordinator, no listing of witnesses.
+Built from segments and leases only (fleetview.py); no coordinator, no listing of witnesses.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ def add_parser(sub: Any) -> None:
     """Register `missionfs fleet`."""
     p = sub.add_parser("fleet", help="the workers seen in the bucket: last seen, pace, share")
     p.add_argument("mission", type=Path)
-    p.add_argument("--state", type=Path, help="state dir that remembers manifests already counted")
+    p.add_argument("--state", type=Path, help="state dir that remembers segments already counted")
     p.add_argument("--endpoint-url")
     p.add_argument(
         "--silent",
         type=float,
         default=DEFAULT_SILENT,
-        help="seconds without a manifest or lease write after which a worker is silent (50)",
+        help="seconds without uploads in a segment or a lease write after which a worker is silent (50)",
     )
     p.add_argument(
         "--lease", type=float, default=900.0, help="lease length of unreadable leases (900)"
@@ -75,7 +75,7 @@ def _ago(seconds: float) -> str:
 def _print(view: dict[str, Any]) -> None:
     ws = view["workers"]
     if not ws:
-        print("no worker seen in the bucket (no manifest, no live lease)")
+        print("no worker seen in the bucket (no segment counts, no live lease)")
         return
     print(
         f"{'worker':<28} {'last seen':>12} {'10 min':>7} {'done':>8} {'/min':>7} "
@@ -92,5 +92,5 @@ def _print(view: dict[str, Any]) -> None:
     print(
         f"fleet: {len(ws)} worker(s), {sum(not e['silent'] for e in ws)} active; "
         f"{view['rate_per_minute']}/min over the last 10 min; {view['live_leases']} live "
-        f"lease(s); done counted from manifests since {when}"
+        f"lease(s); done counted from segments since {when}"
     )

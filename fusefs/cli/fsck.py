@@ -27,7 +27,8 @@ def add_commands(sub: Any) -> None:
         "--repair",
         action="store_true",
         help="fix what can be fixed: bad files to quarantine/ with a note, indexes rebuilt, "
-        "lost uploads re-queued, altered bucket objects restored (the altered bytes kept)",
+        "lost uploads re-queued, altered bucket objects restored (the altered bytes kept), "
+        "damaged checkpoints replaced by one written from the bucket's listing",
     )
     f.add_argument("--state", type=Path)
     f.add_argument("--endpoint-url")

@@ -111,6 +111,7 @@ def _s3_versions(
     mission: Mission, args: argparse.Namespace, where: str, since: float | None, state_dir: Path
 ) -> list[dict[str, Any]]:
     """Object versions of witness, claim and conflict keys (who wrote what, when)."""
+    from fusefs.engine.leases import chunks_of_part
     from fusefs.engine.workspace import s3_endpoint
     from fusefs.objects.s3store import S3Store
 
@@ -136,7 +137,12 @@ def _s3_versions(
         if area == "conflicts" and where.endswith(".csv"):
             part = part.removesuffix(".csv")
         try:
-            for rel, v in s3.versions(area, part):
+            found = (
+                s3.lease_versions(part, chunks_of_part(mission.space, part))  # claims/{chunk}/
+                if area == "claims"
+                else s3.versions(area, part)
+            )
+            for rel, v in found:
                 if since is not None and v.last_modified < since:
                     continue
                 entry: dict[str, Any] = {

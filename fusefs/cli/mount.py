@@ -48,14 +48,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     m.add_argument(
         "--refresh",
         type=float,
-        default=15.0,
-        help="seconds between looks for other workers' witnesses in S3 (15)",
+        default=30.0,
+        help="seconds between looks for other workers' witnesses in S3 (30); the first node of "
+        "a fleet makes it the fleet's window (.missionfs/protocol.json), which every node uses",
     )
     m.add_argument(
         "--full-refresh",
         type=float,
-        default=600.0,
-        help="seconds between full listings of the bucket, the truth (600)",
+        default=3600.0,
+        help="seconds between verification listings of this node's share of the bucket's "
+        "shards (3600): the fleet lists the bucket about once per period in total",
     )
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     m.add_argument(

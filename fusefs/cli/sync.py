@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     sy.add_argument("--state", type=Path)
     add_s3_options(sy)
     sy.add_argument("--quiet", action="store_true")
+    sy.add_argument(
+        "--verify",
+        action="store_true",
+        help="also list every witness in the bucket (the truth) and publish what nobody had "
+        "published; without it, the bucket's fact log is read (a few requests)",
+    )
     add_force_mission(sy)
     add_umask(sy)
     sy.set_defaults(func=cmd_sync)
@@ -55,21 +61,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     state_dir = state_dir_for(mission, args.state, args.force_mission)
     pid = daemon_pid(state_dir)
     if pid is not None:
-        return _sync_through_daemon(state_dir, pid, args.quiet)
+        return _sync_through_daemon(state_dir, pid, args.quiet, args.verify)
     ws = open_ws(args, mission, lock=True)
     try:
-        return _batch_sync(ws, args.quiet)
+        return _batch_sync(ws, args.quiet, args.verify)
     finally:
         ws.close()
 
 
-def _sync_through_daemon(state_dir: Path, pid: int, quiet: bool) -> int:
+def _sync_through_daemon(state_dir: Path, pid: int, quiet: bool, verify: bool) -> int:
     from fusefs.statedir.layout import StateLayout
 
     result = StateLayout(state_dir).sync_result
     before = result.stat().st_mtime_ns if result.exists() else 0
     try:
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR2 if verify else signal.SIGUSR1)
     except (ProcessLookupError, PermissionError) as e:
         raise UserError(f"cannot signal the daemon (pid {pid}) of {state_dir}: {e}") from None
     deadline = time.monotonic() + SYNC_WAIT_SECONDS
@@ -89,13 +95,14 @@ def _print_sync_summary(info: dict[str, Any], who: str) -> None:
     print(f"sync by {who}: {info['state']}")
     print(
         f"uploaded {info['uploaded']}, already in s3 {info['already_in_s3']}, "
-        f"learned from listings {info['learned_remote']}, conflicts {info['conflicts']}, "
+        f"learned from the bucket {info['learned_remote']}, conflicts {info['conflicts']}, "
         f"errors {info['errors']}, left to upload {info['queue']}"
     )
 
 
-def _batch_sync(ws: Any, quiet: bool) -> int:
-    """The air-gapped worker's batch: connect, list the bucket, upload everything, report."""
+def _batch_sync(ws: Any, quiet: bool, verify: bool) -> int:
+    """The air-gapped worker's batch: connect, catch up with the fleet's fact log (or list the
+    bucket: `--verify`), upload everything, publish our manifest, report."""
     import trio
     from tqdm import tqdm
 
@@ -107,7 +114,7 @@ def _batch_sync(ws: Any, quiet: bool) -> int:
     async def run() -> None:
         if not await engine.connect():
             return
-        await engine.refresh(full=True, force=True)
+        await engine.refresh(force=True, verify=verify)
         with tqdm(
             total=total,
             desc="uploading",

@@ -1,10 +1,38 @@
 """Fleet-wide claims for a sync engine: our lease objects, their tombstones, the other
-workers' leases, and work affinity for optimistic fleets.
+workers' leases, and work affinity (shares) for strict and optimistic fleets.
 
 A claim in the mount becomes fleet-wide through `claim` (see leases.py for the protocol); a
-finished task's lease is retired as a tombstone and deleted in batches; every refresh lists the
-live leases before the facts and applies them after (other workers' tasks hidden, ours adopted
-after a restart, optimistic shares recomputed from the workers seen at work).
+finished task's lease is retired as a tombstone and deleted in batches (at most one
+DeleteObjects per refresh interval); every refresh lists live leases before the facts and
+applies them after (other workers' tasks hidden, ours adopted after a restart, shares
+recomputed from the workers seen at work).
+
+Leases by chunk. A refresh does not list every lease of the fleet: it lists the lease chunks
+(1,024 task ids each, leases.py) of what pending/ may show (`MissionState.pending_view`: with
+shares, a window of WINDOW tasks of our share) and of the leases we hold: about 1-2 LISTs
+whatever the fleet's size. Without shares (no other worker known) pending/ shows every pending
+task: when that spans more than FULL_LISTING_CHUNKS chunks, the refresh lists all of claims/
+instead (leases / 1,000 LISTs: what a small fleet costs); so does a refresh whose chunks are
+every chunk of the intent (a small mission: one LIST then covers it all). The first listing
+after a start is always all of claims/ (a one-time cost of leases / 1,000 LISTs): it adopts our
+own leases from before a restart wherever they are, and shows us the crew at work. When our
+view is empty (our share and the helpable rest done or leased), the highest END_CHUNKS chunks
+of other workers' leases are listed, so a released task comes back to the helpers at once.
+
+Other workers' leases in chunks not listed by a refresh stay hidden as they were, each until
+the expiry its listing (or the refused claim) showed, then the task shows again; a claim of it
+meanwhile still meets the lease (PUT If-None-Match fails) and hides it again. Dropping them at
+once instead would show leased tasks as pending between two listings of their chunk (refused
+claims); keeping them forever would hide a task whose lease ended if nobody listed its chunk
+again (a chunk with no pending task left is in nobody's view).
+
+Strict and optimistic fleets share the same affinity (affinity.py): each worker shows its
+share first and helps with the others' downwards once its own is done, so two workers rarely
+race for one task (a lost race costs a PUT 412 and a GET). Optimistic fleets protect the
+shares of silent workers (they may hold finished work made offline); strict ones protect
+none: a strict claim needs its lease, so a silent worker's share is helped with at once. A
+helper's claim refused by a lease hides that chunk of the other's share until the next
+listing; a second refusal pauses helping until then (`_helper_refused`).
 
 Bounded waits. A claim is a cross-directory rename: while its FUSE request is unanswered the
 kernel holds the filesystem's rename lock, and every other `mv` on the mount (commits too)
@@ -44,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from pyroaring import BitMap
 
-from fusefs.engine.leases import Lease, LeaseBook
+from fusefs.engine.leases import GRACE, Lease, LeaseBook, chunk_of_task, chunk_range
 from fusefs.engine.threads import blocking as _s3
 from fusefs.engine.threads import s3_limiter
 from fusefs.model.affinity import Crew
@@ -91,6 +119,37 @@ log = logging.getLogger("missionfs")
 
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives two refresh intervals
 CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGAIN / degraded)
+FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
+END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
+DELETE_BATCH = 1000  # keys of one DeleteObjects: the retired leases deleted per refresh
+HELPER_REFUSALS = 2  # helper claims lost between two listings before helping pauses
+
+
+def chunks_of(tasks: BitMap, limit: int) -> set[int] | None:
+    """The lease chunks holding any of `tasks`; None if more than `limit` (a step per chunk)."""
+    out: set[int] = set()
+    pos = 0
+    while True:
+        try:
+            task = tasks.next_set_bit(pos)
+        except ValueError:
+            return out
+        chunk = chunk_of_task(task)
+        out.add(chunk)
+        if len(out) > limit:
+            return None
+        pos = chunk_range(chunk)[1]
+
+
+@dataclass(frozen=True)
+class LeaseListing:
+    """What a refresh listed: the live leases of `chunks` (None: of the whole bucket), the
+    expired ones seen, and when (monotonic) the listing started."""
+
+    leases: list[Lease]
+    chunks: frozenset[int] | None
+    expired: list[str]
+    started: float
 
 
 class _Busy(S3Unavailable):
@@ -133,10 +192,21 @@ class FleetClaims:
         # has shown them the witness: (monotonic deadline, rel), deleted in batches.
         self.retire_seconds = 2 * refresh + RETIRE_MARGIN
         self._retiring: list[tuple[float, str]] = []  # a heap
-        # Optimistic fleets: the workers seen at work and their shares (affinity.py); a worker
-        # is silent after 3 refresh intervals + 5 s without a new manifest or lease.
-        self.crew = Crew(self.worker, self.state.intent, quiet=3 * refresh + RETIRE_MARGIN)
-        self._lease_marks: dict[str, float] = {}  # rel -> expiry of each lease last listed
+        self.refresh = refresh  # also the retire loop's period: one DeleteObjects at most
+        # The workers seen at work and their shares (affinity.py); a worker is silent after 3
+        # refresh intervals + 5 s without a new manifest (segment) or lease. Only optimistic
+        # fleets protect silent workers' shares (see the module docstring).
+        self.crew = Crew(
+            self.worker,
+            self.state.intent,
+            quiet=3 * refresh + RETIRE_MARGIN,
+            guard=engine.claims_mode == "optimistic",
+        )
+        self._lease_marks: dict[int, float] = {}  # task -> expiry of its lease last listed
+        # Other workers' leases known: task -> (expiry on the server's clock, monotonic time
+        # learned). Kept for chunks a refresh does not list, until that expiry.
+        self._foreign: dict[int, tuple[float, float]] = {}
+        self._helper_losses = 0  # helper claims lost since the last listing
         self.timeout = timeout
         # Shared with the lease threads (see the module docstring), under _lock: lease requests
         # still running per rel, and rels where a lease of ours may exist unhonoured.
@@ -290,10 +360,34 @@ class FleetClaims:
         return True
 
     def _lost(self, task: int) -> None:
-        """Another worker's lease holds the task: our claim ends, the task is theirs."""
+        """Another worker's lease holds the task: our claim ends, the task is theirs (hidden
+        until that lease's end, or its chunk's next listing)."""
+        rel = self.space.rel(task)
         self.engine.counters.lost_claims += 1
-        self.engine.note("lost_claim", self.space.rel(task))
+        self.engine.note("lost_claim", rel)
+        until = self.leases.refused.pop(rel, None)
+        if until is None:  # taken over at a renewal: a fresh lease, of our length or so
+            until = self.leases.server_now() + self.leases.lease_seconds + GRACE
+        self._foreign[task] = (until, time.monotonic())
         self.state.claim_lost(task)
+        if task in self.state.elsewhere:
+            self._helper_refused(task)
+
+    def _helper_refused(self, task: int) -> None:
+        """A claim of another worker's share lost: its owner (or another helper) is at work
+        there, or finished it since our last listing. Help elsewhere until the next listing;
+        after HELPER_REFUSALS such losses, not at all until then (near a mission's end most
+        of what a listing showed pending is taken: each try would cost a PUT 412 + GET)."""
+        self._helper_losses += 1
+        contended = BitMap()
+        if self._helper_losses >= HELPER_REFUSALS:
+            contended = self.state.elsewhere
+        else:
+            for lo, hi in self.crew.help_order:
+                if lo <= task < hi:
+                    contended.add_range(lo, hi)
+                    break
+        self.state.contend(contended)
 
     async def release(self, task: int) -> None:
         """`rm claimed/REL`: give the task back to the fleet."""
@@ -322,23 +416,29 @@ class FleetClaims:
             heapq.heappush(self._retiring, (deadline, self.space.rel(task)))
 
     async def retire_loop(self) -> None:
+        """Delete due tombstones once per refresh interval (see retire_due)."""
         while True:
-            await trio.sleep(1.0)
-            now = time.monotonic()
-            due: list[str] = []
-            while self._retiring and self._retiring[0][0] <= now:
-                due.append(heapq.heappop(self._retiring)[1])
-            if not due:
-                continue
-            await (
-                self.engine.flush_manifest()
-            )  # the tombstones go only after the facts are announced
-            try:
-                await _s3(self.leases.delete_many, due)
-            except (S3Unavailable, S3ConfigError) as e:
-                log.info("%d finished leases not deleted yet (%s); retrying", len(due), e)
-                for rel in due:
-                    heapq.heappush(self._retiring, (now + MAX_BACKOFF, rel))
+            await trio.sleep(self.refresh)
+            await self.retire_due()
+
+    async def retire_due(self) -> int:
+        """Delete the tombstones whose time came, in one DeleteObjects of up to DELETE_BATCH
+        keys (the rest waits for the next call); returns how many were deleted."""
+        now = time.monotonic()
+        due: set[str] = set()
+        while self._retiring and self._retiring[0][0] <= now and len(due) < DELETE_BATCH:
+            due.add(heapq.heappop(self._retiring)[1])
+        if not due:
+            return 0
+        await self.engine.flush_manifest()  # the tombstones go only after the facts are announced
+        try:
+            await _s3(self.leases.delete_many, sorted(due))
+        except (S3Unavailable, S3ConfigError) as e:
+            log.info("%d finished leases not deleted yet (%s); retrying", len(due), e)
+            for rel in due:
+                heapq.heappush(self._retiring, (now + MAX_BACKOFF, rel))
+            return 0
+        return len(due)
 
     def forget(self, tasks: Iterable[int]) -> None:
         """Local leases ended: our lease objects expire too, nothing to delete."""
@@ -346,9 +446,10 @@ class FleetClaims:
             self.held.pop(task, None)
             self.unconfirmed.discard(task)
 
-    async def list_live(self) -> list[Lease]:
+    async def list_live(self) -> LeaseListing:
         """Confirm claims made while offline or restored after a restart; list the live
-        leases (the refresh loop lists them before the facts and applies them after)."""
+        leases of the chunks we work in (the refresh loop lists them before the facts and
+        applies them after). The first listing after a start lists all of claims/."""
         for task in sorted(self.unconfirmed):
             self.unconfirmed.discard(task)
             if task in self.state.claims and task not in self.held:
@@ -357,28 +458,52 @@ class FleetClaims:
                 except ClaimUnavailable:
                     pass  # strict: S3 went away again; the claim was given back
         await self.sweep()
-        live: list[Lease] = await _s3(self.leases.live)
-        return live
+        chunks = self.chunks_to_list() if self._adopted else None
+        started = time.monotonic()
+        live: list[Lease] = await _s3(self.leases.live, chunks)
+        listed = None if chunks is None else frozenset(chunks)
+        return LeaseListing(live, listed, list(self.leases.expired), started)
 
-    def apply(self, live: list[Lease]) -> None:
-        """Hide tasks under other workers' live leases; adopt ours after a restart; collect
-        expired leases of finished tasks."""
+    def chunks_to_list(self) -> set[int] | None:
+        """The lease chunks a refresh lists (None: all of claims/; see the module docstring)."""
+        chunks = chunks_of(self.state.pending_view(), FULL_LISTING_CHUNKS)
+        if chunks is None:
+            return None
+        if not chunks:  # nothing for us to show: where the others still work, from the top
+            working = BitMap(self._foreign) - self.state.fact
+            while working and len(chunks) < END_CHUNKS:
+                top = chunk_of_task(working.max())
+                chunks.add(top)
+                working.remove_range(*chunk_range(top))
+        chunks |= {chunk_of_task(task) for task in self.held}
+        if len(chunks) > FULL_LISTING_CHUNKS:
+            return None
+        everything = chunks_of(self.state.intent, FULL_LISTING_CHUNKS)  # a few steps at most
+        if everything is not None and chunks >= everything:
+            return None  # the whole mission: one listing of claims/ is as cheap, or cheaper
+        return chunks
+
+    def apply(self, live: LeaseListing | list[Lease]) -> None:
+        """Hide tasks under other workers' live leases (in the chunks listed; see the module
+        docstring for the others); adopt ours after a restart; collect expired leases of
+        finished tasks; recompute the shares."""
+        if not isinstance(live, LeaseListing):  # a plain listing of the whole bucket
+            live = LeaseListing(live, None, list(self.leases.expired), time.monotonic())
         now = time.monotonic()
-        for rel in self.leases.expired:
+        for rel in live.expired:
             task = self._task_of(rel)
             if task is not None and task in self.state.fact:
                 heapq.heappush(self._retiring, (now, rel))
-        foreign = BitMap()
-        marks = {}
-        for lease in live:
-            marks[lease.rel] = lease.expires
-            if self._lease_marks.get(lease.rel) != lease.expires:
-                self.crew.observe(lease.worker, now)  # a new or renewed lease
+        foreign, marks = self._kept(live)
+        for lease in live.leases:
             task = self._task_of(lease.rel)
             if task is None:
                 continue
+            if self._lease_marks.get(task) != lease.expires:
+                self.crew.observe(lease.worker, now)  # a new or renewed lease
+            marks[task] = lease.expires
             if lease.worker != self.worker:
-                foreign.add(task)
+                foreign[task] = (lease.expires, live.started)
             elif not self._adopted and task in self.state.fact:
                 heapq.heappush(self._retiring, (now + self.retire_seconds, lease.rel))
             elif not self._adopted and task not in self.held and lease.rel not in self._touched:
@@ -389,19 +514,45 @@ class FleetClaims:
                     remaining = lease.expires - self.leases.server_now()
                     self.state.claim(task, time.time(), max(1.0, remaining), "adopted lease")
         self._lease_marks = marks
-        self.state.set_foreign(foreign)
+        self._foreign = foreign
+        self.state.set_foreign(BitMap(foreign))
+        self.state.set_contended(BitMap())  # fresh leases: help anywhere again
+        self._helper_losses = 0
         self._adopted = True
         self._touched.clear()
-        if self.engine.claims_mode == "optimistic":
-            self.update_shares(now)
+        self.update_shares(now)
+
+    def _kept(self, live: LeaseListing) -> tuple[dict[int, tuple[float, float]], dict[int, float]]:
+        """What we knew of other workers' leases that this listing does not replace: those of
+        chunks it did not list, and those learned since it started (a refused claim), until
+        their expiry; and the expiry marks of the leases of chunks not listed."""
+        server_now = self.leases.server_now()
+        listed = live.chunks
+        foreign = {
+            task: (until, learned)
+            for task, (until, learned) in self._foreign.items()
+            if until > server_now
+            and (
+                learned >= live.started
+                or (listed is not None and chunk_of_task(task) not in listed)
+            )
+        }
+        marks = {}
+        if listed is not None:
+            marks = {
+                task: until
+                for task, until in self._lease_marks.items()
+                if until > server_now and chunk_of_task(task) not in listed
+            }
+        return foreign, marks
 
     def update_shares(self, now: float, *, offline: bool = False) -> None:
-        """Work our share of the pending tasks; help with the others' only where it is safe
-        (see affinity.Crew), never while cut off from S3."""
+        """Work our share of the pending tasks; help with the others' where it is safe (see
+        affinity.Crew): in an optimistic fleet, not while cut off from S3."""
         before = self.crew.members
         changed = self.crew.shares(now, offline=offline)
         if changed is not None:
-            self.state.set_shares(*changed)
+            self.state.set_shares(*changed, self.crew.help_order)
             if self.crew.members != before:
                 members = self.crew.members
                 log.info("work shares among %d workers: %s", len(members), ", ".join(members))

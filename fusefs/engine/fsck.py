@@ -15,6 +15,8 @@ Checks, in order:
     bucket     (S3) the upload queue against the bucket: tasks marked uploaded but missing there
                (re-queued), remote-index entries gone from the bucket, objects whose bytes differ
                from our committed witness (restored, the altered bytes kept under conflicts/)
+    checkpoints (S3, protocol v2) the bucket's checkpoints against the listing: corrupt,
+               foreign, future, behind the listing, or none    -> a fresh one from the listing
     claims     (S3) live leases of this worker although no daemon runs       -> released
 
 fsck refuses to run on a mounted state dir (exit 2, one line): it takes the state dir's lock for
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from pyroaring import BitMap
 
 from fusefs.engine.facts import Drift, walk
+from fusefs.engine.fsckckpt import CheckpointAudit, Listed, protocol_window
 from fusefs.engine.fsckscan import Local, Problem, Report, journal_origins, tree_entries
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3Unavailable
@@ -83,12 +86,16 @@ class Fsck:
         self.journal: Journal | None = None
         self.stamp = time.strftime("%Y%m%dT%H%M%S")
         self.origins: dict[int, tuple[str, str]] = {}  # task -> (journal event, sha256)
+        self.listing: dict[int, Listed] | None = None  # the bucket's witnesses (check_bucket)
+        self.listed_from = 0.0  # server time when that listing began
+        self.etags: dict[int, str] = {}  # task -> ETag of its witness in the bucket
 
     # -- driver ----------------------------------------------------------------------------
     def checks(self) -> list[Callable[[], None]]:
         out = [self.check_staging, self.check_witnesses, self.check_index]
         if self.s3 is not None:
-            out += [self.check_bucket, self.check_claims]
+            out += [self.check_bucket, self.check_checkpoints, self.check_segments]
+            out.append(self.check_claims)
         return out
 
     def run(self) -> int:
@@ -98,7 +105,7 @@ class Fsck:
             for check in self.checks():
                 before = len(self.report.problems)
                 name = check.__name__.removeprefix("check_")
-                if offline and name in ("bucket", "claims"):
+                if offline and name in ("bucket", "checkpoints", "segments", "claims"):
                     self.say(f"{name}: skipped (S3 unreachable)")
                     continue
                 try:
@@ -311,6 +318,7 @@ class Fsck:
     def check_bucket(self) -> None:
         """The upload queue (local - synced) and the remote set against a listing of the bucket."""
         listed = self._list_bucket()
+        self.etags = {task: etag for task, (etag, _) in listed.items()}
         listing = BitMap(listed)
         synced_ix = FactIndex(self.store.index_dir, self.space, "synced")
         synced = synced_ix.load() or BitMap()
@@ -329,6 +337,8 @@ class Fsck:
 
         assert self.s3 is not None
         out: dict[int, tuple[str, int]] = {}
+        self.listed_from = self.s3.server_time()
+        self.listing = listing = {}
         outside = 0
         bar = tqdm(desc="listing the bucket", unit=" keys", disable=self.quiet or None, delay=0.5)
         with bar:
@@ -340,6 +350,7 @@ class Fsck:
                     outside += 1
                     continue
                 out[task] = (obj.etag, obj.size)
+                listing[task] = Listed(obj.size, obj.last_modified)
         if outside:
             self.note(f"{outside} bucket object(s) under {WITNESSES}/ outside the plan (ignored)")
         return out
@@ -422,20 +433,63 @@ class Fsck:
         # False: changed again (or gone) since we read it: leave it to a human
         return self.s3.replace_witness(rel, ours, etag)
 
+    # -- checkpoints (protocol v2) ------------------------------------------------------------
+    def check_checkpoints(self) -> None:
+        """The checkpoints (derived: what a new node starts from) against the listing (the
+        truth); --repair writes a fresh one from the listing (engine/fsckckpt.py)."""
+        if self.listing is None:
+            return  # no listing (the bucket check failed): nothing to judge them by
+        assert self.s3 is not None
+        known = {t: g.sha for t, g in self.good.items() if self.etags.get(t) == g.md5}
+        audit = CheckpointAudit(self.s3, self.space, self.listing, self.listed_from, known)
+        audit.run()
+        for line in audit.notes:
+            self.note(line)
+        found = [self.problem("checkpoints", f.kind, f.where, f.what) for f in audit.findings]
+        if found and self.repair:
+            ok, how = audit.rebuild()
+            for p in found:
+                if ok:
+                    self.fixed(p, how)
+                else:
+                    p.what += f"; {how}"
+
+    def check_segments(self) -> None:
+        """Protocol v2's window segments (derived: what every node reads each window): corrupt
+        ones, closed windows never merged; --repair rebuilds them (engine/fscksegments.py)."""
+        from fusefs.engine.fscksegments import audit, rebuild
+
+        assert self.s3 is not None
+        period = protocol_window(self.s3)
+        if period is None:
+            return  # protocol v1: no segments
+        for f in audit(self.s3, period, self.s3.server_time()):
+            p = self.problem("segments", f.kind, f.where, f.what)
+            if self.repair:
+                ok, how = rebuild(self.s3, f)
+                if ok:
+                    self.fixed(p, how)
+                else:
+                    p.what += f"; {how}"
+
     # -- claims --------------------------------------------------------------------------------
     def check_claims(self) -> None:
         """Our live leases while no daemon of ours runs: nobody will renew or release them."""
         from fusefs.engine.leases import LeaseBook
+        from fusefs.objects.s3store import chunk_name
 
         if self.mission.claims == "local":
             return
         assert self.s3 is not None
-        book = LeaseBook(self.s3, self.worker, 900.0)
+        book = LeaseBook(self.s3, self.worker, 900.0, self.mission.space)  # all of claims/
         ours = [lease for lease in book.live() if lease.worker == self.worker]
         for lease in ours:
             left = max(0.0, lease.expires - book.server_now())
             p = self.problem(
-                "claims", "stale-claim", f"claims/{lease.rel}", f"our lease, {left:.0f} s left"
+                "claims",
+                "stale-claim",
+                f"claims/{chunk_name(book.chunk_of(lease.rel))}/{lease.rel}",
+                f"our lease, {left:.0f} s left",
             )
             if self.repair:
                 book.release(lease.rel, lease.etag)

@@ -294,7 +294,7 @@ class MissionCollector(Collector):
         yield GaugeMetricFamily("missionfs_s3_online", "1 when S3 answers", int(info["online"]))
         for name, key, text in (
             ("refresh", "last_refresh", "Seconds since the last look for remote witnesses"),
-            ("full_refresh", "last_full_refresh", "Seconds since the last full bucket listing"),
+            ("full_refresh", "last_full_refresh", "Seconds since the last verification listing"),
         ):
             last = float(info.get(key) or 0.0)
             yield GaugeMetricFamily(

@@ -1,30 +1,34 @@
 """The remote half of the sync engine: the remote and synced sets, their persistence, and
-learning other workers' witnesses (manifests, full listings, sizes of remote-only witnesses).
+learning other workers' witnesses (protocol v2: segment lines, checkpoints, verification
+listings, sizes of remote-only witnesses).
 
 A mixin of SyncEngine (sync.py), split off so that each module stays readable (the upload side,
-the connection and the loops are in sync.py); the methods are the engine's and use its state,
-declared below. See sync.py's docstring for the sets, manifests and listings.
+the connection and the loops are in sync.py; the fact log's timing, compaction and start-up in
+factlog.py, which calls `learn_facts`, `learn_checkpoint` and `_list_shards` here). A refresh
+is a turn of the fact log (one node manifest PUT and one segment GET per window) plus, when
+due, a verification listing of this node's shards (`verify`): never a full listing per node.
+See sync.py's docstring and docs/protocol.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from cachetools import TTLCache
 from pyroaring import BitMap
 
 from fusefs.engine.facts import Facts
 from fusefs.engine.threads import blocking as _s3
+from fusefs.engine.verify import my_shards
+from fusefs.model.checkpoint import Checkpoint, Sizes
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3ConfigError, S3Unavailable
+from fusefs.model.segment import Fact
 from fusefs.model.sizes import RemoteSizes
 from fusefs.model.state import MissionState
 from fusefs.objects.s3store import WITNESSES, S3Store
@@ -33,12 +37,14 @@ from fusefs.statedir.journal import Journal
 from fusefs.statedir.store import LocalStore, replace_text
 
 if TYPE_CHECKING:
+    from fusefs.engine.factlog import FactLog
     from fusefs.engine.fleet import FleetClaims
 
 log = logging.getLogger("missionfs")
 
-SKEW_MS = 120_000  # manifests written by a clock up to 2 minutes behind ours are still seen
 UPLOAD_BATCH = 256
+
+Listed = list[tuple[str, int | None]]  # (rel, size) of witnesses from a listing
 
 # What prepare_save() takes: (index, generation, set, sizes) per set, and the cursor.
 Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
@@ -76,10 +82,7 @@ class RemoteFacts:
     sizes: RemoteSizes
     synced: BitMap
     unsized: BitMap
-    cursor_path: Path
-    cursor_ms: int
-    seen: dict[str, int]
-    shard_fresh: TTLCache[str, bool]
+    factlog: FactLog
     counters: SyncCounters
     fleet: FleetClaims | None
     journal: Journal | None
@@ -96,13 +99,6 @@ class RemoteFacts:
         return self.facts.remote
 
     # -- persistence --------------------------------------------------------------------------
-    def _load_cursor(self) -> tuple[int, dict[str, int]]:
-        try:
-            data = json.loads(self.cursor_path.read_text())
-            return int(data["cursor_ms"]), {k: int(v) for k, v in data.get("seen", {}).items()}
-        except (OSError, ValueError, KeyError):
-            return 0, {}
-
     @staticmethod
     def _load_or_start(index: FactIndex, sizes: RemoteSizes | None = None) -> BitMap:
         """Load a set; without a snapshot start one now, so that other processes reading the
@@ -113,9 +109,6 @@ class RemoteFacts:
             index.snapshot(found, index.rotate())
         return found
 
-    def _cursor_json(self) -> str:
-        return json.dumps({"cursor_ms": self.cursor_ms, "seen": self.seen})
-
     def prepare_save(self) -> Saved:
         """Copies of the sets, the remote sizes and the cursor, taken on the trio thread
         (atomic there)."""
@@ -123,14 +116,14 @@ class RemoteFacts:
             (self.remote_index, self.remote_index.rotate(), self.remote.copy(), self.sizes.copy()),
             (self.synced_index, self.synced_index.rotate(), self.synced.copy(), None),
         ]
-        return parts, self._cursor_json()
+        return parts, self.factlog.state_json()
 
     def write_save(self, prepared: Saved) -> None:
         """Write what prepare_save() took (blocking: run it in a worker thread)."""
         parts, cursor = prepared
         for idx, gen, bm, sizes in parts:
             idx.snapshot(bm, gen, sizes)
-        replace_text(self.cursor_path, cursor)
+        replace_text(self.factlog.path, cursor)
 
     def save(self) -> None:
         """Snapshot everything now (blocking; when no other thread touches the engine)."""
@@ -185,106 +178,96 @@ class RemoteFacts:
         self.counters.learned += len(new)
         return len(new)
 
-    async def refresh(self, *, full: bool, force: bool = False) -> int:
+    async def learn_facts(self, facts: list[Fact]) -> int:
+        """Learn the facts of a segment (factlog.py): hashes first (the digest's cache: no HEAD
+        per remote witness), then the facts with their sizes. Returns how many were new."""
+        hashes = [(f.rel, f.sha256) for f in facts if f.sha256]
+        if hashes and self.on_remote_hashes is not None:
+            await trio.to_thread.run_sync(self.on_remote_hashes, hashes)
+        return self._learn_rels((f.rel, f.size) for f in facts)
+
+    async def refresh(
+        self, *, full: bool = False, force: bool = False, verify: bool = False
+    ) -> int:
         """Learn other workers' witnesses; returns how many new facts were learned.
 
-        A full refresh skips shards listed less than `full_refresh` seconds ago (a TTL cache)
-        unless forced (`missionfs sync`)."""
-        started_ms = int(time.time() * 1000)
-        learned = await self._refresh_manifests() if self.cursor_ms else 0
-        if full:
-            learned += await self._refresh_full(force)
-            self.cursor_ms = max(self.cursor_ms, started_ms)
-            self.counters.full_refreshes += 1
-            self.counters.last_full_refresh = time.time()
+        Every refresh does what is due in the fact log (factlog.py; `force`: publish our
+        manifest now). `full`: a verification listing of this node's shards (its part of the
+        fleet's `--full-refresh`); `verify`: of every shard (`missionfs sync --verify`). What a
+        verification finds that was not known goes into our next manifest, for everyone."""
+        learned = await self.factlog.tick(force=force)
+        if full or verify:
+            learned += await self.verify(everything=verify)
         self.counters.refreshes += 1
         self.counters.last_refresh = time.time()
-        await trio.to_thread.run_sync(replace_text, self.cursor_path, self._cursor_json())
         return learned
 
-    async def _refresh_manifests(self) -> int:
-        start = f"{max(0, self.cursor_ms - SKEW_MS):013d}"
-        listed = await _s3(lambda: list(self.s3.manifests(start)))
-        new_keys: list[tuple[str, int]] = []
-        now = time.monotonic()
-        for name, key in listed:
-            ms_text, _, rest = name.partition("-")
-            if key in self.seen or not ms_text.isdigit():
-                continue
-            if self.fleet is not None:  # a new manifest: its writer is at work
-                self.fleet.crew.observe(rest.rsplit("-", 1)[0], now)
-            if rest.startswith(f"{self.worker}-"):
-                self.seen[key] = int(ms_text)
-            else:
-                new_keys.append((key, int(ms_text)))
-        learned = 0
-        limiter = trio.CapacityLimiter(self.uploaders)
-        errors: list[Exception] = []
-
-        async def read(key: str, ms: int) -> None:
-            nonlocal learned
-            try:
-                async with limiter:
-                    rels = await _s3(self._read_manifest, key)
-            except (S3Unavailable, S3ConfigError) as e:
-                errors.append(e)  # not marked seen: read again at the next refresh
-                return
-            learned += self._learn_rels(rels)
-            self.seen[key] = ms
-
-        async with trio.open_nursery() as nursery:
-            for key, ms in new_keys:
-                nursery.start_soon(read, key, ms)
-        if self.seen:
-            self.cursor_ms = max(self.cursor_ms, max(self.seen.values()))
-        horizon = self.cursor_ms - 2 * SKEW_MS
-        self.seen = {k: ms for k, ms in self.seen.items() if ms >= horizon}
-        if errors:
-            raise errors[0]  # one plain exception, not a group, for the refresh loop
-        return learned
-
-    def _read_manifest(self, key: str) -> list[tuple[str, int | None]]:
-        """GET a manifest: one `rel<TAB>sha256<TAB>size` line per witness (older ones:
-        `rel<TAB>sha256` or `rel` only, whose sizes are then asked with a HEAD)."""
-        body, _ = self.s3.get(key)
-        rels: list[tuple[str, int | None]] = []
-        hashes: list[tuple[str, str]] = []
-        for line in body.decode("utf-8", "surrogateescape").splitlines():
-            rel, _, rest = line.partition("\t")
-            sha, _, size = rest.partition("\t")
-            rels.append((rel, int(size) if size.isascii() and size.isdigit() else None))
-            if len(sha) == 64:
-                hashes.append((rel, sha))
-        if hashes and self.on_remote_hashes is not None:
-            self.on_remote_hashes(hashes)
-        return rels
-
-    async def _refresh_full(self, force: bool) -> int:
+    async def verify(self, *, everything: bool) -> int:
+        """List this node's shards (rendezvous among the crew, verify.py) or all of them."""
         shards = await _s3(self.s3.witness_shards)
-        if not force:
-            shards = [s for s in shards if s not in self.shard_fresh]
-        learned = 0
-        limiter = trio.CapacityLimiter(self.uploaders)
+        if not everything:
+            crew = self.factlog.members(self.factlog.window(self.factlog.now()))
+            shards = my_shards(shards, self.worker, crew)
+        _, found = await self._list_shards(shards)
+        self.factlog.publish_found(found)
+        self.counters.full_refreshes += 1
+        self.counters.last_full_refresh = time.time()
+        if found:
+            log.info("verification listing found %d witnesses nobody had published", len(found))
+        return len(found)
 
+    async def _list_shards(self, shards: list[str] | None) -> tuple[Listed, Listed]:
+        """List witness shards (None: every shard) in parallel; learn what they hold. Returns
+        the (rel, size) of every witness listed and of those that were new facts."""
+        if shards is None:
+            shards = await _s3(self.s3.witness_shards)
+        listed: Listed = []
+        found: Listed = []
+        limiter = trio.CapacityLimiter(self.uploaders)
         errors: list[Exception] = []
 
         async def one(shard: str) -> None:
-            nonlocal learned
             try:
                 async with limiter:
                     rels = await _s3(self.s3.sized_rels_under, shard)
             except (S3Unavailable, S3ConfigError) as e:
                 errors.append(e)
                 return
-            learned += self._learn_rels(rels)
-            self.shard_fresh[shard] = True
+            listed.extend(rels)
+            remote = self.remote
+            for rel, size in rels:
+                task = self._task(rel)
+                if task is not None and task not in remote:
+                    found.append((rel, size))
+            self._learn_rels(rels)
 
         async with trio.open_nursery() as nursery:
             for shard in shards:
                 nursery.start_soon(one, shard)
         if errors:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
-        return learned
+        return listed, found
+
+    def learn_checkpoint(self, cp: Checkpoint) -> int:
+        """Learn a checkpoint's facts with their sizes; returns how many were new."""
+        new = cp.facts - self.remote
+        remote_only = new - self.local
+        known = cp.sizes.known() if isinstance(cp.sizes, Sizes) else iter(cp.sizes.items())
+        sized = BitMap()
+        for task, size in known:
+            if task in remote_only:
+                self.sizes.set(task, size)
+                sized.add(task)
+        self.unsized |= remote_only - sized
+        self._learn(new)
+        self.counters.learned += len(new)
+        return len(new)
+
+    def _task(self, rel: str) -> int | None:
+        try:
+            return self.space.parse_rel(rel)
+        except OutOfPlan:
+            return None
 
     # -- remote-only witnesses ----------------------------------------------------------------
     async def fill_sizes(self, batch: int = UPLOAD_BATCH) -> int:

@@ -9,13 +9,16 @@ The upload queue is `local - synced`: it needs no file of its own, so it survive
 construction; a lost `synced` log line only causes a harmless re-upload (a conditional create
 answers 412, the SHA-256 in the object's metadata matches, the task is marked synced).
 
-Remote discovery costs what changed, not what the bucket holds: every worker writes small
-manifest objects (`manifests/{ms}-{worker}-{seq}.txt`, a `rel<TAB>sha256` line per witness it
-just uploaded); a refresh is one LIST after the last seen manifest key (minus a clock-skew
-window) plus one GET per new manifest. A full listing of `scraped-tiles/`, per latitude shard
-in parallel, is the truth: at start-up without a cursor, every `full_refresh` seconds and on
-`missionfs sync`. Sizes of remote-only witnesses (sizes.py) come with the facts (listing,
-manifest, else a HEAD) and are persisted with them, so a restart needs S3 for none of them.
+Remote discovery is protocol v2 (factlog.py, docs/protocol.md): per window of W seconds (the
+fleet's, on the server's clock) a node PUTs at most one node manifest of what it uploaded
+(`log/{w}/{worker}-{seq}.txt`, a `rel<TAB>sha256<TAB>size` line per witness) and GETs one
+segment (`segments/{w}.seg`, every node's manifests of that window merged once by one
+compactor), whatever the fleet's size. A node starts from its cursor, or from the newest
+checkpoint, with no listing of `scraped-tiles/`; listing is verification only: every
+`full_refresh` seconds a node lists the latitude shards rendezvous assigns it (so the fleet lists
+the bucket once per period), `missionfs sync --verify` lists them all, and what they find that
+nobody published goes into the node's next manifest. Sizes of remote-only witnesses (sizes.py)
+come with the facts (segment lines, listings, else a HEAD) and are persisted with them.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from itertools import islice
 from typing import Any
 
 import trio
-from cachetools import TTLCache
 from pyroaring import BitMap
 
+from fusefs.engine.factlog import FactLog
 from fusefs.engine.facts import Facts
 from fusefs.engine.fleet import FleetClaims
 from fusefs.engine.leases import LeaseBook
-from fusefs.engine.remotefacts import SKEW_MS, UPLOAD_BATCH, RemoteFacts, SyncCounters
+from fusefs.engine.remotefacts import UPLOAD_BATCH, RemoteFacts, SyncCounters
 from fusefs.engine.threads import blocking as _s3
 from fusefs.model.codec import TaskSpace
 from fusefs.model.errors import MAX_BACKOFF, S3ConfigError, S3Timeout, S3Unavailable
@@ -62,8 +65,8 @@ class SyncEngine(RemoteFacts):
         journal: Journal | None = None,
         on_remote_hashes: Callable[[list[tuple[str, str]]], None] | None = None,
         uploaders: int = 16,
-        refresh: float = 15.0,
-        full_refresh: float = 600.0,
+        refresh: float = 30.0,
+        full_refresh: float = 3600.0,
         claims: str = "local",
         lease_seconds: float = 900.0,
         claim_timeout: float = 2.0,
@@ -96,9 +99,11 @@ class SyncEngine(RemoteFacts):
         # The mtime shown for remote-only witnesses, and given to them when fetched, so that a
         # `stat` before the read and an `fstat` after it agree (tar compares them).
         self.remote_mtime_ns = time.time_ns()
-        self.cursor_path = store.layout.manifest_cursor
-        self.cursor_ms, self.seen = self._load_cursor()
-        self.shard_fresh: TTLCache[str, bool] = TTLCache(maxsize=1 << 16, ttl=full_refresh)
+        self._manifest: list[str] = []  # "rel<TAB>sha256<TAB>size" lines not yet published
+        # The fact log (cursor, our unconfirmed manifests, the window W once started).
+        self.factlog = FactLog(self, store.layout.fact_log, refresh)
+        # Verification of our shards: the first after a random part of the period (spread).
+        self._verify_at = time.time() + full_refresh * random.uniform(0.5, 1.0)
         self.counters = SyncCounters()
         self.online: bool | None = None  # None: not checked yet
         self.conditional: bool | None = None
@@ -106,14 +111,9 @@ class SyncEngine(RemoteFacts):
         self.s3_state = "starting"  # online, degraded (requests time out), offline, error
         self._ok_msg = "ok"
         self._inflight: set[int] = set()
-        self._manifest: list[str] = []  # "rel<TAB>sha256" lines of our uploads
-        self._manifest_seq = 0
-        # Manifests older than this are garbage: refreshes read the last SKEW_MS of them, and a
-        # worker whose cursor is older does a full listing first (every full_refresh seconds).
-        self.manifest_keep = 2 * full_refresh + refresh + SKEW_MS / 1000
-        self._prune_at = time.monotonic() + full_refresh
         self._wake = trio.Event()
         self._force = trio.Event()
+        self._verify = False  # the forced sync asked for a listing of every shard
         self._forced_done: list[Callable[[], None]] = []
         # Told (rel, sha256) of remote witnesses read from manifests, before they become facts
         # (the digest's hash cache: no HEAD per remote witness). Called in a worker thread.
@@ -122,7 +122,9 @@ class SyncEngine(RemoteFacts):
         s3.worker = worker
         self.claims_mode = claims
         self.fleet = (
-            FleetClaims(self, LeaseBook(s3, worker, lease_seconds), refresh, claim_timeout)
+            FleetClaims(
+                self, LeaseBook(s3, worker, lease_seconds, self.space), refresh, claim_timeout
+            )
             if claims != "local"
             else None
         )
@@ -160,14 +162,17 @@ class SyncEngine(RemoteFacts):
             "leases_held": len(self.fleet.held) if self.fleet else 0,
             "claims_unconfirmed": len(self.fleet.unconfirmed) if self.fleet else 0,
             "claims_lost": c.lost_claims,
+            "facts": self.factlog.info(),
         }
 
     def wake(self) -> None:
         """New local witnesses (in the shared `local` set): the uploader should look now."""
         self._wake.set()
 
-    def force(self, done: Callable[[], None] | None = None) -> None:
-        """`missionfs sync` on a mounted state dir: a full refresh and a drain, now."""
+    def force(self, done: Callable[[], None] | None = None, *, verify: bool = False) -> None:
+        """`missionfs sync` on a mounted state dir: a drain, our manifest published and the
+        closed windows read now; `verify` (`sync --verify`): a listing of every shard too."""
+        self._verify = self._verify or verify
         if done is not None:
             self._forced_done.append(done)
         self._force.set()
@@ -276,19 +281,17 @@ class SyncEngine(RemoteFacts):
         while True:
             forced = self._force.is_set()
             self._force = trio.Event()
-            full = (
-                forced
-                or self._list_for_sizes
-                or not self.cursor_ms
-                or (time.time() - self.counters.last_full_refresh > self.full_refresh_interval)
-            )
+            verify, self._verify = self._verify or self._list_for_sizes, False
+            full = time.time() >= self._verify_at
             try:
                 if self.online or await self.connect():
                     # Leases are listed before the facts and applied after them: a lease seen
                     # gone was retired after its witness's manifest was written, so that fact
                     # is learned first and the task never shows as pending in between.
                     live = await self.fleet.list_live() if self.fleet else None
-                    await self.refresh(full=full, force=forced)
+                    await self.refresh(full=full, force=forced, verify=verify)
+                    if full or verify:
+                        self._verify_at = time.time() + self.full_refresh_interval
                     self._list_for_sizes = False
                     if self.fleet is not None and live is not None:
                         self.fleet.apply(live)
@@ -313,23 +316,25 @@ class SyncEngine(RemoteFacts):
                 await self._force.wait()
 
     async def _manifest_loop(self) -> None:
+        """The fact log's clock: publish our manifest near each window's end, compact and read
+        segments when they are due (factlog.py), between the refreshes."""
+        backoff = 1.0
         while True:
-            await trio.sleep(1.0)
-            await self.flush_manifest()
-            if self.online and time.monotonic() >= self._prune_at:
-                await self._prune_manifests()
-
-    async def _prune_manifests(self) -> None:
-        """Delete manifests nobody will read again (any worker's: whoever comes first)."""
-        self._prune_at = time.monotonic() + self.full_refresh_interval
-        before_ms = int((time.time() - self.manifest_keep) * 1000)
-        try:
-            n = await _s3(self.s3.prune_manifests, before_ms)
-        except (S3Unavailable, S3ConfigError) as e:
-            log.info("old manifests not pruned yet (%s)", e)
-            return
-        if n:
-            log.info("deleted %d manifests older than %.0f s", n, self.manifest_keep)
+            if not (self.online and self.factlog.started):
+                await trio.sleep(min(1.0, self.refresh_interval))
+                continue
+            try:
+                await self.factlog.tick()
+                backoff = 1.0
+            except (S3Unavailable, S3ConfigError) as e:
+                if isinstance(e, S3Unavailable):
+                    self.went_offline(e)
+                log.info("fact log: %s", e)
+                await trio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            wait = self.factlog.next_due() - self.factlog.now()
+            await trio.sleep(min(max(0.05, wait), self.refresh_interval))
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload(self, batch: Iterable[int]) -> int:
@@ -369,7 +374,7 @@ class SyncEngine(RemoteFacts):
                 break
             if await self.upload(batch):
                 break
-        await self.flush_manifest()
+        await self.flush_manifest(now=True)
         return self.queue_size()
 
     async def _upload_one(self, task: int) -> None:
@@ -434,16 +439,15 @@ class SyncEngine(RemoteFacts):
         if self.fleet is not None:
             self.fleet.unconfirmed.discard(task)
 
-    async def flush_manifest(self) -> None:
-        if not self._manifest:
+    async def flush_manifest(self, *, now: bool = False) -> None:
+        """Publish our manifest lines: `now` (a drain, `missionfs sync`), else only when the
+        window's end is near (one node manifest per window, factlog.py)."""
+        if not self._manifest or not self.online or not self.factlog.started:
             return
-        rels, self._manifest = self._manifest, []
-        self._manifest_seq += 1
-        name = f"{int(time.time() * 1000):013d}-{self.worker}-{self._manifest_seq:08d}.txt"
         try:
-            await _s3(self.s3.put_manifest, name, ("\n".join(rels) + "\n").encode())
+            async with self.factlog.lock:
+                await self.factlog._flush(now)
         except (S3Unavailable, S3ConfigError) as e:
-            self._manifest = rels + self._manifest  # retry with the next flush
             log.info("manifest not written yet (%s)", e)
 
     async def fetch(self, task: int) -> None:

@@ -46,8 +46,8 @@ class SyncOptions:
     endpoint_url: str | None = None
     worker: str | None = None
     uploaders: int = 16
-    refresh: float = 15.0
-    full_refresh: float = 600.0
+    refresh: float = 30.0  # protocol v2's window W, if this node is the fleet's first
+    full_refresh: float = 3600.0  # verification of this node's shards
     claim_timeout: float = 2.0  # seconds a claim waits for its lease before EAGAIN
     # The bucket behind mission.s3: None for S3 itself (made from the URL and endpoint on first
     # use); the engine test tier and simulations give an in-process MemoryStore here.

@@ -139,21 +139,25 @@ class Daemon:
             if self.ws.digest is not None:
                 nursery.start_soon(_guarded, self.ws.digest.run)
             await pyfuse3.main()
+            if self.sync is not None:  # publish our last uploads now, not at the next mount
+                with trio.move_on_after(5.0):
+                    await self.sync.flush_manifest(now=True)
             nursery.cancel_scope.cancel()
 
     async def _signals(self) -> None:
-        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         with trio.open_signal_receiver(*sigs) as signals:
             async for sig in signals:
-                if sig == signal.SIGUSR1:
-                    self._force_sync()
+                if sig in (signal.SIGUSR1, signal.SIGUSR2):  # USR2: `missionfs sync --verify`
+                    self._force_sync(verify=sig == signal.SIGUSR2)
                     continue
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
                 pyfuse3.terminate()
                 return
 
-    def _force_sync(self) -> None:
-        """`missionfs sync` on a mounted state dir: refresh + drain, then report in a file."""
+    def _force_sync(self, *, verify: bool = False) -> None:
+        """`missionfs sync` on a mounted state dir: refresh + drain, then report in a file
+        (`verify`: with a listing of every witness shard)."""
         if self.sync is None:
             return
         self._forced += 1
@@ -164,7 +168,7 @@ class Daemon:
             result = {"generation": generation, "pid": os.getpid(), **sync.info()}
             replace_text(self.store.layout.sync_result, json.dumps(result))
 
-        sync.force(done)
+        sync.force(done, verify=verify)
 
     async def _expiry_loop(self) -> None:
         """Return tasks whose lease ended; sleeps until the next expiry (at most a second)."""

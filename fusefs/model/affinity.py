@@ -24,6 +24,11 @@ def _score(worker: str, chunk: int) -> bytes:
     return hashlib.blake2b(f"{worker}\0{chunk}".encode(), digest_size=8).digest()
 
 
+def _scores(worker: str, chunks: int) -> list[int]:
+    """`_score(worker, c)` of every chunk, as integers (same order as the bytes)."""
+    return [int.from_bytes(_score(worker, c), "big") for c in range(chunks)]
+
+
 def owner(chunk: int, workers: Iterable[str]) -> str:
     return max(workers, key=lambda w: _score(w, chunk))
 
@@ -49,6 +54,23 @@ def shares(intent: BitMap, workers: Iterable[str], chunks: int = CHUNKS) -> dict
     return {w: s & intent for w, s in out.items()}
 
 
+def help_order(
+    intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS
+) -> list[tuple[int, int]]:
+    """The chunks owned by other workers than `me`, as [lo, hi) task ranges, in the order of
+    `me`'s rendezvous score: the order `me` helps in once its own share is done. Every helper
+    has its own order, so helpers spread over the others' shares instead of crowding one end."""
+    members = sorted(set(workers) | {me})
+    if len(members) == 1:
+        return []
+    bounds = chunk_bounds(intent, chunks)
+    theirs = [
+        c for c in range(len(bounds) - 1) if bounds[c] < bounds[c + 1] and owner(c, members) != me
+    ]
+    theirs.sort(key=lambda c: _score(me, c), reverse=True)
+    return [(bounds[c], bounds[c + 1]) for c in theirs]
+
+
 def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = CHUNKS) -> BitMap:
     """The tasks of the chunks owned by other workers than `me` (empty if `me` is alone)."""
     members = set(workers) | {me}
@@ -60,20 +82,50 @@ def others_share(intent: BitMap, workers: Iterable[str], me: str, chunks: int = 
 class Crew:
     """The workers seen at work lately and the shares that follow, from one worker's view.
 
-    Activity is what the sync engine observes (a new manifest, a new or renewed lease), in
-    monotonic time. `shares()` answers (others' shares, the part of them not to help with):
-    a worker silent for `quiet` seconds, or back from a silence for less than SETTLE_SECONDS, may
-    hold finished work nobody can see yet, so its share is protected; offline, all are.
+    Activity is what the sync engine observes (a new manifest or segment line, a new or
+    renewed lease), in monotonic time. `shares()` answers (others' shares, the part of them not
+    to help with). With `guard` (optimistic fleets): a worker silent for `quiet` seconds, or
+    back from a silence for less than SETTLE_SECONDS, may hold finished work nobody can see yet,
+    so its share is protected; offline, all are. Without (strict fleets: no work without a
+    lease, which hides its task), nothing is protected: a silent worker's share is helped.
     """
 
-    def __init__(self, me: str, intent: BitMap, quiet: float) -> None:
+    def __init__(self, me: str, intent: BitMap, quiet: float, *, guard: bool = True) -> None:
         self.me = me
         self.intent = intent
         self.quiet = quiet
+        self.guard = guard
         self.last_seen: dict[str, float] = {}
         self.active_since: dict[str, float] = {}
         self._key: tuple[tuple[str, ...], tuple[str, ...]] = ((me,), ())
         self._shares: dict[str, BitMap] = {}
+        # The others' chunks as task-id ranges, in our rendezvous order: where we help first.
+        self.help_order: list[tuple[int, int]] = []
+        self._scores: dict[str, list[int]] = {}  # worker -> its score of every chunk
+
+    def _split(self, members: list[str]) -> None:
+        """Shares and help order for `members`, as shares() and help_order() compute them,
+        with each worker's chunk scores hashed once (not once per change of the members: at a
+        thousand workers that is a million hashes)."""
+        bounds = chunk_bounds(self.intent)
+        n = len(bounds) - 1
+        self._scores = {
+            w: cached if len(cached := self._scores.get(w, [])) == n else _scores(w, n)
+            for w in members
+        }
+        columns = [self._scores[w] for w in members]
+        out = {w: BitMap() for w in members}
+        order: list[tuple[int, int, int]] = []  # (chunk, lo, hi)
+        for c, col in enumerate(zip(*columns, strict=True)):
+            if bounds[c] < bounds[c + 1]:
+                w = members[col.index(max(col))]
+                out[w].add_range(bounds[c], bounds[c + 1])
+                if w != self.me:
+                    order.append((c, bounds[c], bounds[c + 1]))
+        self._shares = {w: share & self.intent for w, share in out.items()}
+        mine = self._scores[self.me]
+        order.sort(key=lambda o: mine[o[0]], reverse=True)
+        self.help_order = [(lo, hi) for _, lo, hi in order] if len(members) > 1 else []
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -95,6 +147,7 @@ class Crew:
             w
             for w in members
             if w != self.me
+            and self.guard
             and (
                 offline
                 or now - self.last_seen[w] > self.quiet
@@ -105,7 +158,7 @@ class Crew:
         if key == self._key:
             return None
         if key[0] != self._key[0] or not self._shares:
-            self._shares = shares(self.intent, members)
+            self._split(members)
         self._key = key
         others = [s for w, s in self._shares.items() if w != self.me]
         elsewhere = BitMap.union(BitMap(), *others)

@@ -9,10 +9,13 @@ are this node's claims and `foreign` the tasks under other workers' live leases.
 Every method runs without awaiting, so on the trio thread each call is atomic.
 
 What pending/ lists is `pending_view()`: `pending` itself or, when `elsewhere` holds other
-workers' shares (affinity.py, optimistic fleets), a window of WINDOW tasks: the first ones of our
-share while it has any, else the last ones of the other shares that are not `protected` (shares of
-workers that went quiet or just came back: they may have finished tasks we cannot know about).
-Owners work their shares upwards and helpers downwards, so they meet late, if at all.
+workers' shares (affinity.py, strict and optimistic fleets), a window of WINDOW tasks: the first
+ones of our share while it has any, else the last ones of the other shares that are not
+`protected` (shares of workers that went quiet or just came back: they may have finished tasks we
+cannot know about). Owners work their shares upwards and helpers downwards, so they meet late, if
+at all. With a `help_order` (ranges of task ids, the others' affinity chunks in this worker's
+rendezvous order), a helper shows the last tasks of the first range that still has some, so
+helpers spread over the others' shares instead of all showing the same last tasks.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class MissionState:
         self.pending = intent - self.fact
         self.elsewhere = BitMap()  # other live workers' shares: listed only when ours is empty
         self.protected = BitMap()  # the part of `elsewhere` not to be helped with now
+        self.help_order: list[tuple[int, int]] = []  # [lo, hi) ranges, helped first to last
+        self.contended = BitMap()  # not to help with until the next lease listing (see contend)
         self._view: BitMap | None = None  # cached pending_view(); dropped on every change
         self._listed = BitMap()  # the last view computed, to tell listeners what left it
         self._listeners: list[Listener] = []
@@ -99,9 +104,7 @@ class MissionState:
             if mine:
                 view = BitMap(islice(mine, WINDOW))
             else:
-                helpable = self.pending - self.protected
-                n = len(helpable)
-                view = helpable[max(0, n - WINDOW) :] if n else BitMap()
+                view = self._help_window(self.pending - self.protected - self.contended)
             left = self._listed - view
             self._view = self._listed = view
             if left:  # names that were listed and are no longer: tell the caches
@@ -109,11 +112,33 @@ class MissionState:
                     listener(left)
         return view
 
-    def set_shares(self, elsewhere: BitMap, protected: BitMap) -> None:
-        """Replace the other workers' shares and the part of them not to be helped with."""
-        if elsewhere == self.elsewhere and protected == self.protected:
+    def _help_window(self, helpable: BitMap) -> BitMap:
+        """The tasks to help with: the last ones (up to WINDOW) of the first range of
+        `help_order` that has any (the next range shows once it is done, or claimed), else
+        the last WINDOW helpable tasks. One range at a time: two helpers show different ranges,
+        so even near the end they rarely race for the same task."""
+        for lo, hi in self.help_order:
+            k = helpable.range_cardinality(lo, hi)
+            if k:
+                end = helpable.rank(hi - 1)  # index just past the range's last task
+                return helpable[end - min(k, WINDOW) : end]
+        n = len(helpable)
+        return helpable[max(0, n - WINDOW) :] if n else BitMap()
+
+    def set_shares(
+        self,
+        elsewhere: BitMap,
+        protected: BitMap,
+        help_order: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Replace the other workers' shares and the part of them not to be helped with (and
+        the order to help in, if given)."""
+        reorder = help_order is not None and help_order != self.help_order
+        if not reorder and elsewhere == self.elsewhere and protected == self.protected:
             return
         before = self.pending_view().copy()
+        if help_order is not None:
+            self.help_order = help_order
         self.elsewhere = elsewhere.copy()
         self.protected = protected & elsewhere
         self._view = None
@@ -121,6 +146,26 @@ class MissionState:
         if not self.elsewhere:
             self._listed = BitMap()
         moved = before ^ after
+        if moved:
+            for listener in self._listeners:
+                listener(moved)
+
+    def contend(self, tasks: BitMap) -> None:
+        """A helper's claim in `tasks` (a range of another worker's share) lost to a lease:
+        that worker is at work there, so help elsewhere until `set_contended` (the next lease
+        listing) says otherwise. Never hides our own share."""
+        self._set_contended(self.contended | (tasks & self.elsewhere))
+
+    def set_contended(self, tasks: BitMap) -> None:
+        self._set_contended(tasks & self.elsewhere)
+
+    def _set_contended(self, tasks: BitMap) -> None:
+        if tasks == self.contended:
+            return
+        before = self.pending_view().copy()
+        self.contended = tasks
+        self._view = None
+        moved = before ^ self.pending_view()
         if moved:
             for listener in self._listeners:
                 listener(moved)

@@ -167,7 +167,8 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.requests = RequestCounter()
-        self._offset = 0.0  # server clock - our clock, from the last Date header
+        self._offset = 0.0  # server clock - our clock, from the Date headers (_track_date)
+        self._bounds: dict[int, float] = {}  # minute -> the highest lower bound seen in it
         self.answered_at = 0.0  # monotonic time of that header (0: no answer yet)
         self._settings = (pool, connect_timeout, read_timeout, attempts)
         self._lock = threading.Lock()
@@ -221,16 +222,27 @@ class S3ObjectStore(ObjectStore):
             listener(op, response_dict, parsed_response, exception)
 
     def _track_date(self, http_response: Any = None, **kwargs: Any) -> None:
-        """Every response (errors too) carries a Date header: keep our offset to it. The
-        header has whole seconds, so the server's clock is, on average, half a second later."""
+        """Every response (errors too) carries a Date header: keep our offset to it.
+
+        The header has whole seconds and was written before we read it, so `Date - now` is a
+        lower bound of the offset, up to a second low; the highest bound of the last minute or
+        two is within a few milliseconds of it once a few responses came (nodes must agree on
+        protocol v2's windows to well under a second). Kept per minute, so that a step of our
+        own clock is followed within two minutes."""
         date = getattr(http_response, "headers", {}).get("Date")
         if not date:
             return
         try:
-            server = botocore.utils.parse_timestamp(date).timestamp() + 0.5
+            server = botocore.utils.parse_timestamp(date).timestamp()
         except (ValueError, TypeError):
             return
-        self._offset = server - time.time()
+        now = time.time()
+        minute = int(time.monotonic() // 60)
+        with self._lock:
+            bounds = {m: b for m, b in self._bounds.items() if m >= minute - 1}
+            bounds[minute] = max(bounds.get(minute, server - now), server - now)
+            self._bounds = bounds
+            self._offset = max(bounds.values())
         self.answered_at = time.monotonic()
 
     def server_time(self) -> float:

@@ -6,10 +6,16 @@ lazily from the mission's URL and endpoint), an in-process `MemoryStore` in test
 
     {prefix}/{mission}/scraped-tiles/{lat}/{lon}/{phrase}.csv        witnesses
     {prefix}/{mission}/conflicts/{lat}/{lon}/{phrase}.{worker}.csv   results that lost a race
-    {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             hints: what a worker uploaded
-                                                                     (a `rel<TAB>sha256` line each)
+    {prefix}/{mission}/manifests/{ms}-{worker}-{seq}.txt             protocol v1's manifests (read
+                                                                     by nobody; retention deletes)
+    {prefix}/{mission}/.missionfs/protocol.json                      protocol v2: the window W
+    {prefix}/{mission}/log/{w:010d}/{worker}-{seq}.txt               node manifests of window w
+    {prefix}/{mission}/segments/{w:010d}.seg                         window w's merged manifests
     {prefix}/{mission}/intent/{lat}/{lon}/{phrase}.csv               optional explicit intent
-    {prefix}/{mission}/claims/{lat}/{lon}/{phrase}.csv               fleet leases (engine/leases)
+    {prefix}/{mission}/checkpoints/{window:010d}.ckpt                every fact through a window
+                                                                     (engine/checkpoints)
+    {prefix}/{mission}/claims/{chunk}/{lat}/{lon}/{phrase}.csv       fleet leases (engine/leases),
+                                                                     by chunk of task ids
 
 A rel becomes a key through `encode_rel` and a listed key a rel through `decode_rel` (a phrase
 may hold a backslash, which SeaweedFS takes for a path separator).
@@ -23,9 +29,10 @@ a hung server is seen quickly). Given stores are used as they are (`fast` defaul
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from fusefs.model.codec import SUFFIX
@@ -43,8 +50,18 @@ WITNESSES = "scraped-tiles"
 CONFLICTS = "conflicts"
 MANIFESTS = "manifests"
 INTENT = "intent"
+LOG = "log"
+SEGMENTS = "segments"
+PROTOCOL = ".missionfs/protocol.json"
 CLAIMS = "claims"
+CHECKPOINTS = "checkpoints"  # protocol v2: {w:010d}.ckpt, the whole Fact set (engine/checkpoints)
 SHA_META = "sha256"
+
+# Leases by chunk (protocol v2): a lease key names the chunk of its task id, so a node lists
+# only the chunks it works in. 2**10 = 1,024 task ids a chunk; the chunk is written as a
+# zero-padded decimal of CHUNK_DIGITS digits (more only beyond 10**10 chunks).
+CHUNK_BITS = 10
+CHUNK_DIGITS = 10
 
 # Timeouts (seconds). Background: a big upload on a slow link may take a while to be answered.
 # Interactive (leases, which a `mv` waits for): a silent server must be noticed in seconds;
@@ -66,6 +83,11 @@ def decode_rel(key: str) -> str:
     return key.replace("%5C", "\\")
 
 
+def chunk_name(chunk: int) -> str:
+    """The key part of a lease chunk: zero-padded, so chunks list in numeric order."""
+    return f"{chunk:0{CHUNK_DIGITS}d}"
+
+
 @dataclass(frozen=True)
 class S3Location:
     bucket: str
@@ -80,6 +102,25 @@ class S3Location:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_name(window: int) -> str:
+    """The key part of a window's checkpoint: zero-padded, so names sort like windows (ten
+    digits: window 10**10 is in the year 2286 even at one second a window)."""
+    if not 0 <= window < 10**10:
+        raise ValueError(f"window {window} out of range")
+    return f"{window:010d}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_window(name: str) -> int | None:
+    """The window of a checkpoint's name, or None for a name that is not one of ours."""
+    stem = name.removesuffix(CHECKPOINT_SUFFIX)
+    if stem == name or len(stem) != 10 or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
 
 
 class S3Store:
@@ -254,9 +295,6 @@ class S3Store:
         self._put(key, body, metadata={SHA_META: sha256_hex(body), "worker": self.worker})
         return key
 
-    def put_manifest(self, name: str, body: bytes) -> None:
-        self._put(self.key(MANIFESTS, name), body)
-
     def delete_many(self, keys: list[str], what: str) -> None:
         """Delete keys, up to 1,000 per request (DeleteObjects, a POST); missing ones are fine.
         `what` names them for the log (the store's message names the count)."""
@@ -270,9 +308,8 @@ class S3Store:
             yield info.key[len(root) :], info.key
 
     def prune_manifests(self, before_ms: int) -> int:
-        """Delete every worker's manifests named before `before_ms`; returns how many. Old
-        manifests are never read again: refreshes list the last minutes only, and a worker
-        away longer does a full listing first."""
+        """Delete protocol v1's manifests named before `before_ms` (nobody reads them now;
+        the fact log's retention calls this); returns how many."""
         old = []
         for name, key in self.manifests():
             ms = name.partition("-")[0]
@@ -284,6 +321,96 @@ class S3Store:
         if old:
             self.delete_many(old, "manifests")
         return len(old)
+
+    # -- protocol v2: window, node manifests, segments (engine/factlog.py) --------------------
+    def read_protocol(self) -> dict[str, object] | None:
+        """The fleet's protocol settings (`{"version": 2, "window": W}`), None if absent."""
+        try:
+            body, _ = self.objects.get(f"{self.base}/{PROTOCOL}")
+        except NotFound:
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def create_protocol(self, settings: dict[str, object]) -> bool:
+        """Create protocol.json unless it exists (If-None-Match); True if ours is it."""
+        try:
+            self.objects.put(
+                f"{self.base}/{PROTOCOL}", json.dumps(settings).encode(), if_none_match=True
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    def log_root(self, window: int | None = None) -> str:
+        """`log/` (all windows) or `log/{w:010d}/` (one window's node manifests)."""
+        return f"{self.base}/{LOG}/" + ("" if window is None else f"{window:010d}/")
+
+    def put_node_manifest(self, window: int, name: str, body: bytes) -> None:
+        self.objects.put(self.log_root(window) + name, body)
+
+    def node_manifests(self, window: int) -> list[tuple[str, str]]:
+        """(name, key) of every node manifest of a window, in name order (one LIST page)."""
+        root = self.log_root(window)
+        return [(i.key[len(root) :], i.key) for i in self.objects.list(root)]
+
+    def segment_key(self, window: int) -> str:
+        return f"{self.base}/{SEGMENTS}/{window:010d}.seg"
+
+    def get_segment(self, window: int) -> tuple[bytes, str] | None:
+        """(body, ETag) of a window's segment, None if there is none yet."""
+        try:
+            body, info = self.objects.get(self.segment_key(window))
+        except NotFound:
+            return None
+        return body, info.etag
+
+    def put_segment(self, window: int, body: bytes, replace_etag: str | None = None) -> bool:
+        """Create the segment unless one exists (or replace the corrupt one with `replace_etag`
+        if it is still that object); False if another node's is there."""
+        try:
+            if replace_etag is None:
+                self.objects.put(self.segment_key(window), body, if_none_match=True)
+            else:
+                self.objects.put(self.segment_key(window), body, if_match=replace_etag)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def segment_windows(self, after: int = -1) -> Iterator[int]:
+        """Windows of the segments in the bucket, ascending (after window `after`)."""
+        root = f"{self.base}/{SEGMENTS}/"
+        start = None if after < 0 else self.segment_key(after)
+        for info in self.objects.list(root, start_after=start):
+            name = info.key[len(root) :]
+            if name.endswith(".seg") and name[:-4].isdigit():
+                yield int(name[:-4])
+
+    def first_log_window(self, window: int) -> int | None:
+        """The first window from `window` on that has a node manifest (one LIST)."""
+        root = self.log_root()
+        for info in self.objects.list(root, start_after=f"{root}{window:010d}"):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if w_text.isdigit():
+                return int(w_text)
+        return None
+
+    def log_windows_before(self, window: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(window, key) of node manifests of windows before `window` (oldest first, at most
+        `limit`: one page, retention deletes a page at a time)."""
+        root = self.log_root()
+        out: list[tuple[int, str]] = []
+        for info in self.objects.list(root):
+            w_text = info.key[len(root) :].partition("/")[0]
+            if not w_text.isdigit():
+                continue
+            if int(w_text) >= window or len(out) >= limit:
+                break
+            out.append((int(w_text), info.key))
+        return out
 
     def head(self, key: str) -> dict[str, str] | None:
         """Object metadata, or None if there is no such object."""
@@ -341,6 +468,89 @@ class S3Store:
 
     def intent_rels(self) -> list[str]:
         return [self.rel_of(INTENT, k) for k, _ in self.list_keys(self.root(INTENT))]
+
+    # -- checkpoints (protocol v2: fusefs.engine.checkpoints) ------------------------------
+    def checkpoint_key(self, window: int) -> str:
+        return self.key(CHECKPOINTS, checkpoint_name(window))
+
+    def checkpoint_windows(self) -> list[int]:
+        """Windows of the checkpoints in the bucket, ascending (one LIST per 1,000 keys);
+        keys that are not named like a checkpoint are ignored."""
+        out = []
+        for info in self.objects.list(self.root(CHECKPOINTS)):
+            window = checkpoint_window(self.rel_of(CHECKPOINTS, info.key))
+            if window is not None:
+                out.append(window)
+        return sorted(out)
+
+    def get_checkpoint(self, window: int) -> bytes | None:
+        """The checkpoint's body, or None if it is not there (deleted since the listing)."""
+        try:
+            return self.objects.get(self.checkpoint_key(window))[0]
+        except NotFound:
+            return None
+
+    def put_checkpoint(self, window: int, body: bytes) -> bool:
+        """Create the checkpoint of `window` unless one exists (If-None-Match); False then."""
+        sha = sha256_hex(body) if self.checksums else None
+        try:
+            self.objects.put(self.checkpoint_key(window), body, if_none_match=True, sha256=sha)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def delete_checkpoints(self, windows: list[int]) -> None:
+        """Delete the checkpoints of these windows (DeleteObjects: one POST per 1,000)."""
+        self.delete_many([self.checkpoint_key(w) for w in windows], "checkpoints")
+
+    # -- leases by chunk (engine/leases.py) ---------------------------------------------------
+    # `claims/{chunk}/{rel}`: chunk = task id >> CHUNK_BITS (the caller computes it: the store
+    # knows no TaskSpace). A protocol v1 key `claims/{rel}` has one part less (LAT/LON/FILE):
+    # `lease_rel_of` never takes it for a v2 key, so old leases are ignored until they expire.
+    def lease_key(self, chunk: int, rel: str) -> str:
+        return f"{self.base}/{CLAIMS}/{chunk_name(chunk)}/{encode_rel(rel)}"
+
+    def lease_chunk_root(self, chunk: int) -> str:
+        """The listing prefix of one chunk's leases."""
+        return f"{self.base}/{CLAIMS}/{chunk_name(chunk)}/"
+
+    def lease_rel_of(self, key: str) -> tuple[int, str] | None:
+        """(chunk, rel) of a listed lease key; None for anything else (a v1 key, a stray)."""
+        root = self.root(CLAIMS)
+        if not key.startswith(root):
+            return None
+        chunk, sep, rest = key[len(root) :].partition("/")
+        parts = rest.split("/")
+        if not sep or len(parts) != 3 or not all(parts):
+            return None
+        if len(chunk) < CHUNK_DIGITS or not (chunk.isascii() and chunk.isdigit()):
+            return None
+        return int(chunk), decode_rel(rest)
+
+    def leases_in(self, chunk: int | None) -> Iterator[tuple[int, str, ObjectInfo]]:
+        """(chunk, rel, info) of every v2 lease of one chunk (one LIST a page of 1,000), or of
+        all chunks (None: every lease of the fleet; fsck, fleet view and start-up only)."""
+        prefix = self.root(CLAIMS) if chunk is None else self.lease_chunk_root(chunk)
+        for info in self.objects.list(prefix):
+            parsed = self.lease_rel_of(info.key)
+            if parsed is not None:
+                yield parsed[0], parsed[1], info
+
+    def lease_versions(
+        self, part: str, chunks: Iterable[int] | None
+    ) -> Iterator[tuple[str, ObjectVersion]]:
+        """(rel, version) of the lease versions whose rel starts with `part` (as `versions`),
+        looked for in the given chunks (None: every chunk); keys that are not v2 leases are
+        skipped."""
+        if chunks is None:
+            prefixes = [self.root(CLAIMS)]
+        else:
+            prefixes = [self.lease_chunk_root(c) + encode_rel(part) for c in sorted(set(chunks))]
+        for prefix in prefixes:
+            for v in self.objects.list_versions(prefix):
+                parsed = self.lease_rel_of(v.key)
+                if parsed is not None and parsed[1].startswith(part):
+                    yield parsed[1], v
 
     # -- history (`missionfs log`) ------------------------------------------------------------
     def versioning_enabled(self) -> bool:

@@ -18,7 +18,8 @@ in one place.
                                  `.sizes`) (index.py, written by the daemon, fsck --repair)
       index/hashes.sqlite        content-hash cache of the Merkle digest (engine/digest.py)
       index/intent-s3.txt        last listing of the bucket's intent/ tree (engine/workspace.py)
-      index/manifest-cursor.json the sync engine's manifest cursor (engine/sync.py)
+      index/fact-log.json        the fact log's cursor, manifest sequence and unpublished lines
+                                 (engine/factlog.py, protocol v2)
       journal/                   append-only history, one JSONL file per day (journal.py)
       claims.log                 live claims, restored at the next mount (claimlog.py)
       daemon.lock                flock held by the daemon (or fsck, sync) with its pid
@@ -101,8 +102,8 @@ class StateLayout:
         return self.index / INTENT_CACHE
 
     @property
-    def manifest_cursor(self) -> Path:
-        return self.index / "manifest-cursor.json"
+    def fact_log(self) -> Path:
+        return self.index / "fact-log.json"
 
     # -- files at the top ---------------------------------------------------------------------
     @property

@@ -20,7 +20,13 @@ from pyroaring import BitMap
 import fusefs.fuse.fs
 from fusefs.model.mission import Mission, load_mission
 from fusefs.objects.memory import MemoryStore
-from tests.engine.driver import EngineNode, FakeClock, memory_bucket, readdir_reply
+from tests.engine.driver import (
+    EngineNode,
+    FakeClock,
+    RecordingStore,
+    memory_bucket,
+    readdir_reply,
+)
 from tests.support.mounts import write_mission
 
 # 3 x 3 tiles x 2 phrases (one with a space). Tile 10.2/20.2 is not planned at all and
@@ -101,7 +107,7 @@ def make_node(
 
 
 @pytest.fixture
-def bucket(clock: FakeClock) -> MemoryStore:
+def bucket(clock: FakeClock) -> RecordingStore:
     """One in-process bucket (nodes given it share it), on the test's clock."""
     return memory_bucket(clock)
 

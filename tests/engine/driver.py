@@ -117,9 +117,35 @@ def readdir_reply(token: Any, name: bytes, attr: pyfuse3.EntryAttributes, next_i
 BUCKET_URL = "s3://engine-tier/runs"  # the mission's `[store] s3`: the MemoryStore stands in
 
 
-def memory_bucket(clock: FakeClock) -> MemoryStore:
-    """An in-process bucket whose server clock is the test's clock (lease expiry, LastModified)."""
-    return MemoryStore(clock=clock.time)
+class RecordingStore(MemoryStore):
+    """A MemoryStore that also records each request as (kind, key or prefix): tests count
+    what a protocol step costs, and what it must never do (list the witnesses)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock.time)
+        self.log: list[tuple[str, str]] = []
+
+    def _request(self, kind: str, key: str) -> None:
+        self.log.append((kind, key))
+        super()._request(kind, key)
+
+    def since(self, mark: int) -> list[tuple[str, str]]:
+        return self.log[mark:]
+
+
+def memory_bucket(clock: FakeClock) -> RecordingStore:
+    """An in-process bucket whose server clock is the test's clock (lease expiry, LastModified,
+    protocol v2's windows)."""
+    return RecordingStore(clock)
+
+
+WINDOW = 30.0  # protocol v2's window: SyncOptions' default refresh, made the fleet's by a node
+
+
+def close_window(clock: FakeClock, width: float = WINDOW) -> None:
+    """Move the bucket's clock past the end of the current window, to when every node's part
+    for it is due (publish, compaction by ranks 1-3, reading) but not the 'anybody' fallback."""
+    clock.now = (clock.now // width + 1) * width + 0.75 * width
 
 
 def _oserror(code: int, path: str) -> OSError:
@@ -395,20 +421,25 @@ class EngineNode:
         return self.sync._learn_rels([(rel, len(body))])
 
     def upload(self) -> int:
-        """One turn of the uploader: connect if not yet, upload the queue, write the manifest;
-        returns what is left queued."""
+        """One turn of the uploader: connect if not yet (and start the fact log, as the
+        daemon's first refresh does), upload the queue, write our node manifest now; returns
+        what is left queued."""
 
         async def go() -> int:
             if not self.sync.online and not await self.sync.connect():
                 return self.sync.queue_size()
+            if not self.sync.factlog.started:
+                await self.sync.factlog.tick()
             return await self.sync.drain()
 
         return self.run(go)
 
-    def refresh(self, *, full: bool = False) -> int:
+    def refresh(self, *, full: bool = False, verify: bool = False, force: bool = False) -> int:
         """One turn of the refresh loop, as `SyncEngine._refresh_loop` makes it: the live
         leases (fleet claims) listed before the facts and applied after them; facts from the
-        manifests (once a first full listing set the cursor) or a full listing. Facts learned."""
+        fact log (factlog.py: what is due at the bucket's clock; `force`, as `missionfs
+        sync`: our manifest published now and the open windows' manifests read), `full`: a verification of this node's shards, `verify`: of all of
+        them. Facts learned."""
 
         async def go() -> int:
             engine = self.sync
@@ -416,7 +447,7 @@ class EngineNode:
                 assert await engine.connect(), engine.state_msg
             fleet = engine.fleet
             live = await fleet.list_live() if fleet is not None else None
-            learned = await engine.refresh(full=full or not engine.cursor_ms, force=True)
+            learned = await engine.refresh(full=full, force=force, verify=verify)
             if fleet is not None and live is not None:
                 fleet.apply(live)
             await engine.fill_sizes()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pyroaring import BitMap
 
 from fusefs.objects.memory import MemoryStore
-from tests.engine.driver import EngineNode
+from tests.engine.driver import EngineNode, FakeClock, RecordingStore, close_window
 
 REL = "10.0/20.2/plumber.csv"
 BODY = b"name\nfrom another worker\n"
@@ -106,27 +106,32 @@ def test_a_state_dir_without_sizes_lists_the_bucket_for_them(
 
 
 def test_a_commit_uploaded_by_one_node_is_learned_by_the_other_with_its_size(
-    make_node: Callable[..., EngineNode], bucket: MemoryStore
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
 ) -> None:
     """The whole path through the real SyncEngine and the bucket layout: node A commits and
-    uploads (witness, then its manifest); node B learns the fact by a full listing first, then
-    from A's next manifest alone, each with its size before any fetch, then reads the bytes."""
+    uploads (witness, then its node manifest); node B learns the fact by a verifying listing
+    first (`sync --verify`), then from the window's segment alone (no listing of the
+    witnesses), each with its size before any fetch, then reads the bytes."""
     a = make_node(bucket=bucket, name="a", worker="worker-a")
     b = make_node(bucket=bucket, name="b", worker="worker-b")
     assert a.direct_write(REL, BODY) == 0
     assert a.upload() == 0  # nothing left queued
-    assert b.refresh(full=True) == 1
+    assert b.refresh(verify=True) == 1
     assert b.ls("done/10.0/20.2") == ["plumber.csv"]
     assert b.stat(f"done/{REL}").size == len(BODY)  # from the listing
     other, body = "10.1/20.0/coffee shop.csv", BODY * 3
     assert a.commit_tmp("x.csv", body, other) == 0
     assert a.upload() == 0
-    listed = bucket.requests["LIST"]
-    assert b.refresh() == 1  # the manifest written since B's cursor
-    assert bucket.requests["LIST"] - listed == 1  # one listing of manifests/, no full listing
-    assert b.stat(f"done/{other}").size == len(body)  # from the manifest line
+    assert b.refresh() == 0  # the window is still open: nothing to read yet
+    close_window(clock)
+    assert a.refresh() == 0  # A, the only uploader so far, is the window's compactor
+    mark = len(bucket.log)
+    assert b.refresh() == 1  # the segment of A's window: one GET
+    segment = f"runs/{b.mission.name}/segments/{b.sync.factlog.cursor:010d}.seg"
+    assert bucket.since(mark) == [("GET", segment)]  # no listing of manifests or witnesses
+    assert b.stat(f"done/{other}").size == len(body)  # from the segment's line
     assert not b.exists(f"pending/{other}")
     assert b.read(f"done/{other}") == body
     assert b.read(f"done/{REL}") == BODY
     assert b.refresh() == 0  # nothing new
-    assert a.refresh(full=True) == 0  # its own uploads are facts already
+    assert a.refresh(verify=True) == 0  # its own uploads are facts already

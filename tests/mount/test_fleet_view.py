@@ -79,7 +79,7 @@ def test_fleet_counts_each_worker(
         got = {w["worker"]: w["done"] for w in fleet(mission, moto, viewer)["workers"]}
         return got == {**expected, "w2": 0}
 
-    wait_for(counted, timeout=60, what="every manifest written and counted")
+    wait_for(counted, timeout=60, what="every upload merged into a segment and counted")
     view = fleet(mission, moto, viewer)
     by = {w["worker"]: w for w in view["workers"]}
     for name, n in expected.items():
@@ -89,21 +89,25 @@ def test_fleet_counts_each_worker(
         assert not by[name]["silent"]
     assert by["w2"]["live_leases"] == 1 and by["w2"]["done"] == 0
     assert view["done"] == 6 and view["live_leases"] == 1
-    # Cost: one LIST of manifests/ and one of claims/; manifests counted before are not read
-    # again (STATE/fleet-manifests.json); the witnesses are never listed.
+    # Cost: one LIST of segments/ and one of the leases; a GET of protocol.json, of each
+    # segment written since the last look (one per window: the nodes keep compacting, --refresh
+    # 0.5) and of each lease body; segments counted before are not read again
+    # (STATE/fleet-manifests.json); no manifest and no witness is ever read or listed.
     assert view["requests"].get("LIST") == 2, view["requests"]
-    assert view["manifests_read"] == 0 and view["requests"].get("GET", 0) <= 3
-    # Manifests are pruned from the bucket after a while: the counts stay, from the sums kept
-    # in STATE/fleet-manifests.json, and that file keeps no entry per pruned manifest.
+    assert view["segments_read"] < view["segments_listed"]
+    assert view["requests"].get("GET", 0) <= 1 + view["segments_read"] + 3
+    # Segments are pruned from the bucket after a while: the counts stay, from the sums kept
+    # in STATE/fleet-manifests.json, and that file keeps no entry per pruned segment.
     c = moto.client()
-    listing = c.list_objects_v2(Bucket=bucket, Prefix="runs/s3-mission/manifests/")
+    listing = c.list_objects_v2(Bucket=bucket, Prefix="runs/s3-mission/segments/")
     assert listing.get("Contents")
-    for obj in listing["Contents"]:
-        c.delete_object(Bucket=bucket, Key=obj["Key"])
+    pruned = {obj["Key"] for obj in listing["Contents"]}
+    for key in pruned:
+        c.delete_object(Bucket=bucket, Key=key)
     after = fleet(mission, moto, viewer)
     assert {w["worker"]: w["done"] for w in after["workers"]} == {**expected, "w2": 0}
     cache = json.loads((viewer / "fleet-manifests.json").read_text())
-    assert cache["manifests"] == {} and set(cache["pruned"]) == set(expected)
+    assert not pruned & set(cache["segments"]) and set(cache["pruned"]) == set(expected)
     # The text table says the same, one line per worker.
     text = run(
         "fleet", str(mission), "--endpoint-url", moto.endpoint, "--state", str(viewer),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.model.mission import load_mission
+from fusefs.objects.s3store import CHUNK_BITS, chunk_name
 from tests.mount.test_s3 import MISSION, keys, s3_mission, s3_mount, sync
 from tests.support.mounts import MISSIONFS, ROOT, Mount, new_bucket, wait_for, write_mission
 from tests.support.s3_servers import MotoServer, s3_env
@@ -261,20 +262,23 @@ def test_bucket_damage_is_found_and_repaired(moto: MotoServer, make_mount, tmp_p
     c.put_object(Bucket=bucket, Key=f"{root}/{TILES}/{rels[1]}", Body=altered)
     forged = b"name,n\nforged,9\n"
     (m.state / TILES / rels[2]).write_bytes(forged)  # local bytes changed after commit
-    lease = {"worker": "a", "lease": 900, "nonce": "x"}
-    c.put_object(Bucket=bucket, Key=f"{root}/claims/{rels[3]}", Body=json.dumps(lease).encode())
+    lease = json.dumps({"worker": "a", "lease": 900, "nonce": "x"}).encode()
+    task = load_mission(mission).space.parse_rel(rels[3])
+    claim = f"claims/{chunk_name(task >> CHUNK_BITS)}/{rels[3]}"  # a lease by chunk
+    c.put_object(Bucket=bucket, Key=f"{root}/{claim}", Body=lease)
+    c.put_object(Bucket=bucket, Key=f"{root}/claims/{rels[2]}", Body=lease)  # v1: ignored
 
     expected = {
         ("upload-lost", rels[0]),
         ("altered-in-bucket", rels[1]),
         ("changed", f"{TILES}/{rels[2]}"),
-        ("stale-claim", f"claims/{rels[3]}"),
+        ("stale-claim", claim),
     }
     check_repair_clean(mission, m.state, expected, [forged], env, *ep)
     in_s3 = keys(moto, bucket, TILES)
     assert in_s3[rels[1]] == original  # our committed witness is back...
     assert altered in keys(moto, bucket, "conflicts").values()  # ...the altered bytes kept
-    assert rels[0] not in in_s3 and not keys(moto, bucket, "claims")
+    assert rels[0] not in in_s3 and set(keys(moto, bucket, "claims")) == {rels[2]}
     res = subprocess.run(
         [*MISSIONFS, "sync", str(mission), "--state", str(m.state), *ep, "--quiet"],
         capture_output=True,

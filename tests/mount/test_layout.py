@@ -20,9 +20,7 @@ def names_not_in_layout(state: Path) -> list[str]:
     """Top-level names the layout does not define, and index/ files that are neither a
     FactIndex set (index.py names its own files) nor a layout path."""
     layout = StateLayout(state)
-    known_in_index = {
-        p.name for p in (layout.hash_cache, layout.intent_cache, layout.manifest_cursor)
-    }
+    known_in_index = {p.name for p in (layout.hash_cache, layout.intent_cache, layout.fact_log)}
     extra = [n for n in sorted(p.name for p in state.iterdir()) if n not in layout.names()]
     for p in sorted(layout.index.iterdir()):
         base = re.sub(r"(-wal|-shm|-journal|\.tmp)$", "", p.name)
@@ -65,7 +63,7 @@ def test_a_mount_creates_only_what_the_layout_names(
         layout.mission_name,
         layout.sync_result,
         layout.hash_cache,
-        layout.manifest_cursor,
+        layout.fact_log,
         layout.lock,
         layout.fleet_cache,
     ):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.test_s3 import MISSION, key_names, rels, run
+from tests.mount.test_s3 import MISSION, key_names, lease_names, rels, run
 from tests.support.mounts import Mount, new_bucket, wait_for, write_mission
 from tests.support.s3_proxy import S3Proxy
 from tests.support.s3_servers import MotoServer, SeaweedServer, s3_env
@@ -92,7 +92,7 @@ def test_a_hung_s3_never_stalls_the_mount(
     proxy.mute()  # requests reach S3 and take effect, the answers are lost
     res, seconds = mv(m, f"pending/{c}", f"claimed/{c}")
     assert res.returncode != 0 and EAGAIN_TEXT in res.stderr and seconds < PROMPT, res.stderr
-    wait_for(lambda: c in key_names(moto, bucket, "claims"), PROMPT, "the muted lease applied")
+    wait_for(lambda: c in lease_names(moto, bucket), PROMPT, "the muted lease applied")
     assert (m.mnt / "pending" / c).exists()  # the claim was refused: the task is not ours
 
     proxy.resume()
@@ -105,12 +105,12 @@ def test_a_hung_s3_never_stalls_the_mount(
     # The lease the muted claim left behind is deleted: only the task we hold has one.
     try:
         wait_for(
-            lambda: key_names(moto, bucket, "claims") == {a},
+            lambda: lease_names(moto, bucket) == {a},
             timeout=120,
             what="no lease left for a task we do not hold",
         )
     except AssertionError as e:
-        left = key_names(moto, bucket, "claims")
+        left = lease_names(moto, bucket)
         raise AssertionError(f"{e}: leases {sorted(left)}, sync {m.status()['sync']}") from None
     assert (m.mnt / "pending" / c).exists() and (m.mnt / "claimed" / a).exists()
 
@@ -120,9 +120,9 @@ def test_a_hung_s3_never_stalls_the_mount(
     assert res.returncode != 0 and EAGAIN_TEXT in res.stderr and seconds < PROMPT, res.stderr
     # It did land (the proxy holds the answer 3 s, so the lease exists for a while; on a loaded
     # machine it may reach the server only after the claim gave up: poll, don't look once).
-    wait_for(lambda: d in key_names(moto, bucket, "claims"), PROMPT, "the late lease landed")
+    wait_for(lambda: d in lease_names(moto, bucket), PROMPT, "the late lease landed")
     wait_for(
-        lambda: key_names(moto, bucket, "claims") == {a},
+        lambda: lease_names(moto, bucket) == {a},
         timeout=60,
         what="the late lease deleted when its answer came",
     )
@@ -204,12 +204,14 @@ def test_local_commands_need_neither_s3_nor_credentials(
     (m.mnt / "tmp" / "x").write_text("name\nx\n")
     os.rename(m.mnt / "tmp" / "x", m.mnt / "done" / all_rels[0])
     m.umount()
-    # Another node's witness lands in the bucket; the endpoint was remembered: a sync without
-    # the flag reaches moto and learns it.
+    # Another node's witness lands in the bucket (no manifest names it); the endpoint was
+    # remembered: a verifying sync without the flag reaches moto and learns it.
     key = f"runs/{MISSION}/scraped-tiles/{all_rels[1]}"
     moto.client().put_object(Bucket=bucket, Key=key, Body=b"name\ny\n")
-    res = run("sync", str(mission), "--state", str(m.state), env=aws_blocked)
-    assert res.returncode == 0 and "learned from listings 1" in res.stdout, res.stdout + res.stderr
+    res = run("sync", str(mission), "--state", str(m.state), "--verify", env=aws_blocked)
+    assert res.returncode == 0 and "learned from the bucket 1" in res.stdout, (
+        res.stdout + res.stderr
+    )
     done = all_rels[:2]
 
     env = no_aws_env(silent)

@@ -313,18 +313,9 @@ def test_remote_witnesses_have_their_size_before_any_read(
     wait_for(lambda: set(listed_early) <= listed(b, "done"), timeout=60, what="b lists a's results")
     for rel, body in from_manifest.items():
         s3_commit(a, rel, body)
-    client = moto.client()
+    moto.client()
     for rel, body in from_old_manifest.items():
-        data = body.encode()
-        sha = hashlib.sha256(data).hexdigest()
-        root = f"runs/{MISSION}"
-        client.put_object(
-            Bucket=bucket, Key=f"{root}/scraped-tiles/{rel}", Body=data, Metadata={"sha256": sha}
-        )
-        name = f"{int(time.time() * 1000):013d}-old-00000001.txt"
-        client.put_object(
-            Bucket=bucket, Key=f"{root}/manifests/{name}", Body=f"{rel}\t{sha}\n".encode()
-        )
+        _put_old_manifest(moto, bucket, rel, body.encode())
     wait_for(lambda: set(bodies) <= listed(b, "done"), timeout=60, what="b learns the rest")
 
     def sizes_shown() -> bool:
@@ -394,16 +385,19 @@ def test_remote_sizes_after_a_restart(
 
 
 def _put_old_manifest(moto: MotoServer, bucket: str, rel: str, body: bytes) -> None:
-    """A witness and a manifest as older versions wrote them: `rel<TAB>sha256`, no size."""
+    """A witness and a node manifest line as older versions wrote them: `rel<TAB>sha256`, no
+    size; in a window a little ahead (the fleet's window, on the server's clock), so that it
+    is merged into that window's segment when it closes."""
     sha = hashlib.sha256(body).hexdigest()
     root = f"runs/{MISSION}"
     client = moto.client()
     client.put_object(
         Bucket=bucket, Key=f"{root}/scraped-tiles/{rel}", Body=body, Metadata={"sha256": sha}
     )
-    name = f"{int(time.time() * 1000):013d}-old-00000001.txt"
+    protocol = client.get_object(Bucket=bucket, Key=f"{root}/.missionfs/protocol.json")
+    w = int(time.time() // json.loads(protocol["Body"].read())["window"]) + 2
     client.put_object(
-        Bucket=bucket, Key=f"{root}/manifests/{name}", Body=f"{rel}\t{sha}\n".encode()
+        Bucket=bucket, Key=f"{root}/log/{w:010d}/old-00000001.txt", Body=f"{rel}\t{sha}\n".encode()
     )
 
 

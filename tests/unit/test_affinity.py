@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pyroaring import BitMap
 
-from fusefs.model.affinity import MEMBER_SECONDS, SETTLE_SECONDS, Crew, chunk_bounds, others_share
+from fusefs.model.affinity import (
+    MEMBER_SECONDS,
+    SETTLE_SECONDS,
+    Crew,
+    chunk_bounds,
+    help_order,
+    others_share,
+    shares,
+)
 
 WORKERS = ["host-a-1", "host-b-7", "laptop", "vm-3"]
 
@@ -70,3 +78,26 @@ def test_crew_protects_the_shares_of_silent_and_returning_workers() -> None:
     assert crew.shares(2 * SETTLE_SECONDS + 40) == (elsewhere, BitMap())
     assert crew.shares(MEMBER_SECONDS + 200) == (BitMap(), BitMap())  # gone: its share is ours
     assert crew.members == ("me",)
+
+
+def test_a_crew_computes_what_the_pure_functions_do_and_a_help_order_per_helper() -> None:
+    """Crew hashes each worker's chunk scores once and reuses them as members come and go:
+    its shares and help order are exactly shares() and help_order(). The help order holds the
+    others' chunks only, and two helpers order them differently (so they spread out)."""
+    intent = BitMap(range(0, 30_000, 3))
+    crew = Crew("host-a-1", intent, quiet=10.0)
+    members = ["host-a-1"]
+    for t, w in enumerate([*WORKERS[1:], "late-1", "late-2"]):
+        crew.observe(w, float(t))
+        members.append(w)
+        elsewhere, _ = crew.shares(float(t)) or (BitMap(), BitMap())
+        mine = shares(intent, members)["host-a-1"]
+        assert elsewhere == intent - mine
+        assert crew.help_order == help_order(intent, members, "host-a-1")
+        helped = BitMap()
+        for lo, hi in crew.help_order:
+            helped.add_range(lo, hi)
+        assert helped & intent == elsewhere and not helped & mine
+    other = help_order(intent, members, "host-b-7")
+    assert crew.help_order[:5] != other[:5]
+    assert help_order(intent, ["solo"], "solo") == []

@@ -1,0 +1,454 @@
+"""Protocol v2's fact log over an in-process bucket (factlog.py, docs/protocol.md): node
+manifests per window, segments, checkpoints, and what happens when parts of it fail.
+
+The bucket's clock (the FakeClock) is the server's: windows come from it alone. The machine's
+own clock (time.time, decades away from the FakeClock's) plays no part, which is what lets a
+node whose clock is off name windows right (tests/mount/test_factlog_s3.py skews a real one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+from pyroaring import BitMap
+
+from fusefs.engine import fscksegments
+from fusefs.engine.checkpoints import CheckpointBook
+from fusefs.model import segment as sg
+from fusefs.model.checkpoint import Checkpoint
+from fusefs.model.errors import S3Unavailable
+from fusefs.objects.s3store import S3Store
+from tests.engine.driver import (
+    BUCKET_URL,
+    WINDOW,
+    EngineNode,
+    FakeClock,
+    RecordingStore,
+    close_window,
+)
+
+RELS = [
+    "10.0/20.0/coffee shop.csv",
+    "10.0/20.0/plumber.csv",
+    "10.1/20.0/coffee shop.csv",
+    "10.1/20.1/plumber.csv",
+    "10.2/20.0/coffee shop.csv",
+    "10.2/20.1/plumber.csv",
+]
+
+
+def body(rel: str) -> bytes:
+    return f"name\n{rel}\n".encode()
+
+
+def work(node: EngineNode, *rels: str) -> None:
+    """The node finishes tasks and uploads them (its node manifest waits for its window's
+    end, or a drain: here the drain of `upload`)."""
+    for rel in rels:
+        assert node.direct_write(rel, body(rel)) == 0
+    assert node.upload() == 0
+
+
+def knows(node: EngineNode, rel: str) -> bool:
+    return node.mission.space.parse_rel(rel) in node.sync.remote
+
+
+def turn(clock: FakeClock, *nodes: EngineNode) -> None:
+    """A window closes: every node's loop turns at the compaction time (the designated
+    compactor writes the segment), then at the reading time (the others GET it)."""
+    end = (clock.now // WINDOW + 1) * WINDOW
+    clock.now = end + 5.0 + 0.01  # settle: 5 s with 30 s windows
+    for node in nodes:
+        node.refresh()
+    close_window(clock, WINDOW)
+    clock.now = end + 0.75 * WINDOW
+    for _ in range(2):
+        for node in nodes:
+            node.refresh()
+
+
+def layout(node: EngineNode, bucket: RecordingStore) -> S3Store:
+    return S3Store(BUCKET_URL, node.mission.name, objects=bucket)
+
+
+def test_nodes_learn_each_others_witnesses_through_one_segment_per_window(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Three nodes, one window: each PUTs one node manifest; one segment holds all three; a
+    node that did not compact it learns everything with one GET."""
+    a, b, c = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "abc")
+    for n in (a, b, c):
+        n.refresh()  # start: a bucket without checkpoint is listed once (bootstrap)
+    turn(clock, a, b, c)
+    for n, rel in zip((a, b, c), RELS, strict=False):
+        work(n, rel)
+    w = a.sync.factlog.window(clock.now)
+    s3 = layout(a, bucket)
+    assert sorted(name for name, _ in s3.node_manifests(w)) == [
+        f"worker-{n}-00000001.txt" for n in "abc"
+    ]
+    close_window(clock)
+    first = None
+    for n in (a, b, c):  # the compactor (rendezvous among the crew) writes it, once
+        mark = len(bucket.log)
+        n.refresh()
+        if n.sync.factlog._wrote == w:
+            first = n
+            continue
+        # Not the compactor: one GET of the segment, whatever the fleet's size.
+        assert [k for _, k in bucket.since(mark)] in ([s3.segment_key(w)], [])
+    assert first is not None
+    for n in (a, b, c):
+        n.refresh()
+        assert n.sync.factlog.cursor == w
+        assert all(knows(n, rel) for rel in RELS[:3]), n.worker
+        assert n.stat(f"done/{RELS[0]}").size == len(body(RELS[0]))
+    found = s3.get_segment(w)
+    assert found is not None
+    seg = sg.decode(found[0], w)
+    assert [f.rel for f in seg.facts] == sorted(RELS[:3])
+    assert seg.workers == {"worker-a": 1, "worker-b": 1, "worker-c": 1}
+    assert b.read(f"done/{RELS[0]}") == body(RELS[0])
+
+
+def test_a_compactor_killed_mid_compaction_leaves_a_gap_the_fallback_fills(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    work(a, RELS[0])
+    work(b, RELS[1])
+    turn(clock, a, b)  # both in the crew now (the segment names them)
+    work(a, RELS[2])
+    work(b, RELS[3])
+    w = a.sync.factlog.window(clock.now)
+    close_window(clock)
+    crew = a.sync.factlog.members(w + 1)
+    assert sorted(crew) == ["worker-a", "worker-b"]
+    rank0 = sg.rendezvous(f"{w}", crew)[0]
+    dead, alive = (a, b) if rank0 == "worker-a" else (b, a)
+
+    def killed(*_: object) -> bool:
+        raise S3Unavailable("killed before its PUT")
+
+    monkeypatch.setattr(dead.sync.s3, "put_segment", killed)
+    with pytest.raises(S3Unavailable):  # it listed and read the manifests, then died
+        dead.refresh()
+    dead.close(clean=False)
+    s3 = layout(alive, bucket)
+    assert s3.get_segment(w) is None
+    # The rank-2 node steps in W/4 after the compactor's time (end + 5 + 7.5 s): not before.
+    clock.now = sg.window_end(w, WINDOW) + 11.5  # its reading time (end + 8..11 s) is past
+    mark = len(bucket.log)
+    alive.refresh()
+    assert bucket.since(mark) == [("GET", s3.segment_key(w))]  # 404
+    assert s3.get_segment(w) is None and alive.sync.factlog.cursor == w - 1
+    mark = len(bucket.log)
+    clock.advance(0.5)
+    alive.refresh()  # a missing segment is not asked for again at every turn of the loop
+    assert bucket.since(mark) == []
+    clock.now = sg.window_end(w, WINDOW) + 5.0 + WINDOW / 4 + 0.1
+    alive.refresh()
+    assert alive.sync.factlog._wrote == w and s3.get_segment(w) is not None
+    assert all(knows(alive, rel) for rel in RELS[:4])  # nothing lost
+    dead.restart(clean=False)  # back: it reads the fallback's segment
+    dead.refresh()
+    assert all(knows(dead, rel) for rel in RELS[:4])
+
+
+def test_a_late_manifest_is_published_again(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's manifest PUT lands after B compacted its window: the segment does not name it, so
+    A publishes its lines again in its current window, and B learns them from the next one."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    work(b, RELS[1])
+    turn(clock, b, a)
+    held: list[tuple[int, str, bytes]] = []
+    real = a.sync.s3.put_node_manifest
+    monkeypatch.setattr(
+        a.sync.s3, "put_node_manifest", lambda w, n, data: held.append((w, n, data))
+    )
+    work(a, RELS[0])  # its PUT is slow...
+    assert len(held) == 1
+    w = held[0][0]
+    close_window(clock)
+    b.refresh()  # ...B, alone in the crew, compacts the window without it
+    assert b.sync.factlog._wrote == w and not knows(b, RELS[0])
+    monkeypatch.setattr(a.sync.s3, "put_node_manifest", real)
+    real(*held[0])  # ...and lands late
+    a.refresh()  # applies segment w: its manifest is missing from the header
+    assert a.sync.factlog.republished == 1
+    a.run(partial(a.sync.flush_manifest, now=True))  # `drain` (or its window's end) publishes again
+    turn(clock, a, b)
+    assert knows(b, RELS[0])
+
+
+def test_a_deleted_or_corrupt_segment_is_rebuilt_from_the_manifests(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    s3 = layout(a, bucket)
+    for damage in ("delete", "corrupt"):
+        rel = RELS[0] if damage == "delete" else RELS[1]
+        work(a, rel)
+        w = a.sync.factlog.window(clock.now)
+        close_window(clock)
+        a.refresh()  # A compacts (B has not published: it is not in the crew)
+        assert a.sync.factlog._wrote == w
+        if damage == "delete":
+            bucket.delete(s3.segment_key(w))
+        else:
+            found = s3.get_segment(w)
+            assert found is not None
+            bucket.put(s3.segment_key(w), found[0].replace(b"plumber", b"plumbe_"))
+        clock.now = sg.window_end(w, WINDOW) + 2 * WINDOW + 6  # B's fallback is due
+        b.refresh()
+        assert knows(b, rel), damage
+        found = s3.get_segment(w)
+        assert found is not None and [f.rel for f in sg.decode(found[0], w).facts] == [rel]
+
+
+def test_a_witness_whose_manifest_and_segment_are_lost_is_found_by_verification(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """The worst case: segment and node manifests of a window gone. The window is recompacted
+    empty, so the fact is hidden, but not for good: a verification listing finds it and
+    publishes it, and every node learns it from the next segment."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    work(a, RELS[0])
+    w = a.sync.factlog.window(clock.now)
+    s3 = layout(a, bucket)
+    for _, key in s3.node_manifests(w):
+        bucket.delete(key)
+    turn(clock, a, b)
+    assert not knows(b, RELS[0])
+    assert b.refresh(verify=True) == 1  # `missionfs sync --verify`: every shard listed
+    assert b.sync._manifest and b.sync._manifest[0].startswith(RELS[0] + "\t\t")
+    c = make_node(bucket=bucket, name="c", worker="worker-c")
+    c.refresh()
+    b.run(partial(b.sync.flush_manifest, now=True))
+    turn(clock, a, b, c)
+    assert knows(c, RELS[0]) and knows(a, RELS[0])
+
+
+def test_a_new_node_learns_every_fact_from_a_checkpoint_in_few_requests(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    done = []
+    for rel in RELS:
+        work(a, rel)
+        done.append(rel)
+        turn(clock, a)
+    while a.sync.factlog.window(clock.now) % 10 != 1:  # through a checkpoint window
+        turn(clock, a)
+    assert a.sync.factlog.checkpoints_written >= 2  # bootstrap's, and window % C == 0's
+    mark = len(bucket.log)
+    c = make_node(bucket=bucket, name="c", worker="worker-c")
+    c.upload()  # connect and start: the first refresh
+    asked = bucket.since(mark)
+    learning = [(k, key) for k, key in asked if "/.missionfs/probe" not in key]
+    assert len(learning) <= 20, learning
+    assert not [key for _, key in asked if "/scraped-tiles/" in key]  # no listing of witnesses
+    assert all(knows(c, rel) for rel in done)
+    assert c.stat(f"done/{RELS[0]}").size == len(body(RELS[0]))  # sizes from the checkpoint
+
+
+def test_a_node_offline_for_days_starts_from_a_checkpoint_and_its_queue_reaches_everyone(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Hour-long windows (the fleet's protocol.json), so three days are 72 windows. B leaves
+    with work queued; A keeps working; B comes back after three days: it loads the newest
+    checkpoint and the few segments after it, and its queued witnesses reach A."""
+    hour = 3600.0
+    s3 = S3Store(BUCKET_URL, "engine-tier", objects=bucket)
+    assert s3.create_protocol({"version": 2, "window": hour})
+    bucket.put(f"{s3.base}/manifests/{1000:013d}-v1-00000001.txt", b"")  # protocol v1's
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    assert a.sync.factlog.width == hour
+    assert b.direct_write(RELS[5], body(RELS[5])) == 0
+    b.close()  # unmounted with its upload queued (the uploader never ran)
+    for i in range(72):
+        if i < 5:
+            work(a, RELS[i])
+        close_window(clock, hour)
+        a.refresh()
+    assert a.sync.factlog.checkpoints_written >= 7
+    # Retention (by the compactors, a few requests every C windows): the node manifests older
+    # than an hour, protocol v1's manifests, the checkpoints but 3, the segments before them.
+    assert s3.log_windows_before(a.sync.factlog.window(clock.now)) == []
+    assert not list(s3.manifests())
+    kept = s3.checkpoint_windows()
+    assert len(kept) == 3 and min(s3.segment_windows()) >= min(kept) - 10
+    b.restart()
+    mark = len(bucket.log)
+    b.refresh()
+    asked = [(k, key) for k, key in bucket.since(mark) if "/.missionfs/probe" not in key]
+    assert len(asked) <= 20, asked
+    assert b.sync.factlog.checkpoint_loaded is not None
+    assert all(knows(b, rel) for rel in RELS[:5])
+    assert b.upload() == 0  # the queue goes out, and its manifest with it
+    close_window(clock, hour)
+    a.refresh()
+    b.refresh()
+    a.refresh()
+    assert knows(a, RELS[5])
+
+
+def test_fsck_finds_corrupt_and_unmerged_segments_and_rebuilds_them(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """fsck's segments check (fscksegments.py): a corrupt segment and a closed window whose
+    node manifests were never merged are reported, and --repair rebuilds both from the node
+    manifests; a window nobody wrote in needs no segment."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    s3 = layout(a, bucket)
+    windows = []
+    for rel in RELS[:2]:
+        work(a, rel)
+        windows.append(a.sync.factlog.window(clock.now))
+        turn(clock, a)
+    turn(clock, a)  # an empty window between
+    corrupt, lost = windows
+    found = s3.get_segment(corrupt)
+    assert found is not None
+    bucket.put(s3.segment_key(corrupt), found[0] + b"10.2/20.2/plumber.csv\t\t1\n")
+    bucket.delete(s3.segment_key(lost))
+    findings = fscksegments.audit(s3, WINDOW, clock.now)
+    assert [(f.kind, f.window) for f in findings] == [
+        ("segment-corrupt", corrupt),
+        ("segment-missing", lost),
+    ]
+    assert findings[0].where == f"segments/{corrupt:010d}.seg"
+    for f in findings:
+        ok, how = fscksegments.rebuild(s3, f)
+        assert ok and how == "rebuilt from 1 node manifest(s), 1 fact(s)"
+    assert fscksegments.audit(s3, WINDOW, clock.now) == []
+    for w, rel in zip(windows, RELS, strict=False):
+        found = s3.get_segment(w)
+        assert found is not None and [f.rel for f in sg.decode(found[0], w).facts] == [rel]
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_fact_log_requests_per_node_and_window_do_not_grow_with_the_fleet(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock, n: int
+) -> None:
+    """Steady state, every node uploading every window: per node and window, one manifest PUT
+    and one segment GET, plus the compaction shared by the fleet (a LIST, a GET per manifest,
+    a PUT): 3 + 1/N requests, whatever N (protocol v1: a GET per peer's manifest, N - 1)."""
+    nodes = [make_node(bucket=bucket, name=f"n{i}", worker=f"worker-{i}") for i in range(n)]
+    for node in nodes:
+        node.refresh()
+    todo = _all_rels(nodes[0])  # 15 tasks: 2 windows of 6 nodes
+    turn(clock, *nodes)  # the crew is known from here on
+    mark = len(bucket.log)
+    windows = 2
+    for _ in range(windows):
+        for node in nodes:
+            work(node, todo.pop())
+        turn(clock, *nodes)
+    areas = ("/log/", "/segments/", "/checkpoints/", "/manifests/")
+    asked = [(kind, key) for kind, key in bucket.since(mark) if any(a in key for a in areas)]
+    retention = [(kind, key) for kind, key in asked if key.endswith(areas)]  # every C windows
+    steady = [r for r in asked if r not in retention]
+    assert len(steady) / (n * windows) <= 3 + 1 / n + 0.01, "\n".join(map(str, steady))
+    assert len(retention) <= 4, retention
+    for node in nodes:
+        assert all(knows(node, rel) for other in nodes for rel in _done(other))
+
+
+def _all_rels(node: EngineNode) -> list[str]:
+    return sorted(node.mission.space.rel(t) for t in node.mission.intent)
+
+
+def _done(node: EngineNode) -> list[str]:
+    return [node.mission.space.rel(t) for t in node.sync.local]
+
+
+def test_hour_long_windows_late_in_the_hour_list_the_bucket_once(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """The bootstrap's cursor is window(T) - 2: with hour-long windows, late in the hour, the
+    window after it ended almost an hour ago. It is merged (or taken from a newer checkpoint),
+    never a reason to list the bucket again and again (it was, at every turn)."""
+    hour = 3600.0
+    s3 = S3Store(BUCKET_URL, "engine-tier", objects=bucket)
+    assert s3.create_protocol({"version": 2, "window": hour})
+    clock.now = (clock.now // hour + 1) * hour + 3500  # 100 s before the end of a window
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    listing = [k for kind, k in bucket.log if kind == "LIST" and "/scraped-tiles/" in k]
+    assert listing  # the bootstrap
+    mark = len(bucket.log)
+    for _ in range(3):
+        clock.advance(1.0)
+        a.refresh()
+    assert not [k for kind, k in bucket.since(mark) if "/scraped-tiles/" in k]
+    assert a.sync.factlog.cursor == a.sync.factlog.window(clock.now) - 1
+
+
+def test_a_checkpoint_named_for_a_future_window_is_not_started_from(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """Starting from it would put the cursor in the future: every segment until then would be
+    skipped (facts hidden). A new node takes the newest checkpoint of a past window instead."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    work(a, RELS[0])
+    turn(clock, a)
+    now = a.sync.factlog.window(clock.now)
+    book = CheckpointBook(layout(a, bucket), a.mission.space)
+    assert book.write(Checkpoint(now + 100, BitMap()))
+    c = make_node(bucket=bucket, name="c", worker="worker-c")
+    c.refresh()
+    assert c.sync.factlog.cursor is not None and c.sync.factlog.cursor <= now
+    assert knows(c, RELS[0])
+
+
+def test_a_segment_that_cannot_be_written_is_retried_calmly(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its compaction is due, but the PUT answers 412 and the GET finds nothing (a server
+    that misbehaves): the node tries again after a pause, not at every turn of its loop."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    work(a, RELS[0])
+    w = a.sync.factlog.window(clock.now)
+    monkeypatch.setattr(a.sync.s3, "put_segment", lambda *_: False)
+    monkeypatch.setattr(a.sync.s3, "get_segment", lambda *_: None)
+    clock.now = sg.window_end(w, WINDOW) + 5.0 + 0.01  # its compaction is due
+    mark = len(bucket.log)
+    a.refresh()
+    assert bucket.since(mark)  # it tried
+    assert a.sync.factlog.cursor == w - 1
+    mark = len(bucket.log)
+    for _ in range(5):
+        clock.advance(0.2)
+        a.refresh()
+    assert bucket.since(mark) == []  # not 5 more tries in a second
+    assert a.sync.factlog.next_due() >= clock.now + 0.5
+    clock.advance(2.0)
+    a.refresh()
+    assert bucket.since(mark)  # and again after the pause
