@@ -14,16 +14,144 @@ Modes:
 Switching to `hang` or `mute` poisons the connections open at that moment (they stay silent
 until the client closes them), so a client's pooled connection cannot carry a half-forwarded
 request into the next mode. One thread, non-blocking sockets, a selector.
+
+Counting: give the proxy a `RequestCounts` (shared by several proxies if you like, each with its
+own `tag`, e.g. one proxy per mount) and every request a client sends is parsed from the byte
+stream (request line, headers, a Content-Length or chunked body) and counted by kind (PUT, GET,
+HEAD, LIST, DELETE, POST) and by area: the first path segment of the key (or of a LIST's
+`prefix=`, or of a DeleteObjects body's first key) after the mission's base prefix.
 """
 
 from __future__ import annotations
 
+import re
 import selectors
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class RequestCounts:
+    """Requests seen by one or more counting proxies: (tag, kind, area) -> count, thread-safe.
+
+    `base` is the key prefix under which areas live (`runs/MISSION`), so that `runs/M/claims/x`
+    counts under area `claims`; a key outside it counts under `(other)`, the bucket itself (a
+    LIST of the base, a HEAD of the bucket) under `(root)`."""
+
+    def __init__(self, bucket: str, base: str) -> None:
+        self.bucket = bucket
+        self.base = base.strip("/")
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def area(self, key: str) -> str:
+        key = key.lstrip("/")
+        if self.base:
+            if key.rstrip("/") == self.base or not key:
+                return "(root)"
+            if not key.startswith(self.base + "/"):
+                return "(other)"
+            key = key[len(self.base) + 1 :]
+        head, _, _ = key.partition("/")
+        return head or "(root)"
+
+    def classify(self, method: str, target: str, body: bytes = b"") -> tuple[str, str]:
+        """(kind, area) of one request (path-style addressing: /BUCKET/KEY?QUERY)."""
+        parts = urlsplit(target)
+        bucket, _, key = unquote(parts.path).lstrip("/").partition("/")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if bucket != self.bucket:
+            return ("LIST" if method == "GET" and not key else method), "(other)"
+        if method == "GET" and not key:
+            return "LIST", self.area(query.get("prefix", [""])[0])
+        if method == "POST" and "delete" in query:
+            m = re.search(rb"<Key>([^<]*)</Key>", body)
+            return "POST", self.area(m.group(1).decode("utf-8", "replace")) if m else "(root)"
+        if not key:
+            return method, "(root)"
+        return method, self.area(key)
+
+    def add(self, tag: str, method: str, target: str, body: bytes = b"") -> None:
+        kind, area = self.classify(method, target, body)
+        with self._lock:
+            self.counts[(tag, kind, area)] += 1
+
+    def snapshot(self) -> Counter[tuple[str, str, str]]:
+        with self._lock:
+            return self.counts.copy()
+
+
+class _RequestParser:
+    """Splits a client's byte stream into HTTP/1.1 requests (keep-alive, pipelining, bodies by
+    Content-Length or chunked) and reports each one's method, target and (POST) body."""
+
+    BODY_KEPT = 65536  # enough of a DeleteObjects body to read its first key
+
+    def __init__(self, counts: RequestCounts, tag: str) -> None:
+        self.counts, self.tag = counts, tag
+        self.buf = b""
+        self.state = "head"  # head | body | chunk-size | chunk-data | trailer
+        self.left = 0  # body bytes (or chunk bytes + CRLF) still to come
+        self.method, self.target, self.body = "", "", b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        if self.state == "head":
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4 :]
+            lines = head.split("\r\n")
+            first = lines[0].split(" ")
+            if len(first) < 2:
+                return True  # not a request line: skip it
+            self.method, self.target, self.body = first[0].upper(), first[1], b""
+            hdr = {
+                k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
+            }
+            if "chunked" in hdr.get("transfer-encoding", "").lower():
+                self.state = "chunk-size"
+            else:
+                self.left = int(hdr.get("content-length", "0") or 0)
+                self.state = "body"
+            return True
+        if self.state in ("body", "chunk-data"):
+            take = min(self.left, len(self.buf))
+            if self.method == "POST" and len(self.body) < self.BODY_KEPT:
+                self.body += self.buf[:take]
+            self.buf, self.left = self.buf[take:], self.left - take
+            if self.left:
+                return False
+            if self.state == "chunk-data":
+                self.state = "chunk-size"
+                return True
+            self._done()
+            return True
+        end = self.buf.find(b"\r\n")
+        if end < 0:
+            return False
+        line, self.buf = self.buf[:end], self.buf[end + 2 :]
+        if self.state == "trailer":
+            if not line:
+                self._done()
+            return True
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            self.state = "trailer"
+        else:
+            self.state, self.left = "chunk-data", size + 2  # the chunk and its CRLF
+        return True
+
+    def _done(self) -> None:
+        self.counts.add(self.tag, self.method, self.target, self.body)
+        self.state, self.body = "head", b""
 
 
 @dataclass(eq=False)
@@ -33,10 +161,12 @@ class _Pair:
     mode: str  # the mode this connection keeps: "pass", "slow", "hang" or "mute"
     answers: deque[tuple[float, bytes]] = field(default_factory=deque)  # (when due, bytes)
     server_done: bool = False  # the server closed; the client is closed once answers are out
+    parser: _RequestParser | None = None  # set when the proxy counts requests
 
 
 class S3Proxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, counts: RequestCounts | None = None, tag: str = "") -> None:
+        self.counts, self.tag = counts, tag
         host, _, port = upstream.removeprefix("http://").partition(":")
         self.upstream = (host, int(port))
         self.mode = "pass"
@@ -140,6 +270,8 @@ class S3Proxy:
             upstream.setblocking(False)
         client.setblocking(False)
         pair = _Pair(client, upstream, mode)
+        if self.counts is not None:
+            pair.parser = _RequestParser(self.counts, self.tag)
         with self._lock:
             self._pairs.add(pair)
         self._sel.register(client, selectors.EVENT_READ, pair)
@@ -169,6 +301,12 @@ class S3Proxy:
             self._drop(pair)  # Connection: close; the rest of the request goes nowhere
             return
         if sock is pair.client:
+            if pair.parser is not None:
+                try:
+                    pair.parser.feed(data)
+                except ValueError as e:  # a stream we cannot frame: stop counting it
+                    self.errors.append(f"request parser: {e!r}")
+                    pair.parser = None
             if mode == "hang" or pair.upstream is None:
                 return  # read, never forwarded
             self._send(pair.upstream, data, pair)
