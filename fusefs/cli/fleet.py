@@ -14,7 +14,7 @@ from typing import Any
 
 from fusefs.model.mission import load_mission
 
-DEFAULT_SILENT = 3 * 15.0 + 5.0  # as a mount judges a worker silent with --refresh 15
+DEFAULT_SILENT = 3 * 30.0 + 5.0  # as a mount judges a worker silent with --refresh 30
 
 
 def add_parser(sub: Any) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
         "--silent",
         type=float,
         default=DEFAULT_SILENT,
-        help="seconds without uploads in a segment or a lease write after which a worker is silent (50)",
+        help="seconds without uploads in a segment or a lease write after which a worker is silent (95)",
     )
     p.add_argument(
         "--lease", type=float, default=900.0, help="lease length of unreadable leases (900)"

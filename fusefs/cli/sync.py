@@ -29,7 +29,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register this module's command(s) on the `missionfs` parser."""
     sy = sub.add_parser(
         "sync",
-        help="push local witnesses to S3 and pull the remote listing "
+        help="push local witnesses to S3 and read what other nodes published; --verify also "
+        "lists the bucket "
         "(without a mount; on a mounted state dir, asks the daemon to do it now)",
     )
     sy.add_argument("mission", type=Path)

@@ -1,4 +1,4 @@
-"""The S3 side of a mission: witness, conflict, manifest and intent keys under one base prefix.
+"""The S3 side of a mission: every key of the bucket layout under one base prefix.
 
 A layout over an `ObjectStore` (fusefs.objects.base): S3 in production (`S3ObjectStore`, built
 lazily from the mission's URL and endpoint), an in-process `MemoryStore` in tests and simulation
