@@ -193,9 +193,16 @@ class SyncEngine(RemoteFacts):
 
     # -- connection ---------------------------------------------------------------------------
     async def connect(self) -> bool:
-        """Check bucket, credentials and conditional-write support; False while unreachable."""
+        """Check bucket, credentials and conditional-write support; False while unreachable.
+        Once the self-test has passed, a reconnection only asks for the bucket (one HEAD):
+        what the server supports does not change, and the self-test's six requests at every
+        503 SlowDown made a fleet under throttling throttle itself harder."""
         try:
-            conditional = await _s3(self.s3.check)
+            if self.conditional is None:
+                conditional = await _s3(self.s3.check)
+            else:
+                await _s3(self.s3.objects.check)
+                conditional = self.conditional
         except S3Unavailable as e:
             self.went_offline(e)
             return False

@@ -32,3 +32,20 @@ def test_a_loop_that_fails_unexpectedly_is_restarted(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(calls) == 3
     assert sync.counters.errors == 2 and "from a nursery" in sync.counters.last_error
+
+
+def test_a_reconnection_asks_for_the_bucket_only(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore
+) -> None:
+    """The self-test (bucket, conditional create, checksum: six requests) runs once; after a
+    503 SlowDown or an outage a reconnection is one HEAD of the bucket. In the simulator at
+    N = 1,000 the self-test at every SlowDown was 17 of 90 requests per task."""
+    node = make_node(bucket=bucket)
+    node.refresh()
+    sync = node.sync
+    assert sync.conditional is not None
+    sync.went_offline("503 SlowDown")
+    mark = len(bucket.log)
+    assert node.run(sync.connect)
+    assert [kind for kind, _ in bucket.since(mark)] == ["HEAD"]
+    assert sync.online
