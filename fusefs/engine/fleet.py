@@ -118,7 +118,11 @@ class FleetHost(Protocol):
 log = logging.getLogger("missionfs")
 
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives three refresh intervals
-IDENTIFY = 2  # lease bodies of workers not met yet read per listing: new crew, bounded cost
+# Lease bodies of workers not met yet read per listing (None: all). A budget of 2 kept the
+# start-up GETs bounded but left the crew unknown for minutes at N = 1,000: strict shares
+# fell apart (37.6 refused claims a task, docs/benchmarks.md); reading them all costs N GETs
+# per node once. The fix is to name every node in the first segment (not built yet).
+IDENTIFY: int | None = None
 CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGAIN / degraded)
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
