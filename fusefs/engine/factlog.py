@@ -36,6 +36,7 @@ import trio
 from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.engine.factduties import KEEP_SECONDS, C, FactDuties, FactHost
 from fusefs.engine.threads import blocking as _s3
+from fusefs.engine.threads import blocking_each
 from fusefs.model import segment as sg
 from fusefs.model.checkpoint import Checkpoint, CheckpointBuilder
 from fusefs.model.codec import OutOfPlan
@@ -434,26 +435,20 @@ class FactLog(FactDuties):
                 return None
         listed = await _s3(self.s3.node_manifests, w)
 
-        def read(key: str) -> list[sg.Fact]:
-            return sg.parse_lines(self.s3.get(key)[0])
+        def read(item: tuple[str, str]) -> list[sg.Fact] | None:
+            try:
+                return sg.parse_lines(self.s3.get(item[1])[0])
+            except NotFound:
+                return None  # deleted since the listing (retention): its facts are in a segment
 
         manifests: dict[str, list[sg.Fact]] = {}
-        limiter = trio.CapacityLimiter(self.engine.uploaders)
-        errors: list[Exception] = []
 
-        async def one(name: str, key: str) -> None:
-            try:
-                async with limiter:
-                    manifests[name] = await _s3(read, key)
-            except NotFound:
-                pass  # deleted since the listing (retention): its facts are in a segment
-            except (S3Unavailable, S3ConfigError) as e:
-                errors.append(e)
+        def one(item: tuple[str, str], facts: list[sg.Fact] | None) -> None:
+            if facts is not None:
+                manifests[item[0]] = facts
 
-        async with trio.open_nursery() as nursery:
-            for name, key in listed:
-                if sg.manifest_worker(name) is not None:
-                    nursery.start_soon(one, name, key)
+        ours = [(name, key) for name, key in listed if sg.manifest_worker(name) is not None]
+        errors = await blocking_each(read, ours, self.engine.uploaders, one)
         if errors:  # one plain exception, never a group: the loops catch S3 errors by class
             raise errors[0]
         seg = sg.merge(w, manifests)

@@ -24,10 +24,10 @@ from pyroaring import BitMap
 
 from fusefs.engine.facts import Facts
 from fusefs.engine.threads import blocking as _s3
+from fusefs.engine.threads import blocking_each
 from fusefs.engine.verify import my_shards
 from fusefs.model.checkpoint import Checkpoint, Sizes
 from fusefs.model.codec import OutOfPlan, TaskSpace
-from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.model.segment import Fact
 from fusefs.model.sizes import RemoteSizes
 from fusefs.model.state import MissionState
@@ -223,16 +223,8 @@ class RemoteFacts:
             shards = await _s3(self.s3.witness_shards)
         listed: Listed = []
         found: Listed = []
-        limiter = trio.CapacityLimiter(self.uploaders)
-        errors: list[Exception] = []
 
-        async def one(shard: str) -> None:
-            try:
-                async with limiter:
-                    rels = await _s3(self.s3.sized_rels_under, shard)
-            except (S3Unavailable, S3ConfigError) as e:
-                errors.append(e)
-                return
+        def one(shard: str, rels: Listed) -> None:
             listed.extend(rels)
             remote = self.remote
             for rel, size in rels:
@@ -241,9 +233,7 @@ class RemoteFacts:
                     found.append((rel, size))
             self._learn_rels(rels)
 
-        async with trio.open_nursery() as nursery:
-            for shard in shards:
-                nursery.start_soon(one, shard)
+        errors = await blocking_each(self.s3.sized_rels_under, shards, self.uploaders, one)
         if errors:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return listed, found
@@ -277,19 +267,13 @@ class RemoteFacts:
         self.unsized -= self.local
         if not todo:
             return 0
-        limiter = trio.CapacityLimiter(self.uploaders)
         found = 0
-        errors: list[Exception] = []
 
-        async def one(task: int) -> None:
+        def size_of(task: int) -> int | None:
+            return self.s3.size_of(self.s3.key(WITNESSES, self.space.rel(task)))
+
+        def one(task: int, size: int | None) -> None:
             nonlocal found
-            rel = self.space.rel(task)
-            try:
-                async with limiter:
-                    size = await _s3(self.s3.size_of, self.s3.key(WITNESSES, rel))
-            except (S3Unavailable, S3ConfigError) as e:
-                errors.append(e)  # asked again at the next refresh
-                return
             self.unsized.discard(task)  # gone from the bucket: a full listing will tell
             if size is not None and task not in self.local:
                 self.sizes.set(task, size)
@@ -297,9 +281,7 @@ class RemoteFacts:
                 found += 1
                 self.state.notify((task,))  # drop the kernel's cached size 0
 
-        async with trio.open_nursery() as nursery:
-            for task in todo:
-                nursery.start_soon(one, task)
+        errors = await blocking_each(size_of, todo, self.uploaders, one)  # failed: next time
         if errors:
             log.info("sizes of %d remote witnesses not known yet (%s)", len(errors), errors[0])
         return found
