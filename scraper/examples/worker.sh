@@ -4,8 +4,11 @@
 #   GENERATOR reads a task descriptor on stdin and prints the result CSV on stdout; the default
 #   is the synthetic source (python3 -m scraper.synthetic). Any command works, e.g. an HTTP API:
 #   worker.sh /mnt/m curl -sf --data-binary @- https://scraper.example/run
-# Prints "done REL" for every task it commits; stops when nothing is pending. A claim refused
-# with EAGAIN (strict claims while S3 is unreachable) is retried with backoff up to 30 s.
+# Prints "done REL" for every task it commits; stops when nothing is pending. It lists pending/
+# again after every task: in a fleet the listing moves while a task runs (other workers'
+# claims, each node's share), and a stale list means claims of tasks another node has just
+# taken (lost races, each an S3 PUT and GET). A claim refused with EAGAIN (strict claims while
+# S3 is unreachable) is retried with backoff up to 30 s.
 set -uo pipefail
 mnt="${1:?usage: worker.sh MNT [GENERATOR [ARG...]]}"
 shift
@@ -42,6 +45,7 @@ while :; do
             failed[$rel]=1
             rm -f "claimed/$rel" "$tmp" # give the task back at once
         fi
+        break # list again: pending/ moved while we worked (other claims, the fleet's shares)
     done
     [ "$tried" -eq 1 ] || break
 done
