@@ -74,6 +74,9 @@ class FactLog(FactDuties):
         self.unconfirmed: dict[str, tuple[int, list[str]]] = {}  # our manifests not seen merged
         self.put_window = -1  # the last window we PUT a manifest in (at most one each)
         self.crew: dict[str, int] = {}  # worker -> newest window whose segment names it
+        # A manifest (empty if need be) in our first window: the segment then names us, and
+        # every node learns the crew from one GET, not from lease bodies one by one.
+        self.hello = True
         self.started = False
         self.lock = trio.Lock()
         self._peeked: set[str] = set()  # node manifests read before their segment (sync)
@@ -188,7 +191,7 @@ class FactLog(FactDuties):
         now = self.now()
         current = self.window(now)
         times = []
-        if self.engine._manifest:
+        if self.engine._manifest or self.hello:
             times.append(
                 sg.window_end(current, self.w) - self._lead()
                 if self.put_window < current
@@ -314,7 +317,7 @@ class FactLog(FactDuties):
 
     async def _flush(self, force: bool) -> None:
         lines = self.engine._manifest
-        if not lines:
+        if not lines and not self.hello:
             return
         now = self.now()
         current = self.window(now)
@@ -325,16 +328,18 @@ class FactLog(FactDuties):
         self.engine._manifest = []
         self.seq += 1
         name = sg.manifest_name(self.worker, self.seq)
-        self.unconfirmed[name] = (current, lines)
+        if lines:
+            self.unconfirmed[name] = (current, lines)
         await self.save()  # the sequence number is used once, even across a crash
-        body = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+        body = "".join(f"{ln}\n" for ln in lines).encode("utf-8", "surrogateescape")
         try:
             await _s3(self.s3.put_node_manifest, current, name, body)
         except (S3Unavailable, S3ConfigError):
-            del self.unconfirmed[name]
+            self.unconfirmed.pop(name, None)
             self.engine._manifest = lines + self.engine._manifest  # the next flush retries
             raise
         self.put_window = current
+        self.hello = False
 
     async def _read_closed(self) -> int:
         """Apply the segments of closed windows in order (compacting one when it is due)."""

@@ -118,11 +118,12 @@ class FleetHost(Protocol):
 log = logging.getLogger("missionfs")
 
 RETIRE_MARGIN = 5.0  # seconds a finished task's lease outlives three refresh intervals
-# Lease bodies of workers not met yet read per listing (None: all). A budget of 2 kept the
-# start-up GETs bounded but left the crew unknown for minutes at N = 1,000: strict shares
-# fell apart (37.6 refused claims a task, docs/benchmarks.md); reading them all costs N GETs
-# per node once. The fix is to name every node in the first segment (not built yet).
-IDENTIFY: int | None = None
+# Lease bodies of workers not met yet read per listing (None: all). Reading them all costs
+# N GETs per node at a fleet's start (N x N: SlowDowns at N = 1,000). The crew is learned
+# from the segments instead (every node's first window has a manifest of it, factlog.py's
+# `hello`), whose workers' bodies are known by their ETags; until then a node knows part of
+# the crew, which is harmless: it works its share from its own best chunks (affinity.Crew).
+IDENTIFY: int | None = 2
 CLAIM_TIMEOUT = 2.0  # seconds a claim, renew or release waits for S3 (then EAGAIN / degraded)
 FULL_LISTING_CHUNKS = 8  # a view over more lease chunks lists all of claims/ instead
 END_CHUNKS = 2  # chunks of other workers' leases listed when our view is empty
@@ -559,7 +560,7 @@ class FleetClaims:
         before = self.crew.members
         changed = self.crew.shares(now, offline=offline)
         if changed is not None:
-            self.state.set_shares(*changed, self.crew.help_order)
+            self.state.set_shares(*changed, self.crew.help_order, self.crew.own_start)
             if self.crew.members != before:
                 members = self.crew.members
                 log.info("work shares among %d workers: %s", len(members), ", ".join(members))

@@ -101,6 +101,10 @@ class Crew:
         self._shares: dict[str, BitMap] = {}
         # The others' chunks as task-id ranges, in our rendezvous order: where we help first.
         self.help_order: list[tuple[int, int]] = []
+        # The first task id of our best-scored chunk: where our view of our share starts (see
+        # MissionState.pending_view). A worker's best chunk is its own under any crew, so
+        # workers that know different parts of the crew still start in different places.
+        self.own_start = 0
         self._scores: dict[str, list[int]] = {}  # worker -> its score of every chunk
 
     def _split(self, members: list[str]) -> None:
@@ -115,17 +119,21 @@ class Crew:
         }
         columns = [self._scores[w] for w in members]
         out = {w: BitMap() for w in members}
-        order: list[tuple[int, int, int]] = []  # (chunk, lo, hi)
+        order: list[tuple[int, int, int]] = []  # (chunk, lo, hi) of the others' chunks
+        own: list[int] = []  # our chunks
         for c, col in enumerate(zip(*columns, strict=True)):
             if bounds[c] < bounds[c + 1]:
                 w = members[col.index(max(col))]
                 out[w].add_range(bounds[c], bounds[c + 1])
-                if w != self.me:
+                if w == self.me:
+                    own.append(c)
+                else:
                     order.append((c, bounds[c], bounds[c + 1]))
         self._shares = {w: share & self.intent for w, share in out.items()}
         mine = self._scores[self.me]
         order.sort(key=lambda o: mine[o[0]], reverse=True)
         self.help_order = [(lo, hi) for _, lo, hi in order] if len(members) > 1 else []
+        self.own_start = bounds[max(own, key=lambda c: mine[c])] if own else 0
 
     @property
     def members(self) -> tuple[str, ...]:

@@ -10,7 +10,9 @@ Every method runs without awaiting, so on the trio thread each call is atomic.
 
 What pending/ lists is `pending_view()`: `pending` itself or, when `elsewhere` holds other
 workers' shares (affinity.py, strict and optimistic fleets), a window of WINDOW tasks: the first
-ones of our share while it has any, else the last ones of the other shares that are not
+ones of our share while it has any, from `own_start` up (then from the start: the first task of
+our best-scored affinity chunk, so that workers who know different parts of the crew, at a
+fleet's start, still start apart: a worker's best chunk is its own whoever else it knows), else the last ones of the other shares that are not
 `protected` (shares of workers that went quiet or just came back: they may have finished tasks we
 cannot know about). Owners work their shares upwards and helpers downwards, so they meet late, if
 at all. With a `help_order` (ranges of task ids, the others' affinity chunks in this worker's
@@ -24,7 +26,6 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from itertools import islice
 
 from pyroaring import BitMap
 
@@ -75,6 +76,7 @@ class MissionState:
         self.elsewhere = BitMap()  # other live workers' shares: listed only when ours is empty
         self.protected = BitMap()  # the part of `elsewhere` not to be helped with now
         self.help_order: list[tuple[int, int]] = []  # [lo, hi) ranges, helped first to last
+        self.own_start = 0  # where our view of our share starts (then wraps round)
         self.contended = BitMap()  # not to help with until the next lease listing (see contend)
         self._view: BitMap | None = None  # cached pending_view(); dropped on every change
         self._listed = BitMap()  # the last view computed, to tell listeners what left it
@@ -102,7 +104,7 @@ class MissionState:
         if view is None:
             mine = self.pending - self.elsewhere
             if mine:
-                view = BitMap(islice(mine, WINDOW))
+                view = self._own_window(mine)
             else:
                 view = self._help_window(self.pending - self.protected - self.contended)
             left = self._listed - view
@@ -110,6 +112,14 @@ class MissionState:
             if left:  # names that were listed and are no longer: tell the caches
                 for listener in self._listeners:
                     listener(left)
+        return view
+
+    def _own_window(self, mine: BitMap) -> BitMap:
+        """The first WINDOW tasks of our share from `own_start` up, then from its start."""
+        first = mine.rank(self.own_start - 1) if self.own_start else 0  # index of the first
+        view = mine[first : first + WINDOW]
+        if len(view) < WINDOW and first:
+            view |= mine[: min(first, WINDOW - len(view))]
         return view
 
     def _help_window(self, helpable: BitMap) -> BitMap:
@@ -130,15 +140,20 @@ class MissionState:
         elsewhere: BitMap,
         protected: BitMap,
         help_order: list[tuple[int, int]] | None = None,
+        own_start: int | None = None,
     ) -> None:
         """Replace the other workers' shares and the part of them not to be helped with (and
-        the order to help in, if given)."""
-        reorder = help_order is not None and help_order != self.help_order
+        the order to help in and where to start in our share, if given)."""
+        reorder = (help_order is not None and help_order != self.help_order) or (
+            own_start is not None and own_start != self.own_start
+        )
         if not reorder and elsewhere == self.elsewhere and protected == self.protected:
             return
         before = self.pending_view().copy()
         if help_order is not None:
             self.help_order = help_order
+        if own_start is not None:
+            self.own_start = own_start
         self.elsewhere = elsewhere.copy()
         self.protected = protected & elsewhere
         self._view = None

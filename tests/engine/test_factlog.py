@@ -571,3 +571,26 @@ def test_a_manifest_read_failing_during_compaction_is_one_plain_s3_error(
     for n in (a, b, a):
         n.refresh()
     assert all(knows(n, rel) for n in (a, b) for rel in RELS[:2])
+
+
+def test_a_node_with_nothing_finished_yet_is_crew_after_its_first_window(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """A node learns the crew from the segments (a node's lease bodies are read a few per
+    listing). A node whose first tasks are still running used to be in no segment, so the
+    others did not count it in the shares (and worked its share). Every node's first window
+    now has a manifest of it, empty if need be: the others see it after that window."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}", claims="strict") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    clock.now = sg.window_end(a.sync.factlog.window(clock.now), WINDOW) - 1.0  # flush time
+    for n in (a, b):
+        n.refresh()
+    turn(clock, a, b)
+    fleet = a.sync.fleet
+    assert fleet is not None
+    assert "worker-b" in fleet.crew.last_seen
+    assert a.sync.state.elsewhere  # b's share is b's
+    turn(clock, a, b)
+    hellos = [k for kind, k in bucket.log if kind == "PUT" and "/log/" in k and "worker-b" in k]
+    assert len(hellos) == 1  # once per start, not once per window

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
+import pytest
 from pyroaring import BitMap
 
+import fusefs.model.state as state_module
 from fusefs.model.affinity import (
     MEMBER_SECONDS,
     SETTLE_SECONDS,
@@ -13,6 +18,8 @@ from fusefs.model.affinity import (
     others_share,
     shares,
 )
+from fusefs.model.codec import Axis, TaskSpace
+from fusefs.model.state import WINDOW, MissionState
 
 WORKERS = ["host-a-1", "host-b-7", "laptop", "vm-3"]
 
@@ -101,3 +108,47 @@ def test_a_crew_computes_what_the_pure_functions_do_and_a_help_order_per_helper(
     other = help_order(intent, members, "host-b-7")
     assert crew.help_order[:5] != other[:5]
     assert help_order(intent, ["solo"], "solo") == []
+
+
+def test_workers_who_know_different_parts_of_the_crew_still_start_apart() -> None:
+    """At a fleet's start every node knows a different few of the others (leases and segments
+    arrive one by one). Views that were the first tasks of each partial share all sat in the
+    mission's first chunks (the first chunk where a node beats the 3 it knows is a low one for
+    everyone): up to 29 of 100 nodes showed the same task and claims raced. Each node now
+    works its share in its own rendezvous order, and its best chunks are its own under any
+    crew: views overlap only where two nodes' best chunks meet."""
+    space = TaskSpace(Axis(0, 1, 1000, 3), Axis(0, 1, 100, 3), ("x", "y"))
+    intent = BitMap()
+    intent.add_range(0, space.size)
+    rng = random.Random(7)
+    names = [f"node-{i}" for i in range(100)]
+    shown: Counter[int] = Counter()
+    for me in names:
+        crew = Crew(me, intent, 60.0, guard=False)
+        for other in rng.sample([n for n in names if n != me], 3):
+            crew.observe(other, 0.0)
+        state = MissionState(space, intent)
+        changed = crew.shares(0.0)
+        assert changed is not None
+        state.set_shares(*changed, crew.help_order, crew.own_start)
+        view = state.pending_view()
+        assert len(view) == WINDOW and view <= intent - changed[0]  # our share only
+        shown.update(view)
+    excess = sum(n - 1 for n in shown.values())
+    assert max(shown.values()) <= 4 and excess < 0.15 * len(names) * WINDOW, (excess, shown)
+
+
+def test_our_view_starts_at_our_best_chunk_and_wraps_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The view is the first WINDOW tasks of our share from `own_start` up, then from the
+    share's first task (our best chunk's tasks done, the view moves on upwards)."""
+    monkeypatch.setattr(state_module, "WINDOW", 25)
+    space = TaskSpace(Axis(0, 1, 10, 3), Axis(0, 1, 10, 3), ("x",))
+    state = MissionState(space, BitMap(range(100)))
+    state.set_shares(BitMap(range(40)), BitMap(), [], 85)
+    assert state.pending_view() == BitMap([*range(85, 100), *range(40, 50)])
+    state.add_facts(BitMap(range(85, 95)))
+    assert state.pending_view() == BitMap([*range(95, 100), *range(40, 60)])
+    state.set_shares(BitMap(range(40)), BitMap(), [], 0)
+    assert state.pending_view() == BitMap(range(40, 65))
