@@ -45,6 +45,7 @@ class FactHost(Protocol):
     worker: str
     space: TaskSpace
     uploaders: int
+    claims_mode: str  # "local" (no fleet), "strict" or "optimistic"
 
     @property
     def counters(self) -> Counters: ...

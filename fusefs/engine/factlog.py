@@ -75,8 +75,13 @@ class FactLog(FactDuties):
         self.put_window = -1  # the last window we PUT a manifest in (at most one each)
         self.crew: dict[str, int] = {}  # worker -> newest window whose segment names it
         # A manifest (empty if need be) in our first window: the segment then names us, and
-        # every node learns the crew from one GET, not from lease bodies one by one.
-        self.hello = True
+        # every node of a fleet (shares, fleet.py) learns the crew from one GET, not from
+        # lease bodies one by one.
+        self.hello = engine.claims_mode != "local"  # only fleets share work by crew
+        # The window in which our owed lines were first seen waiting for its flush slot (its
+        # last `_lead()` seconds): a node whose ticks keep missing that slot (busy, a window
+        # shorter than its segment reads) flushes in the next window instead of never.
+        self._waiting: int | None = None
         self.started = False
         self.lock = trio.Lock()
         self._peeked: set[str] = set()  # node manifests read before their segment (sync)
@@ -192,11 +197,12 @@ class FactLog(FactDuties):
         current = self.window(now)
         times = []
         if self.engine._manifest or self.hello:
-            times.append(
-                sg.window_end(current, self.w) - self._lead()
-                if self.put_window < current
-                else sg.window_end(current, self.w)
-            )
+            if self.put_window >= current:
+                times.append(sg.window_end(current, self.w))
+            elif self._waiting is not None and self._waiting < current:
+                times.append(now)  # its slot was missed: now
+            else:
+                times.append(sg.window_end(current, self.w) - self._lead())
         nxt = self.cursor + 1
         due = min(self._read_at(nxt), self.compaction_due(nxt, current))
         times.append(max(due, self._retry_at))
@@ -321,9 +327,13 @@ class FactLog(FactDuties):
             return
         now = self.now()
         current = self.window(now)
+        missed = self._waiting is not None and self._waiting < current
         if not force and (
-            self.put_window >= current or now < sg.window_end(current, self.w) - self._lead()
+            self.put_window >= current
+            or (now < sg.window_end(current, self.w) - self._lead() and not missed)
         ):
+            if self._waiting is None:
+                self._waiting = current
             return  # one manifest per window, written near its end
         self.engine._manifest = []
         self.seq += 1
@@ -340,6 +350,7 @@ class FactLog(FactDuties):
             raise
         self.put_window = current
         self.hello = False
+        self._waiting = None
 
     async def _read_closed(self) -> int:
         """Apply the segments of closed windows in order (compacting one when it is due)."""

@@ -110,6 +110,7 @@ class SyncEngine(RemoteFacts):
         self.remote_mtime_ns = time.time_ns()
         self._manifest: list[str] = []  # "rel<TAB>sha256<TAB>size" lines not yet published
         # The fact log (cursor, our unconfirmed manifests, the window W once started).
+        self.claims_mode = claims
         self.factlog = FactLog(self, store.layout.fact_log, refresh, Spool(store.layout))
         # Verification of our shards: the first after a random part of the period (spread).
         self._verify_at = time.time() + full_refresh * random.uniform(0.5, 1.0)
@@ -129,7 +130,6 @@ class SyncEngine(RemoteFacts):
         self.on_remote_hashes = on_remote_hashes
         self.journal = journal
         s3.worker = worker
-        self.claims_mode = claims
         self.fleet = (
             FleetClaims(
                 self, LeaseBook(s3, worker, lease_seconds, self.space), refresh, claim_timeout

@@ -594,3 +594,34 @@ def test_a_node_with_nothing_finished_yet_is_crew_after_its_first_window(
     turn(clock, a, b)
     hellos = [k for kind, k in bucket.log if kind == "PUT" and "/log/" in k and "worker-b" in k]
     assert len(hellos) == 1  # once per start, not once per window
+
+
+def test_a_node_whose_turns_miss_the_flush_slot_publishes_in_the_next_window(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """A node publishes its manifest in the last `_lead()` seconds of a window. A busy node
+    whose turns never fall in that slot (its segment reads take longer than the rest of the
+    window: seen with 0.5 s windows on a loaded machine) never published: its facts reached
+    nobody. It now publishes at its first turn in a later window."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    a.sync.factlog.hello = False  # only the owed line below is to publish
+    assert a.direct_write(RELS[0], body(RELS[0])) == 0
+
+    async def upload_only() -> int:  # the uploader's turn, without the window's publish
+        engine = a.sync
+        return await engine.upload(list(engine.local - engine.synced))
+
+    assert a.run(upload_only) == 0 and a.sync._manifest
+    s3 = layout(a, bucket)
+    w = a.sync.factlog.window(clock.now)
+    clock.now = sg.window_end(w, WINDOW) - WINDOW / 2  # mid-window: not in the slot
+    a.refresh()
+    assert a.sync._manifest  # waits for the slot
+    clock.now = sg.window_end(w + 1, WINDOW) - WINDOW / 2  # the slot passed without a turn
+    a.refresh()
+    assert not a.sync._manifest
+    assert [name for name, _ in s3.node_manifests(w + 1)] == ["worker-a-00000001.txt"]
+    turn(clock, a, b)
+    assert knows(b, RELS[0])

@@ -128,7 +128,10 @@ def test_a_commit_uploaded_by_one_node_is_learned_by_the_other_with_its_size(
     mark = len(bucket.log)
     assert b.refresh() == 1  # the segment of A's window: one GET
     segment = f"runs/{b.mission.name}/segments/{b.sync.factlog.cursor:010d}.seg"
-    assert bucket.since(mark) == [("GET", segment)]  # no listing of manifests or witnesses
+    # No listing of manifests or witnesses (b's own manifest may go up in this turn: the
+    # fact its verification found is owed to the fleet, and its window's slot has passed).
+    reads = [r for r in bucket.since(mark) if not (r[0] == "PUT" and "/log/" in r[1])]
+    assert reads == [("GET", segment)]
     assert b.stat(f"done/{other}").size == len(body)  # from the segment's line
     assert not b.exists(f"pending/{other}")
     assert b.read(f"done/{other}") == body
