@@ -328,13 +328,13 @@ class FactLog(FactDuties):
         now = self.now()
         current = self.window(now)
         missed = self._waiting is not None and self._waiting < current
-        if not force and (
-            self.put_window >= current
-            or (now < sg.window_end(current, self.w) - self._lead() and not missed)
-        ):
-            if self._waiting is None:
-                self._waiting = current
-            return  # one manifest per window, written near its end
+        if not force:
+            if self.put_window >= current:
+                return  # one manifest per window
+            if now < sg.window_end(current, self.w) - self._lead() and not missed:
+                if self._waiting is None:
+                    self._waiting = current
+                return  # written near the window's end
         self.engine._manifest = []
         self.seq += 1
         name = sg.manifest_name(self.worker, self.seq)
