@@ -291,7 +291,7 @@ class Rendezvous:
         return [(bounds[c], bounds[c + 1]) for c in theirs]
 
     def split(self, crew: Any, members: list[str]) -> None:
-        """affinity.Crew._split (shares and help order of `crew.me` among `members`), from
+        """affinity.Crew._split (shares, help order and own start of `crew.me` among `members`), from
         `owners` and `shares` computed once per set of members for the whole fleet."""
         ms = tuple(members)
         key = (id(crew.intent), ms, affinity.CHUNKS)
@@ -306,6 +306,8 @@ class Rendezvous:
         theirs = [c for c, who in enumerate(owners) if who is not None and who != crew.me]
         theirs.sort(key=lambda c: self.score(crew.me, c), reverse=True)
         crew.help_order = [(bounds[c], bounds[c + 1]) for c in theirs] if len(ms) > 1 else []
+        mine = [c for c, who in enumerate(owners) if who == crew.me]
+        crew.own_start = bounds[max(mine, key=lambda c: self.score(crew.me, c))] if mine else 0
 
     def rendezvous(self, key: str, members: Iterable[str]) -> list[str]:
         ms = tuple(sorted(set(members)))

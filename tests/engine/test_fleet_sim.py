@@ -150,3 +150,26 @@ def test_requests_per_task_do_not_grow_with_the_fleet(
         assert r["duplicates"] == 0 and r["slowdowns"] == 0
         # Facts reach every node within two windows (a window, the settle and the read delay).
         assert 0 < r["staleness_p99"] <= 2 * SCALE.refresh
+
+
+def test_the_simulators_shared_rendezvous_splits_as_the_crew_does() -> None:
+    """bench/fleet_sim_fast.py computes every node's shares once for the fleet instead of
+    calling affinity.Crew._split: the shares, the help order and where a node starts in its
+    share must be the real ones (an own start left at 0 made the simulated fleet's nodes all
+    start in the mission's first chunks: claim races the real daemon does not have)."""
+    from pyroaring import BitMap
+
+    from bench.fleet_sim_fast import Rendezvous
+    from fusefs.model.affinity import Crew
+
+    intent = BitMap(range(0, 300_000, 3))
+    names = [f"node{i:04d}" for i in range(12)]
+    shared = Rendezvous(names)
+    for me in names[:4]:
+        for members in (sorted([me, *names[5:8]]), sorted(names)):
+            real, sim = Crew(me, intent, 60.0), Crew(me, intent, 60.0)
+            real._split(members)
+            shared.split(sim, members)
+            assert sim._shares == real._shares
+            assert sim.help_order == real.help_order
+            assert sim.own_start == real.own_start != 0
