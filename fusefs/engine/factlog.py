@@ -284,7 +284,7 @@ class FactLog(FactDuties):
 
     async def _load_checkpoint(self, cp: Checkpoint) -> int:
         """Learn a checkpoint's facts; our manifests it covers but lacks are published again."""
-        learned = self.engine.learn_checkpoint(cp)  # on the trio thread: it tells the state
+        learned = await self.engine.learn_checkpoint(cp)  # the heavy part in a thread
         for name, (w, lines) in list(self.unconfirmed.items()):
             if w <= cp.window:
                 del self.unconfirmed[name]
