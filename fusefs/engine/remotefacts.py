@@ -54,7 +54,8 @@ Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
 
 @dataclass(frozen=True)
 class _Taken:
-    """Copies of the live sets, taken on the trio thread, for a worker thread to read."""
+    """Copies of the live sets, taken on the trio thread, for a worker thread (the sizes'
+    copy is changed there, then adopted)."""
 
     remote: BitMap
     local: BitMap
@@ -68,8 +69,6 @@ class _Plan:
     new: BitMap  # facts not known when the copies were taken
     remote_only: BitMap  # of them, not local then
     unsized: BitMap  # of those, whose size the checkpoint does not know
-    sized: np.ndarray  # the others (ascending task ids) ...
-    sizes: np.ndarray  # ... and their sizes
 
 
 def _checkpoint_sizes(cp: Checkpoint, tasks: BitMap) -> tuple[np.ndarray, np.ndarray]:
@@ -282,22 +281,27 @@ class RemoteFacts:
         A checkpoint may hold millions of facts (a new node, one back after days): what to
         learn, their sizes and their persistence take seconds of CPU, so they are worked out
         in a worker thread from copies taken here, and the trio thread, which serves every
-        FUSE request of the mount, only takes the copies and applies the result. Persisted as
-        one snapshot of the remote index (written in the thread, before any of it is applied:
-        a crash leaves the old index and a cursor that loads the checkpoint again, or the new
-        snapshot) and one journal line, not a log line and a `remote` note per fact."""
+        FUSE request of the mount, only takes the copies and applies the result (a few bitmap
+        operations). Persisted as one snapshot of the remote index (written in the thread,
+        before any of it is applied: a crash leaves the old index and a cursor that loads the
+        checkpoint again, or the new snapshot) and one journal line, not a log line and a
+        `remote` note per fact."""
         generation = self.remote_index.rotate()  # lines from now on: replayed over the snapshot
-        taken = _Taken(self.remote.copy(), self.local.copy(), self.sizes.copy())
+        taken = _Taken(self.remote.copy(), self.local.copy(), self.sizes.record())
         self._loading += 1  # the periodic save leaves the remote index to us meanwhile
         try:
             plan = await trio.to_thread.run_sync(self._plan_checkpoint, cp, taken, generation)
+        except BaseException:
+            self.sizes.forget_changes()
+            raise
         finally:
             self._loading -= 1
-        return self._apply_checkpoint(cp, plan)
+        return self._apply_checkpoint(cp, plan, taken.sizes)
 
     def _plan_checkpoint(self, cp: Checkpoint, taken: _Taken, generation: int) -> _Plan:
-        """In a worker thread: the new facts, the sizes of the remote-only ones, and the
-        snapshot of the remote index with them (nothing here touches the live sets)."""
+        """In a worker thread: the new facts, the sizes of the remote-only ones (merged into
+        the sizes' copy), and the snapshot of the remote index with them (nothing here touches
+        the live sets)."""
         new = cp.facts - taken.remote
         remote_only = new - taken.local
         tasks, sizes = _checkpoint_sizes(cp, remote_only)
@@ -305,13 +309,13 @@ class RemoteFacts:
         unsized = remote_only - BitMap(array("I", tasks.astype(np.uint32).tobytes()))
         if new:  # else the old snapshot and the logs after it still say it all
             self.remote_index.snapshot(taken.remote | new, generation, taken.sizes)
-        return _Plan(new, remote_only, unsized, tasks, sizes)
+        return _Plan(new, remote_only, unsized)
 
-    def _apply_checkpoint(self, cp: Checkpoint, plan: _Plan) -> int:
+    def _apply_checkpoint(self, cp: Checkpoint, plan: _Plan, sizes: RemoteSizes) -> int:
         """On the trio thread: what the thread worked out, less what changed meanwhile (facts
         learned by another path, witnesses committed or fetched here since the copies)."""
         new = plan.new - self.remote
-        self.sizes.merge(plan.sized, plan.sizes)  # before the facts: no stat sees them sizeless
+        self.sizes.adopt(sizes)  # before the facts: no stat sees them sizeless
         for task in plan.remote_only & self.local:  # local since the copy: its file tells
             self.sizes.drop(task)
         self.unsized |= plan.unsized - self.local - self.remote  # learned since: as it was

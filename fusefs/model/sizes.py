@@ -40,6 +40,9 @@ class RemoteSizes:
         self._dense: array[int] | None = None
         self._huge: dict[int, int] = {}  # sizes that do not fit the dense array's 32 bits
         self._count = 0  # known sizes in the dense array
+        # While a copy is changed in a worker thread (record(), adopt()): the changes made
+        # here meanwhile, (task, size) or (task, None) for a drop, to redo over the copy.
+        self._changes: list[tuple[int, int | None]] | None = None
 
     def __len__(self) -> int:
         return len(self._sparse) + self._count + len(self._huge)
@@ -53,6 +56,8 @@ class RemoteSizes:
         return self._sparse.get(task)
 
     def set(self, task: int, size: int) -> None:
+        if self._changes is not None:
+            self._changes.append((task, size))
         if size <= UNKNOWN or size >= _ABSURD:
             return  # a hostile manifest's size must not reach st_size (an overflow there kills)
         if size >= _MAX:
@@ -70,6 +75,8 @@ class RemoteSizes:
 
     def drop(self, task: int) -> None:
         """The witness is now local (or gone): its file tells the size from now on."""
+        if self._changes is not None:
+            self._changes.append((task, None))
         self._huge.pop(task, None)
         self._forget_small(task)
         if self._dense is not None and self._count == 0:
@@ -99,6 +106,29 @@ class RemoteSizes:
         other._huge = dict(self._huge)
         other._count = self._count
         return other
+
+    def record(self) -> RemoteSizes:
+        """A copy to change in a worker thread (a checkpoint's millions of sizes merged into
+        it), while this one records its own changes; `adopt(copy)` then takes the copy in
+        O(1) and redoes them: the trio thread never does the per-size work."""
+        self._changes = []
+        return self.copy()
+
+    def adopt(self, other: RemoteSizes) -> None:
+        """Become `other` (made by record() and changed since), plus the changes made here
+        since record(); `other` must not be used afterwards."""
+        changes, self._changes = self._changes or [], None
+        self._sparse, self._dense, self._huge = other._sparse, other._dense, other._huge
+        self._count = other._count
+        for task, size in changes:
+            if size is None:
+                self.drop(task)
+            else:
+                self.set(task, size)
+
+    def forget_changes(self) -> None:
+        """Stop recording (the copy given by record() will not be adopted)."""
+        self._changes = None
 
     def gather(self, tasks: BitMap) -> tuple[array[int], dict[int, int]]:
         """The sizes of `tasks` in bitmap order (UNKNOWN where not known or 4 GiB and more),

@@ -55,6 +55,31 @@ def test_merge_sets_many_sizes_at_once_like_set() -> None:
     assert few._dense is None and [few.get(t) for t in (0, 3, 27)] == [1, 4, 28]
 
 
+def test_a_copy_changed_elsewhere_is_adopted_with_the_changes_made_meanwhile() -> None:
+    """record() / adopt(): a checkpoint's sizes go into a copy (a worker thread) while the
+    live sizes keep changing (the trio thread); adopting the copy keeps those changes."""
+    live = RemoteSizes(100_000)
+    live.set(1, 10)
+    live.set(2, 20)
+    copy = live.record()
+    copy.merge(np.arange(3, 5000, dtype=np.int64), np.full(4997, 7, dtype=np.uint32))
+    live.set(4, 44)  # learned meanwhile by another path
+    live.drop(2)  # fetched meanwhile
+    live.set(6000, 2**40)
+    live.adopt(copy)
+    assert [live.get(t) for t in (1, 2, 3, 4, 4999, 5000, 6000)] == [
+        10,
+        None,
+        7,
+        44,
+        7,
+        None,
+        2**40,
+    ]
+    live.set(9, 99)  # no longer recorded
+    assert live._changes is None and len(live) == 1 + 4997 + 1
+
+
 # -- kept with the remote facts (index.py): a restart shows them without asking S3 -------------
 SPACE = TaskSpace(Axis(4070, 1, 40, 2), Axis(-7402, 1, 40, 2), ("coffee shop", "plumber"))
 
