@@ -311,6 +311,7 @@ class Network:
         self.bandwidth = bandwidth
         self.rng = random.Random(f"net-{seed}")
         self._link_free: dict[int, float] = {}  # node -> when its link has sent all it owes
+        self.inline = 0.0  # wall seconds spent running thread calls inline (StepWatch)
 
     def wait_for(self, n: int) -> float:
         if not self.sigma:
@@ -323,10 +324,12 @@ class Network:
         n0, b0 = self.store.requests.total(), self.store.bytes_out
         error: BaseException | None = None
         result = None
+        t0 = time.perf_counter()
         try:
             result = fn(*args)
         except Exception as e:
             error = e
+        self.inline += time.perf_counter() - t0
         n, b = self.store.requests.total() - n0, self.store.bytes_out - b0
         wait = self.wait_for(n) if n else 0.0
         if b:
@@ -339,6 +342,49 @@ class Network:
         if error is not None:
             raise error
         return result
+
+
+class StepWatch(trio.abc.Instrument):
+    """The longest time one trio task step held the trio thread, not counting the thread calls
+    the simulation runs inline (`Network.run_sync`: in a daemon they run in worker threads,
+    while the trio thread serves FUSE requests). What a mount's every request waits at worst."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.longest = 0.0
+        self.longest_loading = 0.0  # of the steps while a checkpoint is loaded (`loading`)
+        self.loading = False
+        self._t0 = 0.0
+        self._inline0 = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t0, self._inline0 = time.perf_counter(), self.net.inline
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        held = time.perf_counter() - self._t0 - (self.net.inline - self._inline0)
+        self.longest = max(self.longest, held)
+        if self.loading:
+            self.longest_loading = max(self.longest_loading, held)
+
+    @contextlib.contextmanager
+    def loading_checkpoints(self, factlog: Any) -> Iterator[None]:
+        """Tell the steps of `factlog._load_checkpoint` apart (the step that ends a load
+        counts: it runs the load's last part)."""
+        real = factlog._load_checkpoint
+
+        async def load(cp: Any) -> Any:
+            self.loading = True
+            try:
+                return await real(cp)
+            finally:
+                await trio.lowlevel.checkpoint()  # the step that applied the load ends here
+                self.loading = False
+
+        factlog._load_checkpoint = load
+        try:
+            yield
+        finally:
+            del factlog._load_checkpoint
 
 
 def _add_deadline_in_order() -> Any:
@@ -837,6 +883,8 @@ def learn_cost(k: int, cfg: SimConfig) -> dict[str, Any]:
         store.requests = type(store.requests)()  # count only the new node's requests
         store.bytes_out = 0
         node = open_node(0, mission, root, cfg, store, clock)
+        watch = StepWatch(net)
+        cpu = time.process_time()
         try:
 
             async def learn() -> float:
@@ -848,7 +896,12 @@ def learn_cost(k: int, cfg: SimConfig) -> dict[str, Any]:
                 clock.mock = None
                 return trio.current_time()
 
-            seconds = trio.run(learn, clock=trio.testing.MockClock(autojump_threshold=0))
+            assert node.ws.sync is not None
+            with watch.loading_checkpoints(node.ws.sync.factlog):
+                seconds = trio.run(
+                    learn, clock=trio.testing.MockClock(autojump_threshold=0), instruments=[watch]
+                )
+            cpu = time.process_time() - cpu
             knows = len(node.ws.state.fact)
         finally:
             node.close()
@@ -960,6 +1013,8 @@ def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
         setup_wall = time.perf_counter() - wall
         wall = time.perf_counter()
         node = open_node(0, mission, root, cfg, store, clock)
+        watch = StepWatch(net)
+        cpu = time.process_time()
         try:
 
             async def learn() -> float:
@@ -975,7 +1030,12 @@ def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
                 clock.mock = None
                 return trio.current_time() - t0
 
-            seconds = trio.run(learn, clock=trio.testing.MockClock(autojump_threshold=0))
+            assert node.ws.sync is not None
+            with watch.loading_checkpoints(node.ws.sync.factlog):
+                seconds = trio.run(
+                    learn, clock=trio.testing.MockClock(autojump_threshold=0), instruments=[watch]
+                )
+            cpu = time.process_time() - cpu
             knows = len(node.ws.state.fact)
         finally:
             node.close()
@@ -989,6 +1049,10 @@ def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
         "virtual_s": round(seconds, 2),
         "node_wall_s": round(time.perf_counter() - wall, 1),
         "setup_wall_s": round(setup_wall, 1),
+        "learn_cpu_s": round(cpu, 1),  # the learning's trio.run, threads (inline) included
+        "in_threads_s": round(net.inline, 1),  # of it, in thread calls (inline here)
+        "trio_held_s": round(watch.longest, 3),  # the longest trio step outside them
+        "trio_held_loading_s": round(watch.longest_loading, 3),  # of those loading checkpoints
     }
 
 
@@ -1042,8 +1106,9 @@ def learn_table(rows: list[dict[str, Any]]) -> str:
 def learn_v2_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| K witnesses | bucket: checkpoint (facts, bytes) + segments (facts each, bytes each) "
-        "| known | requests (by kind) | bytes read | virtual s | node wall s |",
-        "|---" * 7 + "|",
+        "| known | requests (by kind) | bytes read | virtual s | node wall s "
+        "| learning CPU s (in threads) | longest trio step s (loading the checkpoint) |",
+        "|---" * 9 + "|",
     ]
     for r in rows:
         kinds = " ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
@@ -1051,7 +1116,8 @@ def learn_v2_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['witnesses']} | {r['checkpoint_facts']}, {r['checkpoint_bytes']} B + "
             f"{r['segments']} x ({r['segment_facts']}, {r['segment_bytes']} B) | {r['known']} "
             f"| {r['requests']} ({kinds}) | {r['bytes']} | {r['virtual_s']} "
-            f"| {r['node_wall_s']} |"
+            f"| {r['node_wall_s']} | {r['learn_cpu_s']} ({r['in_threads_s']}) "
+            f"| {r['trio_held_s']} ({r['trio_held_loading_s']}) |"
         )
     return "\n".join(out)
 
@@ -1123,7 +1189,14 @@ def main(argv: list[str] | None = None) -> int:
     from_checkpoint = []
     for k in a.learn_checkpoint:
         from_checkpoint.append(learn_v2(k, base))
-        print(f"K={k}: {from_checkpoint[-1]['node_wall_s']} s wall", file=sys.stderr, flush=True)
+        r = from_checkpoint[-1]
+        print(
+            f"K={k}: {r['node_wall_s']} s wall, learning CPU {r['learn_cpu_s']} s "
+            f"({r['in_threads_s']} s in threads), longest trio step {r['trio_held_s']} s "
+            f"({r['trio_held_loading_s']} s loading the checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
     if from_checkpoint:
         print()
         print(learn_v2_table(from_checkpoint))

@@ -59,12 +59,14 @@ import logging
 import os
 import sqlite3
 import threading
+from array import array
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import trio
 from pyroaring import BitMap
 
@@ -270,6 +272,18 @@ def _hash_file(path: Path) -> tuple[str, int, int, int]:
     return sha, st.st_size, st.st_mtime_ns, st.st_ino
 
 
+def _bulk_tiles(tasks: BitMap, nphr: int) -> BitMap:
+    """The tiles holding `tasks`, without a Python step per task (10M facts learned from a
+    checkpoint took 1.4 s of the trio thread one by one; ids are ascending, so are tiles)."""
+    tiles = np.frombuffer(tasks.to_array(), dtype=np.uint32) // np.uint32(nphr)
+    if not len(tiles):
+        return BitMap()
+    first = np.empty(len(tiles), dtype=bool)
+    first[0] = True
+    np.not_equal(tiles[1:], tiles[:-1], out=first[1:])
+    return BitMap(array("I", tiles[first].tobytes()))
+
+
 # -- the incremental keeper ---------------------------------------------------------------------
 class DigestKeeper:
     """Keeps a DigestTree equal to the Fact tree as it changes (commits, remote facts, conflicts)."""
@@ -280,7 +294,7 @@ class DigestKeeper:
         self.hasher = hasher
         self.tree = DigestTree(self.space)
         self.known = BitMap()  # the facts the tree reflects
-        self.dirty: set[int] = set()  # tile ids to recompute
+        self.dirty = BitMap()  # tile ids to recompute (a bitmap: millions at once, in bulk)
         self.failed: set[int] = set()  # tiles whose hashes were unavailable; retried
         self.inflight = 0
         self.started = False
@@ -303,9 +317,12 @@ class DigestKeeper:
         """State listener: a task changed view or content; its tile is recomputed if a fact."""
         fact, known, nphr = self.state.fact, self.known, self.space.nphr
         before = len(self.dirty)
-        for t in tasks:
-            if t in fact or t in known:
-                self.dirty.add(t // nphr)
+        if isinstance(tasks, BitMap) and len(tasks) > 256:  # in bulk (a checkpoint's facts)
+            self.dirty |= _bulk_tiles((tasks & fact) | (tasks & known), nphr)
+        else:
+            for t in tasks:
+                if t in fact or t in known:
+                    self.dirty.add(t // nphr)
         if len(self.dirty) != before:
             self._wake.set()
 
@@ -342,7 +359,7 @@ class DigestKeeper:
         """Compute the whole tree now, blocking (the CLI). Raises S3Unavailable if remote-only
         facts could not be hashed."""
         self.started = True
-        self.dirty |= _tiles_of(self.state.fact, self.space.nphr)
+        self.dirty |= _bulk_tiles(self.state.fact, self.space.nphr)
         while self.dirty:
             jobs = self._take()
             files, failed = self.hasher.tile_files(jobs)
@@ -359,14 +376,14 @@ class DigestKeeper:
         """The daemon's loop; never takes the mount down (errors are logged and retried)."""
         self.started = True
         fact = self.state.fact.copy()
-        self.dirty |= await trio.to_thread.run_sync(_tiles_of, fact, self.space.nphr)
+        self.dirty |= await trio.to_thread.run_sync(_bulk_tiles, fact, self.space.nphr)
         while True:
             if not self.dirty:
                 self._wake = trio.Event()
                 if self.failed:
                     with trio.move_on_after(RETRY_SECONDS):
                         await self._wake.wait()
-                    self.dirty |= self.failed
+                    self.dirty |= BitMap(self.failed)
                     self.failed.clear()
                 else:
                     await self._wake.wait()
@@ -408,10 +425,6 @@ class DigestKeeper:
             "updates": self.updates,
             "remote_heads": self.hasher.heads,
         }
-
-
-def _tiles_of(fact: BitMap, nphr: int) -> set[int]:
-    return {t // nphr for t in fact}
 
 
 def s3_of(ws: Any) -> S3Store | None:

@@ -2,7 +2,8 @@
 """The mission's pace and ETA from the tail of the journal: tasks finished in the last minutes.
 
 Finished means a `commit` here or a `remote` fact learned from the bucket (other workers'
-results), so on a fleet node the rate is the fleet's as this node sees it. The first look reads the
+results), so on a fleet node the rate is the fleet's as this node sees it. The facts of a
+checkpoint loaded at start (one `checkpoint` line) are history, not pace: not counted. The first look reads the
 journal's last WINDOW seconds backwards from its end, later ones only what was appended since,
 so the cost follows the activity, not the journal's size. A node that just learned a backlog from a full listing sees a burst; the
 window smooths the usual case, not that one.

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import trio
 from pyroaring import BitMap
 
@@ -26,7 +28,7 @@ from fusefs.engine.facts import Facts
 from fusefs.engine.threads import blocking as _s3
 from fusefs.engine.threads import blocking_each
 from fusefs.engine.verify import my_shards
-from fusefs.model.checkpoint import Checkpoint, Sizes
+from fusefs.model.checkpoint import UNKNOWN_SIZE, Checkpoint, Sizes
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.segment import Fact
 from fusefs.model.sizes import RemoteSizes
@@ -48,6 +50,36 @@ Listed = list[tuple[str, int | None]]  # (rel, size) of witnesses from a listing
 
 # What prepare_save() takes: (index, generation, set, sizes) per set, and the cursor.
 Saved = tuple[list[tuple[FactIndex, int, BitMap, RemoteSizes | None]], str]
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """Copies of the live sets, taken on the trio thread, for a worker thread (the sizes'
+    copy is changed there, then adopted)."""
+
+    remote: BitMap
+    local: BitMap
+    sizes: RemoteSizes
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a checkpoint teaches, worked out in a worker thread (learn_checkpoint)."""
+
+    new: BitMap  # facts not known when the copies were taken
+    remote_only: BitMap  # of them, not local then
+    unsized: BitMap  # of those, whose size the checkpoint does not know
+
+
+def _checkpoint_sizes(cp: Checkpoint, tasks: BitMap) -> tuple[np.ndarray, np.ndarray]:
+    """(task ids, sizes) of those of `tasks` (a subset of the checkpoint's facts) whose size
+    the checkpoint knows, as numpy columns: no Python object per fact."""
+    column = Sizes.of(cp.facts, cp.sizes)  # in place when decoded from the bucket
+    facts = np.frombuffer(cp.facts.to_array(), dtype=np.uint32)
+    ids = np.frombuffer(tasks.to_array(), dtype=np.uint32)
+    sizes = column.column[np.searchsorted(facts, ids)] if len(ids) else column.column[:0]
+    known = (sizes != UNKNOWN_SIZE) & (sizes > 0)
+    return ids[known].astype(np.int64), sizes[known].astype(np.uint32)
 
 
 @dataclass
@@ -88,6 +120,8 @@ class RemoteFacts:
     journal: Journal | None
     on_remote_hashes: Callable[[list[tuple[str, str]]], None] | None
 
+    _loading = 0  # checkpoint loads running in a worker thread (learn_checkpoint)
+
     @property
     def local(self) -> BitMap:
         """Local witnesses (facts.local): the source of the upload queue `local - synced`."""
@@ -111,11 +145,14 @@ class RemoteFacts:
 
     def prepare_save(self) -> Saved:
         """Copies of the sets, the remote sizes and the cursor, taken on the trio thread
-        (atomic there)."""
-        parts = [
-            (self.remote_index, self.remote_index.rotate(), self.remote.copy(), self.sizes.copy()),
-            (self.synced_index, self.synced_index.rotate(), self.synced.copy(), None),
-        ]
+        (atomic there). While a checkpoint load runs, the remote set is left out: the load
+        writes its snapshot itself, and one from here (without the checkpoint's facts, not
+        applied yet) would replace it."""
+        parts: list[tuple[FactIndex, int, BitMap, RemoteSizes | None]] = []
+        if not self._loading:
+            gen = self.remote_index.rotate()
+            parts.append((self.remote_index, gen, self.remote.copy(), self.sizes.copy()))
+        parts.append((self.synced_index, self.synced_index.rotate(), self.synced.copy(), None))
         return parts, self.factlog.state_json()
 
     def write_save(self, prepared: Saved) -> None:
@@ -150,7 +187,7 @@ class RemoteFacts:
         size = self.sizes.get(task)
         return rel if size is None else f"{rel}\t{size}"
 
-    def note(self, ev: str, rel: str, **fields: Any) -> None:
+    def note(self, ev: str, rel: str | None, **fields: Any) -> None:
         if self.journal is not None:
             self.journal.append(ev, rel, **fields)
 
@@ -238,19 +275,53 @@ class RemoteFacts:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return listed, found
 
-    def learn_checkpoint(self, cp: Checkpoint) -> int:
-        """Learn a checkpoint's facts with their sizes; returns how many were new."""
-        new = cp.facts - self.remote
-        remote_only = new - self.local
-        known = cp.sizes.known() if isinstance(cp.sizes, Sizes) else iter(cp.sizes.items())
-        sized = BitMap()
-        for task, size in known:
-            if task in remote_only:
-                self.sizes.set(task, size)
-                sized.add(task)
-        self.unsized |= remote_only - sized
-        self._learn(new)
+    async def learn_checkpoint(self, cp: Checkpoint) -> int:
+        """Learn a checkpoint's facts with their sizes; returns how many were new.
+
+        A checkpoint may hold millions of facts (a new node, one back after days): what to
+        learn, their sizes and their persistence take seconds of CPU, so they are worked out
+        in a worker thread from copies taken here, and the trio thread, which serves every
+        FUSE request of the mount, only takes the copies and applies the result (a few bitmap
+        operations). Persisted as one snapshot of the remote index (written in the thread,
+        before any of it is applied: a crash leaves the old index and a cursor that loads the
+        checkpoint again, or the new snapshot) and one journal line, not a log line and a
+        `remote` note per fact."""
+        generation = self.remote_index.rotate()  # lines from now on: replayed over the snapshot
+        taken = _Taken(self.remote.copy(), self.local.copy(), self.sizes.record())
+        self._loading += 1  # the periodic save leaves the remote index to us meanwhile
+        try:
+            plan = await trio.to_thread.run_sync(self._plan_checkpoint, cp, taken, generation)
+        except BaseException:
+            self.sizes.forget_changes()
+            raise
+        finally:
+            self._loading -= 1
+        return self._apply_checkpoint(cp, plan, taken.sizes)
+
+    def _plan_checkpoint(self, cp: Checkpoint, taken: _Taken, generation: int) -> _Plan:
+        """In a worker thread: the new facts, the sizes of the remote-only ones (merged into
+        the sizes' copy), and the snapshot of the remote index with them (nothing here touches
+        the live sets)."""
+        new = cp.facts - taken.remote
+        remote_only = new - taken.local
+        tasks, sizes = _checkpoint_sizes(cp, remote_only)
+        taken.sizes.merge(tasks, sizes)
+        unsized = remote_only - BitMap(array("I", tasks.astype(np.uint32).tobytes()))
+        if new:  # else the old snapshot and the logs after it still say it all
+            self.remote_index.snapshot(taken.remote | new, generation, taken.sizes)
+        return _Plan(new, remote_only, unsized)
+
+    def _apply_checkpoint(self, cp: Checkpoint, plan: _Plan, sizes: RemoteSizes) -> int:
+        """On the trio thread: what the thread worked out, less what changed meanwhile (facts
+        learned by another path, witnesses committed or fetched here since the copies)."""
+        new = plan.new - self.remote
+        self.sizes.adopt(sizes)  # before the facts: no stat sees them sizeless
+        for task in plan.remote_only & self.local:  # local since the copy: its file tells
+            self.sizes.drop(task)
+        self.unsized |= plan.unsized - self.local - self.remote  # learned since: as it was
+        self.facts.add_remote(new)
         self.counters.learned += len(new)
+        self.note("checkpoint", None, window=cp.window, facts=len(cp.facts), learned=len(new))
         return len(new)
 
     def _task(self, rel: str) -> int | None:

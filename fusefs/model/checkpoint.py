@@ -214,6 +214,12 @@ class TileDigests(Mapping[int, bytes]):
         return out
 
     # -- changing --
+    def thaw(self) -> None:
+        """Turn decoded columns into the dict that additions change now (a Python int per
+        tile: seconds at millions of tiles), e.g. in a worker thread, rather than at the first
+        addition (a segment's, on the trio thread)."""
+        self._mutable()
+
     def _mutable(self) -> dict[int, int]:
         if self._acc is None:
             rows = (int.from_bytes(r, "little") for r in map(bytes, self._table))

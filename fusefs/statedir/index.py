@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -57,6 +58,11 @@ class FactIndex:
         self.generation = 0
         self._log: IO[str] | None = None
         self.appended = 0
+        # Snapshots may be written by two worker threads at once (the daemon's periodic save
+        # and a checkpoint load, remotefacts.py): one at a time, and never an older generation
+        # over a newer one (it would drop the logs the newer one replaced).
+        self._writing = threading.Lock()
+        self._written = -1  # the newest generation snapshotted by this process
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, sizes: RemoteSizes | None = None) -> BitMap | None:
@@ -164,7 +170,15 @@ class FactIndex:
 
     def snapshot(self, facts: BitMap, generation: int, sizes: RemoteSizes | None = None) -> None:
         """Atomically write `facts` as the state at the start of log `generation` (blocking);
-        with `sizes` (a copy nobody changes meanwhile), their sizes file first."""
+        with `sizes` (a copy nobody changes meanwhile), their sizes file first. A generation
+        older than one already written by this process is skipped (the newer one holds it)."""
+        with self._writing:
+            if generation < self._written:
+                return
+            self._snapshot(facts, generation, sizes)
+            self._written = generation
+
+    def _snapshot(self, facts: BitMap, generation: int, sizes: RemoteSizes | None) -> None:
         facts = facts.copy()
         facts.run_optimize()
         if sizes is not None:

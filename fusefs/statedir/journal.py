@@ -4,8 +4,9 @@
 
 One line per event: {"t": epoch seconds, "ev": ..., "rel": ..., "worker": ..., "host": ..., ...}.
 Events: claim, renew, release, expire, lost_claim, commit (sha256, size, rows, source), refused
-(reason), upload, remote (learned from S3), fetch, conflict (loser_sha256, winner_sha256), and
-fsck (a repair made by `missionfs fsck --repair`).
+(reason), upload, remote (learned from S3: a segment, a listing), checkpoint (a checkpoint's
+facts learned at once: window, facts, learned; no `remote` line each, remotefacts.py), fetch,
+conflict (loser_sha256, winner_sha256), and fsck (a repair made by `missionfs fsck --repair`).
 
 Ordering with the change it records — the witness wins: a commit line is appended after the
 witness is linked and its directory fsync'd, then the start-up index line. After `kill -9` (the

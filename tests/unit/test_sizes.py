@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pyroaring import BitMap
 
 from fusefs.engine.facts import remote_logs_without_snapshot
@@ -32,6 +33,51 @@ def test_sparse_then_dense_then_freed() -> None:
     assert sizes.get(9) == 10 and sizes._dense is None
     sizes.set(11, 10**30)  # from a hostile manifest: ignored, never an st_size overflow
     assert sizes.get(11) is None
+
+
+def test_merge_sets_many_sizes_at_once_like_set() -> None:
+    """merge() (a checkpoint's sizes, numpy when dense) ends as a `set` per task would."""
+    tasks = np.arange(0, 20_000, 3, dtype=np.int64)
+    values = (tasks % 500 + 1).astype(np.uint32)
+    for start in ({}, {4: 9, 5: 2**40, 3: 2**40}):  # empty; sparse with a huge one merged over
+        merged, one_by_one = RemoteSizes(100_000), RemoteSizes(100_000)
+        for task, size in start.items():
+            merged.set(task, size)
+            one_by_one.set(task, size)
+        merged.merge(tasks, values)
+        for task, size in zip(tasks.tolist(), values.tolist(), strict=True):
+            one_by_one._huge.pop(task, None)
+            one_by_one.set(task, size)
+        assert merged._dense is not None and len(merged) == len(one_by_one)
+        assert all(merged.get(t) == one_by_one.get(t) for t in range(20_010))
+    few = RemoteSizes(100_000)
+    few.merge(tasks[:10], values[:10])  # a few: stays a dict
+    assert few._dense is None and [few.get(t) for t in (0, 3, 27)] == [1, 4, 28]
+
+
+def test_a_copy_changed_elsewhere_is_adopted_with_the_changes_made_meanwhile() -> None:
+    """record() / adopt(): a checkpoint's sizes go into a copy (a worker thread) while the
+    live sizes keep changing (the trio thread); adopting the copy keeps those changes."""
+    live = RemoteSizes(100_000)
+    live.set(1, 10)
+    live.set(2, 20)
+    copy = live.record()
+    copy.merge(np.arange(3, 5000, dtype=np.int64), np.full(4997, 7, dtype=np.uint32))
+    live.set(4, 44)  # learned meanwhile by another path
+    live.drop(2)  # fetched meanwhile
+    live.set(6000, 2**40)
+    live.adopt(copy)
+    assert [live.get(t) for t in (1, 2, 3, 4, 4999, 5000, 6000)] == [
+        10,
+        None,
+        7,
+        44,
+        7,
+        None,
+        2**40,
+    ]
+    live.set(9, 99)  # no longer recorded
+    assert live._changes is None and len(live) == 1 + 4997 + 1
 
 
 # -- kept with the remote facts (index.py): a restart shows them without asking S3 -------------

@@ -64,6 +64,20 @@ def test_index_snapshot_plus_logs(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("facts-*.log")) == [f"facts-{gen}.log"]
 
 
+def test_a_snapshot_older_than_one_written_is_skipped(tmp_path: Path) -> None:
+    """Two worker threads may write snapshots at once (the daemon's periodic save and a
+    checkpoint load): the older generation, finishing last, must not replace the newer one
+    and its log (the newer holds what the older did, taken later)."""
+    idx = FactIndex(tmp_path, SPACE)
+    old = idx.rotate()
+    new = idx.rotate()
+    idx.append([SPACE.rel(9)])  # after the newer one was taken: its log
+    idx.snapshot(BitMap([1, 2, 3]), new)
+    idx.snapshot(BitMap([1]), old)  # finishes last
+    idx.close()
+    assert set(FactIndex(tmp_path, SPACE).load() or []) == {1, 2, 3, 9}
+
+
 def test_index_of_another_universe_is_not_used(tmp_path: Path) -> None:
     idx = FactIndex(tmp_path, SPACE)
     idx.snapshot(BitMap([1]), idx.rotate())
