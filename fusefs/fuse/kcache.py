@@ -166,15 +166,19 @@ class KernelCache:
             self.invalidate(inodes.make(Kind.TILE, v, tile), self.phrase_bytes[phrase])
 
     def _tile_left_pending(self, tile: int) -> None:
-        """The last pending task of a tile (or row) left: drop the tile's (row's) name."""
+        """The last task of a tile (or row) left pending/: drop the tile's (row's) name. Not
+        while our claims remain there: lookups still resolve the directory then (the kernel
+        needs it for `mv claimed/REL pending/REL`), so the name is not stale until the last
+        claim ends (a claim of the tile's last pending task dropped it, only to look it up
+        again)."""
         sp = self.space
         row, col = divmod(tile, sp.lon.n)
-        if self.state.tile_has(View.PENDING, row, col):
+        if self.state.tile_reachable(View.PENDING, row, col):
             return
         if self.held(inodes.make(Kind.TILE, View.PENDING, tile)):
             self.invalidate(inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode())
         row_ino = inodes.make(Kind.ROW, View.PENDING, row)
-        if self.held(row_ino) and not self.state.row_has(View.PENDING, row):
+        if self.held(row_ino) and not self.state.row_reachable(View.PENDING, row):
             self.invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
 
     def invalidate(self, parent: int, name: bytes) -> None:

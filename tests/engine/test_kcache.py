@@ -114,3 +114,23 @@ def test_a_fact_that_goes_drops_its_done_name(node: EngineNode, dropped: Names) 
     after(dropped, lambda: facts.reconcile(facts.local - gone, facts.local.copy()))
     assert ("done", "coffee shop.csv") in dropped and ("done", "plumber.csv") in dropped
     assert not node.exists(f"done/{REL}")
+
+
+def test_a_tile_name_goes_when_its_last_claim_ends_not_at_its_last_claim(
+    node: EngineNode, dropped: Names
+) -> None:
+    """pending/LAT/LON resolves while our claims remain in it (for `mv claimed/REL
+    pending/REL`): claiming its last pending task leaves the name right (before, it was
+    dropped, and looked up again at once); the last commit drops it."""
+    node.ls(f"pending/{TILE}")
+    assert after(dropped, lambda: node.claim(REL)) == []
+    assert after(dropped, lambda: node.claim(OTHER)) == []  # before: the tile's name
+    assert node.exists(f"pending/{TILE}") and node.ls(f"pending/{TILE}") == []
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == [
+        ("claimed", "coffee shop.csv")
+    ]
+    assert after(dropped, lambda: node.commit_tmp("s", CSV, OTHER)) == [
+        ("claimed", "plumber.csv"),
+        ("pending", "20.1"),
+    ]
+    assert not node.exists(f"pending/{TILE}")
