@@ -1,8 +1,11 @@
 """The kernel's caches of a mount: which computed inodes it holds, and dropping stale names.
 
 Names and attributes of the views are cached by the kernel (entry and attribute timeouts in
-attrs.py); when a task changes view, every cached name of it must go, or a worker would list or
-open a task that is no longer there. Only names the kernel may hold are invalidated: it holds a
+attrs.py); when a task changes view, every cached name of it that is now wrong must go, or a
+worker would open a task that is no longer there. Each invalidation is a write to /dev/fuse by
+pyfuse3's notify thread (a GIL hand-off), a moment after the request that caused it returns, so
+only names that may be stale are dropped: not the name a rename through this mount moved (the
+kernel moved it), not a done/ miss of a task that is still no fact. The kernel holds a
 name of a computed inode only while it has a reference to it (a lookup or a listed entry, until
 its forget), so those references are tracked, one bitmap of payloads per inode kind code: a
 `find` over a national mission leaves millions of inodes in the kernel, a dict of counts would
