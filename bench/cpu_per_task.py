@@ -66,6 +66,7 @@ from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
 BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
 CLK = os.sysconf("SC_CLK_TCK")
 IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start
+KEEP_PROFILES: Path | None = None  # --keep-profiles DIR: where py-spy's raw stacks are copied
 
 # Where a profile sample goes: the first frame from the leaf up whose file contains one of these
 # (checked in this order); frames of other files (re, copy, threading...) are looked through.
@@ -168,6 +169,9 @@ def stop_spy(spy: subprocess.Popen[bytes], out: Path, run: Run) -> None:
     if not out.exists():
         c.log(f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}")
         return
+    if KEEP_PROFILES is not None:  # --keep-profiles: the collapsed stacks, for a closer look
+        KEEP_PROFILES.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, KEEP_PROFILES / out.name)
     for line in out.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -565,7 +569,10 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the null_fs.py floor rows")
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
+    ap.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw stacks to this dir")
     args = ap.parse_args()
+    global KEEP_PROFILES
+    KEEP_PROFILES = args.keep_profiles
     os.environ.update(s3_env())
     runs: list[Run] = []
     puts: list[tuple[str, float]] = []

@@ -157,7 +157,7 @@ class MissionFS(pyfuse3.Operations):
         for ino, _ in inode_list:
             self.kcache.forget(ino)
             if ino in alias and not self.handles.holds(ino):
-                del alias[ino]
+                self.kcache.aliased.discard(alias.pop(ino))  # no done/ name on it any more
 
     # -- directories --------------------------------------------------------------------------
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -278,9 +278,11 @@ class MissionFS(pyfuse3.Operations):
             if view is View.DONE:
                 return await self._open_witness(inode, payload, writing)
             if writing:
+                # After a claim by mv, claimed/REL is the pending inode the kernel moved.
+                where = "claimed" if payload in self.state.claims else view.value
                 raise fuse_error(
                     errno.EPERM,
-                    f"refused write to {view.value}/{self.space.rel(payload)}:"
+                    f"refused write to {where}/{self.space.rel(payload)}:"
                     " task descriptors are read-only; write results into done/",
                 )
             return pyfuse3.FileInfo(
@@ -439,10 +441,13 @@ class MissionFS(pyfuse3.Operations):
             task = task_in_tile(self.space, p_old, name_old)
             if task is None:
                 raise fuse_error(errno.ENOENT)
+            # The kernel moves the name itself when the rename succeeds (kcache.kernel_rename).
             if v_old is View.PENDING and v_new is View.CLAIMED:
-                return await self._claim(task, ctx)
+                with self.kcache.kernel_rename(task, View.CLAIMED):
+                    return await self._claim(task, ctx)
             if v_old is View.CLAIMED and v_new is View.PENDING:
-                return await self._release(task)
+                with self.kcache.kernel_rename(task, View.PENDING):
+                    return await self._release(task)
         if v_old is View.DONE:
             raise fuse_error(
                 errno.EPERM, f"refused rename of done/…/{name_old!r}: a witness is immutable"

@@ -1,8 +1,11 @@
 """The kernel's caches of a mount: which computed inodes it holds, and dropping stale names.
 
 Names and attributes of the views are cached by the kernel (entry and attribute timeouts in
-attrs.py); when a task changes view, every cached name of it must go, or a worker would list or
-open a task that is no longer there. Only names the kernel may hold are invalidated: it holds a
+attrs.py); when a task changes view, every cached name of it that is now wrong must go, or a
+worker would open a task that is no longer there. Each invalidation is a write to /dev/fuse by
+pyfuse3's notify thread (a GIL hand-off), a moment after the request that caused it returns, so
+only names that may be stale are dropped: not the name a rename through this mount moved (the
+kernel moved it), not a done/ miss of a task that is still no fact. The kernel holds a
 name of a computed inode only while it has a reference to it (a lookup or a listed entry, until
 its forget), so those references are tracked, one bitmap of payloads per inode kind code: a
 `find` over a national mission leaves millions of inodes in the kernel, a dict of counts would
@@ -12,15 +15,16 @@ forgets happen only on its allocation-failure paths), so membership is enough.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import pyfuse3
 import trio
 from pyroaring import BitMap
 
 from fusefs.fuse import inodes
-from fusefs.fuse.inodes import VIEWS, Kind
+from fusefs.fuse.inodes import Kind
 from fusefs.model.state import MissionState, View, groups
 
 log = logging.getLogger("missionfs")
@@ -40,6 +44,12 @@ class KernelCache:
         self.refs: dict[int, BitMap] = {}
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self.committing: set[int] = set()
+        # Tasks committed by `mv tmp/NAME done/REL` through this mount: the kernel may hold
+        # done/REL as a positive name on the tmp/ file's inode, which no reference tracks.
+        self.aliased = BitMap()
+        self._claimed = state.claimed.copy()  # the claims as of each task's last change
+        self._renaming: dict[int, View] = {}  # see kernel_rename
+        self._left_to_kernel: set[int] = set()
         self._dropping: set[int] = set()  # inodes whose cached pages are being dropped
         self.phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self.on_change)
@@ -68,6 +78,24 @@ class KernelCache:
             bm.discard(ino & inodes.MASK)
 
     # -- invalidation -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def kernel_rename(self, task: int, dest: View) -> Iterator[None]:
+        """Around a rename of `task` between pending/ and claimed/ through this mount (a claim or
+        a release by `mv`): when it succeeds the kernel moves the name itself, so the change it
+        makes needs no invalidation of the source or destination name (the kernel also drops
+        the moved inode's cached attributes: the next stat asks again). If the rename fails
+        after the change was made, the kernel keeps the old name: it is dropped then."""
+        self._renaming[task] = dest
+        try:
+            yield
+        except BaseException:
+            if task in self._left_to_kernel:
+                self._drop_task_names(task)
+            raise
+        finally:
+            self._renaming.pop(task, None)
+            self._left_to_kernel.discard(task)
+
     def on_change(self, tasks: Iterable[int]) -> None:
         """A task changed view: drop every cached name of it so no listing or lookup is stale."""
         if not self.enabled:
@@ -75,39 +103,85 @@ class KernelCache:
         sp = self.space
         if isinstance(tasks, BitMap) and len(tasks) > BULK_INVALIDATION:
             # Bulk change (reconcile, remote facts): drop whole rows, which drops their subtrees.
+            self._claimed -= tasks
+            self._claimed |= tasks & self.state.claimed
             for row in groups(tasks, 0, sp.size, sp.row_size, 0):
                 name = sp.lat.name(row).encode()
                 for v in (View.PENDING, View.CLAIMED, View.DONE):
                     self.invalidate(inodes.VIEW_ROOTS[v], name)
             return
-        # Only names the kernel may hold are invalidated: a positive name is backed by a
-        # kernel reference to one of the task's inodes (a claim by mv moves the pending one
-        # under claimed/); done/ names may also be cached misses, except for a commit made
-        # through this mount, where the kernel turned the name positive itself.
-        held = self.held
         tiles_seen: set[int] = set()
         for task in tasks:
             tile, phrase = divmod(task, sp.nphr)
-            name = self.phrase_bytes[phrase]
-            if task not in self.committing:
-                self.invalidate(inodes.make(Kind.TILE, View.DONE, tile), name)
-            if any(held(inodes.make(Kind.FILE, v, task)) for v in VIEWS):
-                for v in VIEWS:
-                    self.invalidate(inodes.make(Kind.TILE, v, tile), name)
+            for v in self._stale_views(task):
+                self.invalidate(inodes.make(Kind.TILE, v, tile), self.phrase_bytes[phrase])
             if tile not in tiles_seen:
                 tiles_seen.add(tile)
                 self._tile_left_pending(tile)
 
+    def _stale_views(self, task: int) -> list[View]:
+        """The views whose cached name of `task` may be stale after its change (see below).
+
+        Only names the kernel may hold are dropped. A positive pending/ or claimed/ name is
+        backed by a kernel reference to the task's pending or claimed inode (a claim by `mv`
+        moves the pending one under claimed/, a release by `mv` moves it back), and exists
+        only in the view the task was in before this change (`_claimed` remembers claims as of
+        the last change): a claimed task has no pending/ name and a pending one no claimed/
+        name (lookups refuse them, listings do not show them). Misses are cached only in done/:
+        stale once the task is a fact, except after a commit through this mount, where the
+        kernel turned the name positive itself. A positive done/ name (a reference to the done
+        inode, or the tmp/ file committed under it) is stale when the fact goes or its content
+        changes."""
+        state, held, claimed = self.state, self.held, self._claimed
+        was_claimed = task in claimed
+        now_claimed = task in state.claimed
+        if now_claimed != was_claimed:
+            if now_claimed:
+                claimed.add(task)
+            else:
+                claimed.discard(task)
+        stale: list[View] = []
+        moving = self._renaming.get(task)
+        if held(inodes.make(Kind.FILE, View.PENDING, task)) or held(
+            inodes.make(Kind.FILE, View.CLAIMED, task)
+        ):
+            if moving is View.CLAIMED and now_claimed and not was_claimed:
+                self._left_to_kernel.add(task)  # claimed by `mv`: the kernel moved the name
+            elif moving is View.PENDING and was_claimed and task in state.pending:
+                self._left_to_kernel.add(task)  # released by `mv`: the kernel moved it back
+            elif was_claimed:
+                stale.append(View.CLAIMED)  # ended, or renewed (its attributes changed)
+            elif task not in state.pending:
+                stale.append(View.PENDING)
+        if task in state.fact:
+            if task not in self.committing:
+                stale.append(View.DONE)
+        elif task in self.aliased or held(inodes.make(Kind.FILE, View.DONE, task)):
+            self.aliased.discard(task)  # the fact went (or was never there): drop the name
+            stale.append(View.DONE)
+        return stale
+
+    def _drop_task_names(self, task: int) -> None:
+        """A rename through this mount failed after it changed the task: the kernel kept the
+        source name, which may be stale now (see kernel_rename)."""
+        tile, phrase = divmod(task, self.space.nphr)
+        for v in (View.PENDING, View.CLAIMED):
+            self.invalidate(inodes.make(Kind.TILE, v, tile), self.phrase_bytes[phrase])
+
     def _tile_left_pending(self, tile: int) -> None:
-        """The last pending task of a tile (or row) left: drop the tile's (row's) name."""
+        """The last task of a tile (or row) left pending/: drop the tile's (row's) name. Not
+        while our claims remain there: lookups still resolve the directory then (the kernel
+        needs it for `mv claimed/REL pending/REL`), so the name is not stale until the last
+        claim ends (a claim of the tile's last pending task dropped it, only to look it up
+        again)."""
         sp = self.space
         row, col = divmod(tile, sp.lon.n)
-        if self.state.tile_has(View.PENDING, row, col):
+        if self.state.tile_reachable(View.PENDING, row, col):
             return
         if self.held(inodes.make(Kind.TILE, View.PENDING, tile)):
             self.invalidate(inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode())
         row_ino = inodes.make(Kind.ROW, View.PENDING, row)
-        if self.held(row_ino) and not self.state.row_has(View.PENDING, row):
+        if self.held(row_ino) and not self.state.row_reachable(View.PENDING, row):
             self.invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
 
     def invalidate(self, parent: int, name: bytes) -> None:

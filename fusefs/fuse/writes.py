@@ -20,9 +20,10 @@ from fusefs.engine.status import StatusBoard
 from fusefs.fuse import inodes
 from fusefs.fuse.errors import fuse_error
 from fusefs.fuse.handles import Backed, DirectWrite, Handles, writer_was_killed
+from fusefs.fuse.inodes import Kind
 from fusefs.fuse.kcache import KernelCache
 from fusefs.fuse.tmpdir import MAX_FILE_BYTES, TmpDir
-from fusefs.model.state import MissionState
+from fusefs.model.state import MissionState, View
 from fusefs.statedir.store import LocalStore
 
 log = logging.getLogger("missionfs")
@@ -66,13 +67,16 @@ class Writes:
         try:
             await self.committer.commit(path, task, synced=synced, source="rename")
         except CommitRefused as e:
+            if task in self.state.fact:  # found done meanwhile: the kernel keeps its cached miss
+                self.kcache.invalidate(inodes.make(Kind.TILE, View.DONE, tile), name_new)
             raise fuse_error(e.errno) from None
         finally:
             self.kcache.committing.discard(task)
             self.tmp.unfreeze(ino, frozen)  # waiters resume at our next await: after the alias
         # Handles opened before the commit now write to the witness's inode: write() and
-        # setattr refuse them through the alias.
+        # setattr refuse them through the alias; the kernel's done/REL is that inode now.
         self.tmp.committed(fname, task)
+        self.kcache.aliased.add(task)
 
     def writable_task(self, tile: int, name: bytes) -> int:
         """The task done/TILE/NAME names, if a result may be written to it now."""

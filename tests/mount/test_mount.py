@@ -6,8 +6,10 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +117,42 @@ def test_names_the_kernel_cached_are_dropped_when_tasks_change(mount: Mount) -> 
     assert not mount.p(f"claimed/{claimed}").exists()
     assert not mount.p(f"pending/{tile}").exists()
     assert "-74.02" not in os.listdir(mount.p("pending/40.70"))
+
+
+def test_a_claim_by_mv_keeps_the_name_the_kernel_moved_right(mount: Mount) -> None:
+    """A claim or release by `mv` invalidates nothing (kcache.kernel_rename): the kernel moves
+    its cached name itself, still on the inode it was looked up as. Through that name the task
+    must read as what it is now: a claim (rw-r--r--, mtime = the claim), the descriptor, and
+    after a release by mv, a pending descriptor (r--r--r--) again; the commit drops it."""
+    tile = "40.72/-74.00"
+    names = sorted(os.listdir(mount.p(f"pending/{tile}")))  # listed: the kernel holds them
+    rel = f"{tile}/{names[0]}"
+    descriptor = mount.p(f"pending/{rel}").read_bytes()
+    pending = os.stat(mount.p(f"pending/{rel}"))
+    assert stat.S_IMODE(pending.st_mode) == 0o444
+    for _ in range(2):
+        t0 = time.time()
+        os.rename(mount.p(f"pending/{rel}"), mount.p(f"claimed/{rel}"))
+        st = os.stat(mount.p(f"claimed/{rel}"))
+        assert stat.S_IMODE(st.st_mode) == 0o644
+        assert t0 - 1 <= st.st_mtime <= time.time() + 1  # the claim's time, not the mount's
+        assert st.st_mtime_ns != pending.st_mtime_ns
+        assert mount.p(f"claimed/{rel}").read_bytes() == descriptor
+        assert not mount.p(f"pending/{rel}").exists()
+        assert names[0] not in os.listdir(mount.p(f"pending/{tile}"))
+        with pytest.raises(PermissionError):
+            mount.p(f"claimed/{rel}").write_text("x")
+        os.rename(mount.p(f"claimed/{rel}"), mount.p(f"pending/{rel}"))  # release by mv
+        assert stat.S_IMODE(os.stat(mount.p(f"pending/{rel}")).st_mode) == 0o444
+        assert not mount.p(f"claimed/{rel}").exists()
+        assert mount.status()["counts"]["claimed"] == 0
+    os.rename(mount.p(f"pending/{rel}"), mount.p(f"claimed/{rel}"))
+    assert mount.p(f"claimed/{rel}").exists()
+    commit_via_tmp(mount, rel)
+    assert mount.p(f"done/{rel}").read_text() == CSV
+    assert not mount.p(f"pending/{rel}").exists()
+    # The commit drops claimed/REL from pyfuse3's notify thread, a moment after it returns.
+    wait_for(lambda: not mount.p(f"claimed/{rel}").exists(), timeout=10, what="claimed/ name")
 
 
 def test_commit_without_claim_and_python_open(mount: Mount) -> None:
