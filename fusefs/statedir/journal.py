@@ -70,8 +70,10 @@ class Journal:
             self._size = path.stat().st_size
         return self._file
 
-    def append(self, ev: str, rel: str | None = None, **fields: Any) -> None:
-        self._write(self._line(ev, rel, fields), 1)
+    def append(self, ev: str, rel: str | None = None, **fields: Any) -> bool:
+        """One line; whether it was written (`error` may be changed meanwhile by a batch of
+        another thread's: a caller that must know reads this)."""
+        return self._write(self._line(ev, rel, fields), 1)
 
     def append_many(self, ev: str, rels: Iterable[str], **fields: Any) -> int:
         """One `ev` line per rel (same fields), in one write: thousands of lines from a worker
@@ -93,7 +95,7 @@ class Journal:
         # which json.loads turns back into the same surrogate: the line stays valid JSON.
         return line.encode("utf-8", "backslashreplace")
 
-    def _write(self, data: bytes, lines: int) -> None:
+    def _write(self, data: bytes, lines: int) -> bool:
         # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the lines are
         # not written at all: never half a line, never one written later.
         with self._lock:
@@ -102,12 +104,13 @@ class Journal:
                 append_whole(f.fileno(), data, self._size)
             except OSError as e:
                 self._failed(e, lines)
-                return
+                return False
             self._size += len(data)
             self._dirty = True
             if self.error is not None:
                 log.warning("journal writable again; %d line(s) were not written", self.lost)
                 self.error, self.lost = None, 0
+            return True
 
     def _failed(self, e: OSError, lines: int = 1) -> None:
         """A line could not be written (full disk, quota). The journal is history, not truth:
