@@ -25,7 +25,7 @@ from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.model import segment as sg
 from fusefs.model.checkpoint import Checkpoint, Sizes
 from fusefs.model.mission import Mission, load_mission
-from fusefs.objects.s3store import S3Store, sha256_hex
+from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 from fusefs.statedir.journal import read_journal
 from fusefs.statedir.layout import StateLayout
 from tests.engine.driver import BUCKET_URL, WINDOW, EngineNode, FakeClock, RecordingStore
@@ -60,10 +60,14 @@ def size_of(task: int) -> int:
 
 
 def started_node(
-    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock, m: Mission
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    m: Mission,
+    segment: bool = True,
 ) -> tuple[EngineNode, int]:
-    """A node started from a small checkpoint, and the next window's segment of 50,000
-    facts in the bucket, closed and settled: the node's next refresh applies it."""
+    """A node started from a small checkpoint, and (`segment`) the next window's segment of
+    50,000 facts in the bucket, closed and settled: the node's next refresh applies it."""
     s3 = S3Store(BUCKET_URL, m.name, objects=bucket)
     assert s3.create_protocol({"version": 2, "window": WINDOW})
     sizes = Sizes.of(EARLY, {t: size_of(t) for t in EARLY})
@@ -72,6 +76,8 @@ def started_node(
     node = make_node(bucket=bucket, worker="worker-n")
     assert node.refresh() == len(EARLY)
     w = cp.window + 1
+    if not segment:
+        return node, w
     sha = sha256_hex(b"x")
     facts = [sg.Fact(m.space.rel(t), sha, size_of(t)) for t in SEGMENT]
     assert s3.put_segment(w, sg.encode(sg.merge(w, {"worker-z-00000001.txt": facts})))
@@ -313,3 +319,41 @@ def test_the_trio_thread_serves_requests_while_a_segment_is_applied(
     assert node.sync.remote == SEGMENT | EARLY
     assert node.sync.sizes.get(SAMPLE[0]) == size_of(SAMPLE[0])
     assert node.stat(f"done/{space.rel(mine)}").size == len(body)
+
+
+def test_a_verification_listing_learns_its_finds_as_one_batch(
+    make_node: Callable[..., EngineNode],
+    bucket: RecordingStore,
+    clock: FakeClock,
+    mission: Mission,
+) -> None:
+    """`missionfs sync --verify` lists the bucket: the 500 witnesses nobody published (and
+    the checkpoint's, known) are learned as one batch (a worker thread), with their sizes,
+    and only the unknown ones go into the node's next manifest for everyone."""
+    node, _ = started_node(make_node, bucket, clock, mission, segment=False)
+    space = mission.space
+    s3 = S3Store(BUCKET_URL, mission.name, objects=bucket)
+    unknown = BitMap(range(2, N, 400))
+    for task in unknown | EARLY:
+        bucket.put(s3.key(WITNESSES, space.rel(task)), b"x" * size_of(task))
+    journal = node.sync.journal
+    assert journal is not None
+    many = getattr(journal, "append_many", None)
+    batches: list[tuple[bool, int]] = []  # (from a worker thread, notes)
+
+    def append_many(ev: str, rels: Iterable[str], **fields: Any) -> int:
+        batches.append((threading.current_thread() is not threading.main_thread(), 0))
+        assert many is not None
+        n = many(ev, rels, **fields)
+        batches[-1] = (batches[-1][0], n)
+        return n
+
+    if many is not None:
+        journal.append_many = append_many  # type: ignore[method-assign]
+    assert node.refresh(verify=True) == len(unknown)
+    assert batches == [(True, len(unknown))]
+    assert node.sync.remote == unknown | EARLY
+    assert [node.sync.sizes.get(t) for t in unknown] == [size_of(t) for t in unknown]
+    published = node.sync._manifest
+    assert sorted(published) == sorted(sg.line(space.rel(t), "", size_of(t)) for t in unknown)
+    assert sorted(noted(node)) == sorted(space.rel(t) for t in unknown)
