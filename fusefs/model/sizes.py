@@ -69,6 +69,8 @@ class RemoteSizes:
             self._forget_small(task)
             self._huge[task] = size
             return
+        if self._huge:
+            self._huge.pop(task, None)  # a small size now known for a huge one: the new wins
         if self._dense is None:
             self._sparse[task] = size
             if len(self._sparse) > max(1024, self.space_size // 32):
