@@ -354,6 +354,11 @@ class StepWatch(trio.abc.Instrument):
         self.longest = 0.0
         self.longest_loading = 0.0  # of the steps while a checkpoint is loaded (`loading`)
         self.loading = False
+        self.longest_segment = 0.0  # of the steps while a segment is applied (`applying`)
+        self.applying = False
+        self.segments = 0
+        self.segment_cpu = 0.0  # CPU of the segments' application, thread calls included
+        self.segment_inline = 0.0  # of it, in thread calls
         self._t0 = 0.0
         self._inline0 = 0.0
 
@@ -365,6 +370,8 @@ class StepWatch(trio.abc.Instrument):
         self.longest = max(self.longest, held)
         if self.loading:
             self.longest_loading = max(self.longest_loading, held)
+        if self.applying:
+            self.longest_segment = max(self.longest_segment, held)
 
     @contextlib.contextmanager
     def loading_checkpoints(self, factlog: Any) -> Iterator[None]:
@@ -385,6 +392,30 @@ class StepWatch(trio.abc.Instrument):
             yield
         finally:
             del factlog._load_checkpoint
+
+    @contextlib.contextmanager
+    def applying_segments(self, factlog: Any) -> Iterator[None]:
+        """Tell the steps of `factlog._apply` (one segment: the fleet's facts of a window)
+        apart, and count their CPU (a protocol v2 node's steady state, every window)."""
+        real = factlog._apply
+
+        async def apply(seg: Any) -> Any:
+            self.applying = True
+            cpu, inline = time.process_time(), self.net.inline
+            try:
+                return await real(seg)
+            finally:
+                await trio.lowlevel.checkpoint()  # the step that applied it ends here
+                self.applying = False
+                self.segments += 1
+                self.segment_cpu += time.process_time() - cpu
+                self.segment_inline += self.net.inline - inline
+
+        factlog._apply = apply
+        try:
+            yield
+        finally:
+            del factlog._apply
 
 
 def _add_deadline_in_order() -> Any:
@@ -1031,7 +1062,8 @@ def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
                 return trio.current_time() - t0
 
             assert node.ws.sync is not None
-            with watch.loading_checkpoints(node.ws.sync.factlog):
+            factlog = node.ws.sync.factlog
+            with watch.loading_checkpoints(factlog), watch.applying_segments(factlog):
                 seconds = trio.run(
                     learn, clock=trio.testing.MockClock(autojump_threshold=0), instruments=[watch]
                 )
@@ -1053,6 +1085,9 @@ def learn_v2(k: int, cfg: SimConfig) -> dict[str, Any]:
         "in_threads_s": round(net.inline, 1),  # of it, in thread calls (inline here)
         "trio_held_s": round(watch.longest, 3),  # the longest trio step outside them
         "trio_held_loading_s": round(watch.longest_loading, 3),  # of those loading checkpoints
+        "trio_held_segment_s": round(watch.longest_segment, 3),  # of those applying segments
+        "segment_cpu_s": round(watch.segment_cpu / max(1, watch.segments), 3),  # per segment
+        "segment_in_threads_s": round(watch.segment_inline / max(1, watch.segments), 3),
     }
 
 
@@ -1107,8 +1142,9 @@ def learn_v2_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| K witnesses | bucket: checkpoint (facts, bytes) + segments (facts each, bytes each) "
         "| known | requests (by kind) | bytes read | virtual s | node wall s "
-        "| learning CPU s (in threads) | longest trio step s (loading the checkpoint) |",
-        "|---" * 9 + "|",
+        "| learning CPU s (in threads) | longest trio step s (loading the checkpoint) "
+        "| applying a segment: CPU s (in threads), longest trio step s |",
+        "|---" * 10 + "|",
     ]
     for r in rows:
         kinds = " ".join(f"{k} {v}" for k, v in sorted(r["by_kind"].items()))
@@ -1117,7 +1153,8 @@ def learn_v2_table(rows: list[dict[str, Any]]) -> str:
             f"{r['segments']} x ({r['segment_facts']}, {r['segment_bytes']} B) | {r['known']} "
             f"| {r['requests']} ({kinds}) | {r['bytes']} | {r['virtual_s']} "
             f"| {r['node_wall_s']} | {r['learn_cpu_s']} ({r['in_threads_s']}) "
-            f"| {r['trio_held_s']} ({r['trio_held_loading_s']}) |"
+            f"| {r['trio_held_s']} ({r['trio_held_loading_s']}) "
+            f"| {r['segment_cpu_s']} ({r['segment_in_threads_s']}), {r['trio_held_segment_s']} |"
         )
     return "\n".join(out)
 
@@ -1193,7 +1230,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"K={k}: {r['node_wall_s']} s wall, learning CPU {r['learn_cpu_s']} s "
             f"({r['in_threads_s']} s in threads), longest trio step {r['trio_held_s']} s "
-            f"({r['trio_held_loading_s']} s loading the checkpoint)",
+            f"({r['trio_held_loading_s']} s loading the checkpoint); a segment of "
+            f"{r['segment_facts']} facts: CPU {r['segment_cpu_s']} s ({r['segment_in_threads_s']} "
+            f"s in threads), longest trio step {r['trio_held_segment_s']} s",
             file=sys.stderr,
             flush=True,
         )

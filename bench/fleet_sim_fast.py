@@ -34,6 +34,7 @@ import numpy as np
 import trio
 from pyroaring import BitMap
 
+from fusefs.engine import remotefacts
 from fusefs.engine.remotefacts import RemoteFacts
 from fusefs.model import affinity
 from fusefs.model.codec import OutOfPlan, TaskSpace
@@ -210,10 +211,15 @@ SEGMENTS = SegmentCache()
 
 
 async def fast_learn_facts(self: RemoteFacts, facts: list[Any]) -> int:
-    """RemoteFacts.learn_facts without the hash cache's rows (one scheduling checkpoint where
-    the real one hands them to a thread, so that both interleave the fleet alike)."""
-    if self.on_remote_hashes is not None and any(f.sha256 for f in facts):
-        await trio.lowlevel.checkpoint()
+    """RemoteFacts.learn_facts without the hash cache's rows and the persistence (a
+    scheduling checkpoint where the real one waits for a thread or its lock, so that both
+    interleave the fleet alike)."""
+    if not facts:
+        return 0
+    await trio.lowlevel.checkpoint()  # the hashes and pairs, in a thread
+    if len(facts) > getattr(remotefacts, "INLINE_BATCH", len(facts)):
+        await trio.lowlevel.checkpoint()  # learn_rels' lock
+        await trio.lowlevel.checkpoint()  # its thread
     return self._learn_rels(SEGMENTS.pairs(facts))
 
 

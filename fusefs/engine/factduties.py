@@ -114,7 +114,7 @@ class FactDuties:
                 seg = None
             if seg is None:
                 return False
-            self._build(builder, seg.facts)
+            await trio.to_thread.run_sync(self._build, builder, seg.facts)  # per fact
         self.builder = builder
         return True
 

@@ -442,7 +442,7 @@ class FactLog(FactDuties):
             return None
         body, etag = found
         try:
-            seg = sg.decode(body, w)
+            seg = await trio.to_thread.run_sync(sg.decode, body, w)  # 24,000 facts: 30 ms
         except sg.CorruptSegment as e:
             log.warning("segment %d is corrupt (%s): rebuilding it from the node manifests", w, e)
             return await self._compact(w, replace_etag=etag)
@@ -478,13 +478,19 @@ class FactLog(FactDuties):
         errors = await blocking_each(read, ours, self.engine.uploaders, one)
         if errors:  # one plain exception, never a group: the loops catch S3 errors by class
             raise errors[0]
-        seg = sg.merge(w, manifests)
-        seg.workers.setdefault(self.worker, 0)  # the compactor is crew too
-        if await _s3(self.s3.put_segment, w, sg.encode(seg), replace_etag):
+        seg, body = await trio.to_thread.run_sync(self._merged, w, manifests)
+        if await _s3(self.s3.put_segment, w, body, replace_etag):
             self.compacted += 1
             self._wrote = w
             return seg
         return await self._get(w) if replace_etag is None else None
+
+    def _merged(self, w: int, manifests: dict[str, list[sg.Fact]]) -> tuple[sg.Segment, bytes]:
+        """Window w's segment and its body (blocking: 30 ms for 24,000 facts, a worker
+        thread); the compactor is crew too."""
+        seg = sg.merge(w, manifests)
+        seg.workers.setdefault(self.worker, 0)
+        return seg, sg.encode(seg)
 
     def _next_busy(self, w: int, current: int) -> int:
         """The first window from w with a node manifest or a segment (else `current`): the
@@ -509,8 +515,8 @@ class FactLog(FactDuties):
                 del self.unconfirmed[name]
                 if name not in seg.manifests:
                     self._republish(lines)
-        if self.builder is not None:
-            self._build(self.builder, seg.facts)
+        if self.builder is not None:  # a Python step per fact: in a thread (under our lock)
+            await trio.to_thread.run_sync(self._build, self.builder, seg.facts)
         return await self.engine.learn_facts(seg.facts)
 
     def _republish(self, lines: Iterable[str]) -> None:

@@ -31,7 +31,7 @@ from fusefs.engine.verify import my_shards
 from fusefs.model.checkpoint import UNKNOWN_SIZE, Checkpoint, Sizes
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.segment import Fact
-from fusefs.model.sizes import RemoteSizes
+from fusefs.model.sizes import RemoteSizes, usable_size
 from fusefs.model.state import MissionState
 from fusefs.objects.s3store import WITNESSES, S3Store
 from fusefs.statedir.index import FactIndex
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("missionfs")
 
 UPLOAD_BATCH = 256
+
+# Batches of remote facts up to this size are learned on the trio thread (~11 us a fact): the
+# thread path's part there (copies of the sets: up to 0.6 ms at 10M facts, the apply, the hop)
+# costs about as much as 64 of them (docs/benchmarks.md, "applying a segment no longer stalls").
+INLINE_BATCH = 64
 
 Listed = list[tuple[str, int | None]]  # (rel, size) of witnesses from a listing
 
@@ -69,6 +74,18 @@ class _Plan:
     new: BitMap  # facts not known when the copies were taken
     remote_only: BitMap  # of them, not local then
     unsized: BitMap  # of those, whose size the checkpoint does not know
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What a batch of (rel, size) teaches, worked out in a worker thread (learn_rels) from
+    copies of the sets; its `remote` notes and index lines are written by then."""
+
+    ids: BitMap  # every task of the batch in the plan (learned as remote, local ones too)
+    given: BitMap  # not local then, a size given (usable or not): no longer unsized
+    tasks: np.ndarray  # of those, the ones with a usable size, ascending (int64)
+    sizes: np.ndarray  # their sizes (the batch's last one for a task)
+    sizeless: BitMap  # not local then, no size given: unsized unless a size is known
 
 
 def _checkpoint_sizes(cp: Checkpoint, tasks: BitMap) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +137,8 @@ class RemoteFacts:
     journal: Journal | None
     on_remote_hashes: Callable[[list[tuple[str, str]]], None] | None
 
-    _loading = 0  # checkpoint loads running in a worker thread (learn_checkpoint)
+    _loading = 0  # checkpoint loads and batches running in a worker thread (learn_*)
+    _learning: trio.Lock  # held by either meanwhile (learn_rels, learn_checkpoint)
 
     @property
     def local(self) -> BitMap:
@@ -218,10 +236,104 @@ class RemoteFacts:
     async def learn_facts(self, facts: list[Fact]) -> int:
         """Learn the facts of a segment (factlog.py): hashes first (the digest's cache: no HEAD
         per remote witness), then the facts with their sizes. Returns how many were new."""
+        if not facts:
+            return 0
+        return await self.learn_rels(await trio.to_thread.run_sync(self._tell_hashes, facts))
+
+    def _tell_hashes(self, facts: list[Fact]) -> Listed:
+        """In a worker thread (a Python step per fact: 50 ms for a segment of 24,000): tell
+        the digest the facts' hashes; returns their (rel, size)."""
         hashes = [(f.rel, f.sha256) for f in facts if f.sha256]
         if hashes and self.on_remote_hashes is not None:
-            await trio.to_thread.run_sync(self.on_remote_hashes, hashes)
-        return self._learn_rels((f.rel, f.size) for f in facts)
+            self.on_remote_hashes(hashes)
+        return [(f.rel, f.size) for f in facts]
+
+    async def learn_rels(self, rels: Listed, found: Listed | None = None) -> int:
+        """`_learn_rels` for a batch of any size (a segment: the fleet's ~24,000 facts of a
+        window; a verification listing's shards), without holding the trio thread, which
+        serves every FUSE request of the mount, for more than a few bitmap operations.
+
+        A worker thread parses the rels, works out the new facts and sizes from copies of the
+        sets taken here, and writes their `remote` journal notes (one write) then their index
+        lines (one write); the trio thread then applies the result less what changed meanwhile
+        (as `learn_checkpoint`). A kill -9 before the index lines leaves the facts unknown and
+        the fact log's cursor before the segment (saved after this returns): it is read again
+        (its notes then written twice); after them, the facts are known from the index.
+        `found`, if given, is extended with the (rel, size) of those that were new facts."""
+        if len(rels) <= INLINE_BATCH:
+            if found is not None:
+                for rel, size in rels:
+                    task = self._task(rel)
+                    if task is not None and task not in self.remote:
+                        found.append((rel, size))
+            return self._learn_rels(rels)
+        async with self._learning:  # one batch or checkpoint at a time: one rotate-free log
+            taken = (self.remote.copy(), self.local.copy(), self.unsized.copy())
+            self._loading += 1  # no snapshot of the remote index may drop our log lines
+            try:
+                batch = await trio.to_thread.run_sync(self._plan_rels, rels, *taken, found)
+            finally:
+                self._loading -= 1
+            return self._apply_rels(batch)
+
+    def _plan_rels(
+        self,
+        rels: Listed,
+        remote: BitMap,
+        local: BitMap,
+        unsized: BitMap,
+        found: Listed | None,
+    ) -> _Batch:
+        """In a worker thread: `_learn_rels`'s decisions against the copies, and the notes
+        and index lines of the new facts (nothing here touches the live sets)."""
+        parse, ids, sized, sizeless = self.space.parse_rel, array("I"), {}, array("I")
+        for rel, size in rels:
+            try:
+                task = parse(rel)
+            except OutOfPlan:
+                continue
+            ids.append(task)
+            if found is not None and task not in remote:
+                found.append((rel, size))
+            if size is None:
+                sizeless.append(task)
+            else:
+                sized[task] = size  # a later one wins, as set() in order
+        every = BitMap(ids)
+        given = BitMap(sized.keys()) - local
+        usable = {t: n for t, n in sized.items() if t in given and usable_size(n)}
+        tasks = np.fromiter(usable.keys(), dtype=np.int64, count=len(usable))
+        order = np.argsort(tasks)
+        sizes = np.fromiter(usable.values(), dtype=np.int64, count=len(usable))[order]
+        new = every - remote
+        rel_of = self.space.rel
+        new_rels = [rel_of(t) for t in new]
+        lines = [
+            rel if (n := usable.get(t)) is None else f"{rel}\t{n}"
+            for t, rel in zip(new, new_rels, strict=True)
+        ]
+        lines += [f"{rel_of(t)}\t{usable[t]}" for t in (given & unsized & remote) if t in usable]
+        if self.journal is not None:  # before the index lines: a crash between repeats them
+            self.journal.append_many("remote", new_rels)
+        self.remote_index.append(lines)
+        return _Batch(every, given, tasks[order], sizes, BitMap(sizeless) - local - given)
+
+    def _apply_rels(self, batch: _Batch) -> int:
+        """On the trio thread: what the thread worked out, less what changed meanwhile (facts
+        learned by another path, witnesses committed or fetched here since the copies: their
+        file tells their size)."""
+        tasks, sizes = batch.tasks, batch.sizes
+        late = batch.given & self.local
+        if late:
+            keep = ~np.isin(tasks, np.frombuffer(late.to_array(), dtype=np.uint32))
+            tasks, sizes = tasks[keep], sizes[keep]
+        self.sizes.set_many(tasks, sizes)  # before the facts: no stat sees them sizeless
+        self.unsized -= batch.given
+        self.unsized |= self.sizes.unknown(batch.sizeless - self.local)
+        new = batch.ids - self.remote
+        self.facts.add_remote(new)
+        self.counters.learned += len(new)
+        return len(new)
 
     async def refresh(
         self, *, full: bool = False, force: bool = False, verify: bool = False
@@ -259,18 +371,13 @@ class RemoteFacts:
         if shards is None:
             shards = await _s3(self.s3.witness_shards)
         listed: Listed = []
-        found: Listed = []
 
         def one(shard: str, rels: Listed) -> None:
             listed.extend(rels)
-            remote = self.remote
-            for rel, size in rels:
-                task = self._task(rel)
-                if task is not None and task not in remote:
-                    found.append((rel, size))
-            self._learn_rels(rels)
 
         errors = await blocking_each(self.s3.sized_rels_under, shards, self.uploaders, one)
+        found: Listed = []
+        await self.learn_rels(listed, found)  # what the shards hold, as one batch
         if errors:
             raise errors[0]  # one plain exception, not a group, for the refresh loop
         return listed, found
@@ -286,17 +393,18 @@ class RemoteFacts:
         before any of it is applied: a crash leaves the old index and a cursor that loads the
         checkpoint again, or the new snapshot) and one journal line, not a log line and a
         `remote` note per fact."""
-        generation = self.remote_index.rotate()  # lines from now on: replayed over the snapshot
-        taken = _Taken(self.remote.copy(), self.local.copy(), self.sizes.record())
-        self._loading += 1  # the periodic save leaves the remote index to us meanwhile
-        try:
-            plan = await trio.to_thread.run_sync(self._plan_checkpoint, cp, taken, generation)
-        except BaseException:
-            self.sizes.forget_changes()
-            raise
-        finally:
-            self._loading -= 1
-        return self._apply_checkpoint(cp, plan, taken.sizes)
+        async with self._learning:  # no batch (learn_rels) logs lines meanwhile
+            generation = self.remote_index.rotate()  # lines from now on: replayed over it
+            taken = _Taken(self.remote.copy(), self.local.copy(), self.sizes.record())
+            self._loading += 1  # the periodic save leaves the remote index to us meanwhile
+            try:
+                plan = await trio.to_thread.run_sync(self._plan_checkpoint, cp, taken, generation)
+            except BaseException:
+                self.sizes.forget_changes()
+                raise
+            finally:
+                self._loading -= 1
+            return self._apply_checkpoint(cp, plan, taken.sizes)
 
     def _plan_checkpoint(self, cp: Checkpoint, taken: _Taken, generation: int) -> _Plan:
         """In a worker thread: the new facts, the sizes of the remote-only ones (merged into

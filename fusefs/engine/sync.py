@@ -122,6 +122,7 @@ class SyncEngine(RemoteFacts):
         self._ok_msg = "ok"
         self._inflight: set[int] = set()
         self._wake = trio.Event()
+        self._learning = trio.Lock()  # one batch of remote facts in a thread at a time
         self._force = trio.Event()
         self._verify = False  # the forced sync asked for a listing of every shard
         self._forced_done: list[Callable[[], None]] = []

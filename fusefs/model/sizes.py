@@ -23,6 +23,11 @@ _MAX = 2**32 - 1
 _ABSURD = 2**62  # no file is this large
 
 
+def usable_size(size: int) -> bool:
+    """Whether set() keeps this size (a hostile manifest's must not reach st_size)."""
+    return UNKNOWN < size < _ABSURD
+
+
 class RemoteSizes:
     """task -> size in bytes, for tasks with a witness in S3 and none on this disk.
 
@@ -64,6 +69,8 @@ class RemoteSizes:
             self._forget_small(task)
             self._huge[task] = size
             return
+        if self._huge:
+            self._huge.pop(task, None)  # a small size now known for a huge one: the new wins
         if self._dense is None:
             self._sparse[task] = size
             if len(self._sparse) > max(1024, self.space_size // 32):
@@ -150,19 +157,40 @@ class RemoteSizes:
         if not len(tasks):
             return
         if self._dense is None and len(self) + len(tasks) <= max(1024, self.space_size // 32):
-            for task, size in zip(tasks.tolist(), values.tolist(), strict=True):
-                self.set(task, size)
+            self._drop_huge(tasks)
+            self._sparse.update(zip(tasks.tolist(), values.tolist(), strict=True))
             return
         if self._dense is None:
             self._densify()
         assert self._dense is not None
-        if self._huge:  # a small size now known for a task that had a huge one: the new wins
-            given = BitMap(array("I", tasks.astype(np.uint32).tobytes()))
-            for task in [t for t in self._huge if t in given]:
-                del self._huge[task]
+        self._drop_huge(tasks)
         dense = np.frombuffer(self._dense, dtype=np.uint32)  # a view: writes go to the array
         self._count += int(np.count_nonzero(dense[tasks] == UNKNOWN))
         dense[tasks] = values
+
+    def _drop_huge(self, tasks: np.ndarray) -> None:
+        """A small size now known for a task that had a huge one: the new wins."""
+        if self._huge:
+            given = BitMap(array("I", tasks.astype(np.uint32).tobytes()))
+            for task in [t for t in self._huge if t in given]:
+                del self._huge[task]
+
+    def set_many(self, tasks: np.ndarray, values: np.ndarray) -> None:
+        """set() for many tasks (ascending, distinct; int64 sizes), in bulk: a segment's
+        24,000 sizes are applied on the trio thread in about a millisecond, not a Python call
+        each. Recorded like set() while a copy is changed elsewhere (record())."""
+        changes, self._changes = self._changes, None  # what is done below is recorded here
+        if changes is not None:
+            changes.extend(zip(tasks.tolist(), values.tolist(), strict=True))
+        try:
+            usable = (values > UNKNOWN) & (values < _ABSURD)
+            huge = usable & (values >= _MAX)
+            for task, size in zip(tasks[huge].tolist(), values[huge].tolist(), strict=True):
+                self.set(task, size)
+            small = usable & ~huge
+            self.merge(tasks[small], values[small].astype(np.uint32))
+        finally:
+            self._changes = changes
 
     def unknown(self, tasks: BitMap) -> BitMap:
         """Those of `tasks` whose size is not known (in bulk, as restore())."""

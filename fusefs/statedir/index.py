@@ -63,6 +63,10 @@ class FactIndex:
         # over a newer one (it would drop the logs the newer one replaced).
         self._writing = threading.Lock()
         self._written = -1  # the newest generation snapshotted by this process
+        # Log lines may be appended by the trio thread and a worker thread at once (a
+        # segment's thousands of remote facts, remotefacts.py): each append is one write of
+        # whole lines into one generation's log, never cut by a rotate().
+        self._appending = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, sizes: RemoteSizes | None = None) -> BitMap | None:
@@ -146,27 +150,32 @@ class FactIndex:
     # -- writing -------------------------------------------------------------------------------
     def append(self, rels: Iterable[str]) -> None:
         """Record commits (no fsync: a lost line is recovered by the reconcile walk); a rel
-        may carry its size as `rel<TAB>size` (remote facts)."""
-        if self._log is None:
-            self._log = open(  # noqa: SIM115 - kept open across appends
-                self.dir / f"{self.name}-{self.generation}.log",
-                "a",
-                encoding="utf-8",
-                errors="surrogateescape",
-            )
-        for rel in rels:
-            self._log.write(rel + "\n")
-            self.appended += 1
-        self._log.flush()
+        may carry its size as `rel<TAB>size` (remote facts). One write for all of them."""
+        lines = [rel + "\n" for rel in rels]
+        if not lines:
+            return
+        text = "".join(lines)
+        with self._appending:
+            if self._log is None:
+                self._log = open(  # noqa: SIM115 - kept open across appends
+                    self.dir / f"{self.name}-{self.generation}.log",
+                    "a",
+                    encoding="utf-8",
+                    errors="surrogateescape",
+                )
+            self._log.write(text)
+            self._log.flush()
+            self.appended += len(lines)
 
     def rotate(self) -> int:
         """Start a new log generation; returns it. Call, then snapshot() the facts as of now."""
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.generation += 1
-        self.appended = 0
-        return self.generation
+        with self._appending:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self.generation += 1
+            self.appended = 0
+            return self.generation
 
     def snapshot(self, facts: BitMap, generation: int, sizes: RemoteSizes | None = None) -> None:
         """Atomically write `facts` as the state at the start of log `generation` (blocking);
@@ -227,9 +236,10 @@ class FactIndex:
         self.close()
 
     def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        with self._appending:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
 
 def walk_facts(

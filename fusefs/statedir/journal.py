@@ -14,6 +14,11 @@ page cache survives) both lines exist or neither does; a witness whose lines wer
 loss) is found by the start-up reconcile and journalled then with "recovered": true. So the
 journal never names a commit whose witness is missing, and every witness gets its line (except
 on a full disk: a line that cannot be written is dropped whole, logged, and the change stands).
+
+Writers: the trio thread (claims, commits, ...) and, for the `remote` lines of a segment's
+thousands of facts, a worker thread (remotefacts.py) with one write for all of them
+(`append_many`): a lock keeps each write whole and the file's size (what a failed write is cut
+back to) right; a batch that cannot be written whole is dropped whole.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +52,9 @@ class Journal:
         self._dirty = False
         self.error: OSError | None = None  # the last append failed with this
         self.lost = 0  # lines not written since
+        # Held for one write (never across an fsync): the trio thread and a worker thread
+        # (append_many) may append at once.
+        self._lock = threading.Lock()
 
     def _open(self) -> IO[bytes]:
         if self._file is None or self._size >= ROTATE_BYTES:
@@ -61,7 +70,20 @@ class Journal:
             self._size = path.stat().st_size
         return self._file
 
-    def append(self, ev: str, rel: str | None = None, **fields: Any) -> None:
+    def append(self, ev: str, rel: str | None = None, **fields: Any) -> bool:
+        """One line; whether it was written (`error` may be changed meanwhile by a batch of
+        another thread's: a caller that must know reads this)."""
+        return self._write(self._line(ev, rel, fields), 1)
+
+    def append_many(self, ev: str, rels: Iterable[str], **fields: Any) -> int:
+        """One `ev` line per rel (same fields), in one write: thousands of lines from a worker
+        thread without a write call each (a segment's `remote` lines). Returns how many."""
+        lines = [self._line(ev, rel, fields) for rel in rels]
+        if lines:
+            self._write(b"".join(lines), len(lines))
+        return len(lines)
+
+    def _line(self, ev: str, rel: str | None, fields: dict[str, Any]) -> bytes:
         entry: dict[str, Any] = {"t": round(time.time(), 6), "ev": ev}
         if rel is not None:
             entry["rel"] = rel
@@ -71,29 +93,33 @@ class Journal:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
         # which json.loads turns back into the same surrogate: the line stays valid JSON.
-        data = line.encode("utf-8", "backslashreplace")
-        # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the line is
-        # not written at all: never half a line, never one written later.
-        try:
-            f = self._open()
-            append_whole(f.fileno(), data, self._size)
-        except OSError as e:
-            self._failed(e)
-            return
-        self._size += len(data)
-        self._dirty = True
-        if self.error is not None:
-            log.warning("journal writable again; %d line(s) were not written", self.lost)
-            self.error, self.lost = None, 0
+        return line.encode("utf-8", "backslashreplace")
 
-    def _failed(self, e: OSError) -> None:
+    def _write(self, data: bytes, lines: int) -> bool:
+        # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the lines are
+        # not written at all: never half a line, never one written later.
+        with self._lock:
+            try:
+                f = self._open()
+                append_whole(f.fileno(), data, self._size)
+            except OSError as e:
+                self._failed(e, lines)
+                return False
+            self._size += len(data)
+            self._dirty = True
+            if self.error is not None:
+                log.warning("journal writable again; %d line(s) were not written", self.lost)
+                self.error, self.lost = None, 0
+            return True
+
+    def _failed(self, e: OSError, lines: int = 1) -> None:
         """A line could not be written (full disk, quota). The journal is history, not truth:
         the change it records stands, so this is logged once per streak, not raised; a caller
         that must not go on without its line (a claim) reads `error` after append()."""
         if self.error is None:
             log.error("journal line(s) not written: %s", e)
         self.error = e
-        self.lost += 1
+        self.lost += lines
 
     def sync(self) -> None:
         """fsync the current file (the daemon calls this about once a second, in a thread)."""

@@ -55,6 +55,30 @@ def test_merge_sets_many_sizes_at_once_like_set() -> None:
     assert few._dense is None and [few.get(t) for t in (0, 3, 27)] == [1, 4, 28]
 
 
+def test_set_many_ends_as_a_set_each_hostile_and_huge_sizes_included() -> None:
+    """set_many() (a segment's sizes on the trio thread, in bulk) ends as a `set` per task
+    would, sparse or dense: a size of 0 or an absurd one (a hostile manifest) is skipped,
+    one of 4 GiB and more is kept aside, a small one replaces a huge one; and while a copy
+    is changed elsewhere (record()), its changes are redone by adopt()."""
+    for count in (40, 20_000):  # sparse, then enough for the dense array
+        tasks = np.arange(0, 3 * count, 3, dtype=np.int64)
+        values = (tasks % 500 + 1).astype(np.int64)
+        values[:4] = [0, 2**62, 2**33, 7]
+        bulk, each = RemoteSizes(100_000), RemoteSizes(100_000)
+        for sizes in (bulk, each):
+            sizes.set(9, 2**35)  # huge, then small below
+        bulk.set_many(tasks, values)
+        for t, n in zip(tasks.tolist(), values.tolist(), strict=True):
+            each.set(t, n)
+        probe = [*range(0, 3 * count + 3), 9]
+        assert [bulk.get(t) for t in probe] == [each.get(t) for t in probe]
+        assert len(bulk) == len(each) and bulk.get(6) == 2**33 and bulk.get(9) == values[3]
+        copy = bulk.record()
+        bulk.set_many(np.array([1, 2], dtype=np.int64), np.array([11, 12], dtype=np.int64))
+        bulk.adopt(copy)
+        assert (bulk.get(1), bulk.get(2), bulk.get(9)) == (11, 12, values[3])
+
+
 def test_a_copy_changed_elsewhere_is_adopted_with_the_changes_made_meanwhile() -> None:
     """record() / adopt(): a checkpoint's sizes go into a copy (a worker thread) while the
     live sizes keep changing (the trio thread); adopting the copy keeps those changes."""
