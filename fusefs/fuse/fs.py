@@ -154,8 +154,8 @@ class MissionFS(pyfuse3.Operations):
         # aliases of committed tmp files are dropped once the kernel forgets them (tmp/ names
         # are kept while the file exists).
         alias = self.tmp.alias
-        for ino, _ in inode_list:
-            self.kcache.forget(ino)
+        for ino, nlookup in inode_list:
+            self.kcache.forget(ino, nlookup)
             if ino in alias and not self.handles.holds(ino):
                 self.kcache.aliased.discard(alias.pop(ino))  # no done/ name on it any more
 

@@ -9,8 +9,11 @@ kernel moved it), not a done/ miss of a task that is still no fact. The kernel h
 name of a computed inode only while it has a reference to it (a lookup or a listed entry, until
 its forget), so those references are tracked, one bitmap of payloads per inode kind code: a
 `find` over a national mission leaves millions of inodes in the kernel, a dict of counts would
-cost ~100 bytes each. The kernel forgets an inode with its whole lookup count at once (partial
-forgets happen only on its allocation-failure paths), so membership is enough.
+cost ~100 bytes each. Membership is not quite enough, though: the FORGET of an inode the
+kernel dropped may be handled after the LOOKUP that made a new one of the same number (requests
+run concurrently), and that FORGET would then end a reference the kernel still holds (its
+name then stayed cached, stale, for the entry timeout). So the lookups of an inode beyond its
+first are counted in a dict (`_more`), and a FORGET takes its count off: rare, small entries.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class KernelCache:
         self.space = state.space
         self.enabled = enabled
         self.refs: dict[int, BitMap] = {}
+        self._more: dict[int, int] = {}  # inode -> kernel lookups of it beyond the first
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
         self.committing: set[int] = set()
         # Tasks committed by `mv tmp/NAME done/REL` through this mount: the kernel may hold
@@ -59,7 +63,12 @@ class KernelCache:
         """The kernel took a reference to computed inode `ino` (a lookup or a listed entry)."""
         k = ino >> inodes.SHIFT
         if 0 < k < Kind.TMP:
-            self.refs_of(k).add(ino & inodes.MASK)
+            bm = self.refs_of(k)
+            payload = ino & inodes.MASK
+            if payload in bm:
+                self._more[ino] = self._more.get(ino, 0) + 1
+            else:
+                bm.add(payload)
 
     def refs_of(self, k: int) -> BitMap:
         bm = self.refs.get(k)
@@ -72,7 +81,13 @@ class KernelCache:
         bm = self.refs.get(ino >> inodes.SHIFT)
         return bm is not None and (ino & inodes.MASK) in bm
 
-    def forget(self, ino: int) -> None:
+    def forget(self, ino: int, nlookup: int = 1) -> None:
+        """The kernel dropped `nlookup` of its references to `ino` (a FORGET)."""
+        more = self._more.pop(ino, 0) - nlookup
+        if more >= 0:  # references the kernel still holds
+            if more:
+                self._more[ino] = more
+            return
         bm = self.refs.get(ino >> inodes.SHIFT)
         if bm is not None:
             bm.discard(ino & inodes.MASK)

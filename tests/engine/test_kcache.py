@@ -134,3 +134,21 @@ def test_a_tile_name_goes_when_its_last_claim_ends_not_at_its_last_claim(
         ("pending", "20.1"),
     ]
     assert not node.exists(f"pending/{TILE}")
+
+
+def test_a_forget_that_crosses_a_new_lookup_keeps_the_name_held(
+    node: EngineNode, dropped: Names
+) -> None:
+    """The kernel dropped an inode and sent its FORGET, then looked the same name up again
+    (a new inode, the same number); the daemon handles the LOOKUP first (requests run
+    concurrently). The FORGET counts only the old lookups, so the kernel still holds the name,
+    and a commit must drop it. Tracked as membership, the late FORGET ended the reference, and
+    the stale pending/ name stayed cached for the entry timeout."""
+    ino = node.run(node.resolve, f"pending/{REL}")  # the kernel's first lookup
+    node.stat(f"pending/{REL}")  # the new lookup, handled before the FORGET of the first
+    node.run(node.ops.forget, [(ino, 1)])
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == [
+        ("pending", "coffee shop.csv")
+    ]
+    node.run(node.ops.forget, [(ino, 1)])  # the kernel's last reference
+    assert not node.ops.kcache.held(ino)
