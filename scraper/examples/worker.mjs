@@ -47,7 +47,7 @@ for (;;) {
       const fd = fs.openSync(tmp, "wx");
       try { fs.writeSync(fd, csv(task)); fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
       fs.renameSync(tmp, `${mnt}/done/${rel}`); // the commit
-      console.log(`done ${rel}`);
+      console.log(`done ${rel}`); break; // list again: pending/ moved while we worked
     } catch (e) {
       console.error(`${me}: ${rel} failed (${e.message}); claim released`);
       failed.add(rel);
