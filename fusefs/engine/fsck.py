@@ -464,7 +464,7 @@ class Fsck:
         if period is None:
             return  # protocol v1: no segments
         for f in audit(self.s3, period, self.s3.server_time()):
-            if f.kind == "segment-unmerged":  # the tail of a stopped fleet: not a problem
+            if f.kind in ("segment-unmerged", "segment-orphan"):  # nothing hidden: notes
                 how = rebuild(self.s3, f)[1] if self.repair else "left to the next node"
                 self.note(f"[{f.kind}] {f.where}: {f.what}; {how}")
                 continue

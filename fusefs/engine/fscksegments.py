@@ -8,6 +8,9 @@ what they are made from, not by the witness listing (the `checkpoints` check doe
 - missing: a closed window that has node manifests under `log/` but no segment while a later
   window has one (its compactor and every fallback failed; windows nobody wrote in have no
   segment, by design);
+- orphan: such a window whose manifests' facts are all in segments (a manifest PUT that timed
+  out, so its writer published the lines again later, then landed after the window was passed
+  over as empty). A note: nothing is hidden;
 - unmerged tail: closed windows after the newest segment (a fleet that stopped: the last node
   to unmount published its manifest, nobody was left to merge it). Not a problem: nothing is
   lost, the next node to run merges them as it reads; fsck notes them and `--repair` merges.
@@ -23,12 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusefs.model import segment as sg
+from fusefs.objects.base import NotFound
 from fusefs.objects.s3store import S3Store
 
 
 @dataclass(frozen=True)
 class SegmentFinding:
-    kind: str  # "segment-corrupt", "segment-missing" or "segment-unmerged" (the tail)
+    kind: str  # "segment-corrupt", "segment-missing", "segment-orphan", "segment-unmerged"
     where: str
     what: str
     window: int
@@ -40,12 +44,13 @@ def audit(s3: S3Store, period: float, now: float) -> list[SegmentFinding]:
     each area and a GET per segment; retention keeps both to about an hour)."""
     findings = []
     have = list(s3.segment_windows())
+    merged: set[str] = set()  # every rel the segments hold
     for w in have:
         found = s3.get_segment(w)
         if found is None:
             continue  # deleted since the listing: a reader rebuilds it
         try:
-            sg.decode(found[0], w)
+            merged.update(f.rel for f in sg.decode(found[0], w).facts)
         except sg.CorruptSegment as e:
             findings.append(SegmentFinding("segment-corrupt", _where(s3, w), str(e), w, found[1]))
     closed = sg.window_of(now, period) - 1  # the current and the last window may be in work
@@ -55,13 +60,30 @@ def audit(s3: S3Store, period: float, now: float) -> list[SegmentFinding]:
     for w in logged:
         if w in have_set:
             continue
-        if w < newest:
+        if w < newest and _merged_elsewhere(s3, w, merged):
+            what = "node manifests whose facts are all in segments (a late PUT): nothing hidden"
+            findings.append(SegmentFinding("segment-orphan", _where(s3, w), what, w))
+        elif w < newest:
             what = "node manifests but no segment: nobody has merged this window"
             findings.append(SegmentFinding("segment-missing", _where(s3, w), what, w))
         else:
             what = "node manifests after the newest segment: merged by the next node to run"
             findings.append(SegmentFinding("segment-unmerged", _where(s3, w), what, w))
     return findings
+
+
+def _merged_elsewhere(s3: S3Store, w: int, merged: set[str]) -> bool:
+    """Are the facts of window w's node manifests all in segments (blocking: a GET each)?"""
+    for name, key in s3.node_manifests(w):
+        if sg.manifest_worker(name) is None:
+            continue
+        try:
+            facts = sg.parse_lines(s3.get(key)[0])
+        except NotFound:
+            continue  # removed by retention since the listing
+        if any(f.rel not in merged for f in facts):
+            return False
+    return True
 
 
 def rebuild(s3: S3Store, finding: SegmentFinding) -> tuple[bool, str]:

@@ -625,3 +625,33 @@ def test_a_node_whose_turns_miss_the_flush_slot_publishes_in_the_next_window(
     assert [name for name, _ in s3.node_manifests(w + 1)] == ["worker-a-00000001.txt"]
     turn(clock, a, b)
     assert knows(b, RELS[0])
+
+
+def test_a_manifest_that_landed_late_with_facts_merged_since_is_a_note_not_a_problem(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """A node's manifest PUT timed out while S3 hung; it published the lines again in a later
+    window, and the first PUT landed after the node had passed its window over as empty (seen
+    by bench/outage_run.py s3hang). fsck called that window "segment-missing", a problem,
+    though every fact of it is in a segment. Now it is "segment-orphan", a note; a window whose
+    manifests hold a fact no segment has is still "segment-missing"."""
+    a = make_node(bucket=bucket, name="a", worker="worker-a")
+    a.refresh()
+    s3 = layout(a, bucket)
+    work(a, RELS[0])
+    w0 = a.sync.factlog.window(clock.now)
+    turn(clock, a)
+    turn(clock, a)  # an empty window
+    work(a, RELS[1])
+    turn(clock, a)
+    empty = w0 + 1
+    bucket.delete(s3.segment_key(empty))  # passed over as empty (a node far behind does so)
+    assert s3.get_segment(w0 + 2) is not None
+    late = sg.line(RELS[1], "ab" * 32, 9)
+    s3.put_node_manifest(empty, "worker-a-00000099.txt", f"{late}\n".encode())
+    findings = fscksegments.audit(s3, WINDOW, clock.now)
+    assert [(f.kind, f.window) for f in findings] == [("segment-orphan", empty)]
+    unknown = sg.line(RELS[3], "cd" * 32, 9)
+    s3.put_node_manifest(empty, "worker-b-00000001.txt", f"{unknown}\n".encode())
+    findings = fscksegments.audit(s3, WINDOW, clock.now)
+    assert [(f.kind, f.window) for f in findings] == [("segment-missing", empty)]
