@@ -338,6 +338,11 @@ class FactLog(FactDuties):
             return
         now = self.now()
         current = self.window(now)
+        if self.cursor is not None and current <= self.cursor:
+            # Our reading of the server's clock went back (a new Date header lowered the
+            # offset): a window we have read already would never tell us the manifest was
+            # left out of its segment. The next one will.
+            current = self.cursor + 1
         missed = self._waiting is not None and self._waiting < current
         if not force:
             if self.put_window >= current:

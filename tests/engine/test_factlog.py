@@ -655,3 +655,27 @@ def test_a_manifest_that_landed_late_with_facts_merged_since_is_a_note_not_a_pro
     s3.put_node_manifest(empty, "worker-b-00000001.txt", f"{unknown}\n".encode())
     findings = fscksegments.audit(s3, WINDOW, clock.now)
     assert [(f.kind, f.window) for f in findings] == [("segment-missing", empty)]
+
+
+def test_a_manifest_is_never_written_into_a_window_already_read(
+    make_node: Callable[..., EngineNode], bucket: RecordingStore, clock: FakeClock
+) -> None:
+    """A node's reading of the server's clock can go back (the Date headers' offset is
+    re-estimated). A manifest written into a window whose segment the node has already applied
+    was never checked against that segment: if the compactor had merged the window before it
+    landed, its facts were in no segment (test_fleet_view's 0.5 s windows lost a node's
+    uploads so). It now goes into the window after the node's cursor."""
+    a, b = (make_node(bucket=bucket, name=n, worker=f"worker-{n}") for n in "ab")
+    for n in (a, b):
+        n.refresh()
+    turn(clock, a, b)
+    log = a.sync.factlog
+    assert log.cursor is not None
+    clock.now = sg.window_end(log.cursor, WINDOW) - WINDOW / 2  # back inside a window read
+    work(a, RELS[0])  # its drain publishes now
+    s3 = layout(a, bucket)
+    assert [n for n, _ in s3.node_manifests(log.cursor)] == []
+    assert [n for n, _ in s3.node_manifests(log.cursor + 1)] == ["worker-a-00000001.txt"]
+    clock.now = sg.window_end(log.cursor + 1, WINDOW) + 0.1
+    turn(clock, a, b)
+    assert knows(b, RELS[0])
