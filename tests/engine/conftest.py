@@ -53,6 +53,27 @@ def small_mission(directory: Path) -> Mission:
     return dataclasses.replace(m, intent=m.intent - BitMap(holes))
 
 
+WIDE_TASKS = 200_000  # wide_mission: 100 x 100 tiles x 20 phrases
+
+
+def wide_mission(directory: Path) -> Mission:
+    """A mission of WIDE_TASKS tasks, for the tests of learning big batches of facts (the
+    engine tier's usual mission has 16)."""
+    path = write_mission(
+        directory / "mission.toml",
+        name="engine-tier",
+        south="10.00",
+        west="20.00",
+        north="11.00",
+        east="21.00",
+        step="0.01",
+        phrases=tuple(f"phrase {i:02d}" for i in range(20)),
+    )
+    m = load_mission(path)
+    assert m.space.size == WIDE_TASKS and len(m.intent) == WIDE_TASKS
+    return m
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     """The wall clock of the FUSE handlers (lease starts and renewals), and the readdir hook."""

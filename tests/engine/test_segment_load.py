@@ -24,14 +24,14 @@ from pyroaring import BitMap
 from fusefs.engine.checkpoints import CheckpointBook
 from fusefs.model import segment as sg
 from fusefs.model.checkpoint import Checkpoint, Sizes
-from fusefs.model.mission import Mission, load_mission
+from fusefs.model.mission import Mission
 from fusefs.objects.s3store import WITNESSES, S3Store, sha256_hex
 from fusefs.statedir.journal import read_journal
 from fusefs.statedir.layout import StateLayout
+from tests.engine.conftest import WIDE_TASKS, wide_mission
 from tests.engine.driver import BUCKET_URL, WINDOW, EngineNode, FakeClock, RecordingStore
-from tests.support.mounts import write_mission
 
-N = 200_000  # 100 x 100 tiles x 20 phrases
+N = WIDE_TASKS
 SEGMENT = BitMap(range(1, N, 4))  # 50,000 facts in one segment
 EARLY = BitMap(range(0, 1000, 4))  # the checkpoint's (the node starts from it)
 SAMPLE = [1, 4241, 99_997, 150_005, N - 3]
@@ -40,19 +40,7 @@ SAMPLE = [1, 4241, 99_997, 150_005, N - 3]
 @pytest.fixture
 def mission(tmp_path: Path) -> Mission:
     """A mission of N tasks (this module's: the engine tier's usual one has 16)."""
-    path = write_mission(
-        tmp_path / "mission.toml",
-        name="engine-tier",
-        south="10.00",
-        west="20.00",
-        north="11.00",
-        east="21.00",
-        step="0.01",
-        phrases=tuple(f"phrase {i:02d}" for i in range(20)),
-    )
-    m = load_mission(path)
-    assert m.space.size == N
-    return m
+    return wide_mission(tmp_path)
 
 
 def size_of(task: int) -> int:
