@@ -10,14 +10,12 @@ its size.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import trio
 from pyroaring import BitMap
 
 from fusefs.engine.checkpoints import CheckpointBook
@@ -30,6 +28,7 @@ from fusefs.statedir.journal import read_journal
 from fusefs.statedir.layout import StateLayout
 from tests.engine.conftest import WIDE_TASKS, wide_mission
 from tests.engine.driver import BUCKET_URL, WINDOW, EngineNode, FakeClock, RecordingStore
+from tests.engine.loop_probe import LoopProbe
 
 N = WIDE_TASKS  # every task of the mission is in the checkpoint
 
@@ -192,69 +191,34 @@ def test_the_trio_thread_serves_requests_while_a_checkpoint_is_learned(
     space = mission.space
     mine, elsewhere = 4242, 150_007
     body = b"name\n" + b"x" * 500 + b"\n"
-    turns = 0
-    loading = False
-    during: list[int] = []  # turns of the other task while the load ran
-    snapshot_at: list[int] = []  # its turn count when a snapshot of the load began
-    go_on = threading.Event()
-    held: list[tuple[bool, bool]] = []  # (from a worker thread, the trio loop ran meanwhile)
-    changed_from: set[str] = set()
-    meanwhile: list[int] = []  # errno of the commit made while the load runs
 
-    real_load = sync.factlog._load_checkpoint
+    async def meanwhile() -> int:
+        """A user of the mount, and another source of facts, while the load runs."""
+        errno = await node._create(f"done/{space.rel(mine)}", body)
+        sync._learn_rels([(space.rel(elsewhere), 12345)])
+        await node.daemon._snapshot()  # the daemon's periodic save, in a thread too
+        return errno
 
-    async def load(c: Checkpoint) -> int:
-        nonlocal loading
-        loading, before = True, turns
-        try:
-            return await real_load(c)
-        finally:
-            loading = False
-            during.append(turns - before)
-
+    probe = LoopProbe(node, meanwhile)
     real_snapshot = sync.remote_index.snapshot
 
     def snapshot(facts: BitMap, generation: int, sizes: RemoteSizes | None = None) -> None:
-        if loading and len(facts) == N:  # the load's (the checkpoint's facts in it)
-            snapshot_at.append(turns)
-            ran = go_on.wait(timeout=60)  # set by the other trio task (no sleep: an event)
-            held.append((threading.current_thread() is not threading.main_thread(), ran))
+        if probe.active and len(facts) == N:  # the load's (the checkpoint's facts in it)
+            probe.hold()
         real_snapshot(facts, generation, sizes)
 
-    real_add = sync.facts.add_remote
+    async def work() -> None:
+        assert await sync.connect()
+        await sync.refresh()
 
-    def add_remote(tasks: BitMap) -> None:
-        changed_from.add(threading.current_thread().name)
-        real_add(tasks)
-
-    async def other_task() -> None:
-        """A user of the mount, and another source of facts, while the load runs."""
-        nonlocal turns
-        while True:
-            await trio.lowlevel.checkpoint()
-            turns += 1
-            if snapshot_at and not meanwhile:
-                meanwhile.append(await node._create(f"done/{space.rel(mine)}", body))
-                sync._learn_rels([(space.rel(elsewhere), 12345)])
-                await node.daemon._snapshot()  # the daemon's periodic save, in a thread too
-            if snapshot_at and turns - snapshot_at[0] >= 100:
-                go_on.set()
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
-            assert await sync.connect()
-            await sync.refresh()
-            nursery.cancel_scope.cancel()
-
-    monkeypatch.setattr(sync.factlog, "_load_checkpoint", load)
+    monkeypatch.setattr(
+        sync.factlog, "_load_checkpoint", probe.timed(sync.factlog._load_checkpoint)
+    )
     monkeypatch.setattr(sync.remote_index, "snapshot", snapshot)
-    monkeypatch.setattr(sync.facts, "add_remote", add_remote)
-    node.run(main)
-    assert held == [(True, True)], held
-    assert meanwhile == [0]
-    assert during and during[0] >= 100
-    assert changed_from == {threading.main_thread().name}
+    probe.watch_changes(monkeypatch)
+    probe.run(work)
+    probe.assert_loop_ran()
+    assert probe.acted == [0]
     assert sync.factlog.checkpoint_loaded == cp.window
     assert sync.remote == cp.facts
     assert mine in sync.local and sync.sizes.get(mine) is None

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 from pyroaring import BitMap
 
 from fusefs.engine.checkpoints import CheckpointBook
@@ -30,6 +29,7 @@ from fusefs.statedir.journal import read_journal
 from fusefs.statedir.layout import StateLayout
 from tests.engine.conftest import WIDE_TASKS, wide_mission
 from tests.engine.driver import BUCKET_URL, WINDOW, EngineNode, FakeClock, RecordingStore
+from tests.engine.loop_probe import LoopProbe
 
 N = WIDE_TASKS
 SEGMENT = BitMap(range(1, N, 4))  # 50,000 facts in one segment
@@ -230,73 +230,30 @@ def test_the_trio_thread_serves_requests_while_a_segment_is_applied(
     space = mission.space
     mine = SAMPLE[1]
     body = b"name\n" + b"x" * 500 + b"\n"
-    turns = 0
-    applying = False
-    during: list[int] = []  # turns of the other task while the segment was applied
-    held_at: list[int] = []  # its turn count when the worker thread was held
-    go_on = threading.Event()
-    held: list[tuple[bool, bool]] = []  # (from a worker thread, the trio loop ran meanwhile)
-    changed_from: set[str] = set()
-    meanwhile: list[int] = []  # errno of the commit made while the segment is applied
 
-    real_apply = sync.factlog._apply
+    async def meanwhile() -> int:
+        """A user of the mount while the segment is applied."""
+        errno = await node._create(f"done/{space.rel(mine)}", body)
+        await node.daemon._snapshot()  # the daemon's periodic save, in a thread too
+        return errno
 
-    async def apply(seg: sg.Segment) -> int:
-        nonlocal applying
-        applying, before = True, turns
-        try:
-            return await real_apply(seg)
-        finally:
-            applying = False
-            during.append(turns - before)
-
+    probe = LoopProbe(node, meanwhile)
     index = sync.remote_index
     real_append = index.append
 
     def append(rels: Iterable[str]) -> None:
         rels = list(rels)
-        if applying and len(rels) == len(SEGMENT):
-            in_thread = threading.current_thread() is not threading.main_thread()
-            if in_thread:  # (on the trio thread, waiting would wait for ever)
-                held_at.append(turns)
-                held.append((True, go_on.wait(timeout=60)))  # set by the other trio task
-            else:
-                held.append((False, False))
+        if probe.active and len(rels) == len(SEGMENT):
+            probe.hold()
         real_append(rels)
 
-    real_add = sync.facts.add_remote
-
-    def add_remote(tasks: BitMap) -> None:
-        changed_from.add(threading.current_thread().name)
-        real_add(tasks)
-
-    async def other_task() -> None:
-        """A user of the mount while the segment is applied."""
-        nonlocal turns
-        while True:
-            await trio.lowlevel.checkpoint()
-            turns += 1
-            if held_at and not meanwhile:
-                meanwhile.append(await node._create(f"done/{space.rel(mine)}", body))
-                await node.daemon._snapshot()  # the daemon's periodic save, in a thread too
-            if held_at and turns - held_at[0] >= 100:
-                go_on.set()
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
-            await sync.refresh()
-            nursery.cancel_scope.cancel()
-
-    monkeypatch.setattr(sync.factlog, "_apply", apply)
+    monkeypatch.setattr(sync.factlog, "_apply", probe.timed(sync.factlog._apply))
     monkeypatch.setattr(index, "append", append)
-    monkeypatch.setattr(sync.facts, "add_remote", add_remote)
-    node.run(main)
+    probe.watch_changes(monkeypatch)
+    probe.run(sync.refresh)
     monkeypatch.undo()
-    assert held == [(True, True)], held
-    assert meanwhile == [0]
-    assert during and during[0] >= 100
-    assert changed_from == {threading.main_thread().name}
+    probe.assert_loop_ran()
+    assert probe.acted == [0]
     assert sync.factlog.cursor == w
     assert sync.remote == SEGMENT | EARLY
     assert mine in sync.local and sync.sizes.get(mine) is None
