@@ -240,8 +240,13 @@ def measure(
         barrier.wait(timeout=120)
         cpu0, main0, t0 = cpu_seconds(fp.pid), main_thread_cpu(fp.pid), time.monotonic()
         poll(lambda: ok_lines(logs) >= total, 300, f"{name}: {total} commits")
-        if endpoint:
-            poll(lambda: fp.status()["sync"]["queue"] == 0, 120, f"{name}: uploads")
+        if endpoint:  # asked of the bucket: a status read is daemon CPU (a render, FUSE requests)
+            poll(
+                lambda: bench.bucket_count(name, "scraped-tiles") >= total,
+                120,
+                f"{name}: uploads",
+                0.1,
+            )
         run.cpu = cpu_seconds(fp.pid) - cpu0
         run.main_cpu = main_thread_cpu(fp.pid) - main0
         run.seconds = time.monotonic() - t0
