@@ -10,7 +10,12 @@ validation, no journal, no index, no fsync, no S3. Entry and attribute timeouts 
 missionfs's (fusefs/fuse/attrs.py: 60 s for directories and task files, 1 s for tmp/ files), so
 the kernel sends the same kinds of requests. Whatever a task costs missionfs beyond this
 process's CPU per task is missionfs's own work.
-Usage: python bench/null_fs.py MISSION.toml MNT (stops on SIGINT/SIGTERM, then unmounts).
+Mount options: `--options missionfs` mounts as missionfs does without allow_other (fsname and
+subtype only; fusefs/fuse/daemon.py), so the kernel makes no permission checks of its own;
+`--options pyfuse3` (the default, kept for the older numbers) adds pyfuse3.default_options
+(default_permissions), which costs about 5.5 more GETATTRs a task than missionfs gets.
+Usage: python bench/null_fs.py MISSION.toml MNT [--options missionfs] (stops on SIGINT/SIGTERM,
+then unmounts).
 """
 
 from __future__ import annotations
@@ -193,14 +198,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", type=Path, help="mission TOML with a [grid] table")
     p.add_argument("mountpoint", type=Path)
     p.add_argument("--count-file", type=Path, help="write the request counts here at exit")
+    add_options_flag(p)
     args = p.parse_args(argv)
     fs = NullWorkerFS(*grid_names(args.spec))
     try:
-        serve(fs, args.mountpoint, "nullfs")
+        serve(fs, args.mountpoint, "nullfs", mount_options(args.options))
     finally:
         if args.count_file is not None:
             args.count_file.write_text(json.dumps(dict(fs.requests)))
     return 0
+
+
+def add_options_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--options",
+        choices=("pyfuse3", "missionfs"),
+        default="pyfuse3",
+        help="mount options: pyfuse3's defaults (default_permissions) or missionfs's (none"
+        " beyond fsname/subtype)",
+    )
+
+
+def mount_options(kind: str) -> set[str] | None:
+    """The options serve() adds fsname/subtype to; None: pyfuse3.default_options."""
+    return set() if kind == "missionfs" else None
 
 
 if __name__ == "__main__":
