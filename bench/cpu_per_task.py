@@ -23,16 +23,21 @@ This measures that price on real mounts and profiles it, as a plan for cutting i
 
 4. The floors, measured the same way in the same rounds (no missionfs code in any of them):
    `floor`: bench/null_fs.py, pyfuse3 + trio answering the same worker's claim/write/commit
-   from dicts, mounted with missionfs's options (no default_permissions; `--floor-dp` adds a
-   `floor-dp` row with pyfuse3's default options, the floor of the older tables: about 5.5
-   more GETATTRs a task). bench/floor_fs.py, the least any daemon on pyfuse3 + trio must do
+   from dicts, mounted with missionfs's options (no default_permissions) and, like missionfs,
+   listing only the pending rows and tiles that hold a task (`--floor-old` adds a `floor-old`
+   row: the floor of the older tables, mounted with pyfuse3's default options, which cost
+   about 5.5 GETATTRs a task more, and listing every row and tile, which makes every worker's
+   pass over pending/, and every idle poll while uploads finish, list empty directories).
+   bench/floor_fs.py, the least any daemon on pyfuse3 + trio must do
    under the project's rules: `floor+commit` real tmp/ files, the strict commit (one thread
    hop: fsync the file, rename it into the witness tree, fsync the directory) and a journal
    line per claim and commit; `floor+s3` plus the upload of every witness as missionfs does
    it (chunks of >= 8 per thread hop, a minimal SigV4 PUT on kept-alive sockets, a synced
    line each), until all are in S3; `floor+s3-async` the same PUTs from trio's thread on trio
-   streams, no upload thread (`--floor-http`: a `floor+s3-http` row, the threads' PUT on
-   http.client). Their FUSE requests per task are counted and printed.
+   streams, no upload thread. `--floor-gc`: a `floor+s3-async-gc` row, that with group commit
+   (the commits that wait together share one hop; still strict: with 4 workers and a hop of
+   microseconds they hardly ever wait together); `--floor-http`: a `floor+s3-http` row, the
+   threads' PUT on http.client. Their FUSE requests per task are counted and printed.
 5. Before/after (`--old CHECKOUT`): the same rows for the daemon of another checkout (a
    `git worktree` of the old commit; `-m fusefs` imports it through PYTHONPATH), interleaved
    with this checkout's runs, `--repeat` rounds, medians and spreads in a summary table.
@@ -77,15 +82,16 @@ BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
 CLK = os.sysconf("SC_CLK_TCK")
 IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start
 # The floor rows: the daemon each runs (null_fs.py: dicts only; floor_fs.py: the least a daemon
-# on this stack must do) and its arguments; `floor-dp` is `floor` with pyfuse3's default
-# options (default_permissions), as the floor of the older tables was mounted.
+# on this stack must do) and its arguments; `floor-old` is the floor of the older tables
+# (pyfuse3's default options with default_permissions, empty pending rows and tiles listed).
 FLOORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "floor": ("null_fs.py", ("--options", "missionfs")),
-    "floor-dp": ("null_fs.py", ("--options", "pyfuse3")),
+    "floor-old": ("null_fs.py", ("--options", "pyfuse3", "--list-empty")),
     "floor+commit": ("floor_fs.py", ()),
     "floor+s3": ("floor_fs.py", ("--put", "raw")),
     "floor+s3-http": ("floor_fs.py", ("--put", "http.client")),
     "floor+s3-async": ("floor_fs.py", ("--put", "async")),
+    "floor+s3-async-gc": ("floor_fs.py", ("--put", "async", "--group-commit")),
 }
 KEEP_PROFILES: Path | None = None  # --keep-profiles DIR: where py-spy's raw stacks are copied
 
@@ -550,11 +556,12 @@ def measured_rows(args: argparse.Namespace, ep: str) -> list[tuple[str, str | No
     floors = not args.no_floor
     rows: list[tuple[str, str | None, Path | None]] = []
     if floors:
-        rows += [("floor", None, None)] + ([("floor-dp", None, None)] if args.floor_dp else [])
+        rows += [("floor", None, None)] + ([("floor-old", None, None)] if args.floor_old else [])
         rows.append(("floor+commit", None, None))
     rows.append(("no-s3", None, None))
     if floors:
         rows += [("floor+s3", ep, None), ("floor+s3-async", ep, None)]
+        rows += [("floor+s3-async-gc", ep, None)] if args.floor_gc else []
         rows += [("floor+s3-http", ep, None)] if args.floor_http else []
     rows.append(("s3-local", ep, None))
     if args.old is not None:
@@ -570,10 +577,13 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor rows")
     ap.add_argument(
-        "--floor-dp", action="store_true", help="also the floor with default_permissions"
+        "--floor-old", action="store_true", help="also the floor as the older tables had it"
     )
     ap.add_argument(
         "--floor-http", action="store_true", help="also floor+s3 with http.client's PUT"
+    )
+    ap.add_argument(
+        "--floor-gc", action="store_true", help="also floor+s3-async with group commit"
     )
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
