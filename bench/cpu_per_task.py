@@ -582,9 +582,7 @@ def main() -> int:
     ap.add_argument(
         "--floor-http", action="store_true", help="also floor+s3 with http.client's PUT"
     )
-    ap.add_argument(
-        "--floor-gc", action="store_true", help="also floor+s3-async with group commit"
-    )
+    ap.add_argument("--floor-gc", action="store_true", help="also floor+s3-async with group commit")
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
     ap.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw stacks to this dir")
