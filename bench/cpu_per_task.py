@@ -133,6 +133,7 @@ class Run:
     leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
     inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
     fuse: Counter[str] = field(default_factory=Counter)  # the floor's FUSE requests by kind
+    hops: Counter[str] = field(default_factory=Counter)  # the floor's thread hops by kind
 
     @property
     def ms_per_task(self) -> float:
@@ -307,7 +308,9 @@ def measure(
         workers.stop()
         fp.stop()
     if floor is not None and counts.exists():
-        run.fuse = Counter(json.loads(counts.read_text() or "{}"))
+        counted = Counter(json.loads(counts.read_text() or "{}"))
+        run.fuse = Counter({k: v for k, v in counted.items() if not k.startswith("_")})
+        run.hops = Counter({k[1:]: v for k, v in counted.items() if k.startswith("_")})
     return run
 
 
@@ -536,6 +539,7 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
     for r in runs:
         if r.fuse:
             per = ", ".join(f"{k} {v / max(1, r.tasks):.2f}" for k, v in sorted(r.fuse.items()))
+            per += "".join(f"; {k} {v / max(1, r.tasks):.3f}" for k, v in sorted(r.hops.items()))
             print(f"  {r.name}: FUSE requests per task: {per}")
     summary(runs)
     print(

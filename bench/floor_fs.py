@@ -30,6 +30,8 @@ stack's rules require of any daemon that stages, commits and uploads witnesses:
   directory are fsync'd), but the commits that arrive while a hop is running share the next
   one (a committer task; each directory fsync'd once per hop): fewer hops than commits when
   workers commit at the same time.
+The count file (--count-file) holds the FUSE requests by kind and, under names that start with
+"_", the thread hops: "_commit hops" and "_upload hops".
 A failed PUT is not retried: a floor fails loudly (the bench then times out waiting).
 Usage: python bench/floor_fs.py MISSION.toml MNT --state DIR [--s3 URL --prefix P] [--put K]
 """
@@ -46,6 +48,7 @@ import stat
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -111,7 +114,6 @@ class FloorFS(NullWorkerFS):
         self.group = False  # --group-commit: commits share hops (the committer task)
         self._group: list[GroupCommit] = []
         self._group_wake = trio.Event()
-        self.hops = 0  # the committer's hops (printed at exit)
 
     def _journal(self, ev: str, rel: str) -> None:
         os.write(self.journal, f"{time.time():.6f}\t{ev}\t{rel}\n".encode())
@@ -243,6 +245,7 @@ class FloorFS(NullWorkerFS):
         """The commit's blocking part in a worker thread: its own hop, or (--group-commit) the
         next hop of the committer task, shared with the commits that arrive meanwhile."""
         if not self.group:
+            self.requests["_commit hops"] += 1
             return await trio.to_thread.run_sync(self._commit_blocking, src, rel)
         waiting = GroupCommit(src, rel)
         self._group.append(waiting)
@@ -260,7 +263,7 @@ class FloorFS(NullWorkerFS):
                 await self._group_wake.wait()
                 continue
             batch, self._group = self._group, []
-            self.hops += 1
+            self.requests["_commit hops"] += 1
             await trio.to_thread.run_sync(self._commit_group, batch)
             for waiting in batch:
                 waiting.done.set()
@@ -339,13 +342,20 @@ class ThreadUploads:
     """missionfs's upload design: chunks of witnesses per thread hop, PUT from the thread."""
 
     def __init__(
-        self, putter: RawPut | MinimalSigV4, tiles: str, prefix: str, synced: int, hops: int
+        self,
+        putter: RawPut | MinimalSigV4,
+        tiles: str,
+        prefix: str,
+        synced: int,
+        hops: int,
+        counts: Counter[str],
     ) -> None:
         self.putter = putter
         self.tiles = tiles
         self.prefix = prefix
         self.synced = synced
         self.hops = hops
+        self.counts = counts  # the floor's request counts: "_upload hops" is added to them
         self.queue: list[str] = []
         self._wake = trio.Event()
 
@@ -367,6 +377,7 @@ class ThreadUploads:
                     nursery.start_soon(self._chunk, part)
 
     async def _chunk(self, part: list[str]) -> None:
+        self.counts["_upload hops"] += 1
         await trio.to_thread.run_sync(self._put_chunk, part)
         os.write(self.synced, "".join(f"{rel}\n" for rel in part).encode())
 
@@ -438,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kind = RawPut if args.put == "raw" else MinimalSigV4
             putter = kind(args.s3, args.bucket, args.checksum)
-            uploads = ThreadUploads(putter, fs.tiles, args.prefix, synced, args.uploaders)
+            uploads = ThreadUploads(
+                putter, fs.tiles, args.prefix, synced, args.uploaders, fs.requests
+            )
         fs.uploads = uploads
         background.append(uploads.run)
     try:
@@ -446,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.count_file is not None:
             args.count_file.write_text(json.dumps(dict(fs.requests)))
-        if fs.group:
-            print(f"floor_fs: {fs.hops} commit hops", file=sys.stderr)
+
     return 0
 
 
