@@ -34,10 +34,8 @@ This measures that price on real mounts and profiles it, as a plan for cutting i
    line per claim and commit; `floor+s3` plus the upload of every witness as missionfs does
    it (chunks of >= 8 per thread hop, a minimal SigV4 PUT on kept-alive sockets, a synced
    line each), until all are in S3; `floor+s3-async` the same PUTs from trio's thread on trio
-   streams, no upload thread. `--floor-gc`: a `floor+s3-async-gc` row, that with group commit
-   (the commits that wait together share one hop; still strict: with 4 workers and a hop of
-   microseconds they hardly ever wait together); `--floor-http`: a `floor+s3-http` row, the
-   threads' PUT on http.client. Their FUSE requests per task are counted and printed.
+   streams, no upload thread. `--floor-http`: a `floor+s3-http` row, the threads' PUT on http.client.
+   Their FUSE requests and thread hops per task are counted and printed.
 5. Before/after (`--old CHECKOUT`): the same rows for the daemon of another checkout (a
    `git worktree` of the old commit; `-m fusefs` imports it through PYTHONPATH), interleaved
    with this checkout's runs, `--repeat` rounds, medians and spreads in a summary table.
@@ -91,7 +89,6 @@ FLOORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "floor+s3": ("floor_fs.py", ("--put", "raw")),
     "floor+s3-http": ("floor_fs.py", ("--put", "http.client")),
     "floor+s3-async": ("floor_fs.py", ("--put", "async")),
-    "floor+s3-async-gc": ("floor_fs.py", ("--put", "async", "--group-commit")),
 }
 KEEP_PROFILES: Path | None = None  # --keep-profiles DIR: where py-spy's raw stacks are copied
 
@@ -588,7 +585,6 @@ def measured_rows(args: argparse.Namespace, ep: str) -> list[tuple[str, str | No
     rows.append(("no-s3", None, None))
     if floors:
         rows += [("floor+s3", ep, None), ("floor+s3-async", ep, None)]
-        rows += [("floor+s3-async-gc", ep, None)] if args.floor_gc else []
         rows += [("floor+s3-http", ep, None)] if args.floor_http else []
     rows.append(("s3-local", ep, None))
     if args.old is not None:
@@ -609,7 +605,6 @@ def main() -> int:
     ap.add_argument(
         "--floor-http", action="store_true", help="also floor+s3 with http.client's PUT"
     )
-    ap.add_argument("--floor-gc", action="store_true", help="also floor+s3-async with group commit")
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
     ap.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw stacks to this dir")
