@@ -21,9 +21,21 @@ This measures that price on real mounts and profiles it, as a plan for cutting i
    with the client settings this workload allows, one at a time, so each line says what that
    setting saves; then cProfile's top entries for S3Store's PUT.
 
-4. The floor (`floor` rows): bench/null_fs.py, pyfuse3 + trio answering the same worker's
-   claim/write/commit with no missionfs logic, measured the same way: what a task costs on
-   FUSE in Python on this machine before any missionfs work.
+4. The floors, measured the same way in the same rounds (no missionfs code in any of them):
+   `floor`: bench/null_fs.py, pyfuse3 + trio answering the same worker's claim/write/commit
+   from dicts, mounted with missionfs's options (no default_permissions) and, like missionfs,
+   listing only the pending rows and tiles that hold a task (`--floor-old` adds a `floor-old`
+   row: the floor of the older tables, mounted with pyfuse3's default options, which cost
+   about 5.5 GETATTRs a task more, and listing every row and tile, which makes every worker's
+   pass over pending/, and every idle poll while uploads finish, list empty directories).
+   bench/floor_fs.py, the least any daemon on pyfuse3 + trio must do
+   under the project's rules: `floor+commit` real tmp/ files, the strict commit (one thread
+   hop: fsync the file, rename it into the witness tree, fsync the directory) and a journal
+   line per claim and commit; `floor+s3` plus the upload of every witness as missionfs does
+   it (chunks of >= 8 per thread hop, a minimal SigV4 PUT on kept-alive sockets, a synced
+   line each), until all are in S3; `floor+s3-async` the same PUTs from trio's thread on trio
+   streams, no upload thread. `--floor-http`: a `floor+s3-http` row, the threads' PUT on http.client.
+   Their FUSE requests and thread hops per task are counted and printed.
 5. Before/after (`--old CHECKOUT`): the same rows for the daemon of another checkout (a
    `git worktree` of the old commit; `-m fusefs` imports it through PYTHONPATH), interleaved
    with this checkout's runs, `--repeat` rounds, medians and spreads in a summary table.
@@ -59,6 +71,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import common as c  # noqa: E402
 import fleet  # noqa: E402
+from minimal_put import AsyncPut, MinimalSigV4, RawPut, Signer  # noqa: E402
 
 from tests.support import fuseproc  # noqa: E402
 from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
@@ -66,6 +79,17 @@ from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
 BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
 CLK = os.sysconf("SC_CLK_TCK")
 IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start
+# The floor rows: the daemon each runs (null_fs.py: dicts only; floor_fs.py: the least a daemon
+# on this stack must do) and its arguments; `floor-old` is the floor of the older tables
+# (pyfuse3's default options with default_permissions, empty pending rows and tiles listed).
+FLOORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "floor": ("null_fs.py", ("--options", "missionfs")),
+    "floor-old": ("null_fs.py", ("--options", "pyfuse3", "--list-empty")),
+    "floor+commit": ("floor_fs.py", ()),
+    "floor+s3": ("floor_fs.py", ("--put", "raw")),
+    "floor+s3-http": ("floor_fs.py", ("--put", "http.client")),
+    "floor+s3-async": ("floor_fs.py", ("--put", "async")),
+}
 KEEP_PROFILES: Path | None = None  # --keep-profiles DIR: where py-spy's raw stacks are copied
 
 # Where a profile sample goes: the first frame from the leaf up whose file contains one of these
@@ -106,6 +130,7 @@ class Run:
     leaves: Counter[str] = field(default_factory=Counter)  # leaf frame -> samples
     inclusive: Counter[str] = field(default_factory=Counter)  # INCLUSIVE name -> samples
     fuse: Counter[str] = field(default_factory=Counter)  # the floor's FUSE requests by kind
+    hops: Counter[str] = field(default_factory=Counter)  # the floor's thread hops by kind
 
     @property
     def ms_per_task(self) -> float:
@@ -193,10 +218,28 @@ def classify(frames: list[str]) -> str:
     return "other (stdlib, interpreter)"
 
 
-def start_floor(spec: Path, mnt: Path, counts: Path) -> c.FuseProc:
-    """bench/null_fs.py on `mnt` (the floor: pyfuse3 + trio, no missionfs logic)."""
-    cmd = [c.PYTHON, str(BENCH / "null_fs.py"), str(spec), str(mnt), "--count-file", str(counts)]
-    return fuseproc.start(cmd, mnt, mnt.parent / f"{mnt.name}.null.err", "null", BENCH)
+def start_floor(
+    kind: str, spec: Path, mnt: Path, counts: Path, state: Path, endpoint: str | None
+) -> c.FuseProc:
+    """The floor `kind` (FLOORS) on `mnt`: pyfuse3 + trio, no missionfs code."""
+    script, args = FLOORS[kind]
+    cmd = [c.PYTHON, str(BENCH / script), str(spec), str(mnt), "--count-file", str(counts)]
+    cmd += args
+    if script == "floor_fs.py":
+        cmd += ["--state", str(state)]
+    if endpoint is not None:
+        cmd += ["--s3", endpoint, "--bucket", BUCKET, "--prefix", f"floors/{mnt.name}"]
+    return fuseproc.start(cmd, mnt, mnt.parent / f"{mnt.name}.floor.err", "floor", BENCH)
+
+
+def synced_lines(state: Path) -> int:
+    """Witnesses floor_fs.py has in S3: the lines of its synced log (read here, so the floor
+    does no work for the bench's polling)."""
+    try:
+        with open(state / "synced", "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def measure(
@@ -208,26 +251,28 @@ def measure(
     profile: bool,
     *,
     checkout: Path | None = None,
-    floor: bool = False,
+    floor: str | None = None,
 ) -> Run:
     """One mount, n Python workers, until every task is committed (and in S3): daemon CPU.
-    `checkout`: the daemon of that checkout; `floor`: bench/null_fs.py instead of missionfs."""
+    `checkout`: the daemon of that checkout; `floor`: that floor (FLOORS) instead of missionfs
+    (with `endpoint`, it uploads there and the run ends when its synced log holds every task)."""
     tmp = bench.tmp
     mission, total = bench.mission(name, tasks, "local" if endpoint else None)
     extra = ("--endpoint-url", endpoint, "--worker", name) if endpoint else ()
     run = Run(name, total)
     counts = tmp / f"{name}.requests"
-    if floor:
-        fp = start_floor(mission, tmp / f"{name}-mnt", counts)
+    mnt, state = tmp / f"{name}-mnt", tmp / f"{name}-state"
+    if floor is not None:
+        fp = start_floor(floor, mission, mnt, counts, state, endpoint)
     else:
-        mnt, state = tmp / f"{name}-mnt", tmp / f"{name}-state"
         fp = c.start_missionfs(mission, mnt, state, extra=extra, checkout=checkout)
+    daemon_s3 = endpoint is not None and floor is None  # missionfs's status file tells
     workers = fleet.Workers()
     spy: subprocess.Popen[bytes] | None = None
     try:
-        if endpoint:
+        if daemon_s3:
             poll(lambda: fp.status()["sync"]["last_full_refresh"] > 0, 60, f"{name} online", 0.1)
-        before = fp.status()["sync"].get("requests", {}) if endpoint else {}
+        before = fp.status()["sync"].get("requests", {}) if daemon_s3 else {}
         cpu0, t = cpu_seconds(fp.pid), time.monotonic()
         time.sleep(IDLE_WINDOW)  # a measurement window, not synchronisation
         run.idle_per_s = (cpu_seconds(fp.pid) - cpu0) / (time.monotonic() - t)
@@ -240,20 +285,22 @@ def measure(
         barrier.wait(timeout=120)
         cpu0, main0, t0 = cpu_seconds(fp.pid), main_thread_cpu(fp.pid), time.monotonic()
         poll(lambda: ok_lines(logs) >= total, 300, f"{name}: {total} commits")
-        if endpoint:  # asked of the bucket: a status read is daemon CPU (a render, FUSE requests)
+        if daemon_s3:  # asked of the bucket: a status read is daemon CPU (a render, FUSE requests)
             poll(
                 lambda: bench.bucket_count(name, "scraped-tiles") >= total,
                 120,
                 f"{name}: uploads",
                 0.1,
             )
+        elif endpoint:
+            poll(lambda: synced_lines(state) >= total, 120, f"{name}: uploads")
         run.cpu = cpu_seconds(fp.pid) - cpu0
         run.main_cpu = main_thread_cpu(fp.pid) - main0
         run.seconds = time.monotonic() - t0
         if spy is not None:
             stop_spy(spy, spy_out, run)
             spy = None
-        if endpoint:
+        if daemon_s3:
             after = fp.status()["sync"].get("requests", {})
             run.requests = Counter(after) - Counter(before)
     finally:
@@ -262,8 +309,10 @@ def measure(
             spy.wait(timeout=10)
         workers.stop()
         fp.stop()
-    if floor and counts.exists():
-        run.fuse = Counter(json.loads(counts.read_text() or "{}"))
+    if floor is not None and counts.exists():
+        counted = Counter(json.loads(counts.read_text() or "{}"))
+        run.fuse = Counter({k: v for k, v in counted.items() if not k.startswith("_")})
+        run.hops = Counter({k[1:]: v for k, v in counted.items() if k.startswith("_")})
     return run
 
 
@@ -298,73 +347,6 @@ def per_put(put: Callable[[int], None], reps: int) -> float:
     for i in range(reps):
         put(i)
     return 1000 * (time.thread_time() - t) / reps
-
-
-class MinimalSigV4:
-    """The floor of a signed PUT in Python: SigV4 by hand (hmac, hashlib) on one kept-alive
-    http.client connection, the same headers as the daemon's PUT (If-None-Match, metadata,
-    x-amz-checksum-sha256). Not a product proposal: the number says how much of botocore's
-    cost is the protocol and how much is the machinery around it."""
-
-    def __init__(self, endpoint: str, checksum: bool) -> None:
-        import http.client
-        from urllib.parse import urlsplit
-
-        u = urlsplit(endpoint)
-        self.host = u.netloc
-        self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=20)
-        self.access = os.environ["AWS_ACCESS_KEY_ID"]
-        self.secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-        self.region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-        self.checksum = checksum
-        self._keys: dict[str, bytes] = {}
-
-    def _key(self, day: str) -> bytes:
-        """The signing key, derived once a day (botocore derives it for every request)."""
-        import hmac
-
-        if day not in self._keys:
-            k = ("AWS4" + self.secret).encode()
-            for part in (day, self.region, "s3", "aws4_request"):
-                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys[day] = k
-        return self._keys[day]
-
-    def put(self, key: str, body: bytes) -> None:
-        import hmac
-        from urllib.parse import quote
-
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        digest = hashlib.sha256(body)
-        payload = digest.hexdigest()
-        h = {
-            "content-length": str(len(body)),
-            "host": self.host,
-            "if-none-match": "*",
-            "x-amz-content-sha256": payload,
-            "x-amz-date": stamp,
-            "x-amz-meta-sha256": payload,
-            "x-amz-meta-worker": "bench",
-        }
-        if self.checksum:
-            h["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
-        path = "/" + quote(f"{BUCKET}/{key}")
-        names = sorted(h)
-        signed = ";".join(names)
-        canon = "".join(f"{n}:{h[n]}\n" for n in names)
-        req = f"PUT\n{path}\n\n{canon}\n{signed}\n{payload}"
-        scope = f"{stamp[:8]}/{self.region}/s3/aws4_request"
-        sts = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(req.encode()).hexdigest()}"
-        sig = hmac.new(self._key(stamp[:8]), sts.encode(), hashlib.sha256).hexdigest()
-        h["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self.access}/{scope}, "
-            f"SignedHeaders={signed}, Signature={sig}"
-        )
-        self.conn.request("PUT", path, body=body, headers=h)
-        r = self.conn.getresponse()
-        answer = r.read()
-        if r.status != 200:
-            raise RuntimeError(f"minimal SigV4 PUT: HTTP {r.status}: {answer[:200]!r}")
 
 
 def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str, str]:
@@ -405,7 +387,8 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
 
         return put
 
-    minimal = MinimalSigV4(endpoint, store.checksums)
+    minimal = MinimalSigV4(endpoint, BUCKET, store.checksums)
+    raw = RawPut(endpoint, BUCKET, store.checksums)
     lean = {"parameter_validation": False, "request_checksum_calculation": "when_required"}
     variants: list[tuple[str, Callable[[int], None]]] = [
         (
@@ -436,6 +419,10 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
             "minimal SigV4 on http.client (the floor; same headers as the daemon's PUT)",
             lambda i: minimal.put(f"inproc/min/{next(gen)}", witness(i)),
         ),
+        (
+            "minimal SigV4 on a raw socket, minimal HTTP/1.1 reader (floor_fs.py's PUT)",
+            lambda i: raw.put(f"inproc/raw/{next(gen)}", witness(i)),
+        ),
     ]
     for _, fn in variants:  # warm: connection, endpoint rules cache, first-use imports
         for i in range(5):
@@ -445,6 +432,9 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
         for k, (_, fn) in enumerate(variants):
             rounds[k].append(per_put(fn, max(1, reps // 3)))
     out = [(label, sorted(r)[1]) for (label, _), r in zip(variants, rounds, strict=True)]
+    per_async = sorted(async_per_put(endpoint, reps // 3, store.checksums) for _ in range(3))
+    label = "minimal SigV4 on a trio stream, from trio's thread (floor+s3-async's PUT; the loop"
+    out.append((label + " included)", per_async[1]))
     prof = cProfile.Profile(time.thread_time)
     prof.enable()
     for i in range(reps):
@@ -453,6 +443,26 @@ def put_variants(endpoint: str, reps: int) -> tuple[list[tuple[str, float]], str
     thin = store.objects.thin_put()
     conns = thin.pool.opened if thin is not None else -1
     return out, _top(prof, reps), f"S3Store's thin path opened {conns} connection(s) for its PUTs"
+
+
+def async_per_put(endpoint: str, reps: int, checksum: bool) -> float:
+    """CPU ms of this thread per PUT on a kept-alive trio stream, trio's loop included (the
+    wait for each answer is a trip through its scheduler and epoll)."""
+    import trio
+
+    signer = Signer(endpoint, BUCKET, checksum)
+    gen = iter(range(time.monotonic_ns(), 10**30))  # keys unused by an earlier call
+
+    async def run() -> float:
+        put = AsyncPut(signer)
+        for i in range(5):  # warm: the connection
+            await put.put(f"inproc/async/{next(gen)}", witness(-1 - i))
+        t = time.thread_time()
+        for i in range(max(1, reps)):
+            await put.put(f"inproc/async/{next(gen)}", witness(i))
+        return 1000 * (time.thread_time() - t) / max(1, reps)
+
+    return trio.run(run)
 
 
 def _top(prof: cProfile.Profile, reps: int, n: int = 15) -> str:
@@ -490,6 +500,7 @@ def summary(runs: list[Run]) -> None:
     for name, rs in rows.items():
         ms = sorted(r.ms_per_task for r in rs)
         rate = sorted(r.tasks / max(1e-9, r.seconds) for r in rs)
+        fuse = [r.fuse.total() / max(1, r.tasks) for r in rs if r.fuse]
         table.append(
             [
                 name,
@@ -497,9 +508,11 @@ def summary(runs: list[Run]) -> None:
                 f"{statistics.median(ms):.2f}",
                 f"{ms[0]:.2f}-{ms[-1]:.2f}",
                 f"{statistics.median(rate):.0f}",
+                f"{statistics.median(fuse):.1f}" if fuse else "",
             ]
         )
-    c.print_table(["row", "rounds", "ms/task", "spread", "tasks/s"], table)
+    headers = ["row", "rounds", "ms/task", "spread", "tasks/s", "FUSE req/task"]
+    c.print_table(headers, table)
 
 
 def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> None:
@@ -528,6 +541,7 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
     for r in runs:
         if r.fuse:
             per = ", ".join(f"{k} {v / max(1, r.tasks):.2f}" for k, v in sorted(r.fuse.items()))
+            per += "".join(f"; {k} {v / max(1, r.tasks):.3f}" for k, v in sorted(r.hops.items()))
             print(f"  {r.name}: FUSE requests per task: {per}")
     summary(runs)
     print(
@@ -565,13 +579,37 @@ def report(runs: list[Run], puts: list[tuple[str, float]], top: str, n: int) -> 
     sys.stdout.flush()
 
 
+def measured_rows(args: argparse.Namespace, ep: str) -> list[tuple[str, str | None, Path | None]]:
+    """(row, S3 endpoint or None, old checkout or None) in the order of a round: each floor
+    next to the missionfs row it is the floor of."""
+    floors = not args.no_floor
+    rows: list[tuple[str, str | None, Path | None]] = []
+    if floors:
+        rows += [("floor", None, None)] + ([("floor-old", None, None)] if args.floor_old else [])
+        rows.append(("floor+commit", None, None))
+    rows.append(("no-s3", None, None))
+    if floors:
+        rows += [("floor+s3", ep, None), ("floor+s3-async", ep, None)]
+        rows += [("floor+s3-http", ep, None)] if args.floor_http else []
+    rows.append(("s3-local", ep, None))
+    if args.old is not None:
+        rows += [("no-s3-old", None, args.old), ("s3-local-old", ep, args.old)]
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", type=int, default=600, help="tasks per mount (600)")
     ap.add_argument("--workers", type=int, default=4, help="Python workers (4)")
     ap.add_argument("--puts", type=int, default=300, help="PUTs per in-process variant (300)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
-    ap.add_argument("--no-floor", action="store_true", help="skip the null_fs.py floor rows")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor rows")
+    ap.add_argument(
+        "--floor-old", action="store_true", help="also the floor as the older tables had it"
+    )
+    ap.add_argument(
+        "--floor-http", action="store_true", help="also floor+s3 with http.client's PUT"
+    )
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
     ap.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw stacks to this dir")
@@ -591,14 +629,9 @@ def main() -> int:
         server.bucket(BUCKET)
         ep = server.endpoint
         bench = fleet.Bench(tmp, server, stack)
-        rows: list[tuple[str, str | None, Path | None, bool]] = []
-        if not args.no_floor:
-            rows.append(("floor", None, None, True))
-        rows += [("no-s3", None, None, False), ("s3-local", ep, None, False)]
-        if args.old is not None:
-            rows += [("no-s3-old", None, args.old, False), ("s3-local-old", ep, args.old, False)]
+        rows = measured_rows(args, ep)
         for k in range(args.repeat):
-            for name, endpoint, checkout, floor in rows:
+            for name, endpoint, checkout in rows:
                 tag = f"{name}#{k + 1}" if args.repeat > 1 else name
                 c.log(f"{tag}: measuring")
                 runs.append(
@@ -610,7 +643,7 @@ def main() -> int:
                         args.workers,
                         False,
                         checkout=checkout,
-                        floor=floor,
+                        floor=name if name in FLOORS else None,
                     )
                 )
                 runs[-1].name = tag

@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 import tomllib
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
@@ -162,8 +163,10 @@ class StaticTree(pyfuse3.Operations):
         return s
 
 
-async def _main() -> None:
+async def _main(background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     async with trio.open_nursery() as nursery:
+        for task in background:
+            nursery.start_soon(task)
 
         async def signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as rx:
@@ -177,15 +180,20 @@ async def _main() -> None:
 
 
 def serve(
-    ops: pyfuse3.Operations, mountpoint: Path, name: str, options: set[str] | None = None
+    ops: pyfuse3.Operations,
+    mountpoint: Path,
+    name: str,
+    options: set[str] | None = None,
+    background: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Mount `ops` on `mountpoint` and serve until SIGINT or SIGTERM, then unmount.
-    `options` defaults to pyfuse3's (default_permissions)."""
+    `options` defaults to pyfuse3's (default_permissions); `background`: tasks run beside
+    pyfuse3.main() in trio's loop (cancelled when it returns)."""
     base = set(pyfuse3.default_options) if options is None else options
     options = base | {f"fsname={name}", f"subtype={name}"}
     pyfuse3.init(ops, str(mountpoint), options)
     try:
-        trio.run(_main)
+        trio.run(_main, background)
     finally:
         pyfuse3.close(unmount=True)
 

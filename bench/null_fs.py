@@ -8,9 +8,17 @@ create+write+close tmp/NAME, rename to done/) with the least bookkeeping that ke
 request right: an entry moves between two dicts on rename, a created file keeps its size. No
 validation, no journal, no index, no fsync, no S3. Entry and attribute timeouts are
 missionfs's (fusefs/fuse/attrs.py: 60 s for directories and task files, 1 s for tmp/ files), so
-the kernel sends the same kinds of requests. Whatever a task costs missionfs beyond this
-process's CPU per task is missionfs's own work.
-Usage: python bench/null_fs.py MISSION.toml MNT (stops on SIGINT/SIGTERM, then unmounts).
+the kernel sends the same kinds of requests. Like missionfs (SEMANTICS.md), `ls pending/` and
+`ls pending/LAT` list only rows and tiles that still hold a pending task (a count per row and
+tile, kept on rename), so a worker's walk over pending/ makes the requests it makes on
+missionfs; `--list-empty` lists every row and tile, as this floor did before. Whatever a task
+costs missionfs beyond this process's CPU per task is missionfs's own work.
+Mount options: `--options missionfs` mounts as missionfs does without allow_other (fsname and
+subtype only; fusefs/fuse/daemon.py), so the kernel makes no permission checks of its own;
+`--options pyfuse3` (the default, kept for the older numbers) adds pyfuse3.default_options
+(default_permissions), which costs about 5.5 more GETATTRs a task than missionfs gets.
+Usage: python bench/null_fs.py MISSION.toml MNT [--options missionfs] (stops on SIGINT/SIGTERM,
+then unmounts).
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ class NullWorkerFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, lats: list[str], lons: list[str], files: list[str]) -> None:
+    def __init__(
+        self, lats: list[str], lons: list[str], files: list[str], list_empty: bool = False
+    ) -> None:
         super().__init__()
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self.children: dict[int, dict[bytes, int]] = {}
@@ -48,17 +58,29 @@ class NullWorkerFS(pyfuse3.Operations):
         self._next = pyfuse3.ROOT_INODE
         self._now = time.time_ns()
         dmode, fmode = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
+        # pending/ and its rows list only children holding a pending task: pending tasks under
+        # each pending row and tile, and the row of each pending tile.
+        self.left: dict[int, int] = {}
+        self.row_of: dict[int, int] = {}
+        self.sparse: set[int] = set()  # the directories whose empty children are not listed
         root = self._new(dmode, 0)
         for view in (b"pending", b"claimed", b"done", b"tmp"):
             top = self._link(root, view, self._new(dmode, 0))
             if view == b"tmp":
                 continue
+            if view == b"pending" and not list_empty:
+                self.sparse.add(top)
             for lat in lats:
                 row = self._link(top, lat.encode(), self._new(dmode, 0))
                 for lon in lons:
                     tile = self._link(row, lon.encode(), self._new(dmode, 0))
                     if view != b"pending":
                         continue
+                    if not list_empty:
+                        self.sparse.add(row)
+                        self.row_of[tile] = row
+                        self.left[tile] = len(files)
+                        self.left[row] = self.left.get(row, 0) + len(files)
                     for name in files:
                         f = self._link(tile, name.encode(), self._new(fmode, FILE_SIZE))
                         self.data[f] = b"x" * FILE_SIZE
@@ -122,6 +144,8 @@ class NullWorkerFS(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         self.requests["readdir"] += 1
         entries = list(self.children[fh].items())
+        if fh in self.sparse:
+            entries = [(name, ino) for name, ino in entries if self.left[ino]]
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs[ino], i + 1):
@@ -145,6 +169,15 @@ class NullWorkerFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         del self.children[parent_inode_old][name_old]
         self.children[parent_inode_new][name_new] = ino
+        self._count(parent_inode_old, -1)
+        self._count(parent_inode_new, 1)
+
+    def _count(self, tile: int, n: int) -> None:
+        """A task left (-1) or came back to (+1) the pending tile `tile` (else nothing)."""
+        row = self.row_of.get(tile)
+        if row is not None:
+            self.left[tile] += n
+            self.left[row] += n
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         self.requests["open"] += 1
@@ -177,6 +210,7 @@ class NullWorkerFS(pyfuse3.Operations):
         self.requests["unlink"] += 1
         self._child(parent_inode, name)
         del self.children[parent_inode][name]
+        self._count(parent_inode, -1)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         self.requests["forget"] += 1
@@ -193,14 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", type=Path, help="mission TOML with a [grid] table")
     p.add_argument("mountpoint", type=Path)
     p.add_argument("--count-file", type=Path, help="write the request counts here at exit")
+    add_options_flag(p)
+    p.add_argument("--list-empty", action="store_true", help="list empty pending rows/tiles")
     args = p.parse_args(argv)
-    fs = NullWorkerFS(*grid_names(args.spec))
+    fs = NullWorkerFS(*grid_names(args.spec), list_empty=args.list_empty)
     try:
-        serve(fs, args.mountpoint, "nullfs")
+        serve(fs, args.mountpoint, "nullfs", mount_options(args.options))
     finally:
         if args.count_file is not None:
             args.count_file.write_text(json.dumps(dict(fs.requests)))
     return 0
+
+
+def add_options_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--options",
+        choices=("pyfuse3", "missionfs"),
+        default="pyfuse3",
+        help="mount options: pyfuse3's defaults (default_permissions) or missionfs's (none"
+        " beyond fsname/subtype)",
+    )
+
+
+def mount_options(kind: str) -> set[str] | None:
+    """The options serve() adds fsname/subtype to; None: pyfuse3.default_options."""
+    return set() if kind == "missionfs" else None
 
 
 if __name__ == "__main__":
