@@ -52,6 +52,10 @@ from fusefs.statedir.store import LocalStore
 
 log = logging.getLogger("missionfs")
 
+# An empty upload queue is looked at again this often even if no commit wakes it (a safety
+# net: every new local witness wakes the loop); an idle mount must not wake every second.
+UPLOAD_IDLE_SECONDS = 10.0
+
 
 class SyncEngine(RemoteFacts):
     """Uploads, the connection and the loops; the remote side is RemoteFacts (remotefacts.py)."""
@@ -298,7 +302,7 @@ class SyncEngine(RemoteFacts):
             batch = self._upload_batch()
             if not batch:
                 self._wake = trio.Event()
-                with trio.move_on_after(1.0):
+                with trio.move_on_after(UPLOAD_IDLE_SECONDS):  # woken by each new witness
                     await self._wake.wait()
                 continue
             if len(batch) < PER_HOP and self.upload_linger:

@@ -20,6 +20,7 @@ import trio
 
 from fusefs.engine.claims import Claims
 from fusefs.engine.facts import walk as facts_walk
+from fusefs.engine.wakeup import Wakeup
 from fusefs.engine.workspace import Workspace
 from fusefs.fuse import sdnotify
 from fusefs.fuse.fs import MissionFS
@@ -39,6 +40,7 @@ log = logging.getLogger("missionfs")
 SNAPSHOT_EVERY_COMMITS = 20_000
 SNAPSHOT_EVERY_SECONDS = 60.0
 DIR_SYNC_SECONDS = 0.25
+IDLE_SECONDS = 60.0  # an idle mount's housekeeping loops wake at most this often
 
 
 class Daemon:
@@ -88,6 +90,11 @@ class Daemon:
         )
         self._snapshot_lock = trio.Lock()
         self._forced = 0
+        # Housekeeping loops with nothing to do park here; any state change or the first
+        # journal line after an fsync wakes them (fusefs/engine/wakeup.py).
+        self.wakeup = Wakeup()
+        ws.state.subscribe(self._changed)
+        ws.committer.journal.on_dirty = self.wakeup.poke
 
     def run(self) -> None:
         self._recover_staging()
@@ -124,16 +131,12 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
             nursery.start_soon(sdnotify.ready_when_answering, self.mountpoint, self.mission.name)
-            nursery.start_soon(_guarded, self._expiry_loop)
             if self.ws.from_index:
                 nursery.start_soon(self._reconcile)
             else:  # the tree was walked just before mounting: nothing to reconcile
                 self.committer.reconciled = True
                 self.status.reconcile = "done"
-            nursery.start_soon(_guarded, self._snapshot_loop)
-            nursery.start_soon(_guarded, self._journal_loop)
-            if self.committer.batched:
-                nursery.start_soon(_guarded, self._dir_sync_loop)
+            self.housekeeping(nursery)
             if self.sync is not None:
                 nursery.start_soon(_guarded, self.sync.run)
             if self.ws.digest is not None:
@@ -143,6 +146,20 @@ class Daemon:
                 with trio.move_on_after(5.0):
                     await self.sync.flush_manifest(now=True)
             nursery.cancel_scope.cancel()
+
+    def housekeeping(self, nursery: trio.Nursery) -> None:
+        """Start the local loops (lease expiry, journal fsync, index snapshots, batched
+        directory fsyncs); each parks on `wakeup` while it has nothing to do."""
+        self.wakeup.bind()
+        nursery.start_soon(_guarded, self._expiry_loop)
+        nursery.start_soon(_guarded, self._snapshot_loop)
+        nursery.start_soon(_guarded, self._journal_loop)
+        if self.committer.batched:
+            nursery.start_soon(_guarded, self._dir_sync_loop)
+
+    def _changed(self, tasks: object) -> None:
+        """State listener: a claim, a commit, a fact learned... wakes the parked loops."""
+        self.wakeup.poke()
 
     async def _signals(self) -> None:
         sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -171,12 +188,16 @@ class Daemon:
         sync.force(done, verify=verify)
 
     async def _expiry_loop(self) -> None:
-        """Return tasks whose lease ended; sleeps until the next expiry (at most a second)."""
+        """Return tasks whose lease ended; sleeps until the next expiry (at most a second:
+        tests move the lease clock), and while nothing is claimed until a claim."""
         while True:
             now = self.claims.clock()
             self.claims.expire(now)
             nxt = self.claims.next_expiry()
-            await trio.sleep(min(1.0, max(0.0, nxt - now)) if nxt is not None else 1.0)
+            if nxt is None:
+                await self.wakeup.wait(IDLE_SECONDS)
+            else:
+                await trio.sleep(min(1.0, max(0.0, nxt - now)))
 
     async def _reconcile(self) -> None:
         """Compare the index with the files (the truth) in the background after mounting."""
@@ -199,28 +220,41 @@ class Daemon:
     async def _dir_sync_loop(self) -> None:
         """Durability "batched": new witness links become durable within DIR_SYNC_SECONDS."""
         while True:
+            if not self.store.dirty_dirs:
+                await self.wakeup.wait(IDLE_SECONDS)  # a commit changes the state: poked
+                continue
             await trio.sleep(DIR_SYNC_SECONDS)
-            if self.store.dirty_dirs:
-                await trio.to_thread.run_sync(self.store.flush_dirs)
+            await trio.to_thread.run_sync(self.store.flush_dirs)
 
     async def _journal_loop(self) -> None:
-        """The journal is flushed on every line (kill -9 safe) and fsync'd about once a second."""
+        """The journal is flushed on every line (kill -9 safe) and fsync'd about a second after
+        a line is written; the counts of repeated refusals and errors (ratelog.py) are written
+        about once a second while lines come, and within IDLE_SECONDS when they stop."""
+        journal = self.committer.journal
         while True:
+            if not journal.dirty:
+                await self.wakeup.wait(IDLE_SECONDS)  # until a line is written
             await trio.sleep(1.0)
-            self.status.flush_refusals()  # counts of repeated refusals (ratelog.py)
+            self.status.flush_refusals()
             LOG_REPEATS.flush()
             self.ops.request_errors.flush()
-            await trio.to_thread.run_sync(self.committer.journal.sync)
+            if journal.dirty:
+                await trio.to_thread.run_sync(journal.sync)
 
     async def _snapshot_loop(self) -> None:
-        last = time.monotonic()
+        """A start-up index snapshot every SNAPSHOT_EVERY_COMMITS index lines, or within
+        SNAPSHOT_EVERY_SECONDS of the first line since the last one; parks while there is none."""
+        last = trio.current_time()
         while True:
+            if not self.index.appended:
+                await self.wakeup.wait(IDLE_SECONDS)  # index lines come with state changes
+                continue
             await trio.sleep(1.0)
             if self.index.appended >= SNAPSHOT_EVERY_COMMITS or (
-                self.index.appended and time.monotonic() - last > SNAPSHOT_EVERY_SECONDS
+                trio.current_time() - last > SNAPSHOT_EVERY_SECONDS
             ):
                 await self._snapshot()
-                last = time.monotonic()
+                last = trio.current_time()
 
     async def _snapshot(self) -> None:
         async with self._snapshot_lock:

@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,6 +50,9 @@ class Journal:
         self._file: IO[bytes] | None = None
         self._size = 0
         self._dirty = False
+        # Called when the first line after an fsync is written (any thread): the daemon's
+        # fsync loop parks while the journal is clean (fusefs/engine/wakeup.py).
+        self.on_dirty: Callable[[], None] | None = None
         self.error: OSError | None = None  # the last append failed with this
         self.lost = 0  # lines not written since
         # Held for one write (never across an fsync): the trio thread and a worker thread
@@ -106,7 +109,9 @@ class Journal:
                 self._failed(e, lines)
                 return False
             self._size += len(data)
-            self._dirty = True
+            was_dirty, self._dirty = self._dirty, True
+            if not was_dirty and self.on_dirty is not None:
+                self.on_dirty()
             if self.error is not None:
                 log.warning("journal writable again; %d line(s) were not written", self.lost)
                 self.error, self.lost = None, 0
@@ -120,6 +125,11 @@ class Journal:
             log.error("journal line(s) not written: %s", e)
         self.error = e
         self.lost += lines
+
+    @property
+    def dirty(self) -> bool:
+        """Lines written since the last fsync."""
+        return self._dirty
 
     def sync(self) -> None:
         """fsync the current file (the daemon calls this about once a second, in a thread)."""
