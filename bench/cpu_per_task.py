@@ -78,7 +78,7 @@ from tests.support.s3_servers import SeaweedServer, s3_env  # noqa: E402
 
 BUCKET = fleet.BUCKET  # the bucket Bench.mission() names
 CLK = os.sysconf("SC_CLK_TCK")
-IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start
+IDLE_WINDOW = 2.0  # seconds of idle daemon CPU, measured before the workers start (--idle)
 # The floor rows: the daemon each runs (null_fs.py: dicts only; floor_fs.py: the least a daemon
 # on this stack must do) and its arguments; `floor-old` is the floor of the older tables
 # (pyfuse3's default options with default_permissions, empty pending rows and tiles listed).
@@ -613,9 +613,11 @@ def main() -> int:
     ap.add_argument("--old", type=Path, help="also measure the daemon of this checkout")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every row (1)")
     ap.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw stacks to this dir")
+    ap.add_argument("--idle", type=float, default=2.0, help="seconds of the idle window (2)")
     args = ap.parse_args()
-    global KEEP_PROFILES
+    global KEEP_PROFILES, IDLE_WINDOW
     KEEP_PROFILES = args.keep_profiles
+    IDLE_WINDOW = args.idle
     os.environ.update(s3_env())
     runs: list[Run] = []
     puts: list[tuple[str, float]] = []
