@@ -7,13 +7,17 @@ such loops kept an idle mount at 30-50 ms of CPU a second, docs/benchmarks.md). 
 `Wakeup`, a loop with nothing to do parks until something happens (a state change, a journal
 line) or a long timeout passes, and works at its usual pace while there is work.
 
-`poke` sits on hot paths (every state change, the first journal line after an fsync): while no
-loop is parked it is a flag test; otherwise it hands one `unpark_all` to the trio thread
-through the run's token, which is safe from any thread (journal lines are also written by
-worker threads).
+`poke` sits on hot paths (every state change, the first journal line after an fsync). On the
+trio thread, while no loop is parked, it is a flag test: a loop checks its condition and parks
+in one step, so a poke there comes either before the check (which then sees the work) or after
+the park. From another thread (journal lines written by worker threads) the flag cannot be
+trusted (the loop may be between its check and its park), so the poke always hands an
+`unpark_all` to the trio thread through the run's token; it runs after the loop's step.
 """
 
 from __future__ import annotations
+
+import threading
 
 import trio
 
@@ -24,19 +28,25 @@ class Wakeup:
     def __init__(self) -> None:
         self._lot = trio.lowlevel.ParkingLot()
         self._token: trio.lowlevel.TrioToken | None = None
+        self._thread = 0  # the trio thread's id
         self._parked = False
 
     def bind(self) -> None:
         """Called on the trio thread of the run whose loops park here, before they do."""
         self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.get_ident()
 
     def poke(self) -> None:
-        """Something happened: wake the parked loops (any thread; cheap when none is)."""
-        if not self._parked or self._token is None:
+        """Something happened: wake the parked loops (any thread; on the trio thread a flag
+        test when none is parked)."""
+        if self._token is None:
             return
-        self._parked = False
+        if threading.get_ident() == self._thread:
+            if not self._parked:
+                return
+            self._parked = False
         try:
-            self._token.run_sync_soon(self._lot.unpark_all)
+            self._token.run_sync_soon(self._lot.unpark_all, idempotent=True)
         except trio.RunFinishedError:
             pass  # the daemon is stopping: nobody is left to wake
 

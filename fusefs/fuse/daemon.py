@@ -250,8 +250,9 @@ class Daemon:
                 await self.wakeup.wait(IDLE_SECONDS)  # index lines come with state changes
                 continue
             await trio.sleep(1.0)
-            if self.index.appended >= SNAPSHOT_EVERY_COMMITS or (
-                trio.current_time() - last > SNAPSHOT_EVERY_SECONDS
+            appended = self.index.appended  # 0 if the reconcile has just snapshotted
+            if appended >= SNAPSHOT_EVERY_COMMITS or (
+                appended and trio.current_time() - last > SNAPSHOT_EVERY_SECONDS
             ):
                 await self._snapshot()
                 last = trio.current_time()

@@ -23,6 +23,7 @@ back to) right; a batch that cannot be written whole is dropped whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,11 +59,14 @@ class Journal:
         # Held for one write (never across an fsync): the trio thread and a worker thread
         # (append_many) may append at once.
         self._lock = threading.Lock()
+        # Files rotated away whose last lines are not fsync'd yet: sync() fsyncs and closes them
+        # (the appending thread, maybe trio's, never waits for a disk).
+        self._rotated: list[IO[bytes]] = []
 
     def _open(self) -> IO[bytes]:
         if self._file is None or self._size >= ROTATE_BYTES:
             if self._file is not None:
-                self._file.close()
+                self._rotated.append(self._file)
             files = journal_files(self.dir)
             seq = int(files[-1].stem.split("-")[1]) if files else 0
             path = self.dir / f"journal-{seq:06d}.jsonl"
@@ -132,13 +136,20 @@ class Journal:
         return self._dirty
 
     def sync(self) -> None:
-        """fsync the current file (the daemon calls this about once a second, in a thread)."""
+        """fsync the current file and any rotated away since the last call (the daemon calls
+        this about a second after a line is written, in a thread)."""
+        with self._lock:
+            rotated, self._rotated = self._rotated, []
+        for old in rotated:
+            with contextlib.suppress(OSError):
+                os.fsync(old.fileno())
+            old.close()
         f = self._file
         if f is not None and self._dirty:
             self._dirty = False
             try:
                 os.fsync(f.fileno())
-            except (OSError, ValueError):  # rotated (closed) meanwhile: closing synced it
+            except (OSError, ValueError):  # closed by close() meanwhile, which synced it
                 pass
 
     def close(self) -> None:

@@ -99,7 +99,7 @@ def test_a_claim_wakes_the_expiry_loop_and_its_lease_still_ends_on_time(
         await trio.sleep(2)  # parked for IDLE_SECONDS, it would miss this
         seen["claimed"] = set(node.state.claimed)
 
-    run_with_loops(node, work, jump_after=0.02)
+    run_with_loops(node, work, jump_after=0.1)
     assert seen["claimed"] == set(), "the lease did not end within 2 s of its expiry"
     assert seen["journal_dirty"] is False, "the claim's journal line was not fsync'd in 2 s"
 
@@ -110,17 +110,40 @@ def test_a_commit_after_idling_is_snapshotted_and_its_directory_synced(
     seen: dict[str, Any] = {}
 
     async def work(steps: Steps) -> None:
-        await trio.sleep(600)
+        await trio.sleep(10 * SNAPSHOT_EVERY_SECONDS)  # idle, and no snapshot for that long
         await claim(node, REL)
         await commit(node, REL, BODY)
         seen["appended"] = node.ws.index.appended
         seen["dirty_dirs_before"] = set(node.ws.store.dirty_dirs)
         await trio.sleep(1)  # the batched directory fsync: within DIR_SYNC_SECONDS
         seen["dirty_dirs"] = set(node.ws.store.dirty_dirs)
-        await trio.sleep(SNAPSHOT_EVERY_SECONDS + 2)
+        # The last snapshot (none) is older than SNAPSHOT_EVERY_SECONDS: a woken loop takes
+        # one at once; a loop left parked would wait for its timeout.
+        await trio.sleep(2)
         seen["appended_later"] = node.ws.index.appended
 
-    run_with_loops(node, work, batched=True, jump_after=0.02)
+    run_with_loops(node, work, batched=True, jump_after=0.1)
     assert seen["appended"] >= 1  # the commit's index line
     assert seen["dirty_dirs"] == set(), "the commit's directory was not fsync'd within 1 s"
-    assert seen["appended_later"] == 0, "no index snapshot within a minute of the commit"
+    assert seen["appended_later"] == 0, "no index snapshot within 3 s of the commit"
+
+
+def test_a_journal_line_alone_wakes_the_fsync_loop_from_any_thread(node: EngineNode) -> None:
+    """A journal line with no state change (a note of the sync engine, a segment's lines
+    written by a worker thread) is fsync'd about a second later, not at the loop's timeout."""
+    journal = node.ws.committer.journal
+    seen: dict[str, Any] = {}
+
+    async def work(steps: Steps) -> None:
+        await trio.sleep(600)
+        assert not journal.dirty
+        journal.append("note", REL, why="trio thread")
+        await trio.sleep(2)
+        seen["trio"] = journal.dirty
+        await trio.sleep(600)
+        await trio.to_thread.run_sync(lambda: journal.append_many("remote", [REL]))
+        await trio.sleep(2)
+        seen["thread"] = journal.dirty
+
+    run_with_loops(node, work, jump_after=0.1)
+    assert seen == {"trio": False, "thread": False}, seen
