@@ -203,6 +203,9 @@ def test_local_commands_need_neither_s3_nor_credentials(
     )
     (m.mnt / "tmp" / "x").write_text("name\nx\n")
     os.rename(m.mnt / "tmp" / "x", m.mnt / "done" / all_rels[0])
+    # Our upload done and recorded before the unmount: one cut short by it (PUT made, result
+    # abandoned) is redone by the sync below, whose listing then learns our witness too.
+    wait_for(lambda: m.status()["sync"]["queue"] == 0, what="our witness uploaded")
     m.umount()
     # Another node's witness lands in the bucket (no manifest names it); the endpoint was
     # remembered: a verifying sync without the flag reaches moto and learns it.
