@@ -10,7 +10,7 @@ witnesses with it (the least any daemon on pyfuse3 + trio pays per upload). No m
 - `MinimalSigV4`: the PUT on a kept-alive http.client connection, one per thread (threads
   never share a connection: trio's worker threads may run PUTs side by side).
 - `RawPut`: the same request on a kept-alive socket (TCP_NODELAY, request in one send) and the
-  answer read by `parse_head`, a minimal HTTP/1.1 reader; http.client parses the answer's
+  answer read by `parse_answer`, a minimal HTTP/1.1 reader; http.client parses the answer's
   headers with the email package, which is most of its cost for an answer of a few headers.
 - `AsyncPut`: the same on a trio stream, for a daemon that PUTs from trio's thread (no thread
   hop: the socket never blocks trio's loop).
@@ -98,10 +98,10 @@ class PutFailed(RuntimeError):
     """The server did not answer 200 (a floor has no retries: the bench fails loudly)."""
 
 
-def parse_head(buf: bytes | bytearray) -> tuple[int, int, int, bool] | None:
-    """(status, end of the answer, end of the head, keep-alive) of the HTTP/1.1 answer at the
-    start of `buf`, or None while its head is incomplete. Only Content-Length bodies (an S3 PUT
-    answer): a chunked or unbounded answer raises PutFailed."""
+def parse_answer(buf: bytes | bytearray) -> tuple[int, int, bool] | None:
+    """(status, start of the body, keep-alive) of the HTTP/1.1 answer at the start of `buf`,
+    or None while the answer (head and body) is incomplete. Only Content-Length bodies (an S3
+    PUT answer): a chunked or unbounded answer raises PutFailed."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -117,7 +117,9 @@ def parse_head(buf: bytes | bytearray) -> tuple[int, int, int, bool] | None:
             keep = value.strip().lower() != b"close"
     if length < 0:
         raise PutFailed(f"answer without Content-Length: {bytes(buf[:200])!r}")
-    return status, end + 4 + length, end + 4, keep
+    if len(buf) < end + 4 + length:
+        return None
+    return status, end + 4, keep
 
 
 class MinimalSigV4:
@@ -148,7 +150,7 @@ class MinimalSigV4:
 
 
 class RawPut:
-    """A signed PUT on a kept-alive socket, one per thread; the answer read by parse_head."""
+    """A signed PUT on a kept-alive socket, one per thread; the answer read by parse_answer."""
 
     def __init__(self, endpoint: str, bucket: str, checksum: bool = False) -> None:
         self.signer = Signer(endpoint, bucket, checksum)
@@ -174,10 +176,10 @@ class RawPut:
                 sock.close()
                 raise PutFailed("connection closed before the answer")
             buf += data
-            head = parse_head(buf)
-            if head is not None and len(buf) >= head[1]:
+            answer = parse_answer(buf)
+            if answer is not None:
                 break
-        status, _, body_at, keep = head
+        status, body_at, keep = answer
         if not keep:
             self._local.sock = None
             sock.close()
@@ -206,10 +208,10 @@ class AsyncPut:
                 await stream.aclose()
                 raise PutFailed("connection closed before the answer")
             buf += data
-            head = parse_head(buf)
-            if head is not None and len(buf) >= head[1]:
+            answer = parse_answer(buf)
+            if answer is not None:
                 break
-        status, _, body_at, keep = head
+        status, body_at, keep = answer
         if not keep:
             self.stream = None
             await stream.aclose()
