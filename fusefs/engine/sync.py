@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
 from typing import Any
@@ -39,7 +40,7 @@ from fusefs.engine.fleet import FleetClaims
 from fusefs.engine.leases import LeaseBook
 from fusefs.engine.remotefacts import UPLOAD_BATCH, RemoteFacts, SyncCounters
 from fusefs.engine.threads import blocking as _s3
-from fusefs.engine.uploads import PER_HOP, Uploaded, split, upload_chunk
+from fusefs.engine.uploads import LINGER_BELOW, Uploaded, upload_witness
 from fusefs.model.codec import TaskSpace
 from fusefs.model.errors import MAX_BACKOFF, S3ConfigError, S3Timeout, S3Unavailable
 from fusefs.model.sizes import RemoteSizes
@@ -60,11 +61,11 @@ UPLOAD_IDLE_SECONDS = 10.0
 class SyncEngine(RemoteFacts):
     """Uploads, the connection and the loops; the remote side is RemoteFacts (remotefacts.py)."""
 
-    # Seconds a batch of fewer than PER_HOP witnesses waits for more commits (x 0.5-1.0, cut
-    # short by a forced sync): each hand-off to a thread costs trio's loop about what a thin
-    # PUT costs, so a trickle of commits is uploaded a handful per hop (uploads.py); a bigger
-    # batch goes at once (waiting would only slow a backlog down). Manifests go out once a
-    # second anyway, so other workers learn of a witness no later than before.
+    # Seconds a batch of fewer than LINGER_BELOW witnesses waits for more commits (x 0.5-1.0,
+    # cut short by a forced sync): a trickle of commits is uploaded a handful per turn of the
+    # loop (one set difference of the queue and one nursery per turn, not per commit); a
+    # bigger batch goes at once. Manifests go out near each window's end anyway, so other
+    # workers learn of a witness no later than before.
     upload_linger = 0.25
 
     def __init__(
@@ -305,7 +306,7 @@ class SyncEngine(RemoteFacts):
                 with trio.move_on_after(UPLOAD_IDLE_SECONDS):  # woken by each new witness
                     await self._wake.wait()
                 continue
-            if len(batch) < PER_HOP and self.upload_linger:
+            if len(batch) < LINGER_BELOW and self.upload_linger:
                 await self._sleep(self.upload_linger)  # let a few more commits join the hop
                 batch = self._upload_batch()
             failures = await self.upload(batch)
@@ -383,26 +384,34 @@ class SyncEngine(RemoteFacts):
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload(self, batch: Iterable[int]) -> int:
-        """Upload tasks, several per thread hand-off and up to `uploaders` hand-offs in
-        parallel (uploads.py); returns how many could not be done now (S3 unavailable)."""
+        """Upload tasks, `uploaders` at a time, from trio's thread (uploads.py); returns how
+        many could not be done now (S3 unavailable: the first such answer stops the batch, so
+        a dead endpoint costs one timeout per uploader, not one per witness)."""
         tasks = [t for t in dict.fromkeys(batch) if t not in self._inflight]
         self._inflight.update(tasks)
+        todo = deque(self._rels(tasks))
         failures = 0
 
-        async def chunk(part: list[int]) -> None:
+        async def uploader() -> None:
             nonlocal failures
-            try:
-                jobs = [(t, rel, self.store.witness_path(rel)) for t, rel in self._rels(part)]
-                done = await _s3(upload_chunk, jobs, self.s3.create, self.s3.witness_sha)
-                for up in done:
-                    if not await self._upload_one(up):
-                        failures += 1
-            finally:
-                self._inflight.difference_update(part)
+            while todo:
+                task, rel = todo.popleft()
+                path = self.store.witness_path(rel)
+                up = await upload_witness(task, rel, path, self.s3, _s3)
+                self._inflight.discard(task)
+                if await self._upload_one(up):
+                    continue
+                failures += 1
+                if isinstance(up.error, S3Unavailable):
+                    failures += len(todo)  # left queued, not attempted
+                    todo.clear()
 
-        async with trio.open_nursery() as nursery:
-            for part in split(tasks, self.uploaders):
-                nursery.start_soon(chunk, part)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(self.uploaders, len(todo))):
+                    nursery.start_soon(uploader)
+        finally:
+            self._inflight.difference_update(tasks)
         return failures
 
     def _rels(self, tasks: list[int]) -> list[tuple[int, str]]:
@@ -423,14 +432,12 @@ class SyncEngine(RemoteFacts):
         """The bookkeeping of one witness's upload (on the trio thread); False if it could
         not be done now (it stays queued)."""
         task, rel, body = up.task, up.rel, up.body
-        if up.skipped:
-            return False  # its chunk found S3 unavailable first
         try:
             if up.error is not None:
                 raise up.error  # what failed in the thread, handled as if it failed here
             if up.created:
                 self.counters.uploaded += 1
-                sha = sha256_hex(body)
+                sha = up.sha
                 self.note("upload", rel, sha256=sha)
                 self.factlog.owe(f"{rel}\t{sha}\t{len(body)}")
                 self._mark_synced(task, rel)
@@ -450,7 +457,7 @@ class SyncEngine(RemoteFacts):
 
     async def _resolve(self, task: int, rel: str, body: bytes, remote_sha: str | None) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?
-        `remote_sha`: the SHA-256 of the witness there (read in the upload's thread)."""
+        `remote_sha`: the SHA-256 of the witness there (read right after the create)."""
         if remote_sha is None:
             raise S3Unavailable(f"{rel}: witness vanished between create and check; will retry")
         if remote_sha == sha256_hex(body):

@@ -1,80 +1,77 @@
-"""The thread side of witness uploads: several witnesses per hand-off to a worker thread.
+"""One witness's upload, from trio's thread: read it, create it in S3, and if one was there
+already, the SHA-256 of that one.
 
-Why: every `trio.to_thread.run_sync` is a wake-up of trio's loop through its socketpair, a
-thread-cache hand-off and an outcome delivered back, about as much CPU on the main thread as
-the PUT itself once the PUT is thin (docs/benchmarks.md, "Issue 15: cost per task"). One hop
-now reads and PUTs a chunk of witnesses and brings back one result per witness; the trio side
-(sync.py's `upload`) does the bookkeeping (journal, synced log, manifest line, lease retire)
-exactly as before, witness by witness.
+Why on trio's thread: the daemon's CPU per completed task is the budget of a small node
+(issue 15), and an upload through a worker thread cost a thread hand-off, a wake-up of trio's
+loop and a GIL hand-off per socket call, more than the PUT itself once the PUT was signed by
+hand (docs/benchmarks.md, "CPU per task"). The S3 store's `put_async` sends the PUT on a trio
+stream (objects/streams.py); a store that cannot (the in-process one of the engine tests and
+the simulator, boto3 for what the thin path steps aside from) runs it through `offload`, the
+engine's worker threads. The witness is read inline when small (a page-cache read of a file
+committed moments ago, cheaper than a hop), else in a thread.
 
-Chunks: `split` spreads a batch over at most `threads` hops, each at least `per_hop` witnesses
-(or all of them), so a large backlog still uploads in parallel (as many PUTs in flight as
-before) while a trickle of commits costs one hop per handful. Within a chunk, the first
-"S3 unavailable" stops it: the rest of the chunk is left queued (not attempted), so a dead
-endpoint costs one timeout per thread, not one per witness in a row.
+`sync.py`'s `upload` runs `uploaders` of these at a time and does the bookkeeping (journal,
+synced log, manifest line, lease retire) on the trio thread, witness by witness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusefs.model.errors import S3Unavailable
+from fusefs.objects.base import Offload
+from fusefs.objects.s3store import S3Store, sha256_hex
 
-PER_HOP = 8  # witnesses per hand-off at least, when a batch is big enough to split
+INLINE_READ = 1 << 16  # bytes: a witness up to this size is read on trio's thread
+LINGER_BELOW = 8  # a batch of fewer witnesses waits a moment for more commits (sync.py)
 
 
 @dataclass
 class Uploaded:
-    """What one witness's upload came to, in its thread. `created`: ours is the witness now.
-    Else `remote_sha` is the SHA-256 of the witness that was there (None: it vanished between
-    the create and the check). `error`: what failed (nothing else is set then, except `body`
-    if it was read); `skipped`: not attempted, an earlier witness of the chunk found S3
-    unavailable."""
+    """What one witness's upload came to. `created`: ours is the witness now. Else
+    `remote_sha` is the SHA-256 of the witness that was there (None: it vanished between the
+    create and the check). `error`: what failed (only `body` and `sha` may be set then)."""
 
     task: int
     rel: str
     body: bytes = b""
+    sha: str = ""
     created: bool = False
     remote_sha: str | None = None
     error: Exception | None = None
-    skipped: bool = False
 
 
-def split(tasks: list[int], threads: int, per_hop: int = PER_HOP) -> list[list[int]]:
-    """`tasks` in at most `threads` chunks of at least `per_hop` (round robin, so each chunk
-    holds tasks from the whole batch)."""
-    if not tasks:
-        return []
-    n = max(1, min(threads, len(tasks) // max(1, per_hop)))
-    return [tasks[i::n] for i in range(n)]
+async def upload_witness(
+    task: int, rel: str, path: Path, s3: S3Store, offload: Offload
+) -> Uploaded:
+    """Read and create one witness; never raises (the error is in the result)."""
+    up = Uploaded(task, rel)
+    try:
+        body = _read_small(path)
+        up.body = body if body is not None else await offload(path.read_bytes)
+        up.sha = sha256_hex(up.body)
+        up.created = await s3.create_witness_async(rel, up.body, up.sha, offload)
+        if not up.created:
+            up.remote_sha = await offload(functools.partial(s3.witness_sha, rel))
+    except Exception as e:  # classified on the caller's side, as this witness's failure
+        up.error = e
+    return up
 
 
-def upload_chunk(
-    chunk: list[tuple[int, str, Path]],
-    create: Callable[[str, bytes], bool],
-    witness_sha: Callable[[str], str | None],
-) -> list[Uploaded]:
-    """Read and create each witness of the chunk (blocking: run in a worker thread); for a
-    witness that was there already, its SHA-256 too (one HEAD), so the common "uploaded before
-    a crash" case needs no second hop. Never raises: errors are per witness."""
-    out: list[Uploaded] = []
-    stopped = False
-    for task, rel, path in chunk:
-        up = Uploaded(task, rel)
-        out.append(up)
-        if stopped:
-            up.skipped = True
-            continue
-        try:
-            up.body = path.read_bytes()
-            up.created = create(rel, up.body)
-            if not up.created:
-                up.remote_sha = witness_sha(rel)
-        except S3Unavailable as e:
-            up.error = e
-            stopped = True
-        except Exception as e:  # classified on the trio side, as one witness's failure
-            up.error = e
-    return out
+def _read_small(path: Path) -> bytes | None:
+    """The whole file if it holds at most INLINE_READ bytes, else None."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts: list[bytes] = []
+        left = INLINE_READ + 1
+        while left > 0:
+            data = os.read(fd, left)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+            left -= len(data)
+        return None
+    finally:
+        os.close(fd)

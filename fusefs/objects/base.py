@@ -33,10 +33,12 @@ Contract points that are not obvious from S3's own documentation:
 
 from __future__ import annotations
 
+import functools
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fusefs.model.errors import (
     Precondition,
@@ -197,6 +199,11 @@ class RequestCounter:
             return sum(self._counts.values())
 
 
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+"""How a caller on trio's thread runs a blocking call (the engine's policy: which threads,
+abandoned or not at shutdown); `put_async` takes it for what it cannot do without a thread."""
+
+
 # -- the interface ----------------------------------------------------------------------------
 class ObjectStore(ABC):
     """One bucket. Implementations must be thread-safe: uploads run in many worker threads."""
@@ -226,6 +233,26 @@ class ObjectStore(ABC):
         `sha256` (hex): the server verifies the body against it (BadDigest), where the server
         supports that (moto ignores it; see the conformance test).
         """
+
+    async def put_async(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        offload: Offload,
+        if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        sha256: str | None = None,
+        body_sha256: str | None = None,
+    ) -> str:
+        """`put` for a caller on trio's thread (the daemon's witness uploads). By default it is
+        `put` through `offload`; a store that can answer without a thread overrides it (S3's
+        thin path: trio streams). `body_sha256`: the body's SHA-256 (hex) if the caller has
+        it, so it need not be computed again."""
+        call = functools.partial(
+            self.put, key, body, if_none_match=if_none_match, metadata=metadata, sha256=sha256
+        )
+        return str(await offload(call))
 
     @abstractmethod
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:

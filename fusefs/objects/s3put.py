@@ -15,6 +15,9 @@ server says the token expired. An answer it does not expect from a correctly add
 (a redirect: the bucket is in another region) makes it step aside: that PUT and every later
 one go through boto3, whose region redirector knows what to do. So does a client that would
 use an HTTP proxy (its settings or HTTP(S)_PROXY): the thin path is then not used at all.
+
+Two transports, one request: `put` (blocking, sigv4.Pool, for worker threads) and `put_async`
+(trio's thread, streams.StreamPool: the daemon's witness uploads, with no thread hop).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from urllib.parse import urlsplit
 
 import botocore.exceptions
 import botocore.httpsession
+import trio
 
 from fusefs.objects import sigv4
+from fusefs.objects.streams import StreamPool
 
 FREEZE_SECONDS = 60.0  # botocore refreshes credentials 10-15 minutes before they expire
 _EXPIRED = frozenset({"ExpiredToken", "TokenRefreshRequired", "RequestExpired"})
@@ -83,6 +88,13 @@ class ThinPut:
             read_timeout=read_timeout,
             cafile=_ca_bundle(session) if self.target.scheme == "https" else None,
         )
+        self.streams = StreamPool(
+            self.target,
+            size=pool,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            context=self.pool._ssl,
+        )
         self.url = f"{self.target.scheme}://{self.target.netloc}"
 
     # -- credentials ------------------------------------------------------------------------------
@@ -105,6 +117,14 @@ class ThinPut:
             self._frozen = (now, creds)
             return creds
 
+    def fresh_credentials(self) -> sigv4.Credentials | None:
+        """The frozen credentials if still fresh, else None (asking the provider chain may
+        block: a caller on trio's thread gets them through a worker thread then)."""
+        frozen = self._frozen
+        if frozen is not None and time.monotonic() - frozen[0] < FREEZE_SECONDS:
+            return frozen[1]
+        return None
+
     # -- the request ------------------------------------------------------------------------------
     def put(
         self,
@@ -115,9 +135,87 @@ class ThinPut:
         if_match: str | None = None,
         metadata: Mapping[str, str] | None = None,
         checksum_sha256: str | None = None,
+        sha256: str | None = None,
     ) -> str:
         """PUT `body`; the quoted ETag (as botocore returns it). `if_match` is quoted already,
-        `checksum_sha256` base64 (the x-amz-checksum-sha256 header), as boto3 takes them."""
+        `checksum_sha256` base64 (the x-amz-checksum-sha256 header), as boto3 takes them;
+        `sha256`: the body's SHA-256 in hex if the caller has it (it is the signed payload
+        hash: not computed again)."""
+        path, headers, payload = self._request(
+            key, body, if_none_match, if_match, metadata, checksum_sha256, sha256
+        )
+        attempt, renewed = 0, False
+        while True:
+            attempt += 1
+            h = dict(headers)
+            self.signer.sign("PUT", path, h, payload, self.credentials())
+            try:
+                reply = self._answered(self._send(path, body, h))
+            except botocore.exceptions.BotoCoreError:
+                if attempt >= self.attempts:
+                    raise
+                time.sleep(sigv4.backoff(attempt, False, random.random()))
+                continue
+            verdict = self._verdict(reply, attempt, renewed)
+            if isinstance(verdict, str):
+                return verdict
+            if verdict < 0:  # renew the credentials, then once more
+                renewed, attempt = True, attempt - 1
+                self.credentials(renew=True)
+                continue
+            time.sleep(verdict)
+
+    async def put_async(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        checksum_sha256: str | None = None,
+        sha256: str | None = None,
+    ) -> str:
+        """`put` from trio's thread, on trio streams (streams.py): the same request, retries,
+        errors and listener calls, no worker thread (but for a credentials refresh)."""
+        path, headers, payload = self._request(
+            key, body, if_none_match, if_match, metadata, checksum_sha256, sha256
+        )
+        attempt, renewed = 0, False
+        while True:
+            attempt += 1
+            creds = self.fresh_credentials()
+            if creds is None:
+                creds = await trio.to_thread.run_sync(self.credentials)
+            h = dict(headers)
+            self.signer.sign("PUT", path, h, payload, creds)
+            try:
+                reply = self._answered(await self._send_async(path, body, h))
+            except botocore.exceptions.BotoCoreError:
+                if attempt >= self.attempts:
+                    raise
+                await trio.sleep(sigv4.backoff(attempt, False, random.random()))
+                continue
+            verdict = self._verdict(reply, attempt, renewed)
+            if isinstance(verdict, str):
+                return verdict
+            if verdict < 0:
+                renewed, attempt = True, attempt - 1
+                await trio.to_thread.run_sync(lambda: self.credentials(renew=True))
+                continue
+            await trio.sleep(verdict)
+
+    def _request(
+        self,
+        key: str,
+        body: bytes,
+        if_none_match: bool,
+        if_match: str | None,
+        metadata: Mapping[str, str] | None,
+        checksum_sha256: str | None,
+        sha256: str | None,
+    ) -> tuple[str, dict[str, str], str]:
+        """The path, the headers to sign and the payload hash of a PUT."""
         path = self.target.prefix + sigv4.quote_key(key)
         headers = {"host": self.target.netloc, "content-length": str(len(body))}
         if if_none_match:
@@ -128,44 +226,43 @@ class ThinPut:
             headers[f"x-amz-meta-{name.lower()}"] = value
         if checksum_sha256 is not None:
             headers["x-amz-checksum-sha256"] = checksum_sha256
-        payload = hashlib.sha256(body).hexdigest()
-        renewed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply = self._attempt(path, body, dict(headers), payload)
-            except botocore.exceptions.BotoCoreError:
-                if attempt >= self.attempts:
-                    raise
-                time.sleep(sigv4.backoff(attempt, False, random.random()))
-                continue
-            if reply.status < 300:
-                return reply.headers.get("etag", "")
-            if reply.status in _REDIRECT or reply.code == "AuthorizationHeaderMalformed":
-                raise StepAside(f"PUT answered {reply.status} {reply.code}")
-            if reply.code in _EXPIRED and not renewed:
-                renewed = True  # a fresh token from the provider chain, then once more
-                self.credentials(renew=True)
-                attempt -= 1
-                continue
-            if sigv4.retryable(reply) and attempt < self.attempts:
-                throttled = reply.status == 429 or reply.code in sigv4.THROTTLING_CODES
-                time.sleep(sigv4.backoff(attempt, throttled, random.random()))
-                continue
-            raise _client_error(reply)
+        return path, headers, sha256 or hashlib.sha256(body).hexdigest()
 
-    def _attempt(
-        self, path: str, body: bytes, headers: dict[str, str], payload: str
-    ) -> sigv4.Reply:
-        """One signed attempt; a transport failure raised as botocore's exception for it."""
-        self.signer.sign("PUT", path, headers, payload, self.credentials())
+    def _verdict(self, reply: sigv4.Reply, attempt: int, renewed: bool) -> str | float:
+        """What an answer means: the ETag (done), a delay before the next attempt, or -1
+        (renew the credentials first); raises what botocore would have raised."""
+        if reply.status < 300:
+            return reply.headers.get("etag", "")
+        if reply.status in _REDIRECT or reply.code == "AuthorizationHeaderMalformed":
+            raise StepAside(f"PUT answered {reply.status} {reply.code}")
+        if reply.code in _EXPIRED and not renewed:
+            return -1.0  # a fresh token from the provider chain, then once more
+        if sigv4.retryable(reply) and attempt < self.attempts:
+            throttled = reply.status == 429 or reply.code in sigv4.THROTTLING_CODES
+            return sigv4.backoff(attempt, throttled, random.random())
+        raise _client_error(reply)
+
+    def _send(self, path: str, body: bytes, headers: dict[str, str]) -> sigv4.Reply:
+        """One signed attempt on the thread pool; a transport failure raised as botocore's
+        exception for it."""
         try:
-            reply = self.pool.request("PUT", path, body, headers)
+            return self.pool.request("PUT", path, body, headers)
         except Exception as e:
-            err = self._transport_error(e)
-            self._on_attempt("PutObject", None, None, err)
-            raise err from None
+            raise self._failed(e) from None
+
+    async def _send_async(self, path: str, body: bytes, headers: dict[str, str]) -> sigv4.Reply:
+        try:
+            return await self.streams.request("PUT", path, body, headers)
+        except Exception as e:
+            raise self._failed(e) from None
+
+    def _failed(self, e: Exception) -> Exception:
+        err = self._transport_error(e)
+        self._on_attempt("PutObject", None, None, err)
+        return err
+
+    def _answered(self, reply: sigv4.Reply) -> sigv4.Reply:
+        """Tell the listeners and the clock about an answer."""
         self._seen_date(reply.headers.get("date"))
         parsed: dict[str, Any] = {}
         if reply.status >= 300:
@@ -204,6 +301,7 @@ class ThinPut:
 
     def close(self) -> None:
         self.pool.close()
+        self.streams.close()
 
 
 def _client_error(reply: sigv4.Reply) -> botocore.exceptions.ClientError:

@@ -28,6 +28,7 @@ a hung server is seen quickly). Given stores are used as they are (`fast` defaul
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -43,6 +44,7 @@ from fusefs.objects.base import (
     ObjectInfo,
     ObjectStore,
     ObjectVersion,
+    Offload,
     PreconditionFailed,
 )
 
@@ -261,6 +263,26 @@ class S3Store:
             return False  # check-then-put: racy, the self-test said so
         try:
             self._put(key, body, if_none_match=conditional, metadata=meta)
+        except PreconditionFailed:
+            return False
+        return True
+
+    async def create_witness_async(self, rel: str, body: bytes, sha: str, offload: Offload) -> bool:
+        """`create_witness` from trio's thread (the conditional create, or the check-then-put
+        the self-test allows); `sha`: the body's SHA-256, known from its commit."""
+        key = self.key(WITNESSES, rel)
+        if not self.conditional and await offload(functools.partial(self.head, key)) is not None:
+            return False
+        try:
+            await self.objects.put_async(
+                key,
+                body,
+                offload=offload,
+                if_none_match=self.conditional,
+                metadata={SHA_META: sha, "worker": self.worker},
+                sha256=sha if self.checksums else None,
+                body_sha256=sha,
+            )
         except PreconditionFailed:
             return False
         return True

@@ -237,12 +237,7 @@ class Pool:
         """One request and its whole answer. Raises ConnectFailed/ConnectTimedOut (not sent),
         TimeoutError (no answer in time) or another OSError (the connection broke or the
         answer was garbled: the request may or may not have been applied)."""
-        head = f"{method} {path} HTTP/1.1\r\n"
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"header {name}: line break in its value")
-            head += f"{name}: {value}\r\n"
-        data = (head + "\r\n").encode("latin-1") + body
+        data = request_bytes(method, path, body, headers)
         conn = self._take()
         if conn is not None:
             try:
@@ -263,6 +258,16 @@ class Pool:
         else:
             conn.close()
         return reply
+
+
+def request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """The whole request, headers and body, for one write (both transports send this)."""
+    head = f"{method} {path} HTTP/1.1\r\n"
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name}: line break in its value")
+        head += f"{name}: {value}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
 
 
 def read_reply(rfile: Any) -> tuple[Reply, bool]:

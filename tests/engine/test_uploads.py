@@ -1,5 +1,7 @@
-"""Uploads hand several witnesses to a worker thread at a time (fusefs/engine/uploads.py), with
-the bookkeeping of one upload per witness unchanged: synced, journal line, manifest line."""
+"""Uploads run `uploaders` at a time from trio's thread (fusefs/engine/uploads.py): the
+in-process bucket's PUT goes through the engine's threads (S3's goes on trio streams:
+tests/mount/test_thin_put.py), small witnesses are read inline, and each upload keeps its
+bookkeeping: synced, journal line, manifest line."""
 
 from __future__ import annotations
 
@@ -52,20 +54,25 @@ def journal_events(node: EngineNode, ev: str) -> list[str]:
     return [e["rel"] for e in read_journal(node.ws.store.root / "journal") if e["ev"] == ev]
 
 
-def test_a_batch_of_witnesses_goes_up_in_one_hop_each_with_its_bookkeeping(
-    make_node: Callable[..., EngineNode], bucket: MemoryStore, hops: list[Any]
+def witness_puts(bucket: MemoryStore, since: int = 0) -> list[str]:
+    log = bucket.log[since:]  # type: ignore[attr-defined]
+    return [key for kind, key in log if kind == "PUT" and "/scraped-tiles/" in key]
+
+
+def test_every_witness_goes_up_once_with_its_bookkeeping(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
     node = make_node(bucket=bucket)
     rels = planned(node)
-    assert len(rels) >= 2 * uploads.PER_HOP - 1
-    for i, rel in enumerate(rels):
-        assert node.direct_write(rel, f"name\nwitness {i}\n".encode()) == 0
-    hops.clear()
-    assert node.upload() == 0
-    chunks = [fn for fn in hops if fn is uploads.upload_chunk]
-    assert len(chunks) == len(rels) // uploads.PER_HOP  # one per witness before
     sync = node.ws.sync
     assert sync is not None
+    sync.uploaders = 4
+    assert len(rels) > sync.uploaders  # uploaders take the next witness when one is done
+    for i, rel in enumerate(rels):
+        assert node.direct_write(rel, f"name\nwitness {i}\n".encode()) == 0
+    mark = len(bucket.log)  # type: ignore[attr-defined]
+    assert node.upload() == 0
+    assert len(witness_puts(bucket, mark)) == len(rels)  # one PUT each, no retry, no HEAD
     assert sync.counters.uploaded == len(rels) and sync.queue_size() == 0
     assert sorted(journal_events(node, "upload")) == sorted(rels)
     root = sync.s3.root("scraped-tiles")
@@ -73,9 +80,12 @@ def test_a_batch_of_witnesses_goes_up_in_one_hop_each_with_its_bookkeeping(
     manifests = [bucket.get(i.key)[0].decode() for i in bucket.list(sync.s3.log_root())]
     lines = [line.split("\t") for m in manifests for line in m.splitlines()]
     assert sorted(rel for rel, _, _ in lines) == sorted(rels)  # rel, sha256, size each
+    for rel, sha, size in lines:  # the hash sent is the witness's (computed once, reused)
+        body = bucket.get(sync.s3.key("scraped-tiles", rel))[0]
+        assert (sha, int(size)) == (uploads.sha256_hex(body), len(body))
 
 
-def test_an_outage_costs_one_refused_put_per_hop_not_one_per_witness(
+def test_an_outage_costs_one_refused_put_per_uploader_not_one_per_witness(
     make_node: Callable[..., EngineNode], clock: FakeClock
 ) -> None:
     outage = Outage()
@@ -86,21 +96,23 @@ def test_an_outage_costs_one_refused_put_per_hop_not_one_per_witness(
     assert node.upload() == 0  # connected, nothing queued yet
     for rel in rels:
         assert node.direct_write(rel, b"name\nw\n") == 0
+    sync = node.ws.sync
+    assert sync is not None
+    sync.uploaders = 3
     outage.down = True
     assert node.upload() == len(rels)  # everything still queued
-    assert node.ws.sync is not None
-    n_hops = len(uploads.split(list(range(len(rels))), node.ws.sync.uploaders))
-    assert outage.refused == n_hops
+    assert outage.refused == 3  # the three in flight when the first answer came
     assert node.status()["sync"]["s3"] == "offline"
     outage.down = False
-    assert node.upload() == 0  # the skipped witnesses were kept queued, and go up now
+    assert node.upload() == 0  # the witnesses not attempted were kept queued, and go up now
+    assert sync.counters.uploaded == len(rels)
 
 
-def test_a_witness_already_there_needs_no_second_hop(
-    make_node: Callable[..., EngineNode], bucket: MemoryStore, hops: list[Any]
+def test_a_witness_already_there_is_recognised_by_its_hash(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore
 ) -> None:
     """A re-upload after a crash (the synced line was lost): the create answers 412 and the
-    SHA-256 of the witness there is read in the same hop; it matches, the task is synced."""
+    SHA-256 of the witness there is read (one HEAD); it matches, the task is synced."""
     node = make_node(bucket=bucket)
     rel = planned(node)[0]
     assert node.direct_write(rel, b"name\nmine\n") == 0
@@ -109,17 +121,28 @@ def test_a_witness_already_there_needs_no_second_hop(
     assert node.upload() == 0
     task = node.mission.space.parse_rel(rel)
     sync.synced.discard(task)  # as if the synced log line had not reached the disk
-    hops.clear()
+    mark = len(bucket.log)  # type: ignore[attr-defined]
     assert node.upload() == 0
-    assert hops == [uploads.upload_chunk]  # no HEAD of its own (nor a manifest: not new)
+    key = sync.s3.key("scraped-tiles", rel)
+    assert [r for r in bucket.log[mark:] if r[1] == key] == [("PUT", key), ("HEAD", key)]  # type: ignore[attr-defined]
     assert sync.counters.already_there == 1 and task in sync.synced
 
 
-def test_split_keeps_every_task_once_and_few_hops() -> None:
-    tasks = list(range(100))
-    for threads in (1, 3, 16):
-        parts = uploads.split(tasks, threads)
-        assert sorted(t for p in parts for t in p) == tasks
-        assert len(parts) == min(threads, 100 // uploads.PER_HOP)
-    assert uploads.split(tasks[:5], 16) == [tasks[:5]]  # a trickle: one hop
-    assert uploads.split([], 16) == []
+def test_a_small_witness_is_read_inline_a_large_one_in_a_thread(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore, hops: list[Any]
+) -> None:
+    node = make_node(bucket=bucket)
+    small, large = planned(node)[:2]
+    assert node.direct_write(small, b"name\nsmall\n") == 0
+    rows = b"".join(b"row %d\n" % i for i in range(uploads.INLINE_READ // 6))
+    assert node.direct_write(large, b"name\n" + rows) == 0
+    assert node.upload() == 0  # connect first: its hops are not the uploads'
+    sync = node.ws.sync
+    assert sync is not None
+    sp = node.mission.space
+    for rel in (small, large):
+        sync.synced.discard(sp.parse_rel(rel))
+    hops.clear()
+    assert node.upload() == 0
+    reads = [fn for fn in hops if getattr(fn, "__name__", "") == "read_bytes"]
+    assert [fn.__self__.name for fn in reads] == [large.rsplit("/", 1)[1]]

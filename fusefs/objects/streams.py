@@ -1,0 +1,244 @@
+"""The thin PUT's transport on trio streams: the same requests as sigv4.Pool, from trio's thread.
+
+Why: a PUT made in a worker thread costs, besides the request, a thread hand-off and a GIL
+hand-off for every socket call while the FUSE handlers hold the interpreter; on the machine of
+docs/benchmarks.md that was about a third of the daemon's CPU per task with S3. Here a PUT is a
+send and a receive on a non-blocking socket that trio's epoll loop already watches: no thread.
+
+What it keeps from sigv4.Pool (the thread transport, still used by boto3-less callers outside
+trio): kept-alive connections reused last-in first-out, TCP_NODELAY (trio sets it), headers
+and body in one send, a pooled connection the server closed while idle found before reuse,
+one retry on a new connection when a reused one fails before any answer, `connect_timeout`
+for the connection and TLS handshake, `read_timeout` for every later wait, certificates
+checked with the same SSL context. The answer is framed here (its end found: Content-Length,
+chunked, or the connection's end) and then read by sigv4.read_reply, the one HTTP parser.
+
+Connections belong to one trio run (a stream cannot outlive its run): the pool is kept per
+run, so the CLI's short runs and the daemon's long one never share a socket.
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import ssl
+from typing import Any
+
+import trio
+
+from fusefs.objects.sigv4 import (
+    MAX_HEADERS,
+    MAX_LINE,
+    BadReply,
+    ConnectFailed,
+    ConnectTimedOut,
+    Disconnected,
+    Reply,
+    Target,
+    read_reply,
+    request_bytes,
+)
+
+RECEIVE = 65536
+_UNTIL_EOF = -1  # frame(): the body ends where the connection does
+
+
+def frame(buf: bytes | bytearray) -> int | None:
+    """Where the first whole HTTP/1.x answer in `buf` ends (1xx answers before it included),
+    None while it is incomplete, _UNTIL_EOF if its body runs to the connection's end. Raises
+    BadReply for what read_reply would refuse anyway (so no answer is waited for forever)."""
+    start = 0
+    while True:
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(buf) - start > MAX_LINE * 2:
+                raise BadReply("an answer's headers longer than any server sends")
+            return None
+        lines = bytes(buf[start:end]).split(b"\r\n")
+        if len(lines) > MAX_HEADERS + 1:
+            raise BadReply(f"more than {MAX_HEADERS} headers")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise BadReply(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+        status = int(parts[1])
+        body = end + 4
+        if 100 <= status < 200:
+            start = body
+            continue
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+            return _chunked_end(buf, body)
+        if b"content-length" in fields:
+            try:
+                length = int(fields[b"content-length"])
+            except ValueError:
+                raise BadReply("bad Content-Length") from None
+            return body + length if len(buf) >= body + length else None
+        if status in (204, 304):
+            return body
+        return _UNTIL_EOF
+
+
+def _chunked_end(buf: bytes | bytearray, at: int) -> int | None:
+    """The end of a chunked body (trailers and the blank line included), or None."""
+    while True:
+        eol = buf.find(b"\r\n", at)
+        if eol < 0:
+            return None
+        try:
+            size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise BadReply(f"bad chunk size line: {bytes(buf[at:eol])[:80]!r}") from None
+        if size == 0:
+            trailers = buf.find(b"\r\n", eol + 2) if buf[eol + 2 : eol + 4] != b"\r\n" else eol + 2
+            return trailers + 2 if trailers >= 0 else None
+        at = eol + 2 + size + 2
+        if len(buf) < at:
+            return None
+
+
+class StreamPool:
+    """Kept-alive trio streams to one endpoint, for the current trio run (see the module's
+    docstring); `size` idle connections at most. Safe for concurrent tasks of one run."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        context: ssl.SSLContext | None,
+    ) -> None:
+        self.target = target
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.context = context
+        self._idle: trio.lowlevel.RunVar[list[trio.abc.Stream]] = trio.lowlevel.RunVar(
+            f"idle streams {id(self)}"
+        )
+        self.opened = 0  # connections made so far, every run (the tests show reuse)
+
+    def _idle_list(self) -> list[trio.abc.Stream]:
+        try:
+            return self._idle.get()
+        except LookupError:
+            idle: list[trio.abc.Stream] = []
+            self._idle.set(idle)
+            return idle
+
+    async def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+        """One request and its whole answer; the errors of sigv4.Pool.request (ConnectFailed,
+        ConnectTimedOut: not sent; TimeoutError: no answer in time; another OSError: broken)."""
+        data = request_bytes(method, path, body, headers)
+        stream = self._take()
+        if stream is not None:
+            try:
+                return await self._exchange(stream, data)
+            except (Disconnected, ConnectionResetError, BrokenPipeError):
+                pass  # closed by the server while idle, unseen: once more, on a new connection
+        return await self._exchange(await self._new(), data)
+
+    async def _new(self) -> trio.abc.Stream:
+        t = self.target
+        stream: trio.abc.Stream
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(t.host, t.port)
+                if self.context is not None:
+                    tls = trio.SSLStream(stream, self.context, server_hostname=t.host)
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        _close(tls)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise ConnectTimedOut(f"connect to {t.netloc}: timed out") from None
+        except trio.BrokenResourceError as e:  # the TLS handshake failed (its cause says why)
+            cause = e.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise cause from None
+            raise ConnectFailed(f"TLS handshake with {t.netloc}: {cause or e}") from None
+        except OSError as e:
+            raise ConnectFailed(f"connect to {t.netloc}: {e}") from None
+        self.opened += 1
+        return stream
+
+    def _take(self) -> trio.abc.Stream | None:
+        """An idle connection still open, or None (the check is sigv4.Pool's: an idle
+        connection with something to read has been closed by the server, or is out of step)."""
+        idle = self._idle_list()
+        while idle:
+            stream = idle.pop()
+            if not select.select([_socket(stream)], [], [], 0)[0]:
+                return stream
+            _close(stream)
+        return None
+
+    async def _exchange(self, stream: trio.abc.Stream, data: bytes) -> Reply:
+        try:
+            with trio.fail_after(self.read_timeout):
+                await stream.send_all(data)
+            reply, keep = await self._receive(stream)
+        except trio.TooSlowError:
+            _close(stream)
+            raise TimeoutError("no answer in time") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            _close(stream)
+            cause = e.__cause__
+            raise (cause if isinstance(cause, OSError) else ConnectionResetError(str(e))) from None
+        except BaseException:  # cancelled mid-answer, say: the stream is out of step
+            _close(stream)
+            raise
+        idle = self._idle_list()
+        if keep and len(idle) < self.size:
+            idle.append(stream)
+        else:
+            _close(stream)
+        return reply
+
+    async def _receive(self, stream: trio.abc.Stream) -> tuple[Reply, bool]:
+        buf = bytearray()
+        while True:
+            end = frame(buf) if buf else None
+            if end is not None and end != _UNTIL_EOF:
+                break
+            with trio.fail_after(self.read_timeout):
+                data = await stream.receive_some(RECEIVE)
+            if not data:
+                if not buf:
+                    raise Disconnected("the server closed the connection without answering")
+                if end == _UNTIL_EOF:
+                    reply, _ = read_reply(io.BytesIO(bytes(buf)))
+                    return reply, False
+                raise BadReply("the connection closed inside the answer")
+            buf += data
+        reply, keep = read_reply(io.BytesIO(bytes(buf[:end])))
+        return reply, keep and end == len(buf)  # bytes after the answer: out of step
+
+    def close(self) -> None:
+        """Close this run's idle connections (the daemon's end; other runs' are gone)."""
+        try:
+            idle = self._idle.get()
+        except (LookupError, RuntimeError):  # no connection in this run, or outside trio
+            return
+        while idle:
+            _close(idle.pop())
+
+
+def _socket(stream: trio.abc.Stream) -> Any:
+    inner: Any = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    return inner.socket
+
+
+def _close(stream: trio.abc.Stream) -> None:
+    """Close at once, without a TLS goodbye (no await: also from a cancelled task)."""
+    try:
+        _socket(stream).close()
+    except OSError:
+        pass
