@@ -31,10 +31,10 @@ This measures that price on real mounts and profiles it, as a plan for cutting i
    bench/floor_fs.py, the least any daemon on pyfuse3 + trio must do
    under the project's rules: `floor+commit` real tmp/ files, the strict commit (one thread
    hop: fsync the file, rename it into the witness tree, fsync the directory) and a journal
-   line per claim and commit; `floor+s3` plus the upload of every witness as missionfs does
-   it (chunks of >= 8 per thread hop, a minimal SigV4 PUT on kept-alive sockets, a synced
-   line each), until all are in S3; `floor+s3-async` the same PUTs from trio's thread on trio
-   streams, no upload thread. `--floor-http`: a `floor+s3-http` row, the threads' PUT on http.client.
+   line per claim and commit; `floor+s3` plus the upload of every witness as missionfs did
+   it until its eighth session (chunks of >= 8 per thread hop, a minimal SigV4 PUT on
+   kept-alive sockets, a synced line each), until all are in S3; `floor+s3-async` the same
+   PUTs from trio's thread on trio streams, no upload thread (missionfs's design since). `--floor-http`: a `floor+s3-http` row, the threads' PUT on http.client.
    Their FUSE requests and thread hops per task are counted and printed.
 5. Before/after (`--old CHECKOUT`): the same rows for the daemon of another checkout (a
    `git worktree` of the old commit; `-m fusefs` imports it through PYTHONPATH), interleaved

@@ -18,15 +18,16 @@ stack's rules require of any daemon that stages, commits and uploads witnesses:
   appended per witness to STATE/synced once it is in S3 (the bench counts those lines to know
   when everything is uploaded: it never asks through FUSE, and this process does no work for
   it). --put picks the upload design:
-  * `raw` (default) and `http.client`: missionfs's design. A trio loop woken by commits, that
-    lingers 0.25 s (x 0.5-1.0) when fewer than 8 witnesses are queued, then hands chunks of at
-    least 8 to worker threads (trio.to_thread.run_sync, up to 16 hops at once); each thread
-    reads its witnesses from disk and PUTs them on its own kept-alive connection (a socket
-    read by a minimal HTTP/1.1 parser, or http.client); the synced lines of a chunk are one
-    os.write on trio's side.
-  * `async`: no upload thread. The commit's hop also reads the witness back (one pread on the
-    fd it fsyncs), and 16 uploader tasks PUT from trio's thread on trio streams (the socket
-    never blocks the loop), one synced line per PUT.
+  * `raw` (default) and `http.client`: missionfs's design until its eighth session. A trio loop
+    woken by commits, that lingers 0.25 s (x 0.5-1.0) when fewer than 8 witnesses are queued,
+    then hands chunks of at least 8 to worker threads (trio.to_thread.run_sync, up to 16 hops at
+    once); each thread reads its witnesses from disk and PUTs them on its own kept-alive
+    connection (a socket read by a minimal HTTP/1.1 parser, or http.client); the synced lines of
+    a chunk are one os.write on trio's side.
+  * `async` (missionfs's design since, but for reading the witness: missionfs reads it again
+    after the commit, inline when small): no upload thread. The commit's hop also reads the
+    witness back (one pread on the fd it fsyncs), and 16 uploader tasks PUT from trio's thread
+    on trio streams (the socket never blocks the loop), one synced line per PUT.
 Tried and dropped, as no cheaper here: group commit (the commits waiting together share one
 hop: with 4 workers and a hop of microseconds on tmpfs every hop carried 1.000 commits), and
 fsyncing the create's descriptor kept open until the commit (no open/close in the hop: the
@@ -277,7 +278,7 @@ def split(tasks: list[str], threads: int, per_hop: int = PER_HOP) -> list[list[s
 
 
 class ThreadUploads:
-    """missionfs's upload design: chunks of witnesses per thread hop, PUT from the thread."""
+    """missionfs's former upload design: chunks of witnesses per thread hop, PUT from the thread."""
 
     def __init__(
         self,

@@ -1,9 +1,10 @@
 """The thin PUT path (fusefs.objects.s3put, sigv4): its signature is accepted by real servers,
 it reuses one connection, and it fails, retries and times out the way botocore's put_object
-did, so the seam's classification is unchanged. Both transports: `put` on the thread pool
-(sigv4.Pool) and `put_async` on trio streams (streams.py, the daemon's witness uploads). The conformance suite
-(test_objects_conformance.py) runs every `put` through it too; here is what that suite cannot
-see: which path served the request, the retries, the connection, a hung server."""
+did, so the seam's classification is unchanged, on both transports: `put` on the thread pool
+(sigv4.Pool) and `put_async` on trio streams (streams.py, the daemon's witness uploads). The
+conformance suite (test_objects_conformance.py) runs every `put` through it too; here is what
+that suite cannot see: which path served the request, the retries, the connection, a hung
+server."""
 
 from __future__ import annotations
 
