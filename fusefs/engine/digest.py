@@ -23,7 +23,9 @@ Where content hashes come from:
 - A witness present in STATE/scraped-tiles is hashed from its bytes. The hashes are cached in
   STATE/index/hashes.sqlite keyed by relative path, with (size, mtime_ns, inode): a restart or a
   CLI run only stats the files, and a file that changed (e.g. a conflict winner replacing ours) is
-  hashed again.
+  hashed again. A witness this daemon commits is never read back: the commit hashed it while
+  validating it and hands over that hash with the stat of the linked inode (Facts'
+  content listeners), and the keeper writes the cache row.
 - A remote-only fact (known from S3, not downloaded) uses the object's `sha256` metadata (one HEAD
   per witness; objects written by other tools without it are read and hashed), cached for good in
   the same database: witnesses in S3 are create-once. Since the metadata is the SHA-256 of the
@@ -33,12 +35,20 @@ Where content hashes come from:
   dir.
 
 The daemon keeps a `DigestKeeper` subscribed to the state: every changed task marks its tile
-dirty; a trio loop hashes dirty tiles in a worker thread (batches of BATCH_TILES) and applies the
-new tile digests on the trio thread. `status` shows the root and whether it is current. At start
-the whole Fact tree is dirty (cache lookups and stats, O(facts) once). Tiles whose hashes cannot
-be had (S3 unreachable) keep their previous digest and are retried every RETRY_SECONDS; status
-then says "incomplete". Memory: one hex digest per non-empty tile and one integer per non-empty
-row; content hashes stay in the database, read back per tile (O(phrases)) when it changes.
+dirty; a trio loop, SETTLE_SECONDS after a change, recomputes a batch of dirty tiles (up to
+BATCH_TILES) and applies the new tile digests on the trio thread. `status` shows the root and
+whether it is current. At start the whole Fact tree is dirty (cache lookups and stats, O(facts)
+once: files are the truth at start). After that the content hashes of the witnesses verified
+since start stay in memory for the most recently changed tiles (at most MEMO_WITNESSES of
+them), so a commit into a tile costs neither a read nor a stat of its witnesses: only the
+hashes not in memory are verified (stat, cache, file or S3), in a worker thread that also
+writes the commits' cache rows. Every state change of a fact other than a commit's (a conflict
+winner replacing our witness: the sync engine's `notify`; a fact learned or lost) drops its
+hash from memory, so that witness alone is verified again. A witness changed behind the
+daemon's back (edited by hand in STATE) is not seen until the next start or `missionfs digest`.
+Tiles whose hashes cannot be had (S3 unreachable) keep their previous digest and are retried
+every RETRY_SECONDS; status then says "incomplete". Memory: one hex digest per non-empty tile,
+one integer per non-empty row, and the bounded memory of content hashes (about 10 MB).
 
 Commands: `missionfs digest MISSION.toml [--state DIR] [--depth mission|row|tile] [--json]`
 computes the tree from a state dir without a mount and without its lock (cache + stats + HEADs
