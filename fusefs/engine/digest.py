@@ -48,7 +48,7 @@ hash from memory, so that witness alone is verified again. A witness changed beh
 daemon's back (edited by hand in STATE) is not seen until the next start or `missionfs digest`.
 Tiles whose hashes cannot be had (S3 unreachable) keep their previous digest and are retried
 every RETRY_SECONDS; status then says "incomplete". Memory: one hex digest per non-empty tile,
-one integer per non-empty row, and the bounded memory of content hashes (about 10 MB).
+one integer per non-empty row, and the bounded memory of content hashes (5-15 MB).
 
 Commands: `missionfs digest MISSION.toml [--state DIR] [--depth mission|row|tile] [--json]`
 computes the tree from a state dir without a mount and without its lock (cache + stats + HEADs
@@ -97,7 +97,7 @@ BATCH_TILES = 256
 RETRY_SECONDS = 5.0
 SETTLE_SECONDS = 0.5  # commits arriving together are hashed together, off the commit path
 HEAD_THREADS = 16
-MEMO_WITNESSES = 65536  # content hashes kept in memory (~10 MB), of recently changed tiles
+MEMO_WITNESSES = 32768  # content hashes in memory: 5 MB (tiles of 10) to 15 MB (tiles of 1)
 
 
 # -- content hashes -----------------------------------------------------------------------------
