@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from pyroaring import BitMap
 
-from fusefs.engine.facts import Facts
+from fusefs.engine.facts import Content, Facts
 from fusefs.engine.status import StatusBoard
 from fusefs.model.state import MissionState
 from fusefs.model.witness import InvalidWitness, check_stream
@@ -81,9 +82,9 @@ class Committer:
             if self.batched and synced and self.store.commit_is_quick(path, rel):
                 # No fsync left to do (the file was fsync'd, the directory's fsync is batched):
                 # a few small syscalls, cheaper inline than a hop to a worker thread and back.
-                rows, sha, size = self._commit_blocking(path, rel, False)
+                rows, content = self._commit_blocking(path, rel, False)
             else:
-                rows, sha, size = await trio.to_thread.run_sync(
+                rows, content = await trio.to_thread.run_sync(
                     self._commit_blocking, path, rel, not synced
                 )
         except InvalidWitness as e:
@@ -98,19 +99,23 @@ class Committer:
             self._in_flight.discard(task)
         # The witness is durable: now its journal line, then its start-up index line (on a full
         # disk either may be missing: history and a cache; the commit stands).
-        self.journal.append("commit", rel, sha256=sha, size=size, rows=rows, source=source)
-        self.facts.record_local(task)
+        self.journal.append(
+            "commit", rel, sha256=content.sha256, size=content.size, rows=rows, source=source
+        )
+        self.facts.record_local(task, content)
         self.status.committed(source)
         return rows
 
-    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, str, int]:
+    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, Content]:
         # Validated and hashed in one streamed pass (constant memory, whatever the size). The
         # mount refuses writes to the file from the start of the commit (MissionFS freezes its
-        # handles), so the bytes hashed here are the bytes linked below.
+        # handles), so the bytes hashed here are the bytes linked below: same inode, and a
+        # link changes neither its size nor its mtime (the digest's hash cache keys on both).
         with open(path, "rb") as f:
             checked = check_stream(f)
+            st = os.fstat(f.fileno())
         self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
-        return checked.rows, checked.sha256, checked.size
+        return checked.rows, Content(checked.sha256, checked.size, st.st_mtime_ns, st.st_ino)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")

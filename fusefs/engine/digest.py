@@ -23,7 +23,9 @@ Where content hashes come from:
 - A witness present in STATE/scraped-tiles is hashed from its bytes. The hashes are cached in
   STATE/index/hashes.sqlite keyed by relative path, with (size, mtime_ns, inode): a restart or a
   CLI run only stats the files, and a file that changed (e.g. a conflict winner replacing ours) is
-  hashed again.
+  hashed again. A witness this daemon commits is never read back: the commit hashed it while
+  validating it and hands over that hash with the stat of the linked inode (Facts'
+  content listeners), and the keeper writes the cache row.
 - A remote-only fact (known from S3, not downloaded) uses the object's `sha256` metadata (one HEAD
   per witness; objects written by other tools without it are read and hashed), cached for good in
   the same database: witnesses in S3 are create-once. Since the metadata is the SHA-256 of the
@@ -33,12 +35,20 @@ Where content hashes come from:
   dir.
 
 The daemon keeps a `DigestKeeper` subscribed to the state: every changed task marks its tile
-dirty; a trio loop hashes dirty tiles in a worker thread (batches of BATCH_TILES) and applies the
-new tile digests on the trio thread. `status` shows the root and whether it is current. At start
-the whole Fact tree is dirty (cache lookups and stats, O(facts) once). Tiles whose hashes cannot
-be had (S3 unreachable) keep their previous digest and are retried every RETRY_SECONDS; status
-then says "incomplete". Memory: one hex digest per non-empty tile and one integer per non-empty
-row; content hashes stay in the database, read back per tile (O(phrases)) when it changes.
+dirty; a trio loop, SETTLE_SECONDS after a change, recomputes a batch of dirty tiles (up to
+BATCH_TILES) and applies the new tile digests on the trio thread. `status` shows the root and
+whether it is current. At start the whole Fact tree is dirty (cache lookups and stats, O(facts)
+once: files are the truth at start). After that the content hashes of the witnesses verified
+since start stay in memory for the most recently changed tiles (at most MEMO_WITNESSES of
+them), so a commit into a tile costs neither a read nor a stat of its witnesses: only the
+hashes not in memory are verified (stat, cache, file or S3), in a worker thread that also
+writes the commits' cache rows. Every state change of a fact other than a commit's (a conflict
+winner replacing our witness: the sync engine's `notify`; a fact learned or lost) drops its
+hash from memory, so that witness alone is verified again. A witness changed behind the
+daemon's back (edited by hand in STATE) is not seen until the next start or `missionfs digest`.
+Tiles whose hashes cannot be had (S3 unreachable) keep their previous digest and are retried
+every RETRY_SECONDS; status then says "incomplete". Memory: one hex digest per non-empty tile,
+one integer per non-empty row, and the bounded memory of content hashes (5-15 MB).
 
 Commands: `missionfs digest MISSION.toml [--state DIR] [--depth mission|row|tile] [--json]`
 computes the tree from a state dir without a mount and without its lock (cache + stats + HEADs
@@ -60,6 +70,7 @@ import os
 import sqlite3
 import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,6 +81,7 @@ import numpy as np
 import trio
 from pyroaring import BitMap
 
+from fusefs.engine.facts import Content
 from fusefs.model.codec import OutOfPlan, TaskSpace
 from fusefs.model.errors import S3ConfigError, S3Unavailable
 from fusefs.model.merkle import DigestTree, build_tree, tile_digest
@@ -85,6 +97,7 @@ BATCH_TILES = 256
 RETRY_SECONDS = 5.0
 SETTLE_SECONDS = 0.5  # commits arriving together are hashed together, off the commit path
 HEAD_THREADS = 16
+MEMO_WITNESSES = 32768  # content hashes in memory: 5 MB (tiles of 10) to 15 MB (tiles of 1)
 
 
 # -- content hashes -----------------------------------------------------------------------------
@@ -199,10 +212,29 @@ class Hasher:
 
         Blocking (file reads, sqlite, HEADs in parallel): call it from a worker thread.
         """
-        rels = {t: self.space.rel(t) for tasks in jobs.values() for t in tasks}
-        cached = self.cache.local(list(rels.values()))
+        shas = self.shas([t for tasks in jobs.values() for t in tasks])
+        files: dict[int, dict[str, str]] = {}
+        failed: set[int] = set()
+        for tile, tasks in jobs.items():
+            if all(t in shas for t in tasks):
+                files[tile] = {self.space.phrase_names[t % self.space.nphr]: shas[t] for t in tasks}
+            else:
+                failed.add(tile)
+        return files, failed
+
+    def shas(
+        self, tasks: list[int], given: Iterable[tuple[str, str, int, int, int]] = ()
+    ) -> dict[int, str]:
+        """{task: content sha} of the fact tasks whose hash could be had (a missing one: S3
+        unavailable or the file unreadable). `given`: cache rows (rel, sha, size, mtime_ns,
+        ino) of witnesses hashed elsewhere (commits), written with the new ones.
+
+        Blocking (file reads, sqlite, HEADs in parallel): call it from a worker thread.
+        """
+        rels = {t: self.space.rel(t) for t in tasks}
+        cached = self.cache.local(list(rels.values())) if rels else {}
         shas: dict[int, str] = {}
-        new_local: list[tuple[str, str, int, int, int]] = []
+        new_local: list[tuple[str, str, int, int, int]] = list(given)
         absent: list[int] = []
         for task, rel in rels.items():
             path = self.store.witness_path(rel)
@@ -245,14 +277,7 @@ class Hasher:
                             shas[t] = remote_sha
                             new_remote.append((rels[t], remote_sha))
         self.cache.put(new_local, new_remote)
-        files: dict[int, dict[str, str]] = {}
-        failed: set[int] = set()
-        for tile, tasks in jobs.items():
-            if all(t in shas for t in tasks):
-                files[tile] = {self.space.phrase_names[t % self.space.nphr]: shas[t] for t in tasks}
-            else:
-                failed.add(tile)
-        return files, failed
+        return shas
 
     def _remote_sha(self, rel: str) -> str | None:
         assert self.s3 is not None
@@ -286,7 +311,14 @@ def _bulk_tiles(tasks: BitMap, nphr: int) -> BitMap:
 
 # -- the incremental keeper ---------------------------------------------------------------------
 class DigestKeeper:
-    """Keeps a DigestTree equal to the Fact tree as it changes (commits, remote facts, conflicts)."""
+    """Keeps a DigestTree equal to the Fact tree as it changes (commits, remote facts, conflicts).
+
+    The content hashes of recently verified tiles stay in memory (`_memo`, bounded by
+    MEMO_WITNESSES): a commit hands over the hash it computed (`given`), so recomputing its tile
+    reads no file and stats none of the tile's other witnesses. Any other change of a fact
+    (a conflict winner replacing our witness, a fact learned or lost) drops that witness from
+    the memo: it is verified again from its file, the cache or S3.
+    """
 
     def __init__(self, state: MissionState, hasher: Hasher) -> None:
         self.state = state
@@ -300,6 +332,10 @@ class DigestKeeper:
         self.started = False
         self.updates = 0
         self._wake = trio.Event()
+        self._memo: OrderedDict[int, dict[int, str]] = OrderedDict()  # tile -> {phrase: sha}
+        self._memo_size = 0  # witnesses in _memo
+        self._given: list[tuple[str, str, int, int, int]] = []  # commits' rows for the cache
+        self._touched: BitMap | None = None  # tiles changed while a batch is being hashed
 
     @classmethod
     def for_workspace(
@@ -314,17 +350,58 @@ class DigestKeeper:
         return keeper
 
     def changed(self, tasks: Iterable[int]) -> None:
-        """State listener: a task changed view or content; its tile is recomputed if a fact."""
+        """State listener: a task changed view or content; its tile is recomputed if a fact,
+        and its remembered hash is dropped (new content, unless `given` tells it next)."""
         fact, known, nphr = self.state.fact, self.known, self.space.nphr
         before = len(self.dirty)
         if isinstance(tasks, BitMap) and len(tasks) > 256:  # in bulk (a checkpoint's facts)
-            self.dirty |= _bulk_tiles((tasks & fact) | (tasks & known), nphr)
+            tiles = _bulk_tiles((tasks & fact) | (tasks & known), nphr)
+            self.dirty |= tiles
+            if self._touched is not None:
+                self._touched |= tiles
+            for tile in [t for t in self._memo if t in tiles]:
+                self._memo_size -= len(self._memo.pop(tile))
         else:
             for t in tasks:
                 if t in fact or t in known:
-                    self.dirty.add(t // nphr)
+                    tile = t // nphr
+                    self.dirty.add(tile)
+                    if self._touched is not None:
+                        self._touched.add(tile)
+                    memo = self._memo.get(tile)
+                    if memo is not None and memo.pop(t % nphr, None) is not None:
+                        self._memo_size -= 1
         if len(self.dirty) != before:
             self._wake.set()
+
+    def given(self, task: int, content: Content) -> None:
+        """Facts listener: the hash a commit computed of the witness it just linked (told
+        after `changed`); remembered for its tile and written to the cache with the next batch."""
+        tile, phrase = divmod(task, self.space.nphr)
+        memo = self._memo.get(tile)
+        if memo is None:
+            memo = self._memo[tile] = {}
+        else:
+            self._memo.move_to_end(tile)
+        if phrase not in memo:
+            self._memo_size += 1
+        memo[phrase] = content.sha256
+        rel = self.space.rel(task)
+        self._given.append((rel, content.sha256, content.size, content.mtime_ns, content.ino))
+        self._trim()
+
+    def _remember(self, tile: int, shas: dict[int, str]) -> None:
+        """The verified {phrase: sha} of all of a tile's facts, most recently used last."""
+        old = self._memo.pop(tile, None)
+        self._memo_size -= len(old) if old is not None else 0
+        if shas:
+            self._memo[tile] = shas
+            self._memo_size += len(shas)
+            self._trim()
+
+    def _trim(self) -> None:
+        while self._memo_size > MEMO_WITNESSES and len(self._memo) > 1:
+            self._memo_size -= len(self._memo.popitem(last=False)[1])
 
     def _tile_facts(self, tile: int) -> list[int]:
         lo = tile * self.space.nphr
@@ -336,24 +413,45 @@ class DigestKeeper:
             out.append(t)
         return out
 
-    def _take(self) -> dict[int, list[int]]:
+    def _take(self) -> tuple[dict[int, list[int]], list[int]]:
+        """A batch of dirty tiles with their facts, and the facts whose hash is not in memory."""
+        nphr = self.space.nphr
         batch = [self.dirty.pop() for _ in range(min(BATCH_TILES, len(self.dirty)))]
-        return {tile: self._tile_facts(tile) for tile in batch}
+        jobs = {tile: self._tile_facts(tile) for tile in batch}
+        unknown = []
+        for tile, tasks in jobs.items():
+            memo = self._memo.get(tile)
+            if memo is None:
+                unknown += tasks
+            else:
+                unknown += [t for t in tasks if t % nphr not in memo]
+        return jobs, unknown
 
     def _apply(
-        self, jobs: Mapping[int, list[int]], files: Mapping[int, dict[str, str]], failed: set[int]
+        self, jobs: Mapping[int, list[int]], shas: Mapping[int, str], touched: BitMap | None
     ) -> None:
-        nphr = self.space.nphr
+        """Set the digests of the batch's tiles from memory and `shas` (what was verified)."""
+        nphr, names = self.space.nphr, self.space.phrase_names
         for tile, tasks in jobs.items():
-            if tile in failed:
-                self.failed.add(tile)
+            if touched is not None and tile in touched:
+                continue  # changed while hashed: dirty again, redone by the next batch
+            memo = self._memo.get(tile, {})
+            got: dict[int, str] = {}
+            for t in tasks:
+                sha = memo.get(t % nphr) or shas.get(t)
+                if sha is None:
+                    break
+                got[t % nphr] = sha
+            else:
+                self.failed.discard(tile)
+                self._remember(tile, got)
+                tf = {names[p]: sha for p, sha in got.items()}
+                if self.tree.set_tile(tile, tile_digest(tf) if tf else None):
+                    self.updates += 1
+                self.known.remove_range(tile * nphr, (tile + 1) * nphr)
+                self.known.update(tasks)
                 continue
-            self.failed.discard(tile)
-            tf = files.get(tile, {})
-            if self.tree.set_tile(tile, tile_digest(tf) if tf else None):
-                self.updates += 1
-            self.known.remove_range(tile * nphr, (tile + 1) * nphr)
-            self.known.update(tasks)
+            self.failed.add(tile)
 
     def build(self) -> DigestTree:
         """Compute the whole tree now, blocking (the CLI). Raises S3Unavailable if remote-only
@@ -361,9 +459,8 @@ class DigestKeeper:
         self.started = True
         self.dirty |= _bulk_tiles(self.state.fact, self.space.nphr)
         while self.dirty:
-            jobs = self._take()
-            files, failed = self.hasher.tile_files(jobs)
-            self._apply(jobs, files, failed)
+            jobs, unknown = self._take()
+            self._apply(jobs, self.hasher.shas(unknown) if unknown else {}, None)
         if self.failed:
             n = sum(len(self._tile_facts(t)) for t in self.failed)
             raise S3Unavailable(
@@ -389,18 +486,28 @@ class DigestKeeper:
                     await self._wake.wait()
                 continue
             await trio.sleep(SETTLE_SECONDS)
-            jobs = self._take()
+            await self.update()
+
+    async def update(self) -> None:
+        """Recompute one batch of dirty tiles: a worker thread verifies the hashes not in
+        memory and writes the commits' hashes to the cache; none to do, no thread at all."""
+        jobs, unknown = self._take()
+        given, self._given = self._given, []
+        shas: dict[int, str] = {}
+        touched = None
+        if unknown or given:
             self.inflight = len(jobs)
+            self._touched = BitMap()
             try:
-                files, failed = await trio.to_thread.run_sync(
-                    self.hasher.tile_files, jobs, abandon_on_cancel=True
+                shas = await trio.to_thread.run_sync(
+                    self.hasher.shas, unknown, given, abandon_on_cancel=True
                 )
             except Exception:
                 log.exception("digest: hashing %d tile(s) failed; will retry", len(jobs))
-                files, failed = {}, set(jobs)
             finally:
                 self.inflight = 0
-            self._apply(jobs, files, failed)
+                touched, self._touched = self._touched, None
+        self._apply(jobs, shas, touched)
 
     def info(self) -> dict[str, Any]:
         """The `digest` field of the status file."""

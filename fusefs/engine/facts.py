@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pyroaring import BitMap
 
@@ -56,6 +57,17 @@ class Drift:
         return not self.new and not self.gone
 
 
+class Content(NamedTuple):
+    """What a commit knows of the witness it made: the SHA-256 it computed while validating,
+    and the stat of the linked inode (the key of the digest's hash cache), so the digest never
+    reads the file back to hash it."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+    ino: int
+
+
 class Facts:
     """Owner of `local`, `remote` and (through the state) `fact`, and of the records a new
     local witness gets: its recovered journal line, its start-up index line, the listeners."""
@@ -74,17 +86,27 @@ class Facts:
         self.index = index
         self.journal = journal
         self._listeners: list[Callable[[], None]] = []
+        self._content_listeners: list[Callable[[int, Content], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Be called after new local witnesses (the sync engine's upload queue)."""
         self._listeners.append(listener)
 
+    def subscribe_content(self, listener: Callable[[int, Content], None]) -> None:
+        """Be told the content hash of a witness this node committed (the digest keeper)."""
+        self._content_listeners.append(listener)
+
     # -- local ------------------------------------------------------------------------------
-    def record_local(self, task: int) -> None:
-        """A new local witness (its commit line is the committer's): index, state, listeners."""
+    def record_local(self, task: int, content: Content | None = None) -> None:
+        """A new local witness (its commit line is the committer's): index, state, listeners.
+        `content`: what the commit computed; told after the state's listeners, which treat a
+        change without it as new content to read from the file."""
         self.local.add(task)
         self._index([self.state.space.rel(task)])
         self.state.add_fact(task)
+        if content is not None:
+            for listener in self._content_listeners:
+                listener(task, content)
         self._tell()
 
     def learn_local(self, task: int) -> None:

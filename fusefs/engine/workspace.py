@@ -337,4 +337,5 @@ def _sync_and_digest(
             claim_timeout=opts.claim_timeout,
         )
     digest = DigestKeeper.for_workspace(state, store, s3, cache)  # Merkle root, incremental
+    facts.subscribe_content(digest.given)  # a commit's hash: its witness is never read back
     return engine, digest

@@ -18,7 +18,7 @@ from fusefs.model.merkle import DigestTree, build_tree, fold, tile_digest
 from fusefs.model.mission import load_mission
 from tests.mount.test_s3 import commit, rels, s3_mission, s3_mount, sync
 from tests.support.mounts import Mount, new_bucket, wait_for, write_mission
-from tests.support.s3_servers import MotoServer, s3_env
+from tests.support.s3_servers import MotoServer, SeaweedServer, s3_env
 
 
 def sha(text: str) -> str:
@@ -225,3 +225,30 @@ def test_three_daemons_agree_and_one_commit_changes_only_its_path(
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["equal"]
+
+
+def test_a_lost_race_moves_the_losers_root_to_the_winners_content(
+    seaweed: SeaweedServer, make_mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """The loser of a race keeps the hashes of its tile in memory since its commits; the winner's
+    witness replacing its own must still reach its digest (the state's notify drops the hash)."""
+    bucket = new_bucket(seaweed)
+    mission = s3_mission(tmp_path / "m.toml", bucket)
+    raced, other = rels(mission)[:2]
+    assert raced.rsplit("/", 1)[0] == other.rsplit("/", 1)[0]  # one tile
+    a = s3_mount(make_mount, mission, seaweed, "a", "--refresh", "3600")
+    b = s3_mount(make_mount, mission, seaweed, "b", "--refresh", "3600")
+    for m in (a, b):
+        commit(m, other, f"name\nother {m.state.name}\n")
+        commit(m, raced, f"name\nraced {m.state.name}\n")
+    wait_for(
+        lambda: a.status()["sync"]["conflicts"] + b.status()["sync"]["conflicts"] == 2,
+        timeout=60,
+        what="both races resolved",
+    )
+    env, ep = s3_env(), ("--endpoint-url", seaweed.endpoint)
+    for m in (a, b):
+        wait_for(_current(m, 2), timeout=30, what=f"digest of {m.state.name}")
+        assert m.status()["digest"]["root"] == digest_json(mission, m.state, *ep, env=env)["root"]
+    # The same two witnesses (the winners') on both nodes now: the same root.
+    assert a.status()["digest"]["root"] == b.status()["digest"]["root"]
