@@ -92,9 +92,11 @@ def _chunked_end(buf: bytes | bytearray, at: int) -> int | None:
             size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise BadReply(f"bad chunk size line: {bytes(buf[at:eol])[:80]!r}") from None
-        if size == 0:
-            trailers = buf.find(b"\r\n", eol + 2) if buf[eol + 2 : eol + 4] != b"\r\n" else eol + 2
-            return trailers + 2 if trailers >= 0 else None
+        if size == 0:  # then trailer lines, if any, and a blank line
+            if buf[eol + 2 : eol + 4] == b"\r\n":
+                return eol + 4
+            blank = buf.find(b"\r\n\r\n", eol + 2)
+            return blank + 4 if blank >= 0 else None
         at = eol + 2 + size + 2
         if len(buf) < at:
             return None
@@ -181,20 +183,25 @@ class StreamPool:
         return None
 
     async def _exchange(self, stream: trio.abc.Stream, data: bytes) -> Reply:
-        try:
-            with trio.fail_after(self.read_timeout):
+        # One cancel scope per exchange, its deadline moved before each wait (a scope per
+        # wait, through fail_after's context manager, cost more than the rest of the
+        # exchange's bookkeeping).
+        with trio.CancelScope() as scope:
+            try:
+                scope.deadline = trio.current_time() + self.read_timeout
                 await stream.send_all(data)
-            reply, keep = await self._receive(stream)
-        except trio.TooSlowError:
-            _close(stream)
-            raise TimeoutError("no answer in time") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            _close(stream)
-            cause = e.__cause__
-            raise (cause if isinstance(cause, OSError) else ConnectionResetError(str(e))) from None
-        except BaseException:  # cancelled mid-answer, say: the stream is out of step
-            _close(stream)
-            raise
+                reply, keep = await self._receive(stream, scope)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                _close(stream)
+                cause = e.__cause__
+                if isinstance(cause, OSError):
+                    raise cause from None
+                raise ConnectionResetError(str(e)) from None
+            except BaseException:  # cancelled (our deadline, or a shutdown): out of step
+                _close(stream)
+                raise
+        if scope.cancelled_caught:
+            raise TimeoutError("no answer in time")
         idle = self._idle_list()
         if keep and len(idle) < self.size:
             idle.append(stream)
@@ -202,14 +209,16 @@ class StreamPool:
             _close(stream)
         return reply
 
-    async def _receive(self, stream: trio.abc.Stream) -> tuple[Reply, bool]:
+    async def _receive(
+        self, stream: trio.abc.Stream, scope: trio.CancelScope
+    ) -> tuple[Reply, bool]:
         buf = bytearray()
         while True:
             end = frame(buf) if buf else None
             if end is not None and end != _UNTIL_EOF:
                 break
-            with trio.fail_after(self.read_timeout):
-                data = await stream.receive_some(RECEIVE)
+            scope.deadline = trio.current_time() + self.read_timeout
+            data = await stream.receive_some(RECEIVE)
             if not data:
                 if not buf:
                     raise Disconnected("the server closed the connection without answering")
