@@ -16,8 +16,9 @@ What is kept from botocore's request, on purpose:
   sent is signed;
 - the signing key is derived once per (secret, day, region) instead of four HMACs a request;
 - connections are kept alive and reused (LIFO), `TCP_NODELAY` on (botocore leaves Nagle on),
-  headers and body go out in one write; the answer is read by a small HTTP/1.1 reader (status,
-  headers, a Content-Length or chunked body) instead of http.client, which parses every
+  headers and body go out in one write; the answer is received into a buffer and read by a
+  small sans-IO HTTP/1.1 parser (`parse_answer`: status, headers, a Content-Length or chunked
+  body), shared with the trio transport, instead of http.client, which parses every
   response's headers with the email package (half the CPU of the PUT);
 - a pooled connection the server closed while idle is detected before reuse (a readable idle
   socket is EOF or junk) and a reused one that fails before any answer is retried once, on a
@@ -35,7 +36,6 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -152,17 +152,33 @@ MAX_LINE = 65536
 MAX_HEADERS = 200
 
 
+RECEIVE = 65536
+
+
 class Conn:
-    """One connection: the socket and a buffered reader made once (http.client makes a new
-    file object for every response)."""
+    """One connection (its socket; the answer is received into a buffer and parsed by
+    parse_answer, not through http.client's file object and email parser)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.rfile = sock.makefile("rb")
 
     def close(self) -> None:
-        self.rfile.close()
         self.sock.close()
+
+    def receive(self) -> tuple[Reply, bool]:
+        """The whole answer to the request just sent, and whether to keep the connection."""
+        buf = bytearray()
+        while True:
+            data = self.sock.recv(RECEIVE)
+            if not data:
+                got = parse_answer(buf, eof=True)
+                assert got is not None  # at the connection's end: whole, or an error raised
+                return got[0], False
+            buf += data
+            got = parse_answer(buf)
+            if got is not None:
+                reply, keep, end = got
+                return reply, keep and end == len(buf)  # bytes after the answer: out of step
 
 
 class Pool:
@@ -249,7 +265,7 @@ class Pool:
     def _exchange(self, conn: Conn, data: bytes) -> Reply:
         try:
             conn.sock.sendall(data)  # headers and body in one write
-            reply, keep = read_reply(conn.rfile)
+            reply, keep = conn.receive()
         except BaseException:
             conn.close()
             raise
@@ -270,85 +286,116 @@ def request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) 
     return (head + "\r\n").encode("latin-1") + body
 
 
-def read_reply(rfile: Any) -> tuple[Reply, bool]:
-    """Read one HTTP/1.x response (skipping 1xx ones) from a buffered reader; the Reply and
-    whether the connection may carry another request."""
+def parse_answer(buf: bytes | bytearray, eof: bool = False) -> tuple[Reply, bool, int] | None:
+    """The first whole HTTP/1.x answer in `buf` (1xx answers before it skipped): the Reply,
+    whether the connection may carry another request, and where the answer ends; None while
+    it is incomplete. `eof`: the connection ended after `buf`, so an answer without a length
+    ends there, and an incomplete one is an error. Sans-IO, one pass over the head: both
+    transports (Pool here, streams.StreamPool) receive into a buffer and ask this."""
+    if eof and not buf:
+        raise Disconnected("the server closed the connection without answering")
+    start = 0
     while True:
-        line = rfile.readline(MAX_LINE + 1)
-        if not line:
-            raise Disconnected("the server closed the connection without answering")
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(buf) - start > MAX_LINE * 2:
+                raise BadReply("an answer's headers longer than any server sends")
+            if eof:
+                raise BadReply("the connection closed inside the headers")
+            return None
+        lines = bytes(buf[start:end]).decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
         code, _, _ = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or not code.isdigit() or len(line) > MAX_LINE:
-            raise BadReply(f"not an HTTP/1.x status line: {line[:80]!r}")
-        status = int(code)
-        headers = _read_headers(rfile)
+        if not version.startswith("HTTP/1.") or not code.isdigit() or len(lines[0]) > MAX_LINE:
+            raise BadReply(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+        if len(lines) > MAX_HEADERS + 1:
+            raise BadReply(f"more than {MAX_HEADERS} headers")
+        status, body_at = int(code), end + 4
         if not 100 <= status < 200:
             break
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        start = body_at
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise BadReply(f"not a header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
     conn_hdr = headers.get("connection", "").lower()
     keep = "close" not in conn_hdr and (version != "HTTP/1.0" or "keep-alive" in conn_hdr)
-    if chunked:
-        data = _read_chunked(rfile)
-    elif "content-length" in headers:
+    body = _body(buf, body_at, status, headers, eof)
+    if body is None:
+        return None
+    data, stop = body
+    if stop < 0:  # the body ends where the connection does
+        keep, stop = False, len(buf)
+    return _reply(status, headers, data), keep, stop
+
+
+def _body(
+    buf: bytes | bytearray, at: int, status: int, headers: dict[str, str], eof: bool
+) -> tuple[bytes, int] | None:
+    """(body, where it ends: -1 at the connection's end), or None while incomplete."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        got = _dechunk(buf, at)
+        if got is None and eof:
+            raise BadReply("the connection closed inside a chunk")
+        return got
+    if "content-length" in headers:
         try:
             length = int(headers["content-length"])
         except ValueError:
             raise BadReply("bad Content-Length") from None
-        data = rfile.read(length) if length > 0 else b""
-        if len(data) < length:
-            raise BadReply("the connection closed inside the body")
-    elif status in (204, 304):
-        data = b""
-    else:  # the body ends where the connection does
-        data = rfile.read()
-        keep = False
+        if length < 0:
+            raise BadReply("bad Content-Length")
+        if len(buf) < at + length:
+            if eof:
+                raise BadReply("the connection closed inside the body")
+            return None
+        return bytes(buf[at : at + length]), at + length
+    if status in (204, 304):
+        return b"", at
+    return (bytes(buf[at:]), -1) if eof else None
+
+
+def _dechunk(buf: bytes | bytearray, at: int) -> tuple[bytes, int] | None:
+    """A chunked body from `at` (its trailers skipped): (data, end), or None if incomplete."""
+    parts: list[bytes] = []
+    while True:
+        eol = buf.find(b"\r\n", at)
+        if eol < 0:
+            if len(buf) - at > MAX_LINE:
+                raise BadReply("a chunk size line longer than any server sends")
+            return None
+        try:
+            size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise BadReply(f"bad chunk size line: {bytes(buf[at:eol])[:80]!r}") from None
+        if size == 0:  # then trailer lines, if any, and a blank line
+            if buf[eol + 2 : eol + 4] == b"\r\n":
+                return b"".join(parts), eol + 4
+            blank = buf.find(b"\r\n\r\n", eol + 2)
+            return (b"".join(parts), blank + 4) if blank >= 0 else None
+        data_end = eol + 2 + size
+        if len(buf) < data_end + 2:
+            return None
+        if buf[data_end : data_end + 2] != b"\r\n":
+            raise BadReply("a chunk longer than its size line says")
+        parts.append(bytes(buf[eol + 2 : data_end]))
+        at = data_end + 2
+
+
+def _reply(status: int, headers: dict[str, str], data: bytes) -> Reply:
+    """The Reply; for an error, S3's code and message from its XML body."""
     if status < 300:
-        return Reply(status, headers), keep
+        return Reply(status, headers)
     code_m = _CODE.search(data)
     message = _MESSAGE.search(data)
-    return (
-        Reply(
-            status,
-            headers,
-            code_m.group(1).decode("utf-8", "replace") if code_m else "",
-            message.group(1).decode("utf-8", "replace") if message else "",
-        ),
-        keep,
+    return Reply(
+        status,
+        headers,
+        code_m.group(1).decode("utf-8", "replace") if code_m else "",
+        message.group(1).decode("utf-8", "replace") if message else "",
     )
-
-
-def _read_headers(rfile: Any) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS):
-        line = rfile.readline(MAX_LINE + 1)
-        if not line:
-            raise BadReply("the connection closed inside the headers")
-        if line in (b"\r\n", b"\n"):
-            return headers
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep:
-            raise BadReply(f"not a header line: {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    raise BadReply(f"more than {MAX_HEADERS} headers")
-
-
-def _read_chunked(rfile: Any) -> bytes:
-    parts = []
-    while True:
-        line = rfile.readline(MAX_LINE + 1)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise BadReply(f"bad chunk size line: {line[:80]!r}") from None
-        if size == 0:
-            break
-        chunk = rfile.read(size)
-        if len(chunk) < size or rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n"):
-            raise BadReply("the connection closed inside a chunk")
-        parts.append(chunk)
-    _read_headers(rfile)  # trailers, if any, up to the blank line
-    return b"".join(parts)
 
 
 # What botocore's standard retry mode retries (botocore/retries/standard.py), for a PUT.

@@ -10,8 +10,8 @@ trio): kept-alive connections reused last-in first-out, TCP_NODELAY (trio sets i
 and body in one send, a pooled connection the server closed while idle found before reuse,
 one retry on a new connection when a reused one fails before any answer, `connect_timeout`
 for the connection and TLS handshake, `read_timeout` for every later wait, certificates
-checked with the same SSL context. The answer is framed here (its end found: Content-Length,
-chunked, or the connection's end) and then read by sigv4.read_reply, the one HTTP parser.
+checked with the same SSL context. The answer is received into a buffer and read by
+sigv4.parse_answer, the one HTTP parser of both transports.
 
 Connections belong to one trio run (a stream cannot outlive its run): the pool is kept per
 run, so the CLI's short runs and the daemon's long one never share a socket.
@@ -19,7 +19,6 @@ run, so the CLI's short runs and the daemon's long one never share a socket.
 
 from __future__ import annotations
 
-import io
 import select
 import ssl
 from typing import Any
@@ -27,79 +26,16 @@ from typing import Any
 import trio
 
 from fusefs.objects.sigv4 import (
-    MAX_HEADERS,
-    MAX_LINE,
-    BadReply,
     ConnectFailed,
     ConnectTimedOut,
     Disconnected,
     Reply,
     Target,
-    read_reply,
+    parse_answer,
     request_bytes,
 )
 
 RECEIVE = 65536
-_UNTIL_EOF = -1  # frame(): the body ends where the connection does
-
-
-def frame(buf: bytes | bytearray) -> int | None:
-    """Where the first whole HTTP/1.x answer in `buf` ends (1xx answers before it included),
-    None while it is incomplete, _UNTIL_EOF if its body runs to the connection's end. Raises
-    BadReply for what read_reply would refuse anyway (so no answer is waited for forever)."""
-    start = 0
-    while True:
-        end = buf.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(buf) - start > MAX_LINE * 2:
-                raise BadReply("an answer's headers longer than any server sends")
-            return None
-        lines = bytes(buf[start:end]).split(b"\r\n")
-        if len(lines) > MAX_HEADERS + 1:
-            raise BadReply(f"more than {MAX_HEADERS} headers")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise BadReply(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        status = int(parts[1])
-        body = end + 4
-        if 100 <= status < 200:
-            start = body
-            continue
-        fields = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            fields[name.strip().lower()] = value.strip()
-        if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
-            return _chunked_end(buf, body)
-        if b"content-length" in fields:
-            try:
-                length = int(fields[b"content-length"])
-            except ValueError:
-                raise BadReply("bad Content-Length") from None
-            return body + length if len(buf) >= body + length else None
-        if status in (204, 304):
-            return body
-        return _UNTIL_EOF
-
-
-def _chunked_end(buf: bytes | bytearray, at: int) -> int | None:
-    """The end of a chunked body (trailers and the blank line included), or None."""
-    while True:
-        eol = buf.find(b"\r\n", at)
-        if eol < 0:
-            return None
-        try:
-            size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise BadReply(f"bad chunk size line: {bytes(buf[at:eol])[:80]!r}") from None
-        if size == 0:  # then trailer lines, if any, and a blank line
-            if buf[eol + 2 : eol + 4] == b"\r\n":
-                return eol + 4
-            blank = buf.find(b"\r\n\r\n", eol + 2)
-            return blank + 4 if blank >= 0 else None
-        at = eol + 2 + size + 2
-        if len(buf) < at:
-            return None
 
 
 class StreamPool:
@@ -214,21 +150,17 @@ class StreamPool:
     ) -> tuple[Reply, bool]:
         buf = bytearray()
         while True:
-            end = frame(buf) if buf else None
-            if end is not None and end != _UNTIL_EOF:
-                break
             scope.deadline = trio.current_time() + self.read_timeout
             data = await stream.receive_some(RECEIVE)
             if not data:
-                if not buf:
-                    raise Disconnected("the server closed the connection without answering")
-                if end == _UNTIL_EOF:
-                    reply, _ = read_reply(io.BytesIO(bytes(buf)))
-                    return reply, False
-                raise BadReply("the connection closed inside the answer")
+                got = parse_answer(buf, eof=True)
+                assert got is not None  # at the connection's end: whole, or an error raised
+                return got[0], False
             buf += data
-        reply, keep = read_reply(io.BytesIO(bytes(buf[:end])))
-        return reply, keep and end == len(buf)  # bytes after the answer: out of step
+            got = parse_answer(buf)
+            if got is not None:
+                reply, keep, end = got
+                return reply, keep and end == len(buf)  # bytes after the answer: out of step
 
     def close(self) -> None:
         """Close this run's idle connections (the daemon's end; other runs' are gone)."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import io
 import time
-from typing import Any
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -71,10 +69,12 @@ def test_the_signing_key_is_derived_once_a_day() -> None:
 
 
 def reply(raw: bytes) -> tuple[sigv4.Reply, bool, bytes]:
-    """read_reply on `raw`, and what it left unread."""
-    f: Any = io.BufferedReader(io.BytesIO(raw))
-    r, keep = sigv4.read_reply(f)
-    return r, keep, f.read()
+    """parse_answer on `raw` received whole (the connection ended after it), and what
+    follows the answer."""
+    got = sigv4.parse_answer(raw, eof=True)
+    assert got is not None
+    r, keep, end = got
+    return r, keep, raw[end:]
 
 
 def test_a_plain_answer_keeps_the_connection() -> None:
