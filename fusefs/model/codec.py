@@ -9,7 +9,7 @@ of tasks are compressed bitmaps, never sets of strings.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 SUFFIX = ".csv"
@@ -76,6 +76,9 @@ def phrase_filename(phrase: str) -> str:
     return encode_phrase(phrase) + SUFFIX
 
 
+NAMES_KEPT = 1 << 16  # names an Axis keeps made (a grid's rows or columns: far fewer)
+
+
 @dataclass(frozen=True)
 class Axis:
     """An arithmetic sequence of coordinates: start + i*step for i in range(n), scaled ints."""
@@ -88,8 +91,17 @@ class Axis:
     def value(self, i: int) -> int:
         return self.start + i * self.step
 
+    # Names made so far (index -> name): every path of every request names a row and a
+    # column; a dict lookup instead of formatting (or an lru_cache hashing the whole Axis).
+    _names: dict[int, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+
     def name(self, i: int) -> str:
-        return _axis_name(self, i)
+        name = self._names.get(i)
+        if name is None:
+            name = format_scaled(self.value(i), self.scale)
+            if len(self._names) < NAMES_KEPT:
+                self._names[i] = name
+        return name
 
     def index(self, name: str) -> int | None:
         value = parse_scaled(name, self.scale)
@@ -107,11 +119,6 @@ class Axis:
             return None
         i = offset // self.step
         return i if 0 <= i < self.n else None
-
-
-@lru_cache(maxsize=1 << 16)
-def _axis_name(axis: Axis, i: int) -> str:
-    return format_scaled(axis.value(i), axis.scale)
 
 
 class OutOfPlan(ValueError):
@@ -168,8 +175,9 @@ class TaskSpace:
         return self._phrase_index.get(filename)
 
     def rel(self, task: int) -> str:
-        t = self.split(task)
-        return f"{self.lat.name(t.row)}/{self.lon.name(t.col)}/{self.phrase_names[t.phrase]}"
+        tile, phrase = divmod(task, self.nphr)
+        row, col = divmod(tile, self.lon.n)
+        return f"{self.lat.name(row)}/{self.lon.name(col)}/{self.phrase_names[phrase]}"
 
     def parse_rel(self, rel: str) -> int:
         """Relative path -> task id; raises OutOfPlan with the reason."""
