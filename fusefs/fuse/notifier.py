@@ -130,6 +130,13 @@ class Notifier:
             self._closing = True
             self._cond.notify()
             thread = self._thread
+        if self.handoffs:
+            log.info(
+                "kernel invalidations: %d name(s) sent in %d hand-off(s), %d thread wake-up(s)",
+                self.sent,
+                self.handoffs,
+                self.wakeups,
+            )
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
