@@ -117,7 +117,7 @@ class Daemon:
         except BaseException:
             log.exception("daemon failed; unmounting")
             # Requests in flight (a rename waiting for its answer) would otherwise keep the
-            # kernel, pyfuse3's notify thread and the workers stuck in D state forever.
+            # kernel, the invalidation thread and the workers stuck in D state forever.
             abort_fuse_connection(conn)
             raise
         finally:

@@ -151,7 +151,7 @@ def test_a_claim_by_mv_keeps_the_name_the_kernel_moved_right(mount: Mount) -> No
     commit_via_tmp(mount, rel)
     assert mount.p(f"done/{rel}").read_text() == CSV
     assert not mount.p(f"pending/{rel}").exists()
-    # The commit drops claimed/REL from pyfuse3's notify thread, a moment after it returns.
+    # The commit drops claimed/REL from the notifier's thread, a moment after it returns.
     wait_for(lambda: not mount.p(f"claimed/{rel}").exists(), timeout=10, what="claimed/ name")
 
 
