@@ -5,18 +5,12 @@ directory's lock first, and a request on that directory (a LOOKUP, a RENAME) may
 it waits for our answer. So it is never written from the trio thread (which answers those
 requests: deadlock), but from a thread of its own. pyfuse3's `invalidate_entry_async` does that
 with a queue.Queue read by its notify thread: one wake-up of the thread, and a GIL hand-off,
-per name. Here the trio thread collects the names and hands them over in batches:
-
-- under load (a hand-off less than LINGER_SECONDS ago) the next one waits until LINGER_SECONDS
-  after the last, so the commits of those milliseconds share one wake-up of the thread;
-- then it waits, at most LINGER_SECONDS more, until the trio loop has nothing to run: the loop
-  is about to wait for the kernel's next request with the GIL released, so the woken thread
-  sends its names without taking the GIL from a busy trio thread after each of them (measured
-  on bench/cpu_per_task.py: a third less CPU in the thread, and fewer hand-offs).
-
-An invalidation therefore reaches the thread at most 2 * LINGER_SECONDS after the call that
-queued it (on a quiet mount, as soon as the request that made it is answered), and the kernel
-as soon as the thread gets to it (it waits while a request on the same directory is in flight).
+per name. Here the trio thread collects the names and hands the whole batch over at once: the
+names of one trio tick share a wake-up, and under load (a hand-off less than LINGER_SECONDS
+ago) the next hand-off waits until LINGER_SECONDS after the last one, so the commits of those
+milliseconds share it too. An invalidation therefore reaches the thread at most LINGER_SECONDS
+after the call that queued it (at once when the mount was quiet), and the kernel as soon as the
+thread gets to it (it waits while a request on the same directory is in flight).
 """
 
 from __future__ import annotations
@@ -26,11 +20,10 @@ import threading
 
 import pyfuse3
 import trio
-import trio.testing
 
 log = logging.getLogger("missionfs")
 
-LINGER_SECONDS = 0.005  # each of the two waits of a hand-off at most (SEMANTICS.md)
+LINGER_SECONDS = 0.005  # the most a hand-off waits for later names under load (SEMANTICS.md)
 
 Entry = tuple[int, bytes]  # (parent inode, name)
 
@@ -68,10 +61,9 @@ class Notifier:
             self._hand_over([(parent, name)])
 
     async def run(self) -> None:
-        """Hand the names collected on this trio thread to the sending thread when the loop is
-        next idle, but not before LINGER_SECONDS after the last hand-off, and not more than
-        LINGER_SECONDS after that (see the module docstring). Until cancelled (the unmount);
-        what is left is handed over then."""
+        """Hand the names collected on this trio thread to the sending thread: once the tasks
+        that ran with the first of them are done, or LINGER_SECONDS after the last hand-off if
+        that was more recent. Until cancelled (the unmount); what is left is handed over then."""
         self._loop_thread = threading.get_ident()
         last = -self.linger
         try:
@@ -81,10 +73,6 @@ class Notifier:
                 delay = last + self.linger - trio.current_time()
                 if delay > 0:
                     await trio.sleep(delay)  # under load: later names join this batch
-                with trio.move_on_after(self.linger):  # a loop never idle still hands over
-                    # Public API of trio.testing, used for what it does: wake when no task
-                    # can run (cushion 0: after one I/O poll that found nothing ready).
-                    await trio.testing.wait_all_tasks_blocked()
                 self._scheduled = False
                 last = trio.current_time()
                 self._flush()

@@ -1,7 +1,6 @@
 """fusefs/fuse/notifier.py: the names queued in one trio tick cost one wake-up of the sending
-thread, a hand-off waits for the loop to be idle, under load first for later names, each wait
-at most LINGER_SECONDS; an error sending one name is logged and the others still go, and the
-unmount never waits on a stuck thread.
+thread, under load a hand-off waits at most LINGER_SECONDS for later names, an error sending
+one name is logged and the others still go, and the unmount never waits on a stuck thread.
 
 `pyfuse3.invalidate_entry` (the blocking write to /dev/fuse) is replaced by a recorder: no
 kernel here. Before this module, every name was a `queue.put` for pyfuse3's notify thread,
@@ -45,13 +44,6 @@ def notifier() -> Iterator[Notifier]:
     n.close(timeout=5.0)
 
 
-async def settle() -> None:
-    """Until `run` has done what an idle loop lets it do: the notifier waits for the loop to be
-    idle too, and both waiters wake together; the second wait finds it parked again."""
-    await trio.testing.wait_all_tasks_blocked()
-    await trio.testing.wait_all_tasks_blocked()
-
-
 def run_with(n: Notifier, body: Callable[[trio.testing.MockClock], Awaitable[None]]) -> None:
     """Run `n.run` in a trio loop on a mock clock (moved only by the test) around `body`."""
 
@@ -73,7 +65,7 @@ def test_names_queued_in_one_tick_cost_one_wakeup(notifier: Notifier, sent: Sent
     async def body(clock: trio.testing.MockClock) -> None:
         for name in names:  # one request's worth of changes, or many in one tick
             notifier.add(7, name)
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         wait_for(lambda: notifier.sent == len(names), 10, "the names sent")
 
     run_with(notifier, body)
@@ -85,26 +77,26 @@ def test_names_queued_in_one_tick_cost_one_wakeup(notifier: Notifier, sent: Sent
 def test_under_load_a_hand_off_waits_for_the_linger_then_takes_every_name(
     notifier: Notifier, sent: Sent
 ) -> None:
-    """A name after a quiet spell goes as soon as the loop is idle; the names that follow within
-    LINGER_SECONDS of that hand-off wait for its end and go together; then quiet again."""
+    """A name after a quiet spell goes at once; the names that follow within LINGER_SECONDS of
+    that hand-off wait for its end and go together; then quiet again: at once."""
 
     async def body(clock: trio.testing.MockClock) -> None:
         notifier.add(1, b"a")
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         assert notifier.handoffs == 1  # the mount was quiet: no wait
         wait_for(lambda: notifier.sent == 1, 10, "a sent")
         notifier.add(1, b"b")
         clock.jump(LINGER_SECONDS / 2)
         notifier.add(1, b"c")
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         assert notifier.handoffs == 1 and notifier.sent == 1  # b and c wait: under load
         clock.jump(LINGER_SECONDS / 2)
-        await settle()
-        assert notifier.handoffs == 2  # LINGER_SECONDS after the last hand-off
+        await trio.testing.wait_all_tasks_blocked()
+        assert notifier.handoffs == 2  # the bound: LINGER_SECONDS after the last hand-off
         wait_for(lambda: notifier.sent == 3, 10, "b and c sent")
         clock.jump(1.0)
         notifier.add(1, b"d")
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         assert notifier.handoffs == 3
         wait_for(lambda: notifier.sent == 4, 10, "d sent")
 
@@ -113,46 +105,14 @@ def test_under_load_a_hand_off_waits_for_the_linger_then_takes_every_name(
     assert notifier.wakeups == 3
 
 
-def test_a_loop_never_idle_still_hands_over_within_the_bound(
-    notifier: Notifier, sent: Sent
-) -> None:
-    """The idle wait is bounded too: a loop kept busy (a task at every tick) delays a name by
-    at most LINGER_SECONDS, here on a quiet mount; under load 2 * LINGER_SECONDS."""
-
-    async def body(clock: trio.testing.MockClock) -> None:
-        busy = True
-
-        async def spin() -> None:
-            while busy:
-                await trio.lowlevel.checkpoint()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(spin)
-            notifier.add(1, b"a")
-            for _ in range(100):  # the loop is never idle: no hand-off however long it runs
-                await trio.lowlevel.checkpoint()
-            assert notifier.handoffs == 0
-            clock.jump(LINGER_SECONDS)
-            for _ in range(1000):  # the deadline passed: the next ticks hand it over
-                if notifier.handoffs:
-                    break
-                await trio.lowlevel.checkpoint()
-            assert notifier.handoffs == 1
-            busy = False
-        wait_for(lambda: notifier.sent == 1, 10, "a sent")
-
-    run_with(notifier, body)
-    assert [name for _, name, _ in sent] == [b"a"]
-
-
 def test_names_lingering_at_cancellation_are_still_handed_over(
     notifier: Notifier, sent: Sent
 ) -> None:
     async def body(clock: trio.testing.MockClock) -> None:
         notifier.add(1, b"a")
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         notifier.add(1, b"b")  # lingers until the cancellation below
-        await settle()
+        await trio.testing.wait_all_tasks_blocked()
         assert notifier.handoffs == 1
 
     run_with(notifier, body)
