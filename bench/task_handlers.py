@@ -7,7 +7,7 @@ real mount: the miss of claimed/NAME and the claim's rename, a getattr, open/rea
 of the descriptor, the miss of tmp/NAME, create/write/flush/release, the miss of done/NAME, the
 commit's rename and the forget of the descriptor's inode. Directory lookups are made once per
 tile (the kernel caches them). Invalidations go to a queue nobody reads (their cost in the
-daemon is pyfuse3's notify thread, not measured here).
+daemon is the hand-off to the notifier's thread and that thread, not measured here).
 
 `--inline-commit` runs the commit's blocking part (validation, fsync, link) on the trio thread
 instead of a worker thread: not something the daemon may do, only what the thread hop costs.
@@ -34,6 +34,7 @@ import pyfuse3  # noqa: E402
 import trio  # noqa: E402
 
 import fusefs.engine.commit  # noqa: E402
+from fusefs.fuse.notifier import Notifier  # noqa: E402
 from fusefs.model.mission import load_mission  # noqa: E402
 from tests.engine.driver import EngineNode, FakeClock, readdir_reply  # noqa: E402
 from tests.support.mounts import write_mission  # noqa: E402
@@ -50,12 +51,10 @@ def main() -> None:
     pyfuse3.readdir_reply = readdir_reply  # the driver's token, as in the engine tier
     pending: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
 
-    def invalidate(
-        inode_p: int, name: bytes, deleted: int = 0, ignore_enoent: bool = False
-    ) -> None:
+    def invalidate(_: Notifier, inode_p: int, name: bytes) -> None:
         pending.put((inode_p, name))
 
-    pyfuse3.invalidate_entry_async = invalidate
+    Notifier.add = invalidate  # type: ignore[method-assign]
     if args.inline_commit:
         fusefs.engine.commit.trio = inline_trio()
     results = []

@@ -117,11 +117,12 @@ class Daemon:
         except BaseException:
             log.exception("daemon failed; unmounting")
             # Requests in flight (a rename waiting for its answer) would otherwise keep the
-            # kernel, pyfuse3's notify thread and the workers stuck in D state forever.
+            # kernel, the invalidation thread and the workers stuck in D state forever.
             abort_fuse_connection(conn)
             raise
         finally:
             sdnotify.stopping(self.mountpoint)  # systemd: stopping, not crashed (Type=notify)
+            self.ops.kcache.notifier.close()  # its thread uses the session closed next
             pyfuse3.close(unmount=True)
             forget_mount(self.store.root)
             self._final_snapshot()
@@ -130,6 +131,7 @@ class Daemon:
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals)
+            nursery.start_soon(_guarded, self.ops.kcache.notifier.run)  # invalidations
             nursery.start_soon(sdnotify.ready_when_answering, self.mountpoint, self.mission.name)
             if self.ws.from_index:
                 nursery.start_soon(self._reconcile)

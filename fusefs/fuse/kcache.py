@@ -3,8 +3,8 @@
 Names and attributes of the views are cached by the kernel (entry and attribute timeouts in
 attrs.py); when a task changes view, every cached name of it that is now wrong must go, or a
 worker would open a task that is no longer there. Each invalidation is a write to /dev/fuse by
-pyfuse3's notify thread (a GIL hand-off), a moment after the request that caused it returns, so
-only names that may be stale are dropped: not the name a rename through this mount moved (the
+the notifier's thread (notifier.py: batched, a GIL hand-off per batch), a moment after the
+request that caused it returns, so only names that may be stale are dropped: not the name a rename through this mount moved (the
 kernel moved it), not a done/ miss of a task that is still no fact. The kernel holds a
 name of a computed inode only while it has a reference to it (a lookup or a listed entry, until
 its forget), so those references are tracked, one bitmap of payloads per inode kind code: a
@@ -28,6 +28,7 @@ from pyroaring import BitMap
 
 from fusefs.fuse import inodes
 from fusefs.fuse.inodes import Kind
+from fusefs.fuse.notifier import Notifier
 from fusefs.model.state import MissionState, View, groups
 
 log = logging.getLogger("missionfs")
@@ -44,6 +45,7 @@ class KernelCache:
         self.state = state
         self.space = state.space
         self.enabled = enabled
+        self.notifier = Notifier()  # the daemon runs its hand-off task and closes it
         self.refs: dict[int, BitMap] = {}
         self._more: dict[int, int] = {}  # inode -> kernel lookups of it beyond the first
         # Tasks being committed through this mount: the kernel itself turns done/REL positive.
@@ -200,8 +202,9 @@ class KernelCache:
             self.invalidate(inodes.VIEW_ROOTS[View.PENDING], sp.lat.name(row).encode())
 
     def invalidate(self, parent: int, name: bytes) -> None:
+        """Drop `name` in directory `parent` from the kernel's cache, soon (notifier.py)."""
         if self.enabled and parent:
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            self.notifier.add(parent, name)
 
     def drop_cached_pages(self, ino: int) -> None:
         """After refusing a write to a committed inode, drop the kernel's pages of it: a refused

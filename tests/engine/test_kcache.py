@@ -1,10 +1,10 @@
 """Which kernel names each change of a task invalidates (fuse/kcache.py), counted per change.
 
-Every invalidation is a write to /dev/fuse from pyfuse3's notify thread and a dentry dropped in
+Every invalidation is a write to /dev/fuse from the notifier's thread and a dentry dropped in
 the kernel; a worker's task (claim by mv, commit by mv) paid 4.3 of them. Only names the kernel
 may hold stale are dropped: a claim or a release by `mv` is a name the kernel moves itself, a
 done/ miss stays right while the task is not a fact, and a claimed task has no pending/ name.
-The handlers run in process (no kernel): `pyfuse3.invalidate_entry_async` is recorded.
+The handlers run in process (no kernel): what reaches the notifier (`Notifier.add`) is recorded.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-import pyfuse3
 import pytest
 from pyroaring import BitMap
 
@@ -32,11 +31,11 @@ def dropped(node: EngineNode, monkeypatch: pytest.MonkeyPatch) -> Names:
     """The (view, name) of every invalidation the node sends from now on."""
     got: Names = []
 
-    def record(parent: int, name: bytes, ignore_enoent: bool = False) -> None:
+    def record(parent: int, name: bytes) -> None:
         _, view, _ = inodes.split(parent)
         got.append((view.value if view is not None else str(parent), name.decode()))
 
-    monkeypatch.setattr(pyfuse3, "invalidate_entry_async", record)
+    monkeypatch.setattr(node.ops.kcache.notifier, "add", record)
     node.ops.kcache.enabled = True  # the driver has no kernel: invalidation is off by default
     return got
 
