@@ -178,6 +178,7 @@ class S3ObjectStore(ObjectStore):
         self._offset = 0.0  # server clock - our clock, from the Date headers (_track_date)
         self._bounds: dict[int, float] = {}  # minute -> the highest lower bound seen in it
         self.answered_at = 0.0  # monotonic time of that header (0: no answer yet)
+        self._said = (0.0, -1)  # the last (Date, minute) folded into the bounds
         self._settings = (pool, connect_timeout, read_timeout, attempts)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -255,13 +256,18 @@ class S3ObjectStore(ObjectStore):
         """A response's Date (whole seconds, a lower bound of the server's clock): from
         botocore's responses and from the thin PUT path's."""
         now = time.time()
-        minute = int(time.monotonic() // 60)
+        mono = time.monotonic()
+        minute = int(mono // 60)
+        if (server, minute) == self._said:  # the same second again: a later `now` lowers no bound
+            self.answered_at = mono
+            return
         with self._lock:
             bounds = {m: b for m, b in self._bounds.items() if m >= minute - 1}
             bounds[minute] = max(bounds.get(minute, server - now), server - now)
             self._bounds = bounds
             self._offset = max(bounds.values())
-        self.answered_at = time.monotonic()
+            self._said = (server, minute)
+        self.answered_at = mono
 
     def thin_put(self) -> ThinPut | None:
         """The thin PUT path, made on first use; None where it cannot serve (turned off, a
