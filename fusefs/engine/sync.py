@@ -56,6 +56,7 @@ log = logging.getLogger("missionfs")
 # An empty upload queue is looked at again this often even if no commit wakes it (a safety
 # net: every new local witness wakes the loop); an idle mount must not wake every second.
 UPLOAD_IDLE_SECONDS = 10.0
+RECORD_EVERY = 64  # uploaded witnesses recorded together at most (see _record_uploads)
 
 
 class SyncEngine(RemoteFacts):
@@ -113,6 +114,7 @@ class SyncEngine(RemoteFacts):
         # The mtime shown for remote-only witnesses, and given to them when fetched, so that a
         # `stat` before the read and an `fstat` after it agree (tar compares them).
         self.remote_mtime_ns = time.time_ns()
+        self._uploaded: list[Uploaded] = []  # created, not yet recorded (_record_uploads)
         self._manifest: list[str] = []  # "rel<TAB>sha256<TAB>size" lines not yet published
         # The fact log (cursor, our unconfirmed manifests, the window W once started).
         self.claims_mode = claims
@@ -398,7 +400,8 @@ class SyncEngine(RemoteFacts):
                 task, rel = todo.popleft()
                 path = self.store.witness_path(rel)
                 up = await upload_witness(task, rel, path, self.s3, _s3)
-                self._inflight.discard(task)
+                if not up.created:
+                    self._inflight.discard(task)  # a created one: once recorded
                 if await self._upload_one(up):
                     continue
                 failures += 1
@@ -411,6 +414,7 @@ class SyncEngine(RemoteFacts):
                 for _ in range(min(self.uploaders, len(todo))):
                     nursery.start_soon(uploader)
         finally:
+            self._record_uploads()
             self._inflight.difference_update(tasks)
         return failures
 
@@ -437,10 +441,13 @@ class SyncEngine(RemoteFacts):
                 raise up.error  # what failed in the thread, handled as if it failed here
             if up.created:
                 self.counters.uploaded += 1
-                sha = up.sha
-                self.note("upload", rel, sha256=sha)
-                self.factlog.owe(f"{rel}\t{sha}\t{len(body)}")
-                self._mark_synced(task, rel)
+                # The manifest line at once (spooled: no crash may lose it); the rest of the
+                # bookkeeping in bulk (_record_uploads): one write per log, not per witness.
+                self.factlog.owe(f"{rel}\t{up.sha}\t{len(body)}")
+                self._uploaded.append(up)
+                if len(self._uploaded) >= RECORD_EVERY:
+                    self._record_uploads()
+                return True
             else:
                 await self._resolve(task, rel, body, up.remote_sha)
         except S3Unavailable as e:
@@ -454,6 +461,28 @@ class SyncEngine(RemoteFacts):
         if self.fleet is not None:
             self.fleet.retire(task)  # the witness is in S3: the lease becomes a tombstone
         return True
+
+    def _record_uploads(self) -> None:
+        """The journal, synced and remote lines of the witnesses uploaded since the last call,
+        one write per log, then their leases retired. These logs are history and caches: a
+        line lost to a crash costs a re-upload that finds the witness there (its manifest line
+        was spooled at once). Until recorded, a witness stays in `_inflight`, so no other
+        upload takes it meanwhile."""
+        done, self._uploaded = self._uploaded, []
+        if not done:
+            return
+        if self.journal is not None:
+            self.journal.append_each("upload", ((u.rel, {"sha256": u.sha}) for u in done))
+        new = [u for u in done if u.task not in self.synced]
+        self.synced.update(u.task for u in new)
+        self.synced_index.append(u.rel for u in new)
+        tasks = [u.task for u in done]
+        self._learn(tasks, ours=True)
+        self._inflight.difference_update(tasks)
+        if self.fleet is not None:
+            for task in tasks:
+                self.fleet.unconfirmed.discard(task)
+                self.fleet.retire(task)  # the witness is in S3: the lease becomes a tombstone
 
     async def _resolve(self, task: int, rel: str, body: bytes, remote_sha: str | None) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?

@@ -90,6 +90,13 @@ class Journal:
             self._write(b"".join(lines), len(lines))
         return len(lines)
 
+    def append_each(self, ev: str, items: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """One `ev` line per (rel, fields), in one write (a batch of uploads); how many."""
+        lines = [self._line(ev, rel, fields) for rel, fields in items]
+        if lines:
+            self._write(b"".join(lines), len(lines))
+        return len(lines)
+
     def _line(self, ev: str, rel: str | None, fields: dict[str, Any]) -> bytes:
         entry: dict[str, Any] = {"t": round(time.time(), 6), "ev": ev}
         if rel is not None:

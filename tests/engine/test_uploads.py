@@ -146,3 +146,50 @@ def test_a_small_witness_is_read_inline_a_large_one_in_a_thread(
     assert node.upload() == 0
     reads = [fn for fn in hops if getattr(fn, "__name__", "") == "read_bytes"]
     assert [fn.__self__.name for fn in reads] == [large.rsplit("/", 1)[1]]
+
+
+def test_a_batch_is_recorded_with_one_write_per_log(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's `upload` lines and the synced and remote index lines of a batch go in one
+    write each (history and caches: a lost line costs a re-upload that finds the witness
+    there), while each manifest line is spooled at once (no crash may lose it)."""
+    node = make_node(bucket=bucket)
+    rels = planned(node)
+    for i, rel in enumerate(rels):
+        assert node.direct_write(rel, f"name\nwitness {i}\n".encode()) == 0
+    sync = node.ws.sync
+    assert sync is not None and sync.journal is not None
+    writes: list[str] = []
+    journal = sync.journal
+    real_write = journal._write
+
+    def counted(data: bytes, lines: int) -> bool:
+        writes.extend(["journal"] * (b'"ev":"upload"' in data))
+        return real_write(data, lines)
+
+    monkeypatch.setattr(journal, "_write", counted)
+    for name in ("synced_index", "remote_index"):
+        index = getattr(sync, name)
+
+        def spy(rels: Any, real: Any = index.append, name: str = name) -> None:
+            got = list(rels)
+            writes.extend([name] * bool(got))
+            real(got)
+
+        monkeypatch.setattr(index, "append", spy)
+    spooled: list[list[str]] = []
+    spool = sync.factlog.spool
+    real_spool = spool.append
+
+    def spooling(lines: Any) -> None:
+        got = list(lines)
+        spooled.append(got)
+        real_spool(got)
+
+    monkeypatch.setattr(spool, "append", spooling)
+    assert node.upload() == 0
+    assert sync.counters.uploaded == len(rels) and sync.queue_size() == 0
+    assert sorted(writes) == ["journal", "remote_index", "synced_index"]
+    assert sorted(journal_events(node, "upload")) == sorted(rels)
+    assert [len(lines) for lines in spooled] == [1] * len(rels)  # each as it was made
