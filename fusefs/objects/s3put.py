@@ -88,13 +88,7 @@ class ThinPut:
             read_timeout=read_timeout,
             cafile=_ca_bundle(session) if self.target.scheme == "https" else None,
         )
-        self.streams = StreamPool(
-            self.target,
-            size=pool,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            context=self.pool._ssl,
-        )
+        self.streams = StreamPool(self.pool)
         self.url = f"{self.target.scheme}://{self.target.netloc}"
 
     # -- credentials ------------------------------------------------------------------------------

@@ -168,17 +168,9 @@ class Conn:
     def receive(self) -> tuple[Reply, bool]:
         """The whole answer to the request just sent, and whether to keep the connection."""
         buf = bytearray()
-        while True:
-            data = self.sock.recv(RECEIVE)
-            if not data:
-                got = parse_answer(buf, eof=True)
-                assert got is not None  # at the connection's end: whole, or an error raised
-                return got[0], False
-            buf += data
-            got = parse_answer(buf)
-            if got is not None:
-                reply, keep, end = got
-                return reply, keep and end == len(buf)  # bytes after the answer: out of step
+        while (got := take_answer(buf, self.sock.recv(RECEIVE))) is None:
+            pass
+        return got
 
 
 class Pool:
@@ -200,7 +192,9 @@ class Pool:
         self.read_timeout = read_timeout
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
-        self._ssl = ssl.create_default_context(cafile=cafile) if target.scheme == "https" else None
+        self.ssl_context = (
+            ssl.create_default_context(cafile=cafile) if target.scheme == "https" else None
+        )
         self.opened = 0  # connections made so far (the benchmark shows reuse)
 
     def _new(self) -> Conn:
@@ -213,8 +207,8 @@ class Pool:
             raise ConnectFailed(f"connect to {t.netloc}: {e}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_hostname=t.host)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=t.host)
         except TimeoutError as e:
             sock.close()
             raise ConnectTimedOut(f"TLS handshake with {t.netloc}: {e}") from None
@@ -329,6 +323,21 @@ def parse_answer(buf: bytes | bytearray, eof: bool = False) -> tuple[Reply, bool
     if stop < 0:  # the body ends where the connection does
         keep, stop = False, len(buf)
     return _reply(status, headers, data), keep, stop
+
+
+def take_answer(buf: bytearray, data: bytes | bytearray) -> tuple[Reply, bool] | None:
+    """Add what one receive gave to `buf` (b"": the connection ended); once the answer is
+    whole, it and whether the connection may be kept, else None. Both transports loop on it."""
+    if not data:
+        got = parse_answer(buf, eof=True)
+        assert got is not None  # at the connection's end: whole, or an error raised
+        return got[0], False
+    buf += data
+    got = parse_answer(buf)
+    if got is None:
+        return None
+    reply, keep, end = got
+    return reply, keep and end == len(buf)  # bytes after the answer: out of step
 
 
 def _body(

@@ -29,10 +29,11 @@ from fusefs.objects.sigv4 import (
     ConnectFailed,
     ConnectTimedOut,
     Disconnected,
+    Pool,
     Reply,
     Target,
-    parse_answer,
     request_bytes,
+    take_answer,
 )
 
 RECEIVE = 65536
@@ -40,22 +41,15 @@ RECEIVE = 65536
 
 class StreamPool:
     """Kept-alive trio streams to one endpoint, for the current trio run (see the module's
-    docstring); `size` idle connections at most. Safe for concurrent tasks of one run."""
+    docstring), with the settings of the thread transport `like` (endpoint, idle connections
+    kept, timeouts, TLS context). Safe for concurrent tasks of one run."""
 
-    def __init__(
-        self,
-        target: Target,
-        *,
-        size: int,
-        connect_timeout: float,
-        read_timeout: float,
-        context: ssl.SSLContext | None,
-    ) -> None:
-        self.target = target
-        self.size = size
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.context = context
+    def __init__(self, like: Pool) -> None:
+        self.target: Target = like.target
+        self.size = like.size
+        self.connect_timeout = like.connect_timeout
+        self.read_timeout = like.read_timeout
+        self.context = like.ssl_context
         self._idle: trio.lowlevel.RunVar[list[trio.abc.Stream]] = trio.lowlevel.RunVar(
             f"idle streams {id(self)}"
         )
@@ -151,16 +145,9 @@ class StreamPool:
         buf = bytearray()
         while True:
             scope.deadline = trio.current_time() + self.read_timeout
-            data = await stream.receive_some(RECEIVE)
-            if not data:
-                got = parse_answer(buf, eof=True)
-                assert got is not None  # at the connection's end: whole, or an error raised
-                return got[0], False
-            buf += data
-            got = parse_answer(buf)
+            got = take_answer(buf, await stream.receive_some(RECEIVE))
             if got is not None:
-                reply, keep, end = got
-                return reply, keep and end == len(buf)  # bytes after the answer: out of step
+                return got
 
     def close(self) -> None:
         """Close this run's idle connections (the daemon's end; other runs' are gone)."""

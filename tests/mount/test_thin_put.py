@@ -250,7 +250,10 @@ def test_addressing_follows_the_boto3_client() -> None:
     store = S3ObjectStore("my-bucket")  # AWS: no request is made by building the path
     thin = store.thin_put()
     assert thin is not None and thin.target.scheme == "https"
-    assert thin.pool._ssl is not None and thin.pool._ssl.verify_mode.name == "CERT_REQUIRED"
+    assert (
+        thin.pool.ssl_context is not None
+        and thin.pool.ssl_context.verify_mode.name == "CERT_REQUIRED"
+    )
 
 
 @pytest.fixture
