@@ -471,14 +471,19 @@ class SyncEngine(RemoteFacts):
         done, self._uploaded = self._uploaded, []
         if not done:
             return
-        if self.journal is not None:
+        tasks = [u.task for u in done]
+        self._inflight.difference_update(tasks)
+        if self.journal is not None:  # never raises (a full disk is counted there)
             self.journal.append_each("upload", ((u.rel, {"sha256": u.sha}) for u in done))
         new = [u for u in done if u.task not in self.synced]
         self.synced.update(u.task for u in new)
-        self.synced_index.append(u.rel for u in new)
-        tasks = [u.task for u in done]
-        self._learn(tasks, ours=True)
-        self._inflight.difference_update(tasks)
+        try:
+            self.synced_index.append(u.rel for u in new)
+            self._learn(tasks, ours=True)
+        except OSError as e:  # a full disk: caches (a restart re-uploads, finds them there)
+            self.counters.errors += 1
+            self.counters.last_error = str(e)
+            log.error("upload records of %d witness(es) not written: %s", len(done), e)
         if self.fleet is not None:
             for task in tasks:
                 self.fleet.unconfirmed.discard(task)

@@ -5,6 +5,7 @@ bookkeeping: synced, journal line, manifest line."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -193,3 +194,26 @@ def test_a_batch_is_recorded_with_one_write_per_log(
     assert sorted(writes) == ["journal", "remote_index", "synced_index"]
     assert sorted(journal_events(node, "upload")) == sorted(rels)
     assert [len(lines) for lines in spooled] == [1] * len(rels)  # each as it was made
+
+
+def test_a_full_disk_while_recording_uploads_loses_nothing_and_wedges_nothing(
+    make_node: Callable[..., EngineNode], bucket: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synced and remote index lines are caches: when the disk is full they are not
+    written (counted, logged), the uploads stand, and no witness stays held as in flight."""
+    node = make_node(bucket=bucket)
+    rels = planned(node)
+    for i, rel in enumerate(rels):
+        assert node.direct_write(rel, f"name\nwitness {i}\n".encode()) == 0
+    sync = node.ws.sync
+    assert sync is not None
+
+    def full(rels: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sync.synced_index, "append", full)
+    assert node.upload() == 0  # nothing left queued, nothing raised
+    assert sync.counters.uploaded == len(rels) and sync.counters.errors >= 1
+    assert not sync._inflight
+    root = sync.s3.root("scraped-tiles")
+    assert len(list(bucket.list(root))) == len(rels)
