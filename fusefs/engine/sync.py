@@ -449,7 +449,7 @@ class SyncEngine(RemoteFacts):
                     self._record_uploads()
                 return True
             else:
-                await self._resolve(task, rel, body, up.remote_sha)
+                await self._resolve(up)
         except S3Unavailable as e:
             self.went_offline(e)
             return False
@@ -475,28 +475,25 @@ class SyncEngine(RemoteFacts):
         self._inflight.difference_update(tasks)
         if self.journal is not None:  # never raises (a full disk is counted there)
             self.journal.append_each("upload", ((u.rel, {"sha256": u.sha}) for u in done))
-        new = [u for u in done if u.task not in self.synced]
-        self.synced.update(u.task for u in new)
         try:
-            self.synced_index.append(u.rel for u in new)
-            self._learn(tasks, ours=True)
+            self._mark_synced(tasks, [u.rel for u in done])
         except OSError as e:  # a full disk: caches (a restart re-uploads, finds them there)
             self.counters.errors += 1
             self.counters.last_error = str(e)
             log.error("upload records of %d witness(es) not written: %s", len(done), e)
         if self.fleet is not None:
             for task in tasks:
-                self.fleet.unconfirmed.discard(task)
                 self.fleet.retire(task)  # the witness is in S3: the lease becomes a tombstone
 
-    async def _resolve(self, task: int, rel: str, body: bytes, remote_sha: str | None) -> None:
+    async def _resolve(self, up: Uploaded) -> None:
         """Our witness lost the race to S3 (or was uploaded before a crash): which one is it?
-        `remote_sha`: the SHA-256 of the witness there (read right after the create)."""
+        `up.remote_sha`: the SHA-256 of the witness there (read right after the create)."""
+        task, rel, body, remote_sha = up.task, up.rel, up.body, up.remote_sha
         if remote_sha is None:
             raise S3Unavailable(f"{rel}: witness vanished between create and check; will retry")
-        if remote_sha == sha256_hex(body):
+        if remote_sha == up.sha:
             self.counters.already_there += 1  # a re-upload after a crash: harmless
-            self._mark_synced(task, rel)
+            self._mark_synced([task], [rel])
             return
         key = await _s3(self.s3.put_conflict, rel, self.worker, body)
         winner, _ = await _s3(self.s3.get, self.s3.key(WITNESSES, rel))
@@ -508,7 +505,7 @@ class SyncEngine(RemoteFacts):
         self.note(
             "conflict",
             rel,
-            loser_sha256=sha256_hex(body),
+            loser_sha256=up.sha,
             winner_sha256=remote_sha,
             loser=self.worker,
             kept=key,
@@ -520,16 +517,18 @@ class SyncEngine(RemoteFacts):
             key,
             kept,
         )
-        self._mark_synced(task, rel)
+        self._mark_synced([task], [rel])
         self.state.notify((task,))  # the content of done/REL changed
 
-    def _mark_synced(self, task: int, rel: str) -> None:
-        if task not in self.synced:
-            self.synced.add(task)
-            self.synced_index.append((rel,))
-        self._learn((task,), ours=True)
+    def _mark_synced(self, tasks: list[int], rels: list[str]) -> None:
+        """These witnesses are in S3 as ours: in memory first, then their synced and remote
+        index lines (caches: an OSError on a full disk is the caller's to count)."""
+        new = [rel for task, rel in zip(tasks, rels, strict=True) if task not in self.synced]
+        self.synced.update(tasks)
         if self.fleet is not None:
-            self.fleet.unconfirmed.discard(task)
+            self.fleet.unconfirmed.difference_update(tasks)
+        self.synced_index.append(new)
+        self._learn(tasks, ours=True)
 
     async def flush_manifest(self, *, now: bool = False) -> None:
         """Publish our manifest lines: `now` (a drain, `missionfs sync`), else only when the
@@ -554,5 +553,5 @@ class SyncEngine(RemoteFacts):
         self.unsized.discard(task)
         self.counters.fetched += 1
         self.note("fetch", rel, sha256=sha256_hex(body))
-        self._mark_synced(task, rel)
+        self._mark_synced([task], [rel])
         self.facts.learn_local(task)  # records it in `local` and the start-up index

@@ -10,8 +10,9 @@ the simulator, boto3 for what the thin path steps aside from) runs it through `o
 engine's worker threads. The witness is read inline when small (a page-cache read of a file
 committed moments ago, cheaper than a hop), else in a thread.
 
-`sync.py`'s `upload` runs `uploaders` of these at a time and does the bookkeeping (journal,
-synced log, manifest line, lease retire) on the trio thread, witness by witness.
+`sync.py`'s `upload` runs `uploaders` of these at a time and does the bookkeeping on the
+trio thread: each manifest line as its witness is created, the journal, synced and remote
+lines and the lease retirements of up to RECORD_EVERY witnesses at once.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ Client settings:
 from __future__ import annotations
 
 import base64
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -123,6 +122,42 @@ def classify(e: Exception, what: str, *, conditional: bool = False) -> ObjectSto
         e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
     )
     return out
+
+
+def _put_object_args(
+    key: str,
+    body: bytes,
+    if_none_match: bool,
+    if_match: str | None,
+    metadata: Mapping[str, str] | None,
+    sha256: str | None,
+) -> dict[str, Any]:
+    """put_object's arguments for `ObjectStore.put`'s (checked: the key, exclusive conditions)."""
+    check_key(key)
+    if if_none_match and if_match is not None:
+        raise ValueError("put: if_none_match and if_match exclude each other")
+    kw: dict[str, Any] = {"Key": key, "Body": body}
+    if if_none_match:
+        kw["IfNoneMatch"] = "*"
+    if if_match is not None:
+        kw["IfMatch"] = _quote(if_match)
+    if metadata:
+        kw["Metadata"] = dict(metadata)
+    if sha256 is not None:
+        kw["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+    return kw
+
+
+def _thin_args(kw: dict[str, Any]) -> dict[str, Any]:
+    """put_object's arguments as ThinPut.put and put_async take them."""
+    return {
+        "key": kw["Key"],
+        "body": kw["Body"],
+        "if_none_match": "IfNoneMatch" in kw,
+        "if_match": kw.get("IfMatch"),
+        "metadata": kw.get("Metadata"),
+        "checksum_sha256": kw.get("ChecksumSHA256"),
+    }
 
 
 def _expect_large_bodies(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
@@ -325,18 +360,7 @@ class S3ObjectStore(ObjectStore):
         metadata: Mapping[str, str] | None = None,
         sha256: str | None = None,
     ) -> str:
-        check_key(key)
-        if if_none_match and if_match is not None:
-            raise ValueError("put: if_none_match and if_match exclude each other")
-        kw: dict[str, Any] = {"Key": key, "Body": body}
-        if if_none_match:
-            kw["IfNoneMatch"] = "*"
-        if if_match is not None:
-            kw["IfMatch"] = _quote(if_match)
-        if metadata:
-            kw["Metadata"] = dict(metadata)
-        if sha256 is not None:
-            kw["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        kw = _put_object_args(key, body, if_none_match, if_match, metadata, sha256)
         if len(body) <= EXPECT_ABOVE and self.thin:
             etag = self._put_thin(kw, if_match is not None)
             if etag is not None:
@@ -355,14 +379,7 @@ class S3ObjectStore(ObjectStore):
         if thin is None:
             return None
         try:
-            etag = thin.put(
-                kw["Key"],
-                kw["Body"],
-                if_none_match="IfNoneMatch" in kw,
-                if_match=kw.get("IfMatch"),
-                metadata=kw.get("Metadata"),
-                checksum_sha256=kw.get("ChecksumSHA256"),
-            )
+            etag = thin.put(**_thin_args(kw))
         except StepAside:
             self.thin = False
             return None
@@ -384,38 +401,33 @@ class S3ObjectStore(ObjectStore):
         body_sha256: str | None = None,
     ) -> str:
         """A small PUT on the thin path's trio streams (no thread); the rest, and whatever
-        the thin path steps aside for, is `put` through `offload`."""
-        check_key(key)
-        what = f"PUT {key}"
-        blocking = functools.partial(
-            self.put, key, body, if_none_match=if_none_match, metadata=metadata, sha256=sha256
-        )
+        the thin path steps aside for, is `put` through `offload` (ObjectStore's way)."""
+        kw = _put_object_args(key, body, if_none_match, None, metadata, sha256)
         thin = self._thin if self.thin else None
         if thin is None and self.thin:
             try:
                 thin = await offload(self.thin_put)  # once: boto3's client and credentials
+            except Exception as e:  # no credentials, say: the same error boto3 would give
+                raise classify(e, f"PUT {key}") from None
+        if thin is not None and len(body) <= EXPECT_ABOVE:
+            try:
+                etag = await thin.put_async(**_thin_args(kw), sha256=body_sha256)
+            except StepAside:
+                self.thin = False
             except Exception as e:
-                raise classify(e, what) from None
-        if thin is None or len(body) > EXPECT_ABOVE:
-            return str(await offload(blocking))
-        checksum = base64.b64encode(bytes.fromhex(sha256)).decode() if sha256 else None
-        try:
-            etag = await thin.put_async(
-                key,
-                body,
-                if_none_match=if_none_match,
-                metadata=metadata,
-                checksum_sha256=checksum,
-                sha256=body_sha256,
-            )
-        except StepAside:
-            self.thin = False
-            return str(await offload(blocking))
-        except Exception as e:
-            self.requests.add("PUT")
-            raise classify(e, what) from None
-        self.requests.add("PUT")
-        return _unquote(etag)
+                self.requests.add("PUT")
+                raise classify(e, f"PUT {key}") from None
+            else:
+                self.requests.add("PUT")
+                return _unquote(etag)
+        return await super().put_async(
+            key,
+            body,
+            offload=offload,
+            if_none_match=if_none_match,
+            metadata=metadata,
+            sha256=sha256,
+        )
 
     def get(self, key: str) -> tuple[bytes, ObjectInfo]:
         check_key(key)

@@ -36,6 +36,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -226,8 +227,8 @@ class Pool:
                 if not self._idle:
                     return None
                 conn = self._idle.pop()
-            if not select.select([conn.sock], [], [], 0)[0]:
-                return conn  # nothing to read on an idle connection: still open
+            if not closed_while_idle(conn.sock):
+                return conn
             conn.close()  # EOF (the server closed it) or unexpected bytes
 
     def _give_back(self, conn: Conn) -> None:
@@ -268,6 +269,12 @@ class Pool:
         else:
             conn.close()
         return reply
+
+
+def closed_while_idle(sock: Any) -> bool:
+    """Has an idle kept-alive connection something to read? Then the server closed it (EOF)
+    or it is out of step (junk): either way it must not carry a request (both transports)."""
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:

@@ -19,24 +19,23 @@ run, so the CLI's short runs and the daemon's long one never share a socket.
 
 from __future__ import annotations
 
-import select
 import ssl
 from typing import Any
 
 import trio
 
 from fusefs.objects.sigv4 import (
+    RECEIVE,
     ConnectFailed,
     ConnectTimedOut,
     Disconnected,
     Pool,
     Reply,
     Target,
+    closed_while_idle,
     request_bytes,
     take_answer,
 )
-
-RECEIVE = 65536
 
 
 class StreamPool:
@@ -102,12 +101,11 @@ class StreamPool:
         return stream
 
     def _take(self) -> trio.abc.Stream | None:
-        """An idle connection still open, or None (the check is sigv4.Pool's: an idle
-        connection with something to read has been closed by the server, or is out of step)."""
+        """An idle connection still open, or None (sigv4.closed_while_idle, as the Pool)."""
         idle = self._idle_list()
         while idle:
             stream = idle.pop()
-            if not select.select([_socket(stream)], [], [], 0)[0]:
+            if not closed_while_idle(_socket(stream)):
                 return stream
             _close(stream)
         return None

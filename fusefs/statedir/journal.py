@@ -85,10 +85,7 @@ class Journal:
     def append_many(self, ev: str, rels: Iterable[str], **fields: Any) -> int:
         """One `ev` line per rel (same fields), in one write: thousands of lines from a worker
         thread without a write call each (a segment's `remote` lines). Returns how many."""
-        lines = [self._line(ev, rel, fields) for rel in rels]
-        if lines:
-            self._write(b"".join(lines), len(lines))
-        return len(lines)
+        return self.append_each(ev, ((rel, fields) for rel in rels))
 
     def append_each(self, ev: str, items: Iterable[tuple[str, dict[str, Any]]]) -> int:
         """One `ev` line per (rel, fields), in one write (a batch of uploads); how many."""
