@@ -4,8 +4,9 @@ Names and attributes of the views are cached by the kernel (entry and attribute 
 attrs.py); when a task changes view, every cached name of it that is now wrong must go, or a
 worker would open a task that is no longer there. Each invalidation is a write to /dev/fuse by
 the notifier's thread (notifier.py: batched, a GIL hand-off per batch), a moment after the
-request that caused it returns, so only names that may be stale are dropped: not the name a rename through this mount moved (the
-kernel moved it), not a done/ miss of a task that is still no fact. The kernel holds a
+request that caused it returns, so only names that may be stale are dropped: not the name a
+rename through this mount moved (the kernel moved it), not a done/ miss of a task that is
+still no fact. The kernel holds a
 name of a computed inode only while it has a reference to it (a lookup or a listed entry, until
 its forget), so those references are tracked, one bitmap of payloads per inode kind code: a
 `find` over a national mission leaves millions of inodes in the kernel, a dict of counts would
