@@ -1,29 +1,33 @@
 """Turning a finished file into a witness: validate, link without replacing, record.
 
 One path for both ways of completing a task (`mv tmp/X done/REL` and a direct write closed in
-done/). The blocking part (read for validation, fsync, link, fsync of the directory) runs in a
-worker thread; the state update happens on the trio thread right after, so a listing made after
-the committing call returns never shows the task as pending.
+done/). Everything runs on the trio thread: the check of a small witness (a page-cache read),
+the link, and the fsyncs, which are awaited without blocking the loop (durable.py: Linux AIO,
+else a worker thread); then the state update, so a listing made after the committing call
+returns never shows the task as pending.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from pyroaring import BitMap
 
+from fusefs.engine.durable import Fsyncer
 from fusefs.engine.facts import Content, Facts
 from fusefs.engine.status import StatusBoard
 from fusefs.model.state import MissionState
-from fusefs.model.witness import InvalidWitness, check_stream
+from fusefs.model.witness import Checked, InvalidWitness, check_small, check_stream
 from fusefs.statedir.journal import Journal
 from fusefs.statedir.ratelog import log_coalesced
-from fusefs.statedir.store import LocalStore
+from fusefs.statedir.store import INLINE_BYTES, LocalStore
 
 log = logging.getLogger("missionfs")
 
@@ -57,6 +61,7 @@ class Committer:
         self.reconciled = False
         self.batched = batched  # durability "batched": directory fsyncs grouped by the daemon
         self._in_flight: set[int] = set()
+        self.fsyncer = Fsyncer()  # closed with the workspace
 
     @property
     def local(self) -> BitMap:
@@ -79,14 +84,7 @@ class Committer:
             raise self._refuse(errno.EEXIST, where, "a witness exists and is immutable")
         self._in_flight.add(task)
         try:
-            if self.batched and synced and self.store.commit_is_quick(path, rel):
-                # No fsync left to do (the file was fsync'd, the directory's fsync is batched):
-                # a few small syscalls, cheaper inline than a hop to a worker thread and back.
-                rows, content = self._commit_blocking(path, rel, False)
-            else:
-                rows, content = await trio.to_thread.run_sync(
-                    self._commit_blocking, path, rel, not synced
-                )
+            rows, content = await self._make_witness(path, rel, synced)
         except InvalidWitness as e:
             reason = f"not a well-formed CSV: {e}"
             if not final:
@@ -106,16 +104,56 @@ class Committer:
         self.status.committed(source)
         return rows
 
-    def _commit_blocking(self, path: Path, rel: str, fsync_file: bool) -> tuple[int, Content]:
-        # Validated and hashed in one streamed pass (constant memory, whatever the size). The
-        # mount refuses writes to the file from the start of the commit (MissionFS freezes its
-        # handles), so the bytes hashed here are the bytes linked below: same inode, and a
-        # link changes neither its size nor its mtime (the digest's hash cache keys on both).
-        with open(path, "rb") as f:
-            checked = check_stream(f)
-            st = os.fstat(f.fileno())
-        self.store.commit(path, rel, fsync_file=fsync_file, sync_dir=not self.batched)
+    async def _make_witness(self, path: Path, rel: str, synced: bool) -> tuple[int, Content]:
+        """Check `path` and make it the witness of `rel`, durably; returns its rows and content.
+
+        The mount refuses writes to the file from the start of the commit (MissionFS freezes
+        its handles), so the bytes checked and hashed here are the bytes linked: same inode, and
+        a link changes neither its size nor its mtime (the digest's hash cache keys on both).
+        A witness of up to INLINE_BYTES (the usual one) is read and checked on the event loop,
+        like any small read of a page-cached file (a larger one streamed, in a worker thread)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "not a file", str(path))
+            checked = check_small(fd, st.st_size, INLINE_BYTES)
+            if checked is None:
+                checked = await trio.to_thread.run_sync(_check_large, fd)
+            with trio.CancelScope(shield=True):  # linked: made durable and recorded, whatever
+                await self._link_durably(-1 if synced else fd, str(path), rel)
+        finally:
+            os.close(fd)
+        try:  # the witness stands: a staged name left over is dropped at the next start
+            os.unlink(path)
+        except OSError as e:
+            log.warning("staged name of %s not removed (%s): dropped at the next start", rel, e)
         return checked.rows, Content(checked.sha256, checked.size, st.st_mtime_ns, st.st_ino)
+
+    async def _link_durably(self, fd: int, path: str, rel: str) -> None:
+        """fsync the file `fd` (-1: the writer did), link it as the witness, fsync the
+        directory (durability "batched": later, by the daemon). The fsyncs are awaited, not run
+        in a worker thread (durable.py); the link, like the open before it, is inline."""
+        d = self.store.tile_dir(rel)
+        if not self.store.dir_known(d):  # a new tile: mkdir, fsync of its parents
+            await trio.to_thread.run_sync(self.store.ensure_dir, d)
+        if fd >= 0:
+            await self.fsyncer.fsync(fd)
+        dst = self.store.link(path, rel)
+        if self.batched:
+            self.store.dirty_dirs.add(Path(d))
+            return
+        dfd = self.store.dir_fds.acquire(d)
+        try:
+            await self.fsyncer.fsync(dfd)
+        except OSError:
+            # Not durable, and the caller is told the commit failed: take the link back (it
+            # is ours, just made) so the task stays pending and the staged file is kept.
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+            raise
+        finally:
+            self.store.dir_fds.release(dfd)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")
@@ -125,3 +163,9 @@ class Committer:
     def learn_local_fact(self, task: int) -> None:
         """A witness found on disk that the index did not know (see Facts.learn_local)."""
         self.facts.learn_local(task)
+
+
+def _check_large(fd: int) -> Checked:
+    """In a worker thread: check_stream over `fd` from its start (constant memory)."""
+    with open(fd, "rb", closefd=False) as f:
+        return check_stream(f)

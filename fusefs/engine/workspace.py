@@ -74,6 +74,8 @@ class Workspace:
         self.status.flush_refusals(everything=True)  # the last counts of repeated refusals
         LOG_REPEATS.flush(everything=True)
         self.committer.journal.close()
+        self.store.dir_fds.close()
+        self.committer.fsyncer.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

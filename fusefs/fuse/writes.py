@@ -58,8 +58,6 @@ class Writes:
         fname = os.fsdecode(name_old)
         task = self.writable_task(tile, name_new)
         path = self.tmp.dir / fname
-        if not os.path.isfile(path):
-            raise fuse_error(errno.ENOENT)
         ino = self.tmp.ino_of.get(fname)
         synced = ino is not None and ino in self.tmp.synced
         self.kcache.committing.add(task)
@@ -70,6 +68,8 @@ class Writes:
             if task in self.state.fact:  # found done meanwhile: the kernel keeps its cached miss
                 self.kcache.invalidate(inodes.make(Kind.TILE, View.DONE, tile), name_new)
             raise fuse_error(e.errno) from None
+        except FileNotFoundError:  # no such file in tmp/ (or a directory)
+            raise fuse_error(errno.ENOENT) from None
         finally:
             self.kcache.committing.discard(task)
             self.tmp.unfreeze(ino, frozen)  # waiters resume at our next await: after the alias
@@ -159,7 +159,7 @@ class Writes:
 
     async def fsync(self, h: Backed, datasync: bool) -> None:
         if h.fd >= 0:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+            await self.committer.fsyncer.fsync(h.fd, datasync=datasync)
             h.dirty = False
             self.tmp.synced.add(h.ino)  # a commit of this file need not fsync it again
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Protocol
 from fusefs.statedir.layout import StateLayout
 
 KNOWN_DIRS = 4096
-QUICK_BYTES = 64 * 1024  # a commit inline on the event loop reads at most this much
+DIR_HANDLES = 64  # witness directories whose descriptors are kept open for their fsync
+INLINE_BYTES = 64 * 1024  # a commit reads and checks a witness this small on the event loop
 
 
 def hidden(name: str) -> bool:
@@ -90,6 +92,77 @@ def replace_text_if_changed(path: Path, text: str) -> None:
     replace_text(path, text)
 
 
+class DirHandles:
+    """Descriptors of witness directories kept open for their fsync (a commit's last step).
+
+    An open and a close less per commit, in the worker thread where each syscall is a GIL
+    hand-off. At most `limit` are kept; one evicted while another thread fsyncs through it is
+    closed by that thread when it is done. A directory is never removed under a running daemon
+    (witnesses are immutable), so a kept descriptor always names the directory of its path."""
+
+    def __init__(self, limit: int = DIR_HANDLES) -> None:
+        self.limit = limit
+        self._fds: dict[str, int] = {}  # insertion order: the oldest is evicted first
+        self._users: dict[int, int] = {}  # fd -> threads fsyncing through it now
+        self._lock = threading.Lock()
+
+    def fsync(self, d: str) -> None:
+        fd = self.acquire(d)
+        try:
+            os.fsync(fd)
+        finally:
+            self.release(fd)
+
+    def acquire(self, d: str) -> int:
+        """A descriptor of directory `d`, kept open, to use until `release`."""
+        with self._lock:
+            fd = self._fds.get(d)
+            if fd is not None:
+                self._users[fd] += 1
+                return fd
+        new = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        with self._lock:
+            fd = self._fds.get(d)
+            if fd is None:  # ours is kept
+                fd = self._fds[d] = new
+                self._users[fd] = 0
+                spare = self._evict()
+            else:  # another thread kept one meanwhile
+                spare = new
+            self._users[fd] += 1
+        if spare >= 0:
+            os.close(spare)
+        return fd
+
+    def _evict(self) -> int:
+        """Over the limit: forget the oldest kept descriptor; returns it if nobody uses it (to
+        close), else -1 (its last user closes it)."""
+        if len(self._fds) <= self.limit:
+            return -1
+        fd = self._fds.pop(next(iter(self._fds)))
+        if self._users[fd]:
+            return -1
+        del self._users[fd]
+        return fd
+
+    def release(self, fd: int) -> None:
+        with self._lock:
+            self._users[fd] -= 1
+            if self._users[fd] or fd in self._fds.values():
+                return
+            del self._users[fd]
+        os.close(fd)
+
+    def close(self) -> None:
+        """Close the kept descriptors nobody uses (at the end of the daemon)."""
+        with self._lock:
+            fds = [fd for fd in self._fds.values() if not self._users[fd]]
+            self._fds.clear()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -102,8 +175,10 @@ class LocalStore:
         self.dirty_dirs: set[Path] = set()  # witness dirs whose new links await an fsync
         # Tile directories known to exist (their creation was fsync'd): most commits land in
         # a tile that already has witnesses, and a stat per commit is measurable. A plain set
-        # (commits run in several threads), emptied when it grows large.
-        self._known_dirs: set[Path] = set()
+        # of paths (commits run in several threads), emptied when it grows large.
+        self._known_dirs: set[str] = set()
+        self._tiles = str(self.tiles)
+        self.dir_fds = DirHandles()
 
     def prepare(self) -> None:
         for d in self.layout.dirs():
@@ -119,18 +194,28 @@ class LocalStore:
         self, staged: Path, rel: str, *, fsync_file: bool = True, sync_dir: bool = True
     ) -> None:
         """sync_dir=False defers the directory fsync to flush_dirs() (batched durability)."""
-        dst = self.tiles / rel
-        self._ensure_dir(dst.parent)
-        if fsync_file:
-            fd = os.open(staged, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
+        fd = os.open(staged, os.O_RDONLY) if fsync_file else -1
+        try:
+            self.link_witness(fd, str(staged), rel, sync_dir=sync_dir)
+        finally:
+            if fd >= 0:
                 os.close(fd)
-        os.link(staged, dst)  # FileExistsError: never replaces a witness
+        os.unlink(staged)
+
+    def link_witness(self, fd: int, staged: str, rel: str, *, sync_dir: bool) -> None:
+        """The durable part of a commit: fsync the open file `fd` (-1: already durable), link
+        `staged` as the witness of `rel`, fsync its directory (sync_dir=False: later, in
+        flush_dirs). The caller drops the staged name. Three syscalls in the usual case: in a
+        worker thread each is a GIL hand-off, so the directory is fsync'd through a descriptor
+        kept open (DirHandles)."""
+        d = self.tile_dir(rel)
+        self.ensure_dir(d)
+        if fd >= 0:
+            os.fsync(fd)
+        dst = self.link(staged, rel)
         if sync_dir:
             try:
-                fsync_dir(dst.parent)
+                self.dir_fds.fsync(d)
             except OSError:
                 # Not durable, and the caller is told the commit failed: take the link back
                 # (it is ours, just made) so the task stays pending and the staged file is kept.
@@ -138,18 +223,22 @@ class LocalStore:
                     os.unlink(dst)
                 raise
         else:
-            self.dirty_dirs.add(dst.parent)
-        os.unlink(staged)
+            self.dirty_dirs.add(Path(d))
 
-    def commit_is_quick(self, staged: Path, rel: str) -> bool:
-        """A commit of `staged` needs no fsync and reads little: its tile directory exists and
-        the file is small (the caller knows it is fsync'd and the directory fsync is batched)."""
-        if (self.tiles / rel).parent not in self._known_dirs:
-            return False
-        try:
-            return os.stat(staged).st_size <= QUICK_BYTES
-        except OSError:
-            return False
+    def link(self, staged: str, rel: str) -> str:
+        """Link `staged` as the witness of `rel` (its directory exists); returns its path.
+        FileExistsError: link never replaces, so a witness is never overwritten."""
+        dst = f"{self._tiles}/{rel}"
+        os.link(staged, dst)
+        return dst
+
+    def tile_dir(self, rel: str) -> str:
+        return f"{self._tiles}/{rel}".rpartition("/")[0]
+
+    def dir_known(self, d: str) -> bool:
+        """Does tile directory `d` exist, made durable by this store? A commit into it needs
+        no mkdir (ensure_dir, which may fsync its parents)."""
+        return d in self._known_dirs
 
     def flush_dirs(self) -> int:
         """fsync the directories of commits made with sync_dir=False; returns how many."""
@@ -159,20 +248,21 @@ class LocalStore:
             n += 1
         return n
 
-    def _ensure_dir(self, d: Path) -> None:
+    def ensure_dir(self, d: str) -> None:
+        """Make tile directory `d` if missing, durably (its parents fsync'd); blocks."""
         if d in self._known_dirs:
             return
         if len(self._known_dirs) > KNOWN_DIRS:
             self._known_dirs.clear()
-        if d.is_dir():
+        if os.path.isdir(d):
             self._known_dirs.add(d)
             return
         created = []
-        p = d
+        p = Path(d)
         while not p.is_dir():
             created.append(p)
             p = p.parent
-        d.mkdir(parents=True, exist_ok=True)
+        os.makedirs(d, exist_ok=True)
         for c in reversed(created):
             fsync_dir(c.parent)
         self._known_dirs.add(d)
@@ -230,7 +320,7 @@ class LocalStore:
         """
         local = self.tiles / rel
         keep = self.layout.conflicts / f"{rel.removesuffix('.csv')}.{worker}.csv"
-        self._ensure_dir(keep.parent)
+        self.ensure_dir(str(keep.parent))
         if not keep.exists():
             os.link(local, keep)
             fsync_dir(keep.parent)

@@ -1,0 +1,202 @@
+"""fsync awaited on trio's thread, without a worker thread: Linux AIO's IOCB_CMD_FSYNC.
+
+Why: a commit must fsync the witness and its directory before it is acknowledged, and the rule
+is that nothing waiting for a disk runs on the event loop. Through `trio.to_thread` that wait
+cost more CPU than everything else in a commit (docs/benchmarks.md, "CPU per task"): a wake-up
+of a worker thread, one of trio's loop back, and a GIL hand-off with the busy trio thread for
+every syscall the worker makes (about ten context switches a commit). Linux runs an AIO fsync
+(since 4.18) in a kernel worker and signals its end on an eventfd, which trio waits for like
+a socket: the loop never blocks and no Python thread is involved.
+
+Where AIO is missing (another OS or architecture, a kernel before 4.18, a seccomp profile that
+forbids io_setup, aio-max-nr used up, a file system whose files refuse it) each fsync goes to a
+worker thread, as before: `Fsyncer.mode` says which ("aio" or "thread"), and the first refusal
+switches for good. The CPU of the kernel's own fsync work is the kernel worker's, not the
+daemon's, in this mode (on tmpfs it is nothing; on a disk it is the device's wait, not CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import logging
+import os
+import platform
+
+import trio
+
+log = logging.getLogger("missionfs")
+
+# (io_setup, io_destroy, io_submit, io_getevents) by `uname -m`: x86_64's own numbers, the
+# asm-generic table's (arm64, riscv64) and 32-bit ARM's EABI table's. Others: worker threads.
+SYSCALLS: dict[str, tuple[int, int, int, int]] = {
+    "x86_64": (206, 207, 209, 208),
+    "aarch64": (0, 1, 2, 4),
+    "arm64": (0, 1, 2, 4),
+    "riscv64": (0, 1, 2, 4),
+    "armv7l": (243, 244, 246, 245),
+    "armv6l": (243, 244, 246, 245),
+}
+IOCB_CMD_FSYNC = 2
+IOCB_CMD_FDSYNC = 3
+IOCB_FLAG_RESFD = 1  # signal the completion on aio_resfd (an eventfd)
+SLOTS = 128  # AIO requests in flight at most (io_setup); more wait for a slot
+
+
+class _Iocb(ctypes.Structure):
+    """struct iocb of linux/aio_abi.h (little-endian order of aio_key and aio_rw_flags)."""
+
+    _fields_ = [
+        ("aio_data", ctypes.c_uint64),
+        ("aio_key", ctypes.c_uint32),
+        ("aio_rw_flags", ctypes.c_int32),
+        ("aio_lio_opcode", ctypes.c_uint16),
+        ("aio_reqprio", ctypes.c_int16),
+        ("aio_fildes", ctypes.c_uint32),
+        ("aio_buf", ctypes.c_uint64),
+        ("aio_nbytes", ctypes.c_uint64),
+        ("aio_offset", ctypes.c_int64),
+        ("aio_reserved2", ctypes.c_uint64),
+        ("aio_flags", ctypes.c_uint32),
+        ("aio_resfd", ctypes.c_uint32),
+    ]
+
+
+class _Event(ctypes.Structure):
+    """struct io_event."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint64),
+        ("obj", ctypes.c_uint64),
+        ("res", ctypes.c_int64),
+        ("res2", ctypes.c_int64),
+    ]
+
+
+class Fsyncer:
+    """fsync(2) of descriptors, awaited (see the module docstring). One per daemon; `close`
+    at its end. Only for trio's thread: its waits are trio's."""
+
+    def __init__(self, *, use_aio: bool = True) -> None:
+        self.mode = "thread"
+        self._ctx = ctypes.c_ulong(0)
+        self._efd = -1
+        self._nr = SYSCALLS.get(platform.machine())
+        self._ids = itertools.count(1)
+        self._flying: dict[int, _Iocb] = {}  # id -> its iocb, alive until its event is reaped
+        self._done: dict[int, int] = {}  # id -> result (0 or -errno), until its waiter takes it
+        self._reaper = trio.Lock()  # one task waits on the eventfd at a time
+        self._slots = trio.Semaphore(SLOTS)
+        self._events = (_Event * SLOTS)()
+        self._zero = ctypes.create_string_buffer(16)  # a timespec of 0: reap what is there
+        self._libc: ctypes.CDLL | None = None
+        # The AIO context is made at the first fsync: commands that never commit make none.
+        self._pending_setup = use_aio and self._nr is not None and hasattr(os, "eventfd")
+
+    def _setup(self) -> None:
+        assert self._nr is not None
+        self._pending_setup = False
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            nr = ctypes.c_long(self._nr[0])
+            if libc.syscall(nr, ctypes.c_long(SLOTS), ctypes.byref(self._ctx)) < 0:
+                raise OSError(ctypes.get_errno(), "io_setup")
+            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        except (OSError, AttributeError) as e:
+            log.info("fsync through worker threads (no Linux AIO here: %s)", e)
+            self._ctx.value = 0
+            return
+        self._libc = libc
+        self.mode = "aio"
+
+    async def fsync(self, fd: int, *, datasync: bool = False) -> None:
+        """fsync(2) (fdatasync(2) with `datasync`) of `fd`; raises its OSError. Not
+        cancellable (like a worker thread's fsync): the caller's next step depends on it."""
+        if self._pending_setup:
+            self._setup()
+        with trio.CancelScope(shield=True):
+            res = await self._aio_fsync(fd, datasync) if self.mode == "aio" else None
+            if res is None:  # no AIO (or refused just now): a worker thread
+                res = await self._in_thread(fd, datasync)
+            if res < 0:
+                raise OSError(-res, os.strerror(-res))
+
+    async def _aio_fsync(self, fd: int, datasync: bool) -> int | None:
+        """The AIO fsync's result (0 or -errno), or None if AIO refused it (then worker
+        threads from now on)."""
+        async with self._slots:
+            ident = next(self._ids)
+            op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
+            iocb = _Iocb(aio_data=ident, aio_lio_opcode=op, aio_fildes=fd)
+            iocb.aio_flags, iocb.aio_resfd = IOCB_FLAG_RESFD, self._efd
+            submitted = self._submit(iocb)
+            if submitted != "ok":
+                return None
+            self._flying[ident] = iocb
+            async with self._reaper:  # whoever holds it reaps for everyone
+                while ident not in self._done:
+                    await trio.lowlevel.wait_readable(self._efd)
+                    self._reap()
+            return self._done.pop(ident)
+
+    @staticmethod
+    async def _in_thread(fd: int, datasync: bool) -> int:
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        return 0
+
+    def _submit(self, iocb: _Iocb) -> str:
+        """ "ok", "busy" (no AIO slot in the kernel now: this one in a thread) or "refused"
+        (no AIO fsync here: worker threads from now on); raises an fd's own error (EBADF)."""
+        assert self._libc is not None and self._nr is not None
+        ptrs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(iocb))
+        nr = ctypes.c_long(self._nr[2])
+        if self._libc.syscall(nr, self._ctx, ctypes.c_long(1), ptrs) == 1:
+            return "ok"
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:
+            return "busy"
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            log.info("fsync through worker threads from now on (AIO fsync refused: %s)", err)
+            self.mode = "thread"
+            return "refused"
+        raise OSError(err, os.strerror(err))
+
+    def _reap(self) -> None:
+        """Take every finished request's result (the eventfd counts them)."""
+        assert self._libc is not None and self._nr is not None
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            return
+        while True:
+            n = self._libc.syscall(
+                ctypes.c_long(self._nr[3]),
+                self._ctx,
+                ctypes.c_long(0),
+                ctypes.c_long(SLOTS),
+                self._events,
+                self._zero,
+            )
+            if n <= 0:
+                return
+            for ev in self._events[:n]:
+                self._flying.pop(ev.data, None)
+                self._done[ev.data] = ev.res
+            if n < SLOTS:
+                return
+
+    def close(self) -> None:
+        """Destroy the AIO context (the kernel waits for requests in flight first)."""
+        if self._libc is not None and self._nr is not None and self._ctx.value:
+            self._libc.syscall(ctypes.c_long(self._nr[1]), self._ctx)
+            self._ctx.value = 0
+        if self._efd >= 0:
+            os.close(self._efd)
+            self._efd = -1
+        self.mode = "thread"
+        self._pending_setup = False
