@@ -87,6 +87,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/fleet_sim.py`
 from bench.fleet_sim_fast import shared_learning  # noqa: E402
 from fusefs.engine.claims import ClaimNotRecorded, Claims, FleetUnavailable  # noqa: E402
 from fusefs.engine.commit import CommitRefused  # noqa: E402
+from fusefs.engine.durable import Fsyncer  # noqa: E402
 from fusefs.engine.workspace import SyncOptions, Workspace, open_workspace  # noqa: E402
 from fusefs.model.codec import OutOfPlan  # noqa: E402
 from fusefs.model.mission import Mission, load_mission  # noqa: E402
@@ -559,6 +560,8 @@ def open_node(
         )
         ws = open_workspace(mission, root / node_name(idx), lease=cfg.lease, sync=opts)
         ws.committer.reconciled = True  # a fresh state dir: nothing to reconcile
+        # fsyncs through trio.to_thread (run inline here, see above), not AIO's real waits
+        ws.committer.fsyncer = Fsyncer(use_aio=False)
         if ws.digest is not None:  # the Merkle digest loop is not run here: no dirty tiles
             with contextlib.suppress(ValueError):
                 ws.state._listeners.remove(ws.digest.changed)

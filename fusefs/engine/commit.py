@@ -128,7 +128,8 @@ class Committer:
             os.unlink(path)
         except OSError as e:
             log.warning("staged name of %s not removed (%s): dropped at the next start", rel, e)
-        return checked.rows, Content(checked.sha256, checked.size, st.st_mtime_ns, st.st_ino)
+        content = Content(checked.sha256, checked.size, st.st_mtime_ns, st.st_ino, checked.body)
+        return checked.rows, content
 
     async def _link_durably(self, fd: int, path: str, rel: str) -> None:
         """fsync the file `fd` (-1: the writer did), link it as the witness, fsync the

@@ -60,12 +60,14 @@ class Drift:
 class Content(NamedTuple):
     """What a commit knows of the witness it made: the SHA-256 it computed while validating,
     and the stat of the linked inode (the key of the digest's hash cache), so the digest never
-    reads the file back to hash it."""
+    reads the file back to hash it; and, for a small witness, its bytes, so its upload does
+    not read it back either (sync.py keeps a bounded number of them)."""
 
     sha256: str
     size: int
     mtime_ns: int
     ino: int
+    body: bytes | None = None  # the bytes, when the commit read them whole (small witnesses)
 
 
 class Facts:

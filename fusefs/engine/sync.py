@@ -35,7 +35,7 @@ import trio
 from pyroaring import BitMap
 
 from fusefs.engine.factlog import FactLog
-from fusefs.engine.facts import Facts
+from fusefs.engine.facts import Content, Facts
 from fusefs.engine.fleet import FleetClaims
 from fusefs.engine.leases import LeaseBook
 from fusefs.engine.remotefacts import UPLOAD_BATCH, RemoteFacts, SyncCounters
@@ -56,6 +56,8 @@ log = logging.getLogger("missionfs")
 # An empty upload queue is looked at again this often even if no commit wakes it (a safety
 # net: every new local witness wakes the loop); an idle mount must not wake every second.
 UPLOAD_IDLE_SECONDS = 10.0
+FRESH_WITNESSES = 4096  # committed witnesses whose bytes are kept for their upload, at most
+FRESH_BYTES = 8 << 20  # ... and their bytes at most
 RECORD_EVERY = 64  # uploaded witnesses recorded together at most (see _record_uploads)
 
 
@@ -146,6 +148,27 @@ class SyncEngine(RemoteFacts):
             else None
         )
         facts.subscribe(self.wake)  # new local witnesses: the upload queue grew
+        # The bytes and SHA-256 of witnesses just committed here, for their upload (bounded:
+        # beyond FRESH_BYTES or FRESH_WITNESSES, an upload reads its witness back).
+        self._fresh: dict[int, tuple[bytes, str]] = {}
+        self._fresh_bytes = 0
+        facts.subscribe_content(self._committed)
+
+    def _committed(self, task: int, content: Content) -> None:
+        """A witness committed on this node: keep its bytes for its upload, if small enough."""
+        body = content.body
+        if body is None or task in self._fresh:
+            return
+        if len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES:
+            return
+        self._fresh[task] = (body, content.sha256)
+        self._fresh_bytes += len(body)
+
+    def _take_fresh(self, task: int) -> tuple[bytes, str] | None:
+        fresh = self._fresh.pop(task, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh[0])
+        return fresh
 
     def close(self) -> None:
         super().close()
@@ -399,7 +422,7 @@ class SyncEngine(RemoteFacts):
             while todo:
                 task, rel = todo.popleft()
                 path = self.store.witness_path(rel)
-                up = await upload_witness(task, rel, path, self.s3, _s3)
+                up = await upload_witness(task, rel, path, self.s3, _s3, self._take_fresh(task))
                 if not up.created:
                     self._inflight.discard(task)  # a created one: once recorded
                 if await self._upload_one(up):

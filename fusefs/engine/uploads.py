@@ -45,14 +45,23 @@ class Uploaded:
 
 
 async def upload_witness(
-    task: int, rel: str, path: Path, s3: S3Store, offload: Offload
+    task: int,
+    rel: str,
+    path: Path,
+    s3: S3Store,
+    offload: Offload,
+    fresh: tuple[bytes, str] | None = None,
 ) -> Uploaded:
-    """Read and create one witness; never raises (the error is in the result)."""
+    """Read and create one witness; never raises (the error is in the result). `fresh`: its
+    bytes and SHA-256 as its commit on this node had them (not read back then)."""
     up = Uploaded(task, rel)
     try:
-        body = _read_small(path)
-        up.body = body if body is not None else await offload(path.read_bytes)
-        up.sha = sha256_hex(up.body)
+        if fresh is not None:
+            up.body, up.sha = fresh
+        else:
+            body = _read_small(path)
+            up.body = body if body is not None else await offload(path.read_bytes)
+            up.sha = sha256_hex(up.body)
         up.created = await s3.create_witness_async(rel, up.body, up.sha, offload)
         if not up.created:
             up.remote_sha = await offload(functools.partial(s3.witness_sha, rel))
@@ -62,17 +71,13 @@ async def upload_witness(
 
 
 def _read_small(path: Path) -> bytes | None:
-    """The whole file if it holds at most INLINE_READ bytes, else None."""
+    """The whole file if it holds at most INLINE_READ bytes, else None (one pread of its size)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        parts: list[bytes] = []
-        left = INLINE_READ + 1
-        while left > 0:
-            data = os.read(fd, left)
-            if not data:
-                return b"".join(parts)
-            parts.append(data)
-            left -= len(data)
-        return None
+        size = os.fstat(fd).st_size
+        if size > INLINE_READ:
+            return None
+        data = os.pread(fd, size + 1, 0)
+        return data if len(data) <= size else None
     finally:
         os.close(fd)

@@ -16,6 +16,7 @@ thread gets to it (it waits while a request on the same directory is in flight).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 import pyfuse3
@@ -44,8 +45,10 @@ class Notifier:
         self._loop_thread: int | None = None  # the trio thread while `run` hands over
         self._scheduled = False  # a hand-off is due (`run` is awake or about to be)
         self._lot = trio.lowlevel.ParkingLot()
-        self._cond = threading.Condition(threading.Lock())
-        self._ready: list[Entry] = []  # handed over, for the thread to send
+        # Batches handed over, for the thread to send (None: stop). A SimpleQueue: a put and a
+        # get are C calls, the get waits without the GIL.
+        self._ready: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the thread's start and the closing flag
         self._thread: threading.Thread | None = None
         self._closing = False
         self.thread_id = 0  # the sending thread's kernel id (its CPU: /proc/PID/task/ID/stat)
@@ -87,28 +90,35 @@ class Notifier:
             self._hand_over(batch)
 
     def _hand_over(self, batch: list[Entry]) -> None:
-        with self._cond:
-            if self._closing:
-                return  # unmounted: the kernel holds no name of the mount any more
-            self.handoffs += 1
-            self._ready.extend(batch)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._send_loop, name="missionfs-invalidate", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()  # wakes the thread only if it waits
+        if self._thread is None:
+            with self._lock:
+                if self._closing:
+                    return  # unmounted: the kernel holds no name of the mount any more
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._send_loop, name="missionfs-invalidate", daemon=True
+                    )
+                    self._thread.start()
+        elif self._closing:
+            return
+        self.handoffs += 1
+        self._ready.put(batch)  # wakes the thread only if it waits
 
     def _send_loop(self) -> None:
         """The sending thread: every batch handed over, name by name, until `close`."""
         self.thread_id = threading.get_native_id()
         while True:
-            with self._cond:
-                while not self._ready and not self._closing:
-                    self._cond.wait()
-                if self._closing:
+            batch = self._ready.get()
+            if batch is None or self._closing:
+                return
+            while True:  # the batches handed over meanwhile too, in one wake-up
+                try:
+                    more = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
                     return
-                batch, self._ready = self._ready, []
+                batch.extend(more)
             self.wakeups += 1
             for parent, name in batch:
                 if self._closing:
@@ -128,10 +138,10 @@ class Notifier:
         """At unmount, before pyfuse3's session is destroyed: stop the thread (names not sent
         yet are moot, the mount is gone). A thread stuck in the kernel is left behind after
         `timeout` (a daemon thread: it does not hold the exit up)."""
-        with self._cond:
+        with self._lock:
             self._closing = True
-            self._cond.notify()
             thread = self._thread
+        self._ready.put(None)
         if self.handoffs:
             log.info(
                 "kernel invalidations: %d name(s) in %d hand-off(s), %d wake-up(s) of thread %d",

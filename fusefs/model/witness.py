@@ -89,6 +89,7 @@ class Checked:
     rows: int
     sha256: str
     size: int
+    body: bytes | None = None  # the bytes checked, when they were read whole (check_small)
 
 
 class _Reader:
@@ -220,7 +221,7 @@ def check_small(fd: int, size: int, limit: int) -> Checked | None:
     data = os.pread(fd, size + 1, 0)
     if len(data) > size:
         return None
-    return Checked(check_csv(data), hashlib.sha256(data).hexdigest(), len(data))
+    return Checked(check_csv(data), hashlib.sha256(data).hexdigest(), len(data), data)
 
 
 def check_stream(f: BinaryIO, chunk_size: int = CHUNK) -> Checked:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -48,6 +49,7 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.worker = worker
         self.host = socket.gethostname()
+        self._tail = f',"worker":{_string(worker)},"host":{_string(self.host)}}}\n'
         self._file: IO[bytes] | None = None
         self._size = 0
         self._dirty = False
@@ -95,16 +97,33 @@ class Journal:
         return len(lines)
 
     def _line(self, ev: str, rel: str | None, fields: dict[str, Any]) -> bytes:
-        entry: dict[str, Any] = {"t": round(time.time(), 6), "ev": ev}
+        """One JSON line. The usual line (names and values of plain ASCII, numbers) is
+        written by hand: json.dumps cost more than the rest of a journal append (the same
+        bytes: tests/unit/test_journal_line.py)."""
+        t = round(time.time(), 6)
+        if RESERVED.isdisjoint(fields):
+            parts = [f'{{"t":{t!r},"ev":{_string(ev)}']
+            if rel is not None:
+                parts.append(f',"rel":{_string(rel)}')
+            for key, value in fields.items():
+                parts.append(f",{_string(key)}:{_value(value)}")
+            parts.append(self._tail)
+            line = "".join(parts)
+        else:
+            line = self._dumped(t, ev, rel, fields)
+        # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
+        # which json.loads turns back into the same surrogate: the line stays valid JSON.
+        return line.encode("utf-8", "backslashreplace")
+
+    def _dumped(self, t: float, ev: str, rel: str | None, fields: dict[str, Any]) -> str:
+        """The line as json.dumps writes it (what _line's own writing must equal)."""
+        entry: dict[str, Any] = {"t": t, "ev": ev}
         if rel is not None:
             entry["rel"] = rel
         entry.update(fields)
         entry["worker"] = self.worker
         entry["host"] = self.host
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        # A name with bytes that are not UTF-8 (surrogates) is written as a JSON \uDCxx escape,
-        # which json.loads turns back into the same surrogate: the line stays valid JSON.
-        return line.encode("utf-8", "backslashreplace")
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
 
     def _write(self, data: bytes, lines: int) -> bool:
         # In the page cache: survives kill -9; fsync'd by sync(). On a full disk the lines are
@@ -161,6 +180,31 @@ class Journal:
             self.sync()
             self._file.close()
             self._file = None
+
+
+RESERVED = frozenset(("t", "ev", "rel", "worker", "host"))  # fields json.dumps would merge
+
+
+def _string(s: str) -> str:
+    """A JSON string as json.dumps(s, ensure_ascii=False) writes it."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _value(v: Any) -> str:
+    """A JSON value as json.dumps(v, ensure_ascii=False, separators=(",", ":")) writes it."""
+    if type(v) is str:
+        return _string(v)
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if type(v) is int:
+        return str(v)
+    if type(v) is float and math.isfinite(v):
+        return repr(v)
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
 
 
 def journal_files(directory: Path) -> list[Path]:
