@@ -114,6 +114,11 @@ class Fsyncer:
         self._libc = libc
         self.mode = "aio"
 
+    def describe(self) -> str:
+        """For the status file: "aio" or "thread", "untried" before the first fsync (the AIO
+        context is made then)."""
+        return "untried" if self._pending_setup else self.mode
+
     async def fsync(self, fd: int, *, datasync: bool = False) -> None:
         """fsync(2) (fdatasync(2) with `datasync`) of `fd`; raises its OSError. Not
         cancellable (like a worker thread's fsync): the caller's next step depends on it."""

@@ -23,25 +23,13 @@ import trio.testing
 
 import fusefs.engine.durable as durable
 from fusefs.engine.durable import SLOTS, Fsyncer
+from tests.support.aio import aio_unavailable
 from tests.support.loopfs import loop_ext4
 
 NR = durable.SYSCALLS.get(platform.machine())
 
 
-def _aio_available() -> str | None:
-    """Why AIO cannot be tested here (None: it can): the io_setup of a probe context."""
-    if NR is None:
-        return f"no AIO syscall numbers for {platform.machine()}"
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    ctx = ctypes.c_ulong(0)
-    if libc.syscall(ctypes.c_long(NR[0]), ctypes.c_long(1), ctypes.byref(ctx)) < 0:
-        return f"io_setup fails here: {os.strerror(ctypes.get_errno())}"
-    libc.syscall(ctypes.c_long(NR[1]), ctx)
-    return None
-
-
-NO_AIO = _aio_available()
+NO_AIO = aio_unavailable()
 needs_aio = pytest.mark.skipif(NO_AIO is not None, reason=f"Linux AIO unavailable: {NO_AIO}")
 
 
