@@ -298,28 +298,43 @@ def test_without_aio_and_after_close_fsync_uses_threads(tmp_path: Path) -> None:
 
 @needs_aio
 def test_an_fsync_in_a_cancelled_scope_still_completes(
-    tmp_path: Path, fsyncer: Fsyncer, no_threads: None
+    tmp_path: Path, fsyncer: Fsyncer, no_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fd = _dirty_file(tmp_path)
     done: list[str] = []
+    # Completions are not reaped until the scope is cancelled: every fsync of the batch is
+    # surely submitted and parked on the eventfd when the cancellation comes.
+    reaping = False
+    real_reap = Fsyncer._reap
+
+    def gated_reap(self: Fsyncer) -> None:
+        if reaping:
+            real_reap(self)
+
+    monkeypatch.setattr(Fsyncer, "_reap", gated_reap)
 
     async def main() -> None:
+        nonlocal reaping
         with trio.CancelScope() as cs:  # cancelled before the call
             cs.cancel()
+            reaping = True
             await fsyncer.fsync(fd)
             done.append("before")
-        # Cancelled while parked on the eventfd: the whole batch is shielded.
+        reaping = False
         fds = [_dirty_file(tmp_path, f"g{i}", 1 << 16) for i in range(20)]
 
         async def one(x: int) -> None:
             await fsyncer.fsync(x)
             done.append("while")
 
-        async with trio.open_nursery() as nursery:
-            for x in fds:
-                nursery.start_soon(one, x)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for x in fds:
+                    nursery.start_soon(one, x)
+                while len(fsyncer._flying) < len(fds):
+                    await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()  # all 20 in flight, none reaped
+                reaping = True
         for x in fds:
             os.close(x)
         await fsyncer.fsync(fd)  # still usable
