@@ -13,8 +13,9 @@ forbids io_setup, aio-max-nr used up, a file system whose files refuse it) each 
 worker thread, as before: `Fsyncer.mode` says which ("aio" or "thread"). A request AIO refuses
 is retried in a worker thread, and AIO is given up for good only if that fsync succeeds: a
 descriptor that has no fsync at all (a pipe, /dev/null, a socket: EINVAL from fsync(2) too)
-is the descriptor's own error, not AIO's, and switching for it would cost every later commit. The CPU of the kernel's own fsync work is the kernel worker's, not the
-daemon's, in this mode (on tmpfs it is nothing; on a disk it is the device's wait, not CPU).
+is the descriptor's own error, not AIO's, and switching for it would cost every later commit.
+The CPU of the kernel's own fsync work is the kernel worker's, not the daemon's, in this mode
+(on tmpfs it is nothing; on a disk it is the device's wait, not CPU).
 """
 
 from __future__ import annotations
