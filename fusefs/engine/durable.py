@@ -10,9 +10,12 @@ a socket: the loop never blocks and no Python thread is involved.
 
 Where AIO is missing (another OS or architecture, a kernel before 4.18, a seccomp profile that
 forbids io_setup, aio-max-nr used up, a file system whose files refuse it) each fsync goes to a
-worker thread, as before: `Fsyncer.mode` says which ("aio" or "thread"), and the first refusal
-switches for good. The CPU of the kernel's own fsync work is the kernel worker's, not the
-daemon's, in this mode (on tmpfs it is nothing; on a disk it is the device's wait, not CPU).
+worker thread, as before: `Fsyncer.mode` says which ("aio" or "thread"). A request AIO refuses
+is retried in a worker thread, and AIO is given up for good only if that fsync succeeds: a
+descriptor that has no fsync at all (a pipe, /dev/null, a socket: EINVAL from fsync(2) too)
+is the descriptor's own error, not AIO's, and switching for it would cost every later commit.
+The CPU of the kernel's own fsync work is the kernel worker's, not the daemon's, in this mode
+(on tmpfs it is nothing; on a disk it is the device's wait, not CPU).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ IOCB_CMD_FSYNC = 2
 IOCB_CMD_FDSYNC = 3
 IOCB_FLAG_RESFD = 1  # signal the completion on aio_resfd (an eventfd)
 SLOTS = 128  # AIO requests in flight at most (io_setup); more wait for a slot
+_REFUSED = 1  # _aio_fsync's answer when io_submit refused the request (results are 0 or -errno)
 
 
 class _Iocb(ctypes.Structure):
@@ -111,6 +115,11 @@ class Fsyncer:
         self._libc = libc
         self.mode = "aio"
 
+    def describe(self) -> str:
+        """For the status file: "aio" or "thread", "untried" before the first fsync (the AIO
+        context is made then)."""
+        return "untried" if self._pending_setup else self.mode
+
     async def fsync(self, fd: int, *, datasync: bool = False) -> None:
         """fsync(2) (fdatasync(2) with `datasync`) of `fd`; raises its OSError. Not
         cancellable (like a worker thread's fsync): the caller's next step depends on it."""
@@ -118,14 +127,17 @@ class Fsyncer:
             self._setup()
         with trio.CancelScope(shield=True):
             res = await self._aio_fsync(fd, datasync) if self.mode == "aio" else None
-            if res is None:  # no AIO (or refused just now): a worker thread
-                res = await self._in_thread(fd, datasync)
+            if res is None or res == _REFUSED:  # no AIO, no slot, or refused: a worker thread
+                refused, res = res == _REFUSED, await self._in_thread(fd, datasync)
+                if refused and res == 0:  # AIO refused what fsync(2) does: threads from now on
+                    log.info("fsync through worker threads from now on (AIO fsync refused)")
+                    self.mode = "thread"
             if res < 0:
                 raise OSError(-res, os.strerror(-res))
 
     async def _aio_fsync(self, fd: int, datasync: bool) -> int | None:
-        """The AIO fsync's result (0 or -errno), or None if AIO refused it (then worker
-        threads from now on)."""
+        """The AIO fsync's result (0 or -errno); None if the kernel has no AIO slot free now,
+        _REFUSED if io_submit refused it (the caller decides whether AIO is what refused)."""
         async with self._slots:
             ident = next(self._ids)
             op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
@@ -133,7 +145,7 @@ class Fsyncer:
             iocb.aio_flags, iocb.aio_resfd = IOCB_FLAG_RESFD, self._efd
             submitted = self._submit(iocb)
             if submitted != "ok":
-                return None
+                return None if submitted == "busy" else _REFUSED
             self._flying[ident] = iocb
             async with self._reaper:  # whoever holds it reaps for everyone
                 while ident not in self._done:
@@ -151,7 +163,8 @@ class Fsyncer:
 
     def _submit(self, iocb: _Iocb) -> str:
         """ "ok", "busy" (no AIO slot in the kernel now: this one in a thread) or "refused"
-        (no AIO fsync here: worker threads from now on); raises an fd's own error (EBADF)."""
+        (EINVAL, ENOSYS, EOPNOTSUPP: no AIO fsync here, or no fsync for this descriptor at all:
+        `fsync` tells which); raises an fd's own error (EBADF)."""
         assert self._libc is not None and self._nr is not None
         ptrs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(iocb))
         nr = ctypes.c_long(self._nr[2])
@@ -161,8 +174,6 @@ class Fsyncer:
         if err == errno.EAGAIN:
             return "busy"
         if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            log.info("fsync through worker threads from now on (AIO fsync refused: %s)", err)
-            self.mode = "thread"
             return "refused"
         raise OSError(err, os.strerror(err))
 

@@ -47,6 +47,8 @@ class StatusBoard:
         self.sync_info = sync_info  # the sync engine's counters (with `[store] s3`)
         self.digest_info = digest_info  # Merkle root (digest.py)
         self.durability = durability
+        # How commits' fsyncs are awaited (durable.py's Fsyncer.describe, set by the workspace).
+        self.fsync_mode: Callable[[], str] | None = None
         self.journal = journal
         self._repeats: Coalescer[tuple[str, str]] = Coalescer(self._journal_refusal)
         self._refusal_observers: list[Callable[[str, str], None]] = []
@@ -99,6 +101,7 @@ class StatusBoard:
             "counts": self.state.counts(),
             "lease_seconds": self.lease,
             "durability": self.durability,
+            "fsync": self.fsync_mode() if self.fsync_mode else "untried",
             "commits": dict(self.commits),
             "expired_leases": self.expired,
             "refused": self.refusals,

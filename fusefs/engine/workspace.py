@@ -282,6 +282,7 @@ def open_workspace(
             durability=durability,
         )
         committer = Committer(state, store, status, facts, journal, batched=durability == "batched")
+        status.fsync_mode = committer.fsyncer.describe
     except BaseException:
         if lock_file is not None:
             lock_file.close()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import errno
+import json
+import os
 import stat
+from dataclasses import dataclass, field
 
 import pytest
 
+from fusefs.engine.durable import Fsyncer
 from tests.engine.conftest import UNPLANNED_TASK, UNPLANNED_TILE
 from tests.engine.driver import EngineNode
 
@@ -78,3 +82,64 @@ def test_witnesses_cannot_be_changed(node: EngineNode) -> None:
     assert node.unlink(f"done/{REL}") == errno.EPERM
     assert node.rename(f"done/{REL}", f"pending/{REL}") == errno.EPERM
     assert node.read(f"done/{REL}") == BODY
+
+
+@dataclass
+class DirFsyncFault:
+    """While `on`, Fsyncer.fsync of a directory fails with EIO (a dying disk); of a file it
+    works. `failed`: the directory fds it failed (the commit reached that step)."""
+
+    on: bool = True
+    failed: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def dir_fsync_fault(monkeypatch: pytest.MonkeyPatch) -> DirFsyncFault:
+    fault = DirFsyncFault()
+    real = Fsyncer.fsync
+
+    async def fsync(self: Fsyncer, fd: int, *, datasync: bool = False) -> None:
+        if fault.on and stat.S_ISDIR(os.fstat(fd).st_mode):
+            fault.failed.append(fd)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        await real(self, fd, datasync=datasync)
+
+    monkeypatch.setattr(Fsyncer, "fsync", fsync)
+    return fault
+
+
+@pytest.mark.parametrize("how", ["tmp", "direct"])
+def test_a_failed_directory_fsync_leaves_the_task_pending_and_keeps_the_bytes(
+    node: EngineNode, how: str, dir_fsync_fault: DirFsyncFault
+) -> None:
+    """The link was made before the directory fsync failed: it is taken back, so no witness
+    exists, the task stays pending, and a retry once the disk works again commits it."""
+    assert not node.ws.committer.batched  # durability strict: the commit fsyncs the directory
+    code = node.commit_tmp("w1", BODY, REL) if how == "tmp" else node.direct_write(REL, BODY)
+    assert code == errno.EIO and dir_fsync_fault.failed
+    assert not (node.state_dir / "scraped-tiles" / REL).exists()
+    assert not node.exists(f"done/{REL}")
+    assert "coffee shop.csv" in node.ls("pending/10.1/20.0")
+    assert REL not in _journalled_commits(node)
+    assert node.status()["counts"]["done"] == 0
+    if how == "tmp":  # the worker's file is still there, whole, to commit again
+        assert node.ls("tmp") == ["w1"] and node.read("tmp/w1") == BODY
+    else:  # the staged bytes are kept under rejected/ with a note of why
+        kept = [p for p in (node.state_dir / "rejected").iterdir() if not p.name.endswith(".why")]
+        assert [p.read_bytes() for p in kept] == [BODY]
+    dir_fsync_fault.on = False  # the disk works again: the same commit succeeds (no stale link)
+    code = node.rename("tmp/w1", f"done/{REL}") if how == "tmp" else node.direct_write(REL, BODY)
+    assert code == 0
+    assert (node.state_dir / "scraped-tiles" / REL).read_bytes() == BODY
+    assert node.ls("pending/10.1/20.0") == ["plumber.csv"]
+    assert _journalled_commits(node) == [REL]
+
+
+def _journalled_commits(node: EngineNode) -> list[str]:
+    """The witnesses the journal records as committed."""
+    lines = [
+        json.loads(line)
+        for f in sorted((node.state_dir / "journal").iterdir())
+        for line in f.read_text().splitlines()
+    ]
+    return [r["rel"] for r in lines if r["ev"] == "commit"]
