@@ -78,6 +78,10 @@ class _Event(ctypes.Structure):
     ]
 
 
+_OnePointer = ctypes.POINTER(_Iocb) * 1  # io_submit's array of one request
+_ZERO, _ONE, _SLOTS = ctypes.c_long(0), ctypes.c_long(1), ctypes.c_long(SLOTS)
+
+
 class Fsyncer:
     """fsync(2) of descriptors, awaited (see the module docstring). One per daemon; `close`
     at its end. Only for trio's thread: its waits are trio's."""
@@ -90,8 +94,12 @@ class Fsyncer:
         self._ids = itertools.count(1)
         self._flying: dict[int, _Iocb] = {}  # id -> its iocb, alive until its event is reaped
         self._done: dict[int, int] = {}  # id -> result (0 or -errno), until its waiter takes it
-        self._reaper = trio.Lock()  # one task waits on the eventfd at a time
-        self._slots = trio.Semaphore(SLOTS)
+        # One task at a time waits on the eventfd and reaps for all (`_reaping`); the others
+        # wait for `_reaped`, set after each reap (trio allows one waiter per descriptor).
+        self._reaping = False
+        self._reaped: trio.Event | None = None
+        nr = self._nr or (0, 0, 0, 0)
+        self._submit_nr, self._getevents_nr = ctypes.c_long(nr[2]), ctypes.c_long(nr[3])
         self._events = (_Event * SLOTS)()
         self._zero = ctypes.create_string_buffer(16)  # a timespec of 0: reap what is there
         self._libc: ctypes.CDLL | None = None
@@ -136,22 +144,37 @@ class Fsyncer:
                 raise OSError(-res, os.strerror(-res))
 
     async def _aio_fsync(self, fd: int, datasync: bool) -> int | None:
-        """The AIO fsync's result (0 or -errno); None if the kernel has no AIO slot free now,
+        """The AIO fsync's result (0 or -errno); None if the kernel had no AIO slot free,
         _REFUSED if io_submit refused it (the caller decides whether AIO is what refused)."""
-        async with self._slots:
-            ident = next(self._ids)
-            op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
-            iocb = _Iocb(aio_data=ident, aio_lio_opcode=op, aio_fildes=fd)
-            iocb.aio_flags, iocb.aio_resfd = IOCB_FLAG_RESFD, self._efd
-            submitted = self._submit(iocb)
-            if submitted != "ok":
-                return None if submitted == "busy" else _REFUSED
-            self._flying[ident] = iocb
-            async with self._reaper:  # whoever holds it reaps for everyone
-                while ident not in self._done:
-                    await trio.lowlevel.wait_readable(self._efd)
-                    self._reap()
-            return self._done.pop(ident)
+        while len(self._flying) >= SLOTS:  # ours are all in flight: wait for a reap
+            await self._next_reap()
+        ident = next(self._ids)
+        op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
+        iocb = _Iocb(aio_data=ident, aio_lio_opcode=op, aio_fildes=fd)
+        iocb.aio_flags, iocb.aio_resfd = IOCB_FLAG_RESFD, self._efd
+        submitted = self._submit(iocb)
+        if submitted != "ok":
+            return None if submitted == "busy" else _REFUSED
+        self._flying[ident] = iocb
+        while ident not in self._done:
+            if self._reaping:  # another task waits on the eventfd; it wakes us after its reap
+                await self._next_reap()
+                continue
+            self._reaping = True
+            try:
+                await trio.lowlevel.wait_readable(self._efd)
+                self._reap()
+            finally:
+                self._reaping = False
+                reaped, self._reaped = self._reaped, None
+                if reaped is not None:
+                    reaped.set()
+        return self._done.pop(ident)
+
+    async def _next_reap(self) -> None:
+        if self._reaped is None:
+            self._reaped = trio.Event()
+        await self._reaped.wait()
 
     @staticmethod
     async def _in_thread(fd: int, datasync: bool) -> int:
@@ -166,9 +189,8 @@ class Fsyncer:
         (EINVAL, ENOSYS, EOPNOTSUPP: no AIO fsync here, or no fsync for this descriptor at all:
         `fsync` tells which); raises an fd's own error (EBADF)."""
         assert self._libc is not None and self._nr is not None
-        ptrs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(iocb))
-        nr = ctypes.c_long(self._nr[2])
-        if self._libc.syscall(nr, self._ctx, ctypes.c_long(1), ptrs) == 1:
+        ptrs = _OnePointer(ctypes.pointer(iocb))
+        if self._libc.syscall(self._submit_nr, self._ctx, _ONE, ptrs) == 1:
             return "ok"
         err = ctypes.get_errno()
         if err == errno.EAGAIN:
@@ -186,12 +208,7 @@ class Fsyncer:
             return
         while True:
             n = self._libc.syscall(
-                ctypes.c_long(self._nr[3]),
-                self._ctx,
-                ctypes.c_long(0),
-                ctypes.c_long(SLOTS),
-                self._events,
-                self._zero,
+                self._getevents_nr, self._ctx, _ZERO, _SLOTS, self._events, self._zero
             )
             if n <= 0:
                 return
