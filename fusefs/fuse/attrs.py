@@ -49,7 +49,13 @@ class Attrs:
         self._pending: LRUCache[int, pyfuse3.EntryAttributes] = LRUCache(maxsize=1 << 16)
 
     def make(
-        self, ino: int, mode: int, size: int, mtime_ns: int, timeout: float
+        self,
+        ino: int,
+        mode: int,
+        size: int,
+        mtime_ns: int,
+        timeout: float,
+        attr_timeout: float | None = None,
     ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
@@ -62,7 +68,7 @@ class Attrs:
         a.st_blocks = (size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
         a.entry_timeout = timeout
-        a.attr_timeout = timeout
+        a.attr_timeout = timeout if attr_timeout is None else attr_timeout
         return a
 
     def directory(self, ino: int) -> pyfuse3.EntryAttributes:
@@ -74,10 +80,12 @@ class Attrs:
             return self.witness(ino, task)
         claim = self.state.claims.get(task)
         if claim is not None:
+            # Attributes of a claim are never cached: when it ends by its task's commit, the
+            # kernel may keep its claimed/ name (kcache.py, `lingering`), and every stat of
+            # that name must ask, to be told ENOENT.
             mtime = int(claim.claimed_at * 1e9)
-            return self.make(
-                ino, stat.S_IFREG | 0o644, self.space.descriptor_size(task), mtime, FILE_TIMEOUT
-            )
+            size = self.space.descriptor_size(task)
+            return self.make(ino, stat.S_IFREG | 0o644, size, mtime, FILE_TIMEOUT, 0)
         cached = self._pending.get(ino)  # a pending descriptor's attributes never change
         if cached is None:
             cached = self.make(

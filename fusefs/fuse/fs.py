@@ -94,10 +94,19 @@ class MissionFS(pyfuse3.Operations):
             return self.attrs.directory(inode)
         if kind is Kind.FILE:
             assert view is not None
-            if payload >= self.space.size:
+            if payload >= self.space.size or not self._task_shown(view, payload, inode):
                 raise fuse_error(errno.ENOENT)
             return self.attrs.task(view, payload)
         return self.tmp.attr(inode)
+
+    def _task_shown(self, view: View, task: int, inode: int) -> bool:
+        """May the pending/ or claimed/ inode of `task` be used? Not once the task is done: a
+        claimed/ name of it the kernel kept (kcache.py, `lingering`) answers ENOENT, unless
+        the file is open (an fstat through a descriptor opened while it was claimed)."""
+        if view is View.DONE:
+            return True
+        state = self.state
+        return task in state.pending or task in state.claims or self.handles.holds(inode)
 
     def _fixed_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         """The root, the view roots, tmp/ and status (whose size is that of its JSON now)."""
@@ -277,6 +286,8 @@ class MissionFS(pyfuse3.Operations):
             assert view is not None
             if view is View.DONE:
                 return await self._open_witness(inode, payload, writing)
+            if not self._task_shown(view, payload, inode):
+                raise fuse_error(errno.ENOENT)
             if writing:
                 # After a claim by mv, claimed/REL is the pending inode the kernel moved.
                 where = "claimed" if payload in self.state.claims else view.value

@@ -35,6 +35,7 @@ from fusefs.model.state import MissionState, View, groups
 log = logging.getLogger("missionfs")
 
 BULK_INVALIDATION = 256  # above this many changed tasks, invalidate rows, not names
+LINGERING = 1 << 16  # claimed/ names of done tasks left to the kernel at most (see lingering)
 
 
 class KernelCache:
@@ -57,6 +58,9 @@ class KernelCache:
         self._claimed = state.claimed.copy()  # the claims as of each task's last change
         self._renaming: dict[int, View] = {}  # see kernel_rename
         self._left_to_kernel: set[int] = set()
+        # Tasks whose claim ended with their commit, whose claimed/ name the kernel may still
+        # hold (see _stale_views): dropped a tile at a time when the tile is finished.
+        self.lingering = BitMap()
         self._dropping: set[int] = set()  # inodes whose cached pages are being dropped
         self.phrase_bytes = [n.encode("utf-8", "surrogatepass") for n in state.space.phrase_names]
         state.subscribe(self.on_change)
@@ -127,6 +131,7 @@ class KernelCache:
                 name = sp.lat.name(row).encode()
                 for v in (View.PENDING, View.CLAIMED, View.DONE):
                     self.invalidate(inodes.VIEW_ROOTS[v], name)
+                self.lingering.remove_range(row * sp.row_size, (row + 1) * sp.row_size)
             return
         tiles_seen: set[int] = set()
         for task in tasks:
@@ -136,6 +141,8 @@ class KernelCache:
             if tile not in tiles_seen:
                 tiles_seen.add(tile)
                 self._tile_left_pending(tile)
+        if len(self.lingering) > LINGERING:
+            self._drop_lingering_rows()
 
     def _stale_views(self, task: int) -> list[View]:
         """The views whose cached name of `task` may be stale after its change (see below).
@@ -149,7 +156,15 @@ class KernelCache:
         stale once the task is a fact, except after a commit through this mount, where the
         kernel turned the name positive itself. A positive done/ name (a reference to the done
         inode, or the tmp/ file committed under it) is stale when the fact goes or its content
-        changes."""
+        changes.
+
+        A claim that ended because its task became a fact leaves its claimed/ name to the
+        kernel (`lingering`) instead of one invalidation per task: every use of that name asks
+        the mount (a claim's attributes are never cached, attrs.py) and is told ENOENT
+        (fs.py `_task_shown`), listings never show it, and a fact never returns to pending/ (if
+        its witness is removed, the name is dropped then, before `mv pending/REL claimed/REL`
+        could find it). The names of a tile are dropped together, one invalidation, when the
+        tile is finished (`_tile_left_pending`), or a row at a time past LINGERING."""
         state, held, claimed = self.state, self.held, self._claimed
         was_claimed = task in claimed
         now_claimed = task in state.claimed
@@ -159,6 +174,9 @@ class KernelCache:
             else:
                 claimed.discard(task)
         stale: list[View] = []
+        if task in self.lingering and task not in state.fact:
+            self.lingering.discard(task)  # done no more (a rare repair): pending/ may list it
+            stale.append(View.CLAIMED)
         moving = self._renaming.get(task)
         if held(inodes.make(Kind.FILE, View.PENDING, task)) or held(
             inodes.make(Kind.FILE, View.CLAIMED, task)
@@ -167,6 +185,8 @@ class KernelCache:
                 self._left_to_kernel.add(task)  # claimed by `mv`: the kernel moved the name
             elif moving is View.PENDING and was_claimed and task in state.pending:
                 self._left_to_kernel.add(task)  # released by `mv`: the kernel moved it back
+            elif was_claimed and task in state.fact:
+                self.lingering.add(task)  # ended by its commit: kept, see above
             elif was_claimed:
                 stale.append(View.CLAIMED)  # ended, or renewed (its attributes changed)
             elif task not in state.pending:
@@ -186,6 +206,14 @@ class KernelCache:
         for v in (View.PENDING, View.CLAIMED):
             self.invalidate(inodes.make(Kind.TILE, v, tile), self.phrase_bytes[phrase])
 
+    def _drop_lingering_rows(self) -> None:
+        """Too many claimed/ names kept (tiles left unfinished): drop the rows that hold them
+        (live claims there are looked up again)."""
+        sp = self.space
+        for row in groups(self.lingering, 0, sp.size, sp.row_size, 0):
+            self.invalidate(inodes.VIEW_ROOTS[View.CLAIMED], sp.lat.name(row).encode())
+        self.lingering.clear()
+
     def _tile_left_pending(self, tile: int) -> None:
         """The last task of a tile (or row) left pending/: drop the tile's (row's) name. Not
         while our claims remain there: lookups still resolve the directory then (the kernel
@@ -196,6 +224,11 @@ class KernelCache:
         row, col = divmod(tile, sp.lon.n)
         if self.state.tile_reachable(View.PENDING, row, col):
             return
+        lo = tile * sp.nphr
+        if self.lingering.range_cardinality(lo, lo + sp.nphr):  # finished: its claimed/ too
+            self.lingering.remove_range(lo, lo + sp.nphr)
+            if self.held(inodes.make(Kind.TILE, View.CLAIMED, tile)):
+                self.invalidate(inodes.make(Kind.ROW, View.CLAIMED, row), sp.lon.name(col).encode())
         if self.held(inodes.make(Kind.TILE, View.PENDING, tile)):
             self.invalidate(inodes.make(Kind.ROW, View.PENDING, row), sp.lon.name(col).encode())
         row_ino = inodes.make(Kind.ROW, View.PENDING, row)

@@ -10,8 +10,9 @@ The handlers run in process (no kernel): what reaches the notifier (`Notifier.ad
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import pyfuse3
 import pytest
 from pyroaring import BitMap
 
@@ -46,18 +47,47 @@ def after(dropped: Names, change: Callable[[], object]) -> Names:
     return list(dropped)
 
 
-def test_a_claim_by_mv_then_a_commit_by_mv_drops_only_the_claimed_name(
-    node: EngineNode, dropped: Names
-) -> None:
+def test_a_claim_by_mv_then_a_commit_by_mv_drops_no_name(node: EngineNode, dropped: Names) -> None:
     assert sorted(node.ls(f"pending/{TILE}")) == ["coffee shop.csv", "plumber.csv"]  # held
     # The kernel moves pending/REL to claimed/REL itself; done/REL was and stays a miss.
     assert after(dropped, lambda: node.claim(REL)) == []  # before: done, pending, claimed, done
     assert node.read(f"claimed/{REL}")  # the descriptor
-    # The commit's rename turns done/REL positive in the kernel; no pending/ name exists.
-    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == [
-        ("claimed", "coffee shop.csv")
-    ]
+    kept = node.run(node.resolve, f"claimed/{REL}")  # the inode the kernel's name holds
+    # The commit's rename turns done/REL positive in the kernel; claimed/REL is left to the
+    # kernel (`lingering`): every use of that name is answered ENOENT.
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == []
     assert node.exists(f"done/{REL}") and not node.exists(f"claimed/{REL}")
+    assert _errno_of(node, node.ops.getattr, kept, node.ctx) == errno.ENOENT  # stat
+    assert _errno_of(node, node.ops.open, kept, 0, node.ctx) == errno.ENOENT  # cat
+    assert "coffee shop.csv" not in node.ls(f"claimed/{TILE}")
+
+
+def test_the_claimed_names_of_a_finished_tile_go_in_one_invalidation(
+    node: EngineNode, dropped: Names
+) -> None:
+    node.ls(f"pending/{TILE}")
+    node.ls(f"claimed/{TILE}")  # the kernel holds claimed/LAT/LON
+    for rel in (REL, OTHER):
+        assert node.claim(rel) == 0
+        assert node.read(f"claimed/{rel}")
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == []
+    # The tile's last task: its pending/ and claimed/ tile names go (each once).
+    assert sorted(after(dropped, lambda: node.commit_tmp("s", CSV, OTHER))) == [
+        ("claimed", "20.1"),
+        ("pending", "20.1"),
+    ]
+    assert not node.ops.kcache.lingering
+
+
+def _errno_of(node: EngineNode, fn: Callable[..., Awaitable[object]], *args: object) -> int:
+    async def call() -> int:
+        try:
+            await fn(*args)
+        except pyfuse3.FUSEError as e:
+            return e.errno
+        return 0
+
+    return node.run(call)
 
 
 def test_a_release_by_mv_drops_nothing_and_an_expiry_only_the_claimed_name(
@@ -125,11 +155,9 @@ def test_a_tile_name_goes_when_its_last_claim_ends_not_at_its_last_claim(
     assert after(dropped, lambda: node.claim(REL)) == []
     assert after(dropped, lambda: node.claim(OTHER)) == []  # before: the tile's name
     assert node.exists(f"pending/{TILE}") and node.ls(f"pending/{TILE}") == []
-    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == [
-        ("claimed", "coffee shop.csv")
-    ]
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == []  # claimed/: lingering
     assert after(dropped, lambda: node.commit_tmp("s", CSV, OTHER)) == [
-        ("claimed", "plumber.csv"),
+        ("claimed", "20.1"),  # the finished tile's claimed/ names, at once
         ("pending", "20.1"),
     ]
     assert not node.exists(f"pending/{TILE}")
@@ -151,3 +179,24 @@ def test_a_forget_that_crosses_a_new_lookup_keeps_the_name_held(
     ]
     node.run(node.ops.forget, [(ino, 1)])  # the kernel's last reference
     assert not node.ops.kcache.held(ino)
+
+
+def test_a_lingering_claimed_name_goes_when_its_witness_goes(
+    node: EngineNode, dropped: Names
+) -> None:
+    """A done task is pending again only if its witness goes (found missing at a reconcile):
+    its claimed/ name, left to the kernel at the commit, must go before `mv pending/REL
+    claimed/REL` could find it (source and target the same inode: the kernel would not even
+    ask the mount)."""
+    node.ls(f"pending/{TILE}")
+    assert node.claim(REL) == 0
+    assert after(dropped, lambda: node.commit_tmp("r", CSV, REL)) == []
+    task = node.ws.state.space.parse_rel(REL)
+    assert task in node.ops.kcache.lingering
+    facts = node.ws.facts
+    found = facts.local - BitMap([task])
+    assert ("claimed", "coffee shop.csv") in after(
+        dropped, lambda: facts.reconcile(found, facts.local.copy())
+    )
+    assert task not in node.ops.kcache.lingering
+    assert "coffee shop.csv" in node.ls(f"pending/{TILE}")
