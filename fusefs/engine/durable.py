@@ -92,7 +92,11 @@ class Fsyncer:
         self._efd = -1
         self._nr = SYSCALLS.get(platform.machine())
         self._ids = itertools.count(1)
-        self._flying: dict[int, _Iocb] = {}  # id -> its iocb, alive until its event is reaped
+        # id -> its request (block, io_submit's array), alive until its event is reaped; then
+        # kept in `_free` for the next fsync
+        self._flying: dict[int, tuple[_Iocb, ctypes.Array[ctypes._Pointer[_Iocb]]]] = {}
+        self._free: list[tuple[_Iocb, ctypes.Array[ctypes._Pointer[_Iocb]]]] = []
+        self._abandoned: set[int] = set()  # ids whose waiter was cancelled
         self._done: dict[int, int] = {}  # id -> result (0 or -errno), until its waiter takes it
         # One task at a time waits on the eventfd and reaps for all (`_reaping`); the others
         # wait for `_reaped`, set after each reap (trio allows one waiter per descriptor).
@@ -129,19 +133,19 @@ class Fsyncer:
         return "untried" if self._pending_setup else self.mode
 
     async def fsync(self, fd: int, *, datasync: bool = False) -> None:
-        """fsync(2) (fdatasync(2) with `datasync`) of `fd`; raises its OSError. Not
-        cancellable (like a worker thread's fsync): the caller's next step depends on it."""
+        """fsync(2) (fdatasync(2) with `datasync`) of `fd`; raises its OSError. A cancelled
+        wait leaves the request to the kernel (its completion is reaped and dropped later): a
+        caller whose next step depends on the outcome shields the call (the commit does)."""
         if self._pending_setup:
             self._setup()
-        with trio.CancelScope(shield=True):
-            res = await self._aio_fsync(fd, datasync) if self.mode == "aio" else None
-            if res is None or res == _REFUSED:  # no AIO, no slot, or refused: a worker thread
-                refused, res = res == _REFUSED, await self._in_thread(fd, datasync)
-                if refused and res == 0:  # AIO refused what fsync(2) does: threads from now on
-                    log.info("fsync through worker threads from now on (AIO fsync refused)")
-                    self.mode = "thread"
-            if res < 0:
-                raise OSError(-res, os.strerror(-res))
+        res = await self._aio_fsync(fd, datasync) if self.mode == "aio" else None
+        if res is None or res == _REFUSED:  # no AIO, no slot, or refused: a worker thread
+            refused, res = res == _REFUSED, await self._in_thread(fd, datasync)
+            if refused and res == 0:  # AIO refused what fsync(2) does: threads from now on
+                log.info("fsync through worker threads from now on (AIO fsync refused)")
+                self.mode = "thread"
+        if res < 0:
+            raise OSError(-res, os.strerror(-res))
 
     async def _aio_fsync(self, fd: int, datasync: bool) -> int | None:
         """The AIO fsync's result (0 or -errno); None if the kernel had no AIO slot free,
@@ -149,13 +153,25 @@ class Fsyncer:
         while len(self._flying) >= SLOTS:  # ours are all in flight: wait for a reap
             await self._next_reap()
         ident = next(self._ids)
-        op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
-        iocb = _Iocb(aio_data=ident, aio_lio_opcode=op, aio_fildes=fd)
-        iocb.aio_flags, iocb.aio_resfd = IOCB_FLAG_RESFD, self._efd
-        submitted = self._submit(iocb)
+        request = self._free.pop() if self._free else self._request()
+        iocb = request[0]
+        iocb.aio_data = ident
+        iocb.aio_lio_opcode = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
+        iocb.aio_fildes = fd
+        submitted = self._submit(request[1])
         if submitted != "ok":
+            self._free.append(request)
             return None if submitted == "busy" else _REFUSED
-        self._flying[ident] = iocb
+        self._flying[ident] = request
+        try:
+            await self._wait_for(ident)
+        except BaseException:  # cancelled: its completion is dropped when reaped
+            if self._done.pop(ident, None) is None:
+                self._abandoned.add(ident)
+            raise
+        return self._done.pop(ident)
+
+    async def _wait_for(self, ident: int) -> None:
         while ident not in self._done:
             if self._reaping:  # another task waits on the eventfd; it wakes us after its reap
                 await self._next_reap()
@@ -169,7 +185,6 @@ class Fsyncer:
                 reaped, self._reaped = self._reaped, None
                 if reaped is not None:
                     reaped.set()
-        return self._done.pop(ident)
 
     async def _next_reap(self) -> None:
         if self._reaped is None:
@@ -184,12 +199,16 @@ class Fsyncer:
             return -(e.errno or errno.EIO)
         return 0
 
-    def _submit(self, iocb: _Iocb) -> str:
+    def _request(self) -> tuple[_Iocb, ctypes.Array[ctypes._Pointer[_Iocb]]]:
+        """A request block and io_submit's array pointing to it (kept for reuse)."""
+        iocb = _Iocb(aio_flags=IOCB_FLAG_RESFD, aio_resfd=self._efd)
+        return iocb, _OnePointer(ctypes.pointer(iocb))
+
+    def _submit(self, ptrs: ctypes.Array[ctypes._Pointer[_Iocb]]) -> str:
         """ "ok", "busy" (no AIO slot in the kernel now: this one in a thread) or "refused"
         (EINVAL, ENOSYS, EOPNOTSUPP: no AIO fsync here, or no fsync for this descriptor at all:
         `fsync` tells which); raises an fd's own error (EBADF)."""
         assert self._libc is not None and self._nr is not None
-        ptrs = _OnePointer(ctypes.pointer(iocb))
         if self._libc.syscall(self._submit_nr, self._ctx, _ONE, ptrs) == 1:
             return "ok"
         err = ctypes.get_errno()
@@ -213,8 +232,13 @@ class Fsyncer:
             if n <= 0:
                 return
             for ev in self._events[:n]:
-                self._flying.pop(ev.data, None)
-                self._done[ev.data] = ev.res
+                request = self._flying.pop(ev.data, None)
+                if request is not None:
+                    self._free.append(request)
+                if ev.data in self._abandoned:
+                    self._abandoned.discard(ev.data)
+                else:
+                    self._done[ev.data] = ev.res
             if n < SLOTS:
                 return
 

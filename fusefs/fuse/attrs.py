@@ -29,6 +29,10 @@ DIR_TIMEOUT = 60.0
 FILE_TIMEOUT = 60.0
 WITNESS_TIMEOUT = 300.0
 TMP_TIMEOUT = 1.0
+# A claim's attributes: the bound of the kernel's invalidations (notifier.LINGER_SECONDS), so
+# a claimed/ name of a task just committed answers a stat for at most as long as any other
+# stale name does; long enough for a worker's open, fstat and reads of it to share one GETATTR.
+CLAIM_ATTR_TIMEOUT = 0.005
 DIR_MODE = stat.S_IFDIR | 0o755
 
 
@@ -80,12 +84,14 @@ class Attrs:
             return self.witness(ino, task)
         claim = self.state.claims.get(task)
         if claim is not None:
-            # Attributes of a claim are never cached: when it ends by its task's commit, the
-            # kernel may keep its claimed/ name (kcache.py, `lingering`), and every stat of
-            # that name must ask, to be told ENOENT.
+            # Attributes of a claim are cached CLAIM_ATTR_TIMEOUT at most: when it ends by its
+            # task's commit, the kernel may keep its claimed/ name (kcache.py, `lingering`),
+            # and a stat of that name must soon ask, to be told ENOENT.
             mtime = int(claim.claimed_at * 1e9)
             size = self.space.descriptor_size(task)
-            return self.make(ino, stat.S_IFREG | 0o644, size, mtime, FILE_TIMEOUT, 0)
+            return self.make(
+                ino, stat.S_IFREG | 0o644, size, mtime, FILE_TIMEOUT, CLAIM_ATTR_TIMEOUT
+            )
         cached = self._pending.get(ino)  # a pending descriptor's attributes never change
         if cached is None:
             cached = self.make(

@@ -160,7 +160,7 @@ class KernelCache:
 
         A claim that ended because its task became a fact leaves its claimed/ name to the
         kernel (`lingering`) instead of one invalidation per task: every use of that name asks
-        the mount (a claim's attributes are never cached, attrs.py) and is told ENOENT
+        the mount (a claim's attributes are cached 5 ms at most, attrs.py) and is told ENOENT
         (fs.py `_task_shown`), listings never show it, and a fact never returns to pending/ (if
         its witness is removed, the name is dropped then, before `mv pending/REL claimed/REL`
         could find it). The names of a tile are dropped together, one invalidation, when the

@@ -102,11 +102,11 @@ class Journal:
         bytes: tests/unit/test_journal_line.py)."""
         t = round(time.time(), 6)
         if RESERVED.isdisjoint(fields):
-            parts = [f'{{"t":{t!r},"ev":{_string(ev)}']
+            parts = [f'{{"t":{t!r},"ev":{_name(ev)}']
             if rel is not None:
                 parts.append(f',"rel":{_string(rel)}')
             for key, value in fields.items():
-                parts.append(f",{_string(key)}:{_value(value)}")
+                parts.append(f",{_name(key)}:{_value(value)}")
             parts.append(self._tail)
             line = "".join(parts)
         else:
@@ -190,6 +190,19 @@ def _string(s: str) -> str:
     if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
         return f'"{s}"'
     return json.dumps(s, ensure_ascii=False)
+
+
+_NAMES: dict[str, str] = {}  # events and field names (a few dozen) as JSON strings
+
+
+def _name(s: str) -> str:
+    """_string of an event or field name, kept."""
+    q = _NAMES.get(s)
+    if q is None:
+        q = _string(s)
+        if len(_NAMES) < 256:
+            _NAMES[s] = q
+    return q
 
 
 def _value(v: Any) -> str:

@@ -7,7 +7,11 @@ direct writes, kept with a note: nothing is ever dropped) and conflicts/.
 
 Commit = fsync the file, hard-link it under its witness name (link never replaces, so an existing
 witness cannot be overwritten, not even by a racing commit), fsync the directory, drop the
-staging name. All methods block: the daemon calls them through trio.to_thread.
+staging name. All methods block. The daemon's commit (engine/commit.py) calls the metadata
+steps (`link`, `tile_dir`, `dir_known`, `DirHandles.acquire`/`release`) on its trio thread
+and awaits the fsyncs without a thread (engine/durable.py); everything else, `commit` (the
+CLI's and the sync engine's adoptions) and `ensure_dir` of a new tile included, runs through
+trio.to_thread or outside trio.
 """
 
 from __future__ import annotations
@@ -95,9 +99,9 @@ def replace_text_if_changed(path: Path, text: str) -> None:
 class DirHandles:
     """Descriptors of witness directories kept open for their fsync (a commit's last step).
 
-    An open and a close less per commit, in the worker thread where each syscall is a GIL
-    hand-off. At most `limit` are kept; one evicted while another thread fsyncs through it is
-    closed by that thread when it is done. A directory is never removed under a running daemon
+    An open and a close less per commit. At most `limit` are kept; one evicted while another
+    user (a thread, or an AIO fsync awaited on trio's thread) fsyncs through it is closed by
+    that user's `release`. A directory is never removed under a running daemon
     (witnesses are immutable), so a kept descriptor always names the directory of its path."""
 
     def __init__(self, limit: int = DIR_HANDLES) -> None:

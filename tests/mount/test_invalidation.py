@@ -64,3 +64,25 @@ def test_a_single_commit_drops_its_claimed_name(mount: Mount) -> None:
     mount.p("tmp/r").write_text("a,b\n")
     os.rename(mount.p("tmp/r"), mount.p(f"done/{rel}"))
     wait_for(lambda: not os.path.exists(mount.p(f"claimed/{rel}")), 10, "claimed/ name gone")
+
+
+def test_a_committed_claims_name_is_dead_on_use_at_once(mount: Mount) -> None:
+    """A claim ended by its commit leaves its claimed/ name to the kernel (no invalidation per
+    task, kcache.py `lingering`): the name must already be refused on use and absent from
+    listings when the commit returns, and stop answering `stat` within the attribute bound."""
+    rel = pending_rels(mount)[0]
+    tile = rel.rpartition("/")[0]
+    os.rename(mount.p(f"pending/{rel}"), mount.p(f"claimed/{rel}"))
+    shown = subprocess.run(["cat", str(mount.p(f"claimed/{rel}"))], capture_output=True)
+    assert shown.returncode == 0 and shown.stdout  # the descriptor, through the kept name
+    mount.p("tmp/r").write_text("a,b\n")
+    os.rename(mount.p("tmp/r"), mount.p(f"done/{rel}"))
+    again = subprocess.run(["cat", str(mount.p(f"claimed/{rel}"))], capture_output=True)
+    assert again.returncode != 0 and b"No such file" in again.stderr
+    listed = subprocess.run(["ls", str(mount.p(f"claimed/{tile}"))], capture_output=True)
+    assert rel.rpartition("/")[2] not in listed.stdout.decode()
+    touched = subprocess.run(["touch", str(mount.p(f"claimed/{rel}"))], capture_output=True)
+    assert touched.returncode != 0  # no renewal of a claim that ended
+    wait_for(lambda: not os.path.exists(mount.p(f"claimed/{rel}")), 10, "stat says ENOENT")
+    assert mount.p(f"done/{rel}").read_text() == "a,b\n"
+    assert mount.status()["counts"]["claimed"] == 0
