@@ -9,10 +9,11 @@ commit's rename and the forget of the descriptor's inode. Directory lookups are 
 tile (the kernel caches them). Invalidations go to a queue nobody reads (their cost in the
 daemon is the hand-off to the notifier's thread and that thread, not measured here).
 
-`--inline-commit` runs the commit's blocking part (validation, fsync, link) on the trio thread
-instead of a worker thread: not something the daemon may do, only what the thread hop costs.
+The commit's fsyncs are awaited through Linux AIO, as in the daemon (fusefs/engine/durable.py);
+`--thread-fsync` sends them to a worker thread instead (the daemon's way before, and its
+fallback where AIO is missing), to show what that hop costs.
 
-    .venv/bin/python bench/task_handlers.py [--tasks N] [--rounds R] [--inline-commit]
+    .venv/bin/python bench/task_handlers.py [--tasks N] [--rounds R] [--thread-fsync]
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ sys.path[:0] = [str(BENCH.parent)]
 import pyfuse3  # noqa: E402
 import trio  # noqa: E402
 
-import fusefs.engine.commit  # noqa: E402
+from fusefs.engine.durable import Fsyncer  # noqa: E402
 from fusefs.fuse.notifier import Notifier  # noqa: E402
 from fusefs.model.mission import load_mission  # noqa: E402
 from tests.engine.driver import EngineNode, FakeClock, readdir_reply  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", type=int, default=2000, help="tasks per round (2000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds, the median is printed (3)")
-    ap.add_argument("--inline-commit", action="store_true", help="no thread hop in the commit")
+    ap.add_argument("--thread-fsync", action="store_true", help="fsyncs in a worker thread")
     args = ap.parse_args()
     pyfuse3.readdir_reply = readdir_reply  # the driver's token, as in the engine tier
     pending: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
@@ -55,31 +55,22 @@ def main() -> None:
         pending.put((inode_p, name))
 
     Notifier.add = invalidate  # type: ignore[method-assign]
-    if args.inline_commit:
-        fusefs.engine.commit.trio = inline_trio()
     results = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
             node = node_over(Path(d), args.tasks)
+            if args.thread_fsync:
+                node.ws.committer.fsyncer = Fsyncer(use_aio=False)
             try:
                 results.append(trio.run(run, node, args.tasks))
             finally:
                 node.close()
     results.sort()
-    hop = "commit inline (no thread hop)" if args.inline_commit else "commit in a worker thread"
+    hop = "fsyncs in a worker thread" if args.thread_fsync else "fsyncs through AIO"
     print(
         f"{1000 * results[len(results) // 2]:.3f} ms CPU per task (median of {args.rounds},"
         f" {1000 * results[0]:.3f}-{1000 * results[-1]:.3f}); {hop}"
     )
-
-
-def inline_trio() -> Any:
-    """trio, except that to_thread.run_sync calls the function in place."""
-
-    async def run_sync(fn: Any, *args: Any, **_: Any) -> Any:
-        return fn(*args)
-
-    return SimpleNamespace(to_thread=SimpleNamespace(run_sync=run_sync))
 
 
 def node_over(d: Path, tasks: int) -> EngineNode:
