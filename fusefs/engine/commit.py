@@ -137,7 +137,9 @@ class Committer:
         in a worker thread (durable.py); the link, like the open before it, is inline."""
         d = self.store.tile_dir(rel)
         if not self.store.dir_known(d):  # a new tile: mkdir, fsync of its parents
-            await trio.to_thread.run_sync(self.store.ensure_dir, d)
+            for parent in self.store.make_dir(d):
+                await self._fsync_dir(parent)
+            self.store.known_dir(d)
         if fd >= 0:
             await self.fsyncer.fsync(fd)
         dst = self.store.link(path, rel)
@@ -155,6 +157,13 @@ class Committer:
             raise
         finally:
             self.store.dir_fds.release(dfd)
+
+    async def _fsync_dir(self, d: str) -> None:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await self.fsyncer.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")

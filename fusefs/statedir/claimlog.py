@@ -7,7 +7,10 @@ to the page cache at once (it survives `kill -9`; a power cut may lose the last 
 as it loses the claims' workers too), replayed and compacted at start.
 
     claim<TAB>EXPIRES<TAB>REL      a claim or renewal until EXPIRES (epoch seconds)
-    end<TAB><TAB>REL               released, expired, lost or completed
+    end<TAB><TAB>REL               released, expired or lost
+
+A claim that ends because its task became a fact gets no end line (one write less per task):
+the witness ends it, and a restart holds no claim of a fact.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ class ClaimLog:
                 task = space.parse_rel(rel)
             except OutOfPlan:
                 continue
-            if expires <= now:
-                continue
+            if expires <= now or task in self.state.fact:
+                continue  # expired, or ended by its commit (which writes no end line)
             try:
                 self.state.claim(task, now, expires - now, owner)
             except NotPending as e:
@@ -139,7 +142,7 @@ class ClaimLog:
 
     def changed(self, tasks: Iterable[int]) -> None:
         """State listener: record claims that began, were renewed or ended."""
-        claims = self.state.claims
+        claims, fact = self.state.claims, self.state.fact
         if isinstance(tasks, BitMap) and len(tasks) > 64:  # bulk (remote facts): few claims
             tasks = tasks & (BitMap(self.live) | self.state.claimed)
         out = []
@@ -150,8 +153,8 @@ class ClaimLog:
                 if self.live.get(task) != c.expires_at:
                     self.live[task] = c.expires_at
                     out.append(f"claim\t{c.expires_at:.3f}\t{rel(task)}\n")
-            elif self.live.pop(task, None) is not None:
-                out.append(f"end\t\t{rel(task)}\n")
+            elif self.live.pop(task, None) is not None and task not in fact:
+                out.append(f"end\t\t{rel(task)}\n")  # a commit's end needs no line: see above
         if not out or self._fd < 0:
             return
         self._write([*self._backlog, *out])

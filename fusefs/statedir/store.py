@@ -55,7 +55,7 @@ class Store(Protocol):
         ...
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -254,21 +254,29 @@ class LocalStore:
 
     def ensure_dir(self, d: str) -> None:
         """Make tile directory `d` if missing, durably (its parents fsync'd); blocks."""
+        for parent in self.make_dir(d):
+            fsync_dir(parent)
+        self.known_dir(d)
+
+    def make_dir(self, d: str) -> list[str]:
+        """Make tile directory `d` and its missing parents (metadata only, no fsync); returns
+        the directories whose fsync makes them durable (each new one's parent), to fsync
+        before `known_dir(d)`."""
         if d in self._known_dirs:
-            return
-        if len(self._known_dirs) > KNOWN_DIRS:
-            self._known_dirs.clear()
-        if os.path.isdir(d):
-            self._known_dirs.add(d)
-            return
+            return []
         created = []
         p = Path(d)
         while not p.is_dir():
             created.append(p)
             p = p.parent
-        os.makedirs(d, exist_ok=True)
-        for c in reversed(created):
-            fsync_dir(c.parent)
+        if created:
+            os.makedirs(d, exist_ok=True)
+        return [str(c.parent) for c in reversed(created)]
+
+    def known_dir(self, d: str) -> None:
+        """Tile directory `d` exists and is durable (see dir_known)."""
+        if len(self._known_dirs) > KNOWN_DIRS:
+            self._known_dirs.clear()
         self._known_dirs.add(d)
 
     def reject(self, staged: Path, rel: str, reason: str) -> Path:

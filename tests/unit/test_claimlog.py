@@ -47,3 +47,22 @@ def test_an_unreadable_log_holds_nothing_and_says_so(
     log = ClaimLog(path, MissionState(SPACE, BitMap(range(SPACE.size))))
     assert log.claim_live(NOW) == {}
     assert "cannot read" in caplog.text
+
+
+def test_a_claim_ended_by_its_commit_writes_no_line_and_is_not_held_again(tmp_path: Path) -> None:
+    state = MissionState(SPACE, BitMap(range(SPACE.size)))
+    log = ClaimLog(tmp_path / "claims.log", state)
+    log.restore(NOW)
+    done, released = 0, 1
+    for task in (done, released):
+        state.claim(task, NOW, 60.0, "pid 1")
+    state.add_fact(done)  # committed: the claim ends with no line
+    state.release(released)
+    lines = (tmp_path / "claims.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["claim", "claim", "end"]
+    assert lines[-1].endswith(SPACE.rel(released))
+    again = MissionState(SPACE, BitMap(range(SPACE.size)))
+    again.add_fact(done)  # a restart knows the fact (its index)
+    refused: list[str] = []
+    assert ClaimLog(tmp_path / "claims.log", again).claim_live(NOW + 1, "", refused.append) == {}
+    assert refused == []  # not counted as a claim refused at restart: it simply ended
