@@ -62,6 +62,8 @@ class Committer:
         self.batched = batched  # durability "batched": directory fsyncs grouped by the daemon
         self._in_flight: set[int] = set()
         self.fsyncer = Fsyncer()  # closed with the workspace
+        self._making: dict[str, trio.Event] = {}  # new tile dirs being made durable (_new_tile)
+        self._parents_due: dict[str, list[str]] = {}  # their parents left unsynced by an error
 
     @property
     def local(self) -> BitMap:
@@ -112,7 +114,7 @@ class Committer:
         a link changes neither its size nor its mtime (the digest's hash cache keys on both).
         A witness of up to INLINE_BYTES (the usual one) is read and checked on the event loop,
         like any small read of a page-cached file (a larger one streamed, in a worker thread)."""
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there by hand: no wait
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -136,17 +138,20 @@ class Committer:
         directory (durability "batched": later, by the daemon). The fsyncs are awaited, not run
         in a worker thread (durable.py); the link, like the open before it, is inline."""
         d = self.store.tile_dir(rel)
-        if not self.store.dir_known(d):  # a new tile: mkdir, fsync of its parents
-            for parent in self.store.make_dir(d):
-                await self._fsync_dir(parent)
-            self.store.known_dir(d)
+        if not self.store.dir_known(d):
+            await self._new_tile(d)
         if fd >= 0:
             await self.fsyncer.fsync(fd)
-        dst = self.store.link(path, rel)
         if self.batched:
+            self.store.link(path, rel)
             self.store.dirty_dirs.add(Path(d))
             return
-        dfd = self.store.dir_fds.acquire(d)
+        dfd = self.store.dir_fds.acquire(d)  # before the link: nothing to take back if it fails
+        try:
+            dst = self.store.link(path, rel)
+        except BaseException:
+            self.store.dir_fds.release(dfd)
+            raise
         try:
             await self.fsyncer.fsync(dfd)
         except OSError:
@@ -157,6 +162,27 @@ class Committer:
             raise
         finally:
             self.store.dir_fds.release(dfd)
+
+    async def _new_tile(self, d: str) -> None:
+        """Make tile directory `d` durable: mkdir (inline), fsync of each new one's parent. One
+        commit does it while the others into the same tile wait (they must not link into it
+        before it is durable); parents whose fsync failed are fsync'd by the next commit."""
+        while (making := self._making.get(d)) is not None:
+            await making.wait()
+        if self.store.dir_known(d):
+            return
+        self._making[d] = trio.Event()
+        try:
+            parents = self._parents_due.pop(d, None) or self.store.make_dir(d)
+            for i, parent in enumerate(parents):
+                try:
+                    await self._fsync_dir(parent)
+                except BaseException:
+                    self._parents_due[d] = parents[i:]
+                    raise
+            self.store.known_dir(d)
+        finally:
+            self._making.pop(d).set()
 
     async def _fsync_dir(self, d: str) -> None:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)

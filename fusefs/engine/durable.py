@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import platform
+from collections.abc import Callable
 
 import trio
 
@@ -41,11 +42,22 @@ SYSCALLS: dict[str, tuple[int, int, int, int]] = {
     "armv7l": (243, 244, 246, 245),
     "armv6l": (243, 244, 246, 245),
 }
+POINTER_BYTES = {"armv7l": 4, "armv6l": 4}  # the others above are 64-bit tables
 IOCB_CMD_FSYNC = 2
 IOCB_CMD_FDSYNC = 3
 IOCB_FLAG_RESFD = 1  # signal the completion on aio_resfd (an eventfd)
 SLOTS = 128  # AIO requests in flight at most (io_setup); more wait for a slot
 _REFUSED = 1  # _aio_fsync's answer when io_submit refused the request (results are 0 or -errno)
+
+
+def syscall_numbers(machine: str, pointer_bytes: int) -> tuple[int, int, int, int] | None:
+    """SYSCALLS for this process: `uname -m` names the kernel's architecture, and a 32-bit
+    process on a 64-bit kernel (an i386 or armhf userland) has the other table, where these
+    numbers are other calls (x86_64's 206 is i386's setgroups32): None then, worker threads."""
+    numbers = SYSCALLS.get(machine)
+    if numbers is None or POINTER_BYTES.get(machine, 8) != pointer_bytes:
+        return None
+    return numbers
 
 
 class _Iocb(ctypes.Structure):
@@ -90,7 +102,7 @@ class Fsyncer:
         self.mode = "thread"
         self._ctx = ctypes.c_ulong(0)
         self._efd = -1
-        self._nr = SYSCALLS.get(platform.machine())
+        self._nr = syscall_numbers(platform.machine(), ctypes.sizeof(ctypes.c_void_p))
         self._ids = itertools.count(1)
         # id -> its request (block, io_submit's array), alive until its event is reaped; then
         # kept in `_free` for the next fsync
@@ -122,7 +134,9 @@ class Fsyncer:
             self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         except (OSError, AttributeError) as e:
             log.info("fsync through worker threads (no Linux AIO here: %s)", e)
-            self._ctx.value = 0
+            if self._ctx.value:  # io_setup worked, the eventfd did not
+                libc.syscall(ctypes.c_long(self._nr[1]), self._ctx)
+                self._ctx.value = 0
             return
         self._libc = libc
         self.mode = "aio"
@@ -150,29 +164,34 @@ class Fsyncer:
     async def _aio_fsync(self, fd: int, datasync: bool) -> int | None:
         """The AIO fsync's result (0 or -errno); None if the kernel had no AIO slot free,
         _REFUSED if io_submit refused it (the caller decides whether AIO is what refused)."""
-        while len(self._flying) >= SLOTS:  # ours are all in flight: wait for a reap
-            await self._next_reap()
+        # All slots in flight: wait for a reap (or reap, if no waiter does: all abandoned)
+        await self._wait_until(lambda: len(self._flying) < SLOTS)
         ident = next(self._ids)
         request = self._free.pop() if self._free else self._request()
         iocb = request[0]
         iocb.aio_data = ident
         iocb.aio_lio_opcode = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
         iocb.aio_fildes = fd
-        submitted = self._submit(request[1])
+        try:
+            submitted = self._submit(request[1])
+        except OSError:
+            self._free.append(request)
+            raise
         if submitted != "ok":
             self._free.append(request)
             return None if submitted == "busy" else _REFUSED
         self._flying[ident] = request
         try:
-            await self._wait_for(ident)
+            await self._wait_until(lambda: ident in self._done)
         except BaseException:  # cancelled: its completion is dropped when reaped
             if self._done.pop(ident, None) is None:
                 self._abandoned.add(ident)
             raise
         return self._done.pop(ident)
 
-    async def _wait_for(self, ident: int) -> None:
-        while ident not in self._done:
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Until `done()`: reap when no other task does, else wait for its next reap."""
+        while not done():
             if self._reaping:  # another task waits on the eventfd; it wakes us after its reap
                 await self._next_reap()
                 continue

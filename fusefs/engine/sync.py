@@ -156,13 +156,20 @@ class SyncEngine(RemoteFacts):
 
     def _committed(self, task: int, content: Content) -> None:
         """A witness committed on this node: keep its bytes for its upload, if small enough."""
+        self._take_fresh(task)  # a witness committed again (its fact had gone): these bytes
         body = content.body
-        if body is None or task in self._fresh:
+        if body is None:
             return
-        if len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES:
-            return
-        self._fresh[task] = (body, content.sha256)
-        self._fresh_bytes += len(body)
+        full = len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES
+        if full:
+            for gone in [t for t in self._fresh if t not in self.local or t in self.synced]:
+                self._take_fresh(gone)  # never uploaded from here: its fact went, or S3 had it
+            full = (
+                len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES
+            )
+        if not full:
+            self._fresh[task] = (body, content.sha256)
+            self._fresh_bytes += len(body)
 
     def _take_fresh(self, task: int) -> tuple[bytes, str] | None:
         fresh = self._fresh.pop(task, None)

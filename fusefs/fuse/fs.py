@@ -99,14 +99,17 @@ class MissionFS(pyfuse3.Operations):
             return self.attrs.task(view, payload)
         return self.tmp.attr(inode)
 
-    def _task_shown(self, view: View, task: int, inode: int) -> bool:
+    def _task_shown(self, view: View, task: int, inode: int, *, use: bool = False) -> bool:
         """May the pending/ or claimed/ inode of `task` be used? Not once the task is done: a
-        claimed/ name of it the kernel kept (kcache.py, `lingering`) answers ENOENT, unless
-        the file is open (an fstat through a descriptor opened while it was claimed)."""
+        claimed/ name of it the kernel kept (kcache.py, `lingering`) answers ENOENT, except to
+        an fstat through a descriptor opened while it was claimed (its attributes then last
+        CLAIM_ATTR_TIMEOUT only, attrs.py); a `use` of it (open, touch) is refused."""
         if view is View.DONE:
             return True
         state = self.state
-        return task in state.pending or task in state.claims or self.handles.holds(inode)
+        if task in state.pending or task in state.claims:
+            return True
+        return not use and self.handles.holds(inode)
 
     def _fixed_attr(self, ino: int) -> pyfuse3.EntryAttributes:
         """The root, the view roots, tmp/ and status (whose size is that of its JSON now)."""
@@ -286,7 +289,7 @@ class MissionFS(pyfuse3.Operations):
             assert view is not None
             if view is View.DONE:
                 return await self._open_witness(inode, payload, writing)
-            if not self._task_shown(view, payload, inode):
+            if not self._task_shown(view, payload, inode, use=True):
                 raise fuse_error(errno.ENOENT)
             if writing:
                 # After a claim by mv, claimed/REL is the pending inode the kernel moved.
@@ -386,6 +389,9 @@ class MissionFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         kind, view, payload = inodes.split(inode)
         if kind is Kind.FILE and view is not View.DONE:
+            assert view is not None
+            if payload >= self.space.size or not self._task_shown(view, payload, inode, use=True):
+                raise fuse_error(errno.ENOENT)  # e.g. the kept name of a claim that ended
             if payload in self.state.claims and not fields.update_size:
                 try:
                     await self.claims.renew(payload)  # `touch claimed/REL`

@@ -45,6 +45,9 @@ class ClaimLog:
         # the error of the last write (None once a write succeeded): a claim made while it is
         # set was not persisted, and the mount rolls it back (engine/claims.py).
         self._backlog: list[str] = []
+        # Claims ended by their task's commit, with no end line; if the fact goes (a witness
+        # removed), the line is written then, or a restart would hold the claim again.
+        self._unended = BitMap()
         self.error: OSError | None = None
 
     def restore(
@@ -132,6 +135,7 @@ class ClaimLog:
                 os.unlink(tmp)
             raise
         self._lines = len(self.live)
+        self._unended.clear()  # the rewritten file holds no line of theirs
         self._open_append()
 
     def _open_append(self) -> None:
@@ -142,9 +146,9 @@ class ClaimLog:
 
     def changed(self, tasks: Iterable[int]) -> None:
         """State listener: record claims that began, were renewed or ended."""
-        claims, fact = self.state.claims, self.state.fact
+        claims, fact, unended = self.state.claims, self.state.fact, self._unended
         if isinstance(tasks, BitMap) and len(tasks) > 64:  # bulk (remote facts): few claims
-            tasks = tasks & (BitMap(self.live) | self.state.claimed)
+            tasks = tasks & (BitMap(self.live) | self.state.claimed | unended)
         out = []
         rel = self.state.space.rel
         for task in tasks:
@@ -153,8 +157,14 @@ class ClaimLog:
                 if self.live.get(task) != c.expires_at:
                     self.live[task] = c.expires_at
                     out.append(f"claim\t{c.expires_at:.3f}\t{rel(task)}\n")
-            elif self.live.pop(task, None) is not None and task not in fact:
-                out.append(f"end\t\t{rel(task)}\n")  # a commit's end needs no line: see above
+            elif self.live.pop(task, None) is not None:
+                if task in fact:
+                    unended.add(task)  # ended by its commit: no line (see above)
+                else:
+                    out.append(f"end\t\t{rel(task)}\n")
+            elif task in unended and task not in fact:  # its witness went: the line is due
+                unended.discard(task)
+                out.append(f"end\t\t{rel(task)}\n")
         if not out or self._fd < 0:
             return
         self._write([*self._backlog, *out])

@@ -143,3 +143,84 @@ def _journalled_commits(node: EngineNode) -> list[str]:
         for line in f.read_text().splitlines()
     ]
     return [r["rel"] for r in lines if r["ev"] == "commit"]
+
+
+def test_a_directory_that_cannot_be_opened_leaves_no_witness_behind(
+    node: EngineNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory's descriptor (for its fsync) is taken before the link: out of
+    descriptors (EMFILE), the commit fails with no link left (before: the link stayed, the
+    worker was told the commit failed, and its retry got EEXIST)."""
+    store = node.ws.store
+
+    def no_descriptor(d: str) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    assert node.claim(REL) == 0
+    node.commit_tmp("warm", b"h\n1\n", "10.1/20.0/plumber.csv")  # the tile exists, known
+    monkeypatch.setattr(store.dir_fds, "acquire", no_descriptor)
+    assert node.commit_tmp("w1", BODY, REL) == errno.EMFILE
+    assert not (node.state_dir / "scraped-tiles" / REL).exists()
+    monkeypatch.undo()
+    assert node.commit_tmp("w2", BODY, REL) == 0  # no link was left: the task commits
+    assert node.read(f"done/{REL}") == BODY
+
+
+def test_commits_into_a_new_tile_wait_until_it_is_durable(
+    node: EngineNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commits into a tile with no directory yet: the first makes it and fsyncs its
+    parents; the second must not link into it, nor return, before those fsyncs end (before: it
+    found the directory made and went on). A failed parent fsync is done by the next commit."""
+    import trio
+    import trio.testing
+
+    from fusefs.engine.commit import Committer
+
+    committer: Committer = node.ws.committer
+    tiles = node.state_dir / "scraped-tiles"
+    order: list[str] = []
+    gate = trio.Event()
+    fail_once = [True]
+    real = Fsyncer.fsync
+
+    async def slow_parents(self: Fsyncer, fd: int, *, datasync: bool = False) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path in (str(tiles), str(tiles / "10.2")):  # a parent of the new tile
+            order.append(f"parent {os.path.relpath(path, tiles)}")
+            await gate.wait()
+            if fail_once[0] and path == str(tiles / "10.2"):
+                fail_once[0] = False
+                raise OSError(errno.EIO, "I/O error")
+        await real(self, fd, datasync=datasync)
+
+    monkeypatch.setattr(Fsyncer, "fsync", slow_parents)
+    staged = []
+    for i, name in enumerate(("coffee shop.csv", "plumber.csv")):
+        p = node.state_dir / "tmp" / f"new{i}"
+        p.write_bytes(BODY)
+        staged.append((p, node.ws.state.space.parse_rel(f"10.2/20.1/{name}")))
+
+    async def one(i: int) -> None:
+        path, task = staged[i]
+        try:
+            await committer.commit(path, task, synced=False, source="rename")
+            order.append(f"commit {i}")
+        except Exception as e:  # the first: EIO from its parent's fsync
+            order.append(f"failed {i}: {type(e).__name__}")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["parent ."]  # the second commit waits for the first
+            gate.set()
+
+    trio.run(main)
+    # The first commit failed at its parent's fsync; the second waited for it, then made the
+    # tile durable itself (the failed fsync again) before it linked and returned.
+    assert order == ["parent .", "parent 10.2", "failed 0: OSError", "parent 10.2", "commit 1"]
+    assert (tiles / "10.2/20.1/plumber.csv").read_bytes() == BODY
+    assert not (tiles / "10.2/20.1/coffee shop.csv").exists()

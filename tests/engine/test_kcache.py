@@ -10,6 +10,7 @@ The handlers run in process (no kernel): what reaches the notifier (`Notifier.ad
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Awaitable, Callable
 
 import pyfuse3
@@ -200,3 +201,35 @@ def test_a_lingering_claimed_name_goes_when_its_witness_goes(
     )
     assert task not in node.ops.kcache.lingering
     assert "coffee shop.csv" in node.ls(f"pending/{TILE}")
+
+
+def test_a_kept_claimed_name_with_an_open_descriptor_stays_dead_to_others(
+    node: EngineNode, dropped: Names
+) -> None:
+    """A descriptor opened while the task was claimed may still fstat it after the commit,
+    but those attributes last 5 ms (not the 60 s of a pending descriptor's, which would let
+    the kernel answer `stat claimed/REL` for a minute), a new open is refused, and so is a
+    touch (setattr: ENOENT, not EPERM)."""
+    from fusefs.fuse.attrs import CLAIM_ATTR_TIMEOUT
+    from tests.engine.driver import FakeSetattrFields
+
+    node.ls(f"pending/{TILE}")
+    assert node.claim(REL) == 0
+    kept = node.run(node.resolve, f"claimed/{REL}")
+
+    async def hold() -> int:
+        return (await node.ops.open(kept, os.O_RDONLY, node.ctx)).fh
+
+    fh = node.run(hold)
+    assert node.commit_tmp("r", CSV, REL) == 0
+    attr = node.run(node.ops.getattr, kept, node.ctx)
+    assert attr.attr_timeout == CLAIM_ATTR_TIMEOUT
+    assert _errno_of(node, node.ops.open, kept, os.O_RDONLY, node.ctx) == errno.ENOENT
+    fields = FakeSetattrFields(update_atime=True, update_mtime=True)
+    assert _errno_of(node, node.ops.setattr, kept, attr, fields, None, node.ctx) == errno.ENOENT
+
+    async def release() -> None:
+        await node.ops.release(fh)
+
+    node.run(release)
+    assert _errno_of(node, node.ops.getattr, kept, node.ctx) == errno.ENOENT

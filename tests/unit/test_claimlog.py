@@ -66,3 +66,22 @@ def test_a_claim_ended_by_its_commit_writes_no_line_and_is_not_held_again(tmp_pa
     refused: list[str] = []
     assert ClaimLog(tmp_path / "claims.log", again).claim_live(NOW + 1, "", refused.append) == {}
     assert refused == []  # not counted as a claim refused at restart: it simply ended
+
+
+def test_a_removed_facts_claim_gets_its_end_line_so_a_restart_does_not_hold_it(
+    tmp_path: Path,
+) -> None:
+    """The commit ended the claim without a line; when the fact goes (a witness removed, found
+    at a reconcile), the end line is written, or a restart within the lease would hold the
+    claim again and keep the pending task from every worker."""
+    state = MissionState(SPACE, BitMap(range(SPACE.size)))
+    log = ClaimLog(tmp_path / "claims.log", state)
+    log.restore(NOW)
+    state.claim(0, NOW, 60.0, "pid 1")
+    state.add_fact(0)
+    state.remove_facts(BitMap([0]))  # pending again
+    lines = (tmp_path / "claims.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["claim", "end"]
+    again = MissionState(SPACE, BitMap(range(SPACE.size)))
+    assert ClaimLog(tmp_path / "claims.log", again).claim_live(NOW + 1) == {}
+    assert 0 in again.pending

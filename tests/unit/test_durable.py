@@ -386,3 +386,40 @@ def test_a_kernel_fsync_error_surfaces_through_the_completion(
             assert fsyncer.mode == "aio" and fsyncer._flying == {} and fsyncer._done == {}
         finally:
             os.close(fd)
+
+
+@needs_aio
+def test_a_full_context_of_abandoned_requests_does_not_wedge_the_next_fsync(
+    tmp_path: Path, fsyncer: Fsyncer, no_threads: None
+) -> None:
+    """Every slot held by a request whose waiter was cancelled: nobody waits on the eventfd,
+    so the next fsync, waiting for a slot, must reap itself (before: it waited forever)."""
+    fds = [_dirty_file(tmp_path, f"a{i}", 512) for i in range(SLOTS)]
+    fd = _dirty_file(tmp_path)
+
+    async def main() -> None:
+        for x in fds:
+            with trio.move_on_after(0):  # cancelled at its first wait: abandoned in flight
+                await fsyncer.fsync(x)
+        assert len(fsyncer._flying) == len(fsyncer._abandoned) == SLOTS
+        with trio.fail_after(30):
+            await fsyncer.fsync(fd)
+
+    try:
+        trio.run(main)
+    finally:
+        for x in [*fds, fd]:
+            os.close(x)
+    assert fsyncer.mode == "aio" and fsyncer._done == {}
+
+
+def test_the_syscall_table_is_the_processs_not_the_kernels() -> None:
+    """`uname -m` names the kernel: a 32-bit userland on a 64-bit kernel has other numbers
+    (x86_64's io_setup, 206, is i386's setgroups32): such a process uses worker threads."""
+    assert durable.syscall_numbers("x86_64", 8) == (206, 207, 209, 208)
+    assert durable.syscall_numbers("x86_64", 4) is None  # i386 or x32 on an x86_64 kernel
+    assert durable.syscall_numbers("aarch64", 4) is None  # armhf on an arm64 kernel
+    assert durable.syscall_numbers("aarch64", 8) == (0, 1, 2, 4)
+    assert durable.syscall_numbers("armv7l", 4) == (243, 244, 246, 245)
+    assert durable.syscall_numbers("armv7l", 8) is None
+    assert durable.syscall_numbers("mips64", 8) is None
