@@ -185,11 +185,11 @@ class Committer:
             self._making.pop(d).set()
 
     async def _fsync_dir(self, d: str) -> None:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.store.dir_fds.acquire(d)
         try:
             await self.fsyncer.fsync(fd)
         finally:
-            os.close(fd)
+            self.store.dir_fds.release(fd)
 
     def _refuse(self, code: int, where: str, reason: str, *, final: bool = True) -> CommitRefused:
         log_coalesced(log, logging.WARNING, f"refused commit of {where}: {reason}")

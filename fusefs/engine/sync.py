@@ -160,16 +160,15 @@ class SyncEngine(RemoteFacts):
         body = content.body
         if body is None:
             return
-        full = len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES
-        if full:
+        if not self._fresh_room(len(body)):
             for gone in [t for t in self._fresh if t not in self.local or t in self.synced]:
                 self._take_fresh(gone)  # never uploaded from here: its fact went, or S3 had it
-            full = (
-                len(self._fresh) >= FRESH_WITNESSES or self._fresh_bytes + len(body) > FRESH_BYTES
-            )
-        if not full:
+        if self._fresh_room(len(body)):
             self._fresh[task] = (body, content.sha256)
             self._fresh_bytes += len(body)
+
+    def _fresh_room(self, size: int) -> bool:
+        return len(self._fresh) < FRESH_WITNESSES and self._fresh_bytes + size <= FRESH_BYTES
 
     def _take_fresh(self, task: int) -> tuple[bytes, str] | None:
         fresh = self._fresh.pop(task, None)

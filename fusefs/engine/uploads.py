@@ -22,10 +22,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusefs.model.witness import read_small
 from fusefs.objects.base import Offload
 from fusefs.objects.s3store import S3Store, sha256_hex
+from fusefs.statedir.store import INLINE_BYTES
 
-INLINE_READ = 1 << 16  # bytes: a witness up to this size is read on trio's thread
 LINGER_BELOW = 8  # a batch of fewer witnesses waits a moment for more commits (sync.py)
 
 
@@ -71,13 +72,9 @@ async def upload_witness(
 
 
 def _read_small(path: Path) -> bytes | None:
-    """The whole file if it holds at most INLINE_READ bytes, else None (one pread of its size)."""
+    """The whole file if it holds at most INLINE_BYTES, else None (witness.read_small)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if size > INLINE_READ:
-            return None
-        data = os.pread(fd, size + 1, 0)
-        return data if len(data) <= size else None
+        return read_small(fd, os.fstat(fd).st_size, INLINE_BYTES)
     finally:
         os.close(fd)

@@ -390,7 +390,7 @@ class MissionFS(pyfuse3.Operations):
         kind, view, payload = inodes.split(inode)
         if kind is Kind.FILE and view is not View.DONE:
             assert view is not None
-            if payload >= self.space.size or not self._task_shown(view, payload, inode, use=True):
+            if not self._task_shown(view, payload, inode, use=True):
                 raise fuse_error(errno.ENOENT)  # e.g. the kept name of a claim that ended
             if payload in self.state.claims and not fields.update_size:
                 try:

@@ -234,15 +234,21 @@ class _Reader:
                 return
 
 
-def check_small(fd: int, size: int, limit: int) -> Checked | None:
-    """check_csv of the open file `fd` of `size` bytes (fstat) read in one pread, with its
-    SHA-256 and size; None when it holds more than `limit` bytes (or grew since the fstat):
-    check_stream then. One allocation of the file's size: a read of CHUNK bytes would
-    allocate a megabyte for a 100-byte witness."""
+def read_small(fd: int, size: int, limit: int) -> bytes | None:
+    """The bytes of the open file `fd` of `size` bytes (its fstat) in one pread, or None when
+    it holds more than `limit` bytes (or grew since the fstat). One allocation of the file's
+    size: a read of CHUNK bytes would allocate a megabyte for a 100-byte witness."""
     if size > limit:
         return None
     data = os.pread(fd, size + 1, 0)
-    if len(data) > size:
+    return data if len(data) <= size else None
+
+
+def check_small(fd: int, size: int, limit: int) -> Checked | None:
+    """check_csv of the open file `fd` read whole (read_small), with its SHA-256 and size;
+    None when it is larger than `limit`: check_stream then."""
+    data = read_small(fd, size, limit)
+    if data is None:
         return None
     return Checked(check_csv(data), hashlib.sha256(data).hexdigest(), len(data), data)
 

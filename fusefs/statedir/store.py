@@ -28,7 +28,7 @@ from fusefs.statedir.layout import StateLayout
 
 KNOWN_DIRS = 4096
 DIR_HANDLES = 64  # witness directories whose descriptors are kept open for their fsync
-INLINE_BYTES = 64 * 1024  # a commit reads and checks a witness this small on the event loop
+INLINE_BYTES = 64 * 1024  # a witness this small is read on the event loop (commit, upload)
 
 
 def hidden(name: str) -> bool:

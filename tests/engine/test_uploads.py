@@ -16,6 +16,7 @@ from fusefs.engine import uploads
 from fusefs.objects import Unavailable
 from fusefs.objects.memory import MemoryStore
 from fusefs.statedir.journal import read_journal
+from fusefs.statedir.store import INLINE_BYTES
 from tests.engine.driver import EngineNode, FakeClock, memory_bucket
 
 
@@ -135,7 +136,7 @@ def test_a_small_witness_is_read_inline_a_large_one_in_a_thread(
     node = make_node(bucket=bucket)
     small, large = planned(node)[:2]
     assert node.direct_write(small, b"name\nsmall\n") == 0
-    rows = b"".join(b"row %d\n" % i for i in range(uploads.INLINE_READ // 6))
+    rows = b"".join(b"row %d\n" % i for i in range(INLINE_BYTES // 6))
     assert node.direct_write(large, b"name\n" + rows) == 0
     assert node.upload() == 0  # connect first: its hops are not the uploads'
     sync = node.ws.sync
