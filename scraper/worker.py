@@ -301,23 +301,25 @@ class Pool:
             with self._lock:
                 self.summary.committed += 1
                 self._cool_until.pop(rel, None)
+        # A failure is recorded before the claim is given back: once released, the task is
+        # pending for our other threads too, which must already see its cool-down or give-up.
         except Stopped:
             self._release(rel)
         except SourceError as e:
-            self._release(rel)
             self._failed(rel, str(e), final=False)
-        except DescriptorError as e:
             self._release(rel)
+        except DescriptorError as e:
             self._failed(rel, f"bad task descriptor: {e}", final=True)
+            self._release(rel)
         except FileExistsError:  # EEXIST on commit: finished by someone else meanwhile
             with self._lock:
                 self.summary.already_done += 1
         except OSError as e:
             if e.errno in MOUNT_GONE:
                 raise self._gone_or(e, "") from None
-            self._release(rel)
             what = "the mount refused our CSV" if e.errno == errno.EBADMSG else "I/O error"
             self._failed(rel, f"{what}: {e.strerror or e}", final=e.errno == errno.EBADMSG)
+            self._release(rel)
         finally:
             with self._lock:
                 self._held.discard(rel)
